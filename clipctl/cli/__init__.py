@@ -1,0 +1,63 @@
+"""The `clipctl` command line: one Typer app, one module per command group; it wires and renders only."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+import typer
+
+from clipctl import __version__
+from clipctl.cli import doctor, recipes
+from clipctl.errors import EXIT_INTERRUPTED, EXIT_USAGE, ClipctlError
+
+app = typer.Typer(
+    name="clipctl",
+    help="Train, tune, evaluate and compare CLIP-style models with global contrastive losses.\n\n"
+    "Example: clipctl recipes show isogclr_radam --resolved",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clipctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Train, tune, evaluate and compare CLIP-style models with global contrastive losses."""
+
+
+app.add_typer(recipes.app, name="recipes")
+app.command("doctor")(doctor.doctor)
+
+
+def _fail(message: str, code: int) -> int:
+    if os.environ.get("CLIPCTL_DEBUG"):
+        traceback.print_exc()
+    sys.stderr.write(f"clipctl: error: {message}\n")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one line on stderr and their exit code (CLIPCTL_DEBUG=1: traceback)."""
+    try:
+        result = app(args=argv, prog_name="clipctl", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except ClipctlError as err:
+        return _fail(str(err), err.exit_code)
+    except click.exceptions.Exit as err:
+        return err.exit_code
+    except click.ClickException as err:
+        err.show()
+        return EXIT_USAGE if isinstance(err, click.UsageError) else err.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return _fail("interrupted", EXIT_INTERRUPTED)

@@ -1,0 +1,86 @@
+"""`clipctl recipes ls|show|cp|validate`."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import List
+
+import tomli_w
+import typer
+
+from clipctl import recipe as recipes_lib
+from clipctl.errors import UsageError
+from clipctl.report.console import console, emit_json, info, print_table
+
+app = typer.Typer(help="List, show, copy and validate recipes.\n\nExample: clipctl recipes validate recipes/*.toml", no_args_is_help=True)
+
+
+@app.command("ls")
+def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout.")) -> None:
+    """List the built-in recipes with their one-line descriptions.  Example: clipctl recipes ls"""
+    root = recipes_lib.builtin_recipes_dir()
+    rows = [(name, recipes_lib.describe(root / f"{name}.toml")) for name in recipes_lib.builtin_recipe_names()]
+    if as_json:
+        emit_json([{"name": n, "description": d} for n, d in rows])
+    else:
+        print_table("built-in recipes", ["name", "description"], rows)
+
+
+@app.command("show")
+def show(
+    name: str = typer.Argument(..., help="Built-in name (isogclr_radam, tune/phase1) or a path."),
+    overrides: List[str] = typer.Argument(None, help="key.sub=value overrides, applied last."),
+    resolved: bool = typer.Option(False, "--resolved", help="Print every key with defaults, extends and overrides applied."),
+) -> None:
+    """Print a recipe.  Example: clipctl recipes show isogclr_radam --resolved"""
+    path = recipes_lib.find_recipe(name)
+    if not resolved:
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
+        return
+    raw = recipes_lib.apply_overrides(recipes_lib.load_raw(path), overrides or [])
+    if "tune" in raw:
+        tune, _ = recipes_lib.load_tune_recipe(path, overrides or [])
+        typer.echo(tomli_w.dumps(tune.model_dump()), nl=False)
+        return
+    recipe = recipes_lib.load_recipe(path, overrides or [])
+    typer.echo(f"# resolved from {path}; sha256 {recipe.sha256()}")
+    typer.echo(recipe.to_toml(), nl=False)
+
+
+@app.command("cp")
+def cp(
+    name: str = typer.Argument(..., help="Built-in recipe name."),
+    dest: Path = typer.Argument(..., help="Destination file (must not exist)."),
+) -> None:
+    """Copy a built-in recipe to edit it.  Example: clipctl recipes cp quickstart my.toml"""
+    source = recipes_lib.find_recipe(name)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists():
+        raise UsageError(f"{dest}: already exists; choose another destination or delete it first")
+    text = source.read_text(encoding="utf-8")
+    if "extends" in recipes_lib.read_toml(source):
+        recipe = recipes_lib.load_recipe(source)
+        text = f"# {recipes_lib.describe(source)} (copied from {name}, extends resolved)\n" + recipe.to_toml()
+    dest.write_text(text, encoding="utf-8")
+    info(f"copied {source} -> {dest}")
+
+
+@app.command("validate")
+def validate(
+    paths: List[str] = typer.Argument(..., help="Recipe files or built-in names; trailing key=value overrides apply to each."),
+) -> None:
+    """Validate recipes (train or tune); exit 2 on the first invalid one.  Example: clipctl recipes validate recipes/*.toml"""
+    files = [p for p in paths if "=" not in p]
+    overrides = [p for p in paths if "=" in p]
+    if not files:
+        raise UsageError("recipes validate: give at least one recipe file or name")
+    for item in files:
+        path = recipes_lib.find_recipe(item)
+        if "tune" in recipes_lib.read_toml(path):
+            recipes_lib.load_tune_recipe(path, overrides)
+            kind = "tune recipe"
+        else:
+            recipes_lib.load_recipe(path, overrides)
+            kind = "recipe"
+        console().print(f"[green]ok[/green] {path} ({kind})")

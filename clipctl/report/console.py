@@ -1,0 +1,142 @@
+"""Console helpers shared by every command: humans read stderr (Rich on a TTY), machines read stdout (--json)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+_stderr: Console | None = None
+
+
+def console() -> Console:
+    """The stderr console; honours NO_COLOR and plain output off a terminal."""
+    global _stderr
+    if _stderr is None or _stderr.file is not sys.stderr:
+        _stderr = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True)
+    return _stderr
+
+
+def interactive() -> bool:
+    """True when progress may redraw frames (stderr is a real terminal and not in CI)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def info(message: str) -> None:
+    console().print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    console().print(f"warning: {message}", style="yellow", markup=False)
+
+
+def emit_json(payload: Any) -> None:
+    """Machine output: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A Rich table; columns whose cells are all numbers are right-aligned."""
+    rows = [list(row) for row in rows]
+    out = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        numeric = bool(rows) and all(isinstance(row[i], (int, float)) for row in rows)
+        out.add_column(column, justify="right" if numeric else "left")
+    for row in rows:
+        out.add_row(*(str(cell) for cell in row))
+    return out
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    console().print(table(title, columns, rows))
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressReporter:
+    """A progress display: a Rich bar on a terminal, plain periodic lines elsewhere (never redraws).
+
+    `fields` passed to `update` (loss, lr, τ, ...) are shown after the bar or at the end of the line.
+    """
+
+    def __init__(self, description: str, total: float | None, unit: str = "it", *, bytes_mode: bool = False,
+                 every_seconds: float = 10.0) -> None:
+        self.description, self.total, self.unit = description, total, unit
+        self.every_seconds = every_seconds
+        self.completed = 0.0
+        self.fields: dict[str, Any] = {}
+        self._start = time.monotonic()
+        self._last_line = self._start
+        self._rich: Progress | None = None
+        if interactive():
+            columns = [TextColumn("[bold]{task.description}"), BarColumn()]
+            columns += [DownloadColumn(), TransferSpeedColumn()] if bytes_mode else [MofNCompleteColumn(), TaskProgressColumn()]
+            columns += [TimeRemainingColumn(), TextColumn("{task.fields[extra]}")]
+            self._rich = Progress(*columns, console=console(), transient=False)
+            self._rich.start()
+            self._task = self._rich.add_task(description, total=total, extra="")
+
+    def update(self, advance: float = 1.0, completed: float | None = None, **fields: Any) -> None:
+        self.completed = completed if completed is not None else self.completed + advance
+        self.fields.update(fields)
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.completed, extra=self._fields_text())
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.every_seconds:
+            self._last_line = now
+            info(self.line())
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self._start
+        rate = self.completed / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.description}:"]
+        if self.total:
+            parts.append(f"{self.completed:.0f}/{self.total:.0f} {self.unit} ({100 * self.completed / self.total:.1f}%)")
+            eta = (self.total - self.completed) / rate if rate > 0 else float("inf")
+            parts.append(f"{rate:.1f} {self.unit}/s ETA {format_duration(eta)}")
+        else:
+            parts.append(f"{self.completed:.0f} {self.unit} {rate:.1f} {self.unit}/s")
+        text = self._fields_text()
+        return " ".join(parts) + (f" {text}" if text else "")
+
+    def _fields_text(self) -> str:
+        def fmt(value: Any) -> str:
+            return f"{value:.4g}" if isinstance(value, float) else str(value)
+        return " ".join(f"{k}={fmt(v)}" for k, v in self.fields.items())
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+            self._rich = None
+        else:
+            info(self.line())
+
+    def __enter__(self) -> "ProgressReporter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

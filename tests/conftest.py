@@ -1,0 +1,35 @@
+"""Shared test setup: offline hub, isolated data root, CLI runner."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("NO_COLOR", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def data_root(tmp_path, monkeypatch) -> Path:
+    """An empty $CLIPCTL_DATA for the test."""
+    root = tmp_path / "data"
+    root.mkdir()
+    monkeypatch.setenv("CLIPCTL_DATA", str(root))
+    return root
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `clipctl ARGS` in-process; returns (exit_code, stdout, stderr)."""
+    from clipctl.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
