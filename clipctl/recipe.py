@@ -171,12 +171,12 @@ class OptimConfig(Section):
 
 class SchedConfig(Section):
     name: SchedulerName = "cosine"
-    warmup_epochs: float = Field(5, ge=0)
+    warmup_epochs: float = Field(5.0, ge=0)
     warmup_lr: float = Field(1e-5, ge=0)
-    cooldown_epochs: float = Field(0, ge=0)
+    cooldown_epochs: float = Field(0.0, ge=0)
     min_lr: float = Field(1e-5, ge=0)
     decay_rate: float = Field(0.1, gt=0, le=1)
-    decay_epochs: float = Field(10, gt=0)  # step scheduler period
+    decay_epochs: float = Field(10.0, gt=0)  # step scheduler period
 
 
 class TrainConfig(Section):
@@ -475,14 +475,13 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
 
 
 def explicit_loss_keys(path: Path, overrides: list[str]) -> set[str]:
-    """Loss keys written in the file itself or on the command line (not inherited via `extends`)."""
+    """Loss keys the user wrote for the chosen loss: in the file itself (not inherited via `extends`) or on
+    the command line."""
     own = read_toml(path).get("loss", {})
     keys = set(own) if isinstance(own, dict) else set()
-    for text in overrides:
-        parts, _ = parse_override(text)
-        if parts[0] == "loss" and len(parts) == 2:
-            keys.add(parts[1])
-    return keys
+    overridden = {parts[1] for parts, _ in map(parse_override, overrides) if parts[0] == "loss" and len(parts) == 2}
+    # A loss chosen on the command line makes the file's loss keys inherited: those it ignores are dropped.
+    return overridden if "name" in overridden else keys | overridden
 
 
 def validate_tune_recipe(raw: dict[str, Any], source: str) -> TuneRecipe:

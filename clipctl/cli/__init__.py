@@ -5,7 +5,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 
 from clipctl import __version__
@@ -54,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return result if isinstance(result, int) else 0
     except ClipctlError as err:
         return _fail(str(err), err.exit_code)
-    except click.exceptions.Exit as err:
+    except typer.Exit as err:
         return err.exit_code
-    except click.ClickException as err:
+    except typer.TyperException as err:  # argument parsing: Typer prints its own usage message
         err.show()
-        return EXIT_USAGE if isinstance(err, click.UsageError) else err.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+        return getattr(err, "exit_code", EXIT_USAGE)
+    except (typer.Abort, KeyboardInterrupt):
         return _fail("interrupted", EXIT_INTERRUPTED)

@@ -61,7 +61,7 @@ def cp(
     text = source.read_text(encoding="utf-8")
     if "extends" in recipes_lib.read_toml(source):
         recipe = recipes_lib.load_recipe(source)
-        text = f"# {recipes_lib.describe(source)} (copied from {name}, extends resolved)\n" + recipe.to_toml()
+        text = f"# {recipes_lib.describe(source)} (copied from {name} with its base recipes merged)\n" + recipe.to_toml()
     dest.write_text(text, encoding="utf-8")
     info(f"copied {source} -> {dest}")
 

@@ -1,0 +1,78 @@
+"""The CLI shell: help, version, recipes commands, doctor, error rendering and exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from clipctl import __version__
+
+
+def test_help_and_version(run_cli):
+    code, out, _ = run_cli("--help")
+    assert code == 0 and "recipes" in out and "doctor" in out
+    code, out, _ = run_cli("--version")
+    assert code == 0 and __version__ in out
+
+
+def test_recipes_ls_lists_builtins_with_descriptions(run_cli):
+    code, out, _ = run_cli("recipes", "ls", "--json")
+    assert code == 0
+    rows = {r["name"]: r["description"] for r in json.loads(out)}
+    assert "isogclr_radam" in rows and "Table 3" in rows["isogclr_radam"]
+    assert all(rows.values())
+
+
+def test_recipes_validate_all_builtins(run_cli):
+    import glob
+    files = sorted(glob.glob("recipes/*.toml") + glob.glob("recipes/tune/*.toml"))
+    code, _, err = run_cli("recipes", "validate", *files)
+    assert code == 0 and err.count("ok ") == len(files)
+
+
+def test_recipes_show_resolved(run_cli):
+    code, out, _ = run_cli("recipes", "show", "isogclr_radam", "--resolved", "train.epochs=7")
+    assert code == 0
+    import tomllib
+    data = tomllib.loads(out)
+    assert data["train"]["epochs"] == 7 and data["optim"]["lr"] == 1.64e-4 and data["sched"]["name"] == "tanh"
+
+
+def test_recipes_cp_refuses_to_overwrite(run_cli, tmp_path):
+    dest = tmp_path / "mine.toml"
+    assert run_cli("recipes", "cp", "isogclr_radam", dest)[0] == 0
+    copied = dest.read_text()
+    assert "extends" not in copied and "radam" in copied
+    code, _, err = run_cli("recipes", "cp", "quickstart", dest)
+    assert code == 2 and "already exists" in err and dest.read_text() == copied
+
+
+def test_invalid_recipe_is_one_line_exit_2_no_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlrr = 1\n")
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("CLIPCTL_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-m", "clipctl", "recipes", "validate", str(bad)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "did you mean optim.lr?" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "clipctl", "recipes", "validate", str(bad)], capture_output=True, text=True,
+                          env={**env, "CLIPCTL_DEBUG": "1"})
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_unknown_command_is_usage_error(run_cli):
+    code, _, err = run_cli("recipes", "nope")
+    assert code == 2 and "nope" in err
+
+
+def test_doctor_reports_versions_devices_paths(run_cli, data_root):
+    code, out, _ = run_cli("doctor", "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert report["versions"]["clipctl"] == __version__ and report["versions"]["torch"] != "missing"
+    assert report["devices"]["default_device"] in {"cpu", "cuda", "mps"}
+    assert report["paths"]["data_root"] == str(data_root.resolve())
+    code, _, err = run_cli("doctor")
+    assert code == 0 and "versions" in err and "paths" in err
