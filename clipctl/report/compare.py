@@ -1,0 +1,361 @@
+"""Aggregate runs into seed groups and set them against the CLIP/SogCLR baselines (measured or published).
+
+Runs are grouped when their resolved recipes are equal once run.seed, run.name and run.out_dir are
+removed (and they were tested on the same data). Only completed runs count; the rest are listed with
+their status. Deltas are relative changes in percent, as in the report's abstract ("+25.0% TR@1 vs
+CLIP"); they use a measured baseline group on the same test data when one exists, else the published
+row, and only where the published numbers were measured on the same kind of data.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from clipctl.errors import UsageError
+from clipctl.recipe import LOSS_NAMES
+from clipctl.report import baselines as pub
+from clipctl.report.runs import Run
+
+METRIC_TITLES = {
+    "tr@1": "TR@1", "tr@5": "TR@5", "tr@10": "TR@10",
+    "ir@1": "IR@1", "ir@5": "IR@5", "ir@10": "IR@10", "r_mean": "R_mean",
+    "acc@1": "ACC@1", "acc@5": "ACC@5", "average": "average",
+}
+DEFAULT_METRICS = ("tr@1", "ir@1", "acc@1", "average")
+DEFAULT_BASELINES = ("clip", "sogclr")
+SEED_KEYS = (("run", "seed"), ("run", "name"), ("run", "out_dir"))
+# The published training setting; a group that differs is told so next to its published deltas.
+_PUBLISHED_SETTING = (("data.train", "cc3m-100k"), ("model.image_model", "resnet50"),
+                      ("model.text_model", "distilbert-base-uncased"), ("train.epochs", 30), ("train.batch_size", 128))
+
+
+@dataclass
+class Stat:
+    """Mean and sample standard deviation (n - 1) of the values present; std is None below two values."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+
+
+@dataclass
+class Group:
+    """Completed runs of one recipe (seeds aside) tested on the same data, plus its uncounted siblings."""
+
+    key: str
+    recipe_key: str
+    recipe: dict[str, Any]
+    retrieval_source: str
+    zeroshot_source: str
+    runs: list[Run]
+    label: str = ""
+    others: list[Run] = field(default_factory=list)
+
+    @property
+    def loss(self) -> str:
+        return self.runs[0].loss or "?"
+
+    @property
+    def optimizer(self) -> str:
+        return self.runs[0].optimizer or "?"
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [run.seed for run in self.runs]
+
+    def stat(self, metric: str) -> Stat:
+        return Stat([v for v in (run.test_metric(metric) for run in self.runs) if v is not None])
+
+    def summary_stat(self, key: str) -> Stat:
+        return Stat([v for v in (run.summary_number(key) for run in self.runs) if v is not None])
+
+    @property
+    def epochs(self) -> list[int]:
+        return sorted({int(v) for v in self.summary_stat("epochs_completed").values})
+
+    @property
+    def status(self) -> str:
+        counts: dict[str, int] = {"completed": len(self.runs)}
+        for run in self.others:
+            counts[run.status] = counts.get(run.status, 0) + 1
+        return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+@dataclass
+class Delta:
+    """One group against one baseline: `kind` is measured, published, self (it is the baseline and no
+    comparable published row exists) or none (nothing comparable)."""
+
+    baseline: str
+    kind: str
+    reference: str
+    runs: list[str]
+    percent: dict[str, float | None]
+    note: str
+
+
+@dataclass
+class Comparison:
+    metrics: list[str]
+    baselines: list[str]
+    groups: list[Group]
+    published: tuple[pub.PublishedRow, ...]
+    deltas: dict[str, list[Delta]]
+    excluded: list[Run]
+    best: set[tuple[str, str]]
+    notes: list[str]
+
+    @property
+    def counted_runs(self) -> int:
+        return sum(len(g.runs) for g in self.groups)
+
+
+def check_metrics(names: Sequence[str] | None) -> list[str]:
+    """The --metric values, validated; default TR@1, IR@1, ACC@1 and their average."""
+    chosen = [n.strip().lower() for n in (names or DEFAULT_METRICS)]
+    for name in chosen:
+        if name not in METRIC_TITLES:
+            hint = difflib.get_close_matches(name, METRIC_TITLES, n=1)
+            extra = f"did you mean {hint[0]}? " if hint else ""
+            raise UsageError(f"--metric {name}: unknown metric; {extra}choose from {', '.join(METRIC_TITLES)}")
+    return list(dict.fromkeys(chosen))
+
+
+def check_baselines(names: Sequence[str] | None) -> list[str]:
+    """The --baseline values: loss names (a measured group with that loss, or its published row)."""
+    chosen = [n.strip().lower() for n in (names or DEFAULT_BASELINES)]
+    for name in chosen:
+        if name not in LOSS_NAMES:
+            hint = difflib.get_close_matches(name, LOSS_NAMES, n=1)
+            extra = f"did you mean {hint[0]}? " if hint else ""
+            raise UsageError(f"--baseline {name}: not a loss name; {extra}choose from {', '.join(LOSS_NAMES)}")
+    return list(dict.fromkeys(chosen))
+
+
+def strip_seed(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with the keys that only name or seed a run removed."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in recipe.items()}
+    for section, key in SEED_KEYS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
+def _digest(*parts: Any) -> str:
+    """A stable group id (64 bits of sha256 over canonical JSON)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"optim": {"lr": 1}}` -> `{"optim.lr": 1}`; tables below a section (text_config) stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict) and value and not prefix:
+            flat.update(flatten(value, f"{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def group_runs(runs: Iterable[Run]) -> tuple[list[Group], list[Run]]:
+    """Seed groups of the completed runs, and every run that does not count (sorted by label)."""
+    groups: dict[str, Group] = {}
+    excluded: list[Run] = []
+    for run in runs:
+        if not run.counted or run.recipe is None:
+            excluded.append(run)
+            continue
+        recipe = strip_seed(run.recipe)
+        recipe_key = _digest(recipe)
+        key = _digest(recipe, run.retrieval_source, run.zeroshot_source)
+        group = groups.setdefault(key, Group(key, recipe_key, recipe, run.retrieval_source, run.zeroshot_source, []))
+        group.runs.append(run)
+    ordered = list(groups.values())
+    by_recipe = {g.recipe_key: g for g in ordered}
+    for run in excluded:
+        if run.recipe is not None:
+            sibling = by_recipe.get(_digest(strip_seed(run.recipe)))
+            if sibling is not None:
+                sibling.others.append(run)
+    _assign_labels(ordered)
+    ordered.sort(key=lambda g: g.label)
+    return ordered, sorted(excluded, key=lambda r: r.label)
+
+
+def _assign_labels(groups: list[Group]) -> None:
+    """A group is named after its runs: the common prefix of their folder names, minus a seed suffix."""
+    for group in groups:
+        group.runs.sort(key=lambda r: (r.seed if r.seed is not None else -1, r.label))
+        names = [os.path.basename(r.label) or r.label for r in group.runs]
+        if len(names) == 1:
+            group.label = names[0]
+            continue
+        prefix = re.sub(r"[-_.](seed|s)?$", "", os.path.commonprefix(names)).rstrip("-_. ")
+        group.label = prefix or f"{names[0]}+{len(names) - 1}"
+    seen: dict[str, int] = {}
+    for group in groups:
+        seen[group.label] = seen.get(group.label, 0) + 1
+    for group in groups:
+        if seen[group.label] > 1:
+            group.label = f"{group.label} [{group.key[:6]}]"
+
+
+def _relative_change(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference is None or reference == 0:
+        return None
+    return (value - reference) / reference * 100.0
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Recipe keys (outside the loss section, which differs by design) whose values differ."""
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if not k.startswith("loss.") and fa.get(k) != fb.get(k))
+
+
+def _measured_delta(group: Group, baseline: str, candidates: list[Group], metrics: list[str]) -> Delta:
+    if group in candidates:
+        # Its own baseline: the published row of the same method, when comparable, is the useful reference.
+        published = _published_delta(group, baseline, metrics)
+        if published.kind == "published":
+            return published
+        return Delta(baseline, "self", group.label, [r.label for r in group.runs], {m: None for m in metrics},
+                     f"this group is the measured {baseline} baseline")
+    ref = min(candidates, key=lambda g: (len(_differing_keys(group.recipe, g.recipe)), -len(g.runs), g.label))
+    percent = {m: _relative_change(group.stat(m).mean, ref.stat(m).mean) for m in metrics}
+    differs = _differing_keys(group.recipe, ref.recipe)
+    note = f"measured {baseline} baseline: {ref.label} (n={len(ref.runs)}, same test data)"
+    if differs:
+        shown = ", ".join(differs[:4]) + (f" and {len(differs) - 4} more" if len(differs) > 4 else "")
+        note += f"; its recipe also differs in {shown}"
+    return Delta(baseline, "measured", ref.label, [r.label for r in ref.runs], percent, note)
+
+
+def _published_delta(group: Group, baseline: str, metrics: list[str]) -> Delta:
+    row = pub.published_row(baseline)
+    sources = f"{group.retrieval_source} / {group.zeroshot_source}"
+    if row is None:
+        return Delta(baseline, "none", "", [], {m: None for m in metrics},
+                     f"no measured {baseline} run on {sources} and no published {baseline} row")
+    usable = [m for m in metrics if row.metric(m) is not None and pub.comparable(m, group.retrieval_source, group.zeroshot_source)]
+    if not usable:
+        return Delta(baseline, "none", row.label, [], {m: None for m in metrics},
+                     f"no measured {baseline} run on {sources}; the published row is {pub.RETRIEVAL_LABEL} / "
+                     f"{pub.ZEROSHOT_LABEL} and not comparable, so no delta (train the same recipe with loss.name={baseline})")
+    percent = {m: (_relative_change(100.0 * group.stat(m).mean, row.metric(m)) if m in usable and group.stat(m).mean is not None else None)
+               for m in metrics}
+    own = group.loss == baseline
+    note = f"published {row.label} ({row.citation}); " + (
+        f"this group is the measured {baseline} run on {sources}" if own else f"no measured {baseline} run on {sources}")
+    flat = flatten(group.recipe)
+    mismatched = [f"{k}={flat.get(k)}" for k, v in _PUBLISHED_SETTING if str(flat.get(k, "")).split(":")[0] != str(v)]
+    if mismatched:
+        note += f"; training setting differs from the report's ({', '.join(mismatched)})"
+    return Delta(baseline, "published", row.label, [], percent, note)
+
+
+def compute_deltas(groups: list[Group], metrics: list[str], baselines: list[str]) -> dict[str, list[Delta]]:
+    """Per group, one Delta per baseline: measured on the same test data if possible, else published."""
+    out: dict[str, list[Delta]] = {}
+    for group in groups:
+        rows = []
+        for baseline in baselines:
+            candidates = [g for g in groups if g.loss == baseline and g.retrieval_source == group.retrieval_source
+                          and g.zeroshot_source == group.zeroshot_source]
+            rows.append(_measured_delta(group, baseline, candidates, metrics) if candidates
+                        else _published_delta(group, baseline, metrics))
+        out[group.key] = rows
+    return out
+
+
+def _pool(metric: str, retrieval: str, zeroshot: str) -> tuple[str, ...]:
+    """Rows are ranked only against rows tested on the same data; COCO 5k / ImageNet join the published rows."""
+    r = "published-retrieval" if pub.is_coco_5k(retrieval) else retrieval
+    z = "published-zeroshot" if pub.is_imagenet(zeroshot) else zeroshot
+    if metric == "average":
+        return (r, z)
+    return (z,) if metric.startswith("acc@") else (r,)
+
+
+def best_cells(groups: list[Group], published: Sequence[pub.PublishedRow], metrics: list[str]) -> set[tuple[str, str]]:
+    """(row id, column) of the best value per column among comparable rows (ties all bold)."""
+    best: set[tuple[str, str]] = set()
+    for metric in metrics:
+        pools: dict[tuple[str, ...], list[tuple[str, float]]] = {}
+        for g in groups:
+            mean = g.stat(metric).mean
+            if mean is not None:
+                pools.setdefault(_pool(metric, g.retrieval_source, g.zeroshot_source), []).append((g.key, 100.0 * mean))
+        for row in published:
+            value = row.metric(metric)
+            if value is not None:
+                pools.setdefault(_pool(metric, "coco-karpathy-test", "imagenet-val"), []).append((f"published:{row.key}", value))
+        for entries in pools.values():
+            best |= _top(entries, metric)
+    speeds = [(g.key, g.summary_stat("samples_per_s").mean) for g in groups]
+    return best | _top([(k, v) for k, v in speeds if v is not None], "samples_per_s")
+
+
+def _top(entries: list[tuple[str, float]], column: str) -> set[tuple[str, str]]:
+    """The highest entries (ties included), or nothing when there is no one to beat."""
+    top = max((v for _, v in entries), default=None)
+    winners = {rid for rid, v in entries if top is not None and math.isclose(v, top, rel_tol=1e-9, abs_tol=1e-9)}
+    return {(rid, column) for rid in winners} if len(winners) < len(entries) else set()
+
+
+def _notes(groups: list[Group], deltas: dict[str, list[Delta]], excluded: list[Run]) -> list[str]:
+    notes = [
+        "values: mean ± sample std over seeds, in percent; n = runs counted; TR@1 = image->text retrieval, "
+        "IR@1 = text->image, ACC@1 = zero-shot top-1, average = (TR@1 + IR@1 + ACC@1) / 3",
+        "deltas: relative change in percent, (value - baseline) / baseline, of the group means",
+        "bold: best value per column among rows tested on the same data",
+        pub.SETTING,
+        "† " + pub.ACC_TYPO_FOOTNOTE,
+    ]
+    not_comparable = sorted({f"{g.retrieval_source} / {g.zeroshot_source}" for g in groups
+                             if not (pub.is_coco_5k(g.retrieval_source) or pub.is_imagenet(g.zeroshot_source))})
+    if not_comparable:
+        notes.append(f"runs tested on {'; '.join(not_comparable)}: the published rows are shown for reference only; "
+                     "deltas against them are not meaningful there, so only measured baselines on the same data are used")
+    if any(d.kind == "published" for rows in deltas.values() for d in rows):
+        notes.append(pub.SPREAD_NOTE)
+    if any(len(g.runs) == 1 for g in groups):
+        notes.append("n = 1: no std; add seeds with `clipctl train RECIPE run.seed=K --name NAME-sK`")
+    if excluded:
+        notes.append(f"{len(excluded)} run director{'y' if len(excluded) == 1 else 'ies'} not counted (listed with status and reason)")
+    return notes
+
+
+def build_comparison(runs: Iterable[Run], metrics: Sequence[str] | None = None,
+                     baselines: Sequence[str] | None = None) -> Comparison:
+    """Everything `clipctl compare` shows, independent of the output format."""
+    chosen_metrics = check_metrics(metrics)
+    chosen_baselines = check_baselines(baselines)
+    groups, excluded = group_runs(runs)
+    deltas = compute_deltas(groups, chosen_metrics, chosen_baselines)
+    return Comparison(
+        metrics=chosen_metrics,
+        baselines=chosen_baselines,
+        groups=groups,
+        published=pub.PUBLISHED,
+        deltas=deltas,
+        excluded=excluded,
+        best=best_cells(groups, pub.PUBLISHED, chosen_metrics),
+        notes=_notes(groups, deltas, excluded),
+    )

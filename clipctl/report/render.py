@@ -1,0 +1,243 @@
+"""Output formats of a Comparison: Rich tables (stderr), JSON (fractions), CSV and Markdown (percent).
+
+JSON follows the project convention of fractions for metrics; CSV and Markdown are tables people
+read or paste, so they are in percent with `_pct` in the CSV column names.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any, Callable
+
+from rich.markup import escape
+from rich.table import Table
+
+from clipctl.report import baselines as pub
+from clipctl.report.compare import METRIC_TITLES, Comparison, Delta, Group, Stat
+from clipctl.report.console import format_duration, table
+
+DASH = "—"
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return DASH if value is None else f"{value:.{digits}f}"
+
+
+def stat_cell(stat: Stat) -> str:
+    """`12.34 ± 0.56` (percent) for n >= 2, the bare mean for one run."""
+    if stat.mean is None:
+        return DASH
+    mean = 100.0 * stat.mean
+    return f"{mean:.2f}" if stat.std is None else f"{mean:.2f} ± {100.0 * stat.std:.2f}"
+
+
+def delta_cell(value: float | None) -> str:
+    return DASH if value is None else f"{value:+.1f}%"
+
+
+def _epochs(group: Group) -> str:
+    epochs = group.epochs
+    if not epochs:
+        return "?"
+    return str(epochs[0]) if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
+
+
+def _wall(group: Group) -> str:
+    mean = group.summary_stat("wall_time_s").mean
+    return DASH if mean is None else format_duration(mean)
+
+
+def _speed(group: Group) -> str:
+    mean = group.summary_stat("samples_per_s").mean
+    return DASH if mean is None else f"{mean:.1f}"
+
+
+def _published_metric(row: pub.PublishedRow, metric: str) -> str:
+    value = row.metric(metric)
+    return _pct(value) + ("†" if row.footnote and metric in ("acc@1", "average") else "")
+
+
+def _reference(delta: Delta) -> str:
+    if delta.kind == "measured":
+        return f"measured: {delta.reference}"
+    if delta.kind == "published":
+        return f"published: {delta.reference}"
+    return "(this is the baseline)" if delta.kind == "self" else "none"
+
+
+# -------------------------------------------------------------------------------- tables as cells
+
+
+def main_columns(c: Comparison) -> list[str]:
+    return ["run / group", "n", "loss", *(METRIC_TITLES[m] for m in c.metrics),
+            "retrieval", "zero-shot", "epochs", "wall", "samples/s", "status"]
+
+
+def main_rows(c: Comparison, bold: Callable[[str], str] = lambda s: s, text: Callable[[str], str] = lambda s: s) -> list[list[str]]:
+    """Measured groups then published rows; `bold` marks best cells, `text` escapes free text."""
+    rows = []
+    for g in c.groups:
+        def mark(column: str, cell: str) -> str:
+            return bold(cell) if (g.key, column) in c.best else cell
+        rows.append([text(g.label), str(len(g.runs)), text(g.loss), *(mark(m, stat_cell(g.stat(m))) for m in c.metrics),
+                     text(g.retrieval_source), text(g.zeroshot_source), _epochs(g), _wall(g),
+                     mark("samples_per_s", _speed(g)), text(g.status)])
+    for row in c.published:
+        rid = f"published:{row.key}"
+        cells = [bold(_published_metric(row, m)) if (rid, m) in c.best else _published_metric(row, m) for m in c.metrics]
+        rows.append([text(f"{row.label} [published]"), DASH, row.key, *cells, pub.RETRIEVAL_LABEL, pub.ZEROSHOT_LABEL,
+                     "30", DASH, DASH, text(f"published ({row.citation})")])
+    return rows
+
+
+def delta_columns(c: Comparison) -> list[str]:
+    return ["group", "vs", "against", *(f"Δ{METRIC_TITLES[m]}" for m in c.metrics), "note"]
+
+
+def delta_rows(c: Comparison, text: Callable[[str], str] = lambda s: s) -> list[list[str]]:
+    rows = []
+    for g in c.groups:
+        for d in c.deltas[g.key]:
+            rows.append([text(g.label), d.baseline, text(_reference(d)), *(delta_cell(d.percent.get(m)) for m in c.metrics), text(d.note)])
+    return rows
+
+
+EXCLUDED_COLUMNS = ["run directory", "status", "reason"]
+
+
+def excluded_rows(c: Comparison, text: Callable[[str], str] = lambda s: s) -> list[list[str]]:
+    return [[text(r.label), r.status, text(r.reason)] for r in c.excluded]
+
+
+# -------------------------------------------------------------------------------------- formats
+
+
+def rich_tables(c: Comparison) -> list[Table]:
+    """Tables for humans on stderr (bold = best per column; Rich drops styles off a terminal)."""
+    main = table(f"compare: {c.counted_runs} completed run(s) in {len(c.groups)} group(s)", main_columns(c),
+                 main_rows(c, bold=lambda s: f"[bold]{s}[/bold]", text=escape))
+    for column in main.columns[1:]:
+        if column.header not in ("loss", "retrieval", "zero-shot", "status"):
+            column.justify = "right"
+    out = [main]
+    if c.groups:
+        out.append(table(f"deltas vs {', '.join(c.baselines)} (relative, percent)", delta_columns(c), delta_rows(c, text=escape)))
+    if c.excluded:
+        out.append(table("not counted", EXCLUDED_COLUMNS, excluded_rows(c, text=escape)))
+    return out
+
+
+def _stat_json(stat: Stat) -> dict[str, Any]:
+    return {"mean": stat.mean, "std": stat.std, "n": stat.n, "values": stat.values}
+
+
+def to_json(c: Comparison) -> dict[str, Any]:
+    """The whole comparison; metrics and their stats are fractions, deltas are percent."""
+    groups = []
+    for g in c.groups:
+        groups.append({
+            "id": g.key,
+            "label": g.label,
+            "kind": "measured",
+            "loss": g.loss,
+            "optimizer": g.optimizer,
+            "n": len(g.runs),
+            "seeds": g.seeds,
+            "runs": [r.label for r in g.runs],
+            "not_counted": [{"run": r.label, "status": r.status, "reason": r.reason} for r in g.others],
+            "retrieval_source": g.retrieval_source,
+            "zeroshot_source": g.zeroshot_source,
+            "metrics": {m: _stat_json(g.stat(m)) for m in c.metrics},
+            "epochs_completed": g.epochs,
+            "wall_time_s": _stat_json(g.summary_stat("wall_time_s")),
+            "samples_per_s": _stat_json(g.summary_stat("samples_per_s")),
+            "status": g.status,
+            "deltas_pct": {d.baseline: {"reference": d.kind, "against": d.reference, "against_runs": d.runs,
+                                        "values": d.percent, "note": d.note} for d in c.deltas[g.key]},
+            "best": sorted(col for rid, col in c.best if rid == g.key),
+        })
+    published = []
+    for row in c.published:
+        rid = f"published:{row.key}"
+        published.append({
+            "id": rid, "label": row.label, "kind": "published", "loss": row.key, "citation": row.citation,
+            "retrieval_source": pub.RETRIEVAL_LABEL, "zeroshot_source": pub.ZEROSHOT_LABEL,
+            "metrics": {m: (None if row.metric(m) is None else row.metric(m) / 100.0) for m in c.metrics},
+            "footnote": row.footnote or None,
+            "best": sorted(col for r, col in c.best if r == rid),
+        })
+    return {
+        "metrics": c.metrics,
+        "baselines": c.baselines,
+        "units": {"metrics": "fraction", "deltas_pct": "relative change in percent"},
+        "groups": groups,
+        "published": published,
+        "not_counted": [{"run": r.label, "status": r.status, "reason": r.reason} for r in c.excluded],
+        "notes": c.notes,
+    }
+
+
+def to_csv(c: Comparison) -> str:
+    """One row per measured group, published row and uncounted run (column `kind` tells which)."""
+    header = ["kind", "label", "n", "seeds", "runs", "loss", "optimizer", "retrieval_source", "zeroshot_source"]
+    for m in c.metrics:
+        header += [f"{m}_mean_pct", f"{m}_std_pct"]
+    header += ["epochs", "wall_time_s", "samples_per_s", "status", "reason"]
+    for b in c.baselines:
+        header += [f"delta_{b}_reference", f"delta_{b}_against"] + [f"delta_{b}_{m}_pct" for m in c.metrics]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+
+    def number(value: float | None, scale: float = 1.0) -> str:
+        return "" if value is None else f"{scale * value:.6g}"
+
+    for g in c.groups:
+        row: dict[str, Any] = {
+            "kind": "measured", "label": g.label, "n": len(g.runs), "seeds": " ".join(str(s) for s in g.seeds),
+            "runs": " ".join(r.label for r in g.runs), "loss": g.loss, "optimizer": g.optimizer,
+            "retrieval_source": g.retrieval_source, "zeroshot_source": g.zeroshot_source,
+            "epochs": _epochs(g), "wall_time_s": number(g.summary_stat("wall_time_s").mean),
+            "samples_per_s": number(g.summary_stat("samples_per_s").mean), "status": g.status, "reason": "",
+        }
+        for m in c.metrics:
+            stat = g.stat(m)
+            row[f"{m}_mean_pct"], row[f"{m}_std_pct"] = number(stat.mean, 100.0), number(stat.std, 100.0)
+        for d in c.deltas[g.key]:
+            row[f"delta_{d.baseline}_reference"], row[f"delta_{d.baseline}_against"] = d.kind, d.reference
+            for m in c.metrics:
+                row[f"delta_{d.baseline}_{m}_pct"] = number(d.percent.get(m))
+        writer.writerow(row)
+    for p in c.published:
+        row = {"kind": "published", "label": p.label, "loss": p.key, "retrieval_source": pub.RETRIEVAL_LABEL,
+               "zeroshot_source": pub.ZEROSHOT_LABEL, "epochs": "30", "status": "published", "reason": p.citation}
+        for m in c.metrics:
+            row[f"{m}_mean_pct"] = number(p.metric(m))
+        writer.writerow(row)
+    for r in c.excluded:
+        writer.writerow({"kind": "not_counted", "label": r.label, "runs": r.label, "status": r.status, "reason": r.reason})
+    return buffer.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def to_markdown(c: Comparison) -> str:
+    """Tables to paste in a README or report: results, deltas, uncounted runs, then the notes."""
+    lines = [f"### clipctl compare: {c.counted_runs} completed run(s) in {len(c.groups)} group(s)", ""]
+    lines += _md_table(main_columns(c), main_rows(c, bold=lambda s: f"**{s}**", text=_md_escape))
+    if c.groups:
+        lines += ["", f"#### Deltas vs {', '.join(c.baselines)}", ""]
+        lines += _md_table(delta_columns(c), delta_rows(c, text=_md_escape))
+    if c.excluded:
+        lines += ["", "#### Not counted", ""]
+        lines += _md_table(EXCLUDED_COLUMNS, excluded_rows(c, text=_md_escape))
+    lines += [""] + [f"- {_md_escape(note)}" for note in c.notes]
+    return "\n".join(lines) + "\n"
