@@ -1,0 +1,259 @@
+"""Global contrastive losses (SogCLR family): the shared per-step machinery of specs/losses.md.
+
+For one side (image anchors shown; text anchors use the transposed similarities), with h_ij = S_ij − S_ii,
+z_ij = h_ij/τ_i (detached) and j over the B−1 negatives:
+  b_i ← max(b_i, max_j z_ij) with the diagonal z_ii = 0 included (so b ≥ 0, never decreasing),
+  ĝ_i = mean_j exp(z_ij − b_i),  s_i ← (1−γ)·s_i·exp(b_old − b_i) + γ·ĝ_i  (γ = 1 in epoch 0),
+  w_ij = exp(z_ij − b_i)/(s_i + ε),  surrogate L = mean_i mean_j w_ij·h_ij.
+The surrogate's gradient with respect to the similarity matrix is the constant matrix W' (w_ij off the
+diagonal, −Σ_j w_ij on it), so the backward is two matmuls (dX = W'T, dT = W'ᵀX) and autograd never
+stores a B×B graph: one B×B buffer is built in place per side and turned into W'.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clipctl.errors import ResumeError, UsageError
+from clipctl.losses import distributed as D
+from clipctl.losses.base import Batch, ContrastiveLoss, LossOutput
+from clipctl.losses.schedules import gamma_at
+from clipctl.losses.state import PerSampleState
+from clipctl.recipe import LossConfig
+
+
+@dataclass
+class Side:
+    """One side's results for the local anchors (all detached)."""
+
+    W: Tensor  # (b, B) scaled ∂L/∂S for these rows
+    s: Tensor  # updated moving estimate
+    b: Tensor  # updated shift
+    surrogate: Tensor  # (1/(B−1)) Σ_j w_ij h_ij: this row's surrogate value
+    wz: Tensor  # (1/(B−1)) Σ_j w_ij z_ij: enters the τ-gradient
+
+
+def positives(M: Tensor, offset: int) -> Tensor:
+    """View of the positive entries of local rows: row r's positive is column offset + r."""
+    return M[:, offset : offset + M.shape[0]].diagonal()
+
+
+@torch.no_grad()
+def contrast_side(S: Tensor, offset: int, tau: Tensor, s_old: Tensor, b_old: Tensor, gamma: float, eps: float, scale: float) -> Side:
+    """Shift, moving average and weights for the local rows of S (b×B) in one reused B-wide buffer.
+
+    max_j z_ij = (max_j S_ij − S_ii)/τ_i (τ > 0) with the diagonal included, so the new shift comes from
+    a row max of S and z − b is formed in one fused pass: exp((S_ij − S_ii)/τ_i − b_i) ≤ 1 never overflows.
+    """
+    negatives = S.shape[1] - 1
+    diag = positives(S, offset)
+    inv_tau = tau.reciprocal()
+    b = torch.maximum(b_old, (S.amax(dim=1) - diag) * inv_tau)
+    work = torch.addcmul((-(diag * inv_tau + b)).unsqueeze(1), S, inv_tau.unsqueeze(1)).exp_()
+    positives(work, offset).zero_()
+    ghat = work.sum(dim=1).div_(negatives)
+    s = (1.0 - gamma) * s_old * torch.exp(b_old - b) + gamma * ghat
+    coef = scale / (s + eps)
+    work.mul_(coef.unsqueeze(1))  # scale · w
+    positives(work, offset).copy_(-(ghat * negatives) * coef)
+    surrogate = torch.linalg.vecdot(work, S).div_(scale * negatives)
+    return Side(work, s, b, surrogate, surrogate * inv_tau)
+
+
+class _SurrogateGradient(torch.autograd.Function):
+    """Output `value`; backward as if the output were scale·Σ_k ⟨W_k, L_k R_kᵀ⟩ for triples (W_k, L_k, R_k).
+
+    The value is passed in (the global loss, identical on every rank) and the gradient is given by the
+    constant weight matrices: d L_k = W_k R_k, d R_k = W_kᵀ L_k, times `scale` (the world size).
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, scale: float, *triples: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        ctx.save_for_backward(*triples)
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        factor = grad * ctx.scale
+        grads: list[Tensor | None] = []
+        for k in range(0, len(saved), 3):
+            W, left, right = saved[k : k + 3]
+            need_left, need_right = ctx.needs_input_grad[2 + k + 1], ctx.needs_input_grad[2 + k + 2]
+            grads += [
+                None,
+                (W @ right).mul_(factor) if need_left else None,
+                (W.transpose(0, 1) @ left).mul_(factor) if need_right else None,
+            ]
+        return (None, None, *grads)
+
+
+@dataclass
+class Step:
+    """Everything one forward call computes, handed to the subclass hooks."""
+
+    batch: Batch
+    epoch: int
+    gamma: float
+    old: dict[str, Tensor]
+    tau_I: Tensor  # (b,) anchor temperatures as produced (may carry grad: temperature network)
+    tau_T: Tensor
+    side_I: Side | None = None
+    side_T: Side | None = None
+    rows: dict[str, Tensor] = field(default_factory=dict)  # per local row; gathered across ranks
+    scalars: dict[str, Tensor] = field(default_factory=dict)  # new scalar state (same on every rank)
+
+
+class Table:
+    """The global batch's per-row results: one (B, C) matrix with named columns (one all-gather)."""
+
+    def __init__(self, names: list[str], values: Tensor) -> None:
+        self.names, self.values = names, values
+        self._at = {n: i for i, n in enumerate(names)}
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.values[:, self._at[name]]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._at
+
+    def select(self, names: tuple[str, ...]) -> Tensor:
+        return self.values[:, [self._at[n] for n in names]]
+
+
+class GlobalContrastiveLoss(ContrastiveLoss):
+    """SogCLR machinery with per-anchor temperatures supplied by `_anchor_taus`; subclasses add hooks."""
+
+    state_columns: tuple[str, ...] = ("s_I", "b_I", "s_T", "b_T")
+
+    def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+        super().__init__(cfg, num_samples, total_epochs, embed_dim)
+        self.eps = float(cfg.eps)
+        self.state = PerSampleState(self.num_samples, self._column_init(), self._scalar_init(), cfg.state_device)
+
+    def _column_init(self) -> dict[str, float]:
+        return {name: 0.0 for name in self.state_columns}
+
+    def _scalar_init(self) -> dict[str, float]:
+        return {}
+
+    def gamma_at(self, epoch: int) -> float:
+        c = self.cfg
+        return gamma_at(epoch, c.gamma_schedule, c.gamma, c.gamma_min, c.gamma_decay_epochs)
+
+    # ------------------------------------------------------------------------------------ hooks
+
+    def _anchor_taus(self, batch: Batch, old: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _update(self, step: Step) -> None:
+        """Add per-row columns (τ updates, τ-gradients) and scalar state to `step`; may edit W."""
+
+    def _extra_loss(self, step: Step, table: Table) -> Tensor | None:
+        """A term that trains the loss's own parameters; its value is not added to `out.loss`."""
+        return None
+
+    def _extra_stats(self, step: Step, table: Table) -> dict[str, Tensor]:
+        return {}
+
+    # ------------------------------------------------------------------------------------ step
+
+    def _compute(self, batch: Batch, epoch: int, step_no: int) -> LossOutput:
+        self._check_index(batch.index_all)
+        device, dtype = batch.x.device, batch.x.dtype
+        self.state.place(device)
+        old = self.state.read(batch.index, dtype, device)
+        tau_I, tau_T = self._anchor_taus(batch, old)
+        step = Step(batch, epoch, self.gamma_at(epoch), old, tau_I, tau_T)
+        B, scale = batch.global_size, 1.0 / (batch.global_size * (batch.global_size - 1))
+        with torch.no_grad():
+            S_I = batch.x.detach() @ batch.t_all.detach().T
+            S_T = S_I.T if batch.world == 1 else batch.t.detach() @ batch.x_all.detach().T
+            step.side_I = contrast_side(S_I, batch.offset, tau_I.detach(), old["s_I"], old["b_I"], step.gamma, self.eps, scale)
+            step.side_T = contrast_side(S_T, batch.offset, tau_T.detach(), old["s_T"], old["b_T"], step.gamma, self.eps, scale)
+        step.rows = {
+            "loss": (step.side_I.surrogate + step.side_T.surrogate) / B,
+            "s_I": step.side_I.s, "b_I": step.side_I.b, "used_tau_I": tau_I.detach(),
+            "s_T": step.side_T.s, "b_T": step.side_T.b, "used_tau_T": tau_T.detach(),
+        }
+        self._update(step)
+        names = list(step.rows)
+        table = Table(names, D.all_gather(torch.stack([step.rows[n].detach() for n in names], dim=1)))
+        self._guard(table, step.scalars, epoch, step_no)
+        self.state.write(batch.index_all, table.select(self.state.columns))
+        for name, value in step.scalars.items():
+            self.state.set_scalar(name, value)
+
+        value = table["loss"].sum()
+        if batch.world == 1:
+            triples = (step.side_I.W.add_(step.side_T.W.T), batch.x, batch.t)
+        else:
+            triples = (step.side_I.W, batch.x, batch.t_all, step.side_T.W, batch.t, batch.x_all)
+        loss = _SurrogateGradient.apply(value, float(batch.world), *triples)
+        extra = self._extra_loss(step, table)
+        if extra is not None:
+            loss = loss + (extra - extra.detach())
+        return LossOutput(loss, self._stats(step, table))
+
+    def _check_index(self, index: Tensor) -> None:
+        lo, hi = torch.stack(torch.aminmax(index)).tolist()
+        if lo < 0 or hi >= self.num_samples:
+            raise UsageError(
+                f"loss {self.name}: dataset index out of range [{lo}, {hi}] for num_samples = {self.num_samples}; "
+                "build_loss(num_samples=...) must be the training set size"
+            )
+
+    def _guard(self, table: Table, scalars: dict[str, Tensor], epoch: int, step: int) -> None:
+        """NaN/inf anywhere in the step's results (loss, s, b, τ, ...): stop before the state is written."""
+        finite = torch.isfinite(table.values).all(dim=0)
+        flags = torch.cat([finite, torch.stack([torch.isfinite(v).reshape(()) for v in scalars.values()])]) if scalars else finite
+        if bool(flags.all()):
+            return
+        names = table.names + list(scalars)
+        self._raise_non_finite([n for n, ok in zip(names, flags.tolist()) if not ok], epoch, step)
+
+    def _stats(self, step: Step, table: Table) -> dict[str, float]:
+        means = dict(zip(table.names, table.values.mean(dim=0)))
+        taus = table.select(("used_tau_I", "used_tau_T"))
+        lo, hi = torch.aminmax(taus, dim=0)
+        named: dict[str, Tensor] = {}
+        for k, side in enumerate(("I", "T")):
+            named[f"s_{side}"] = means[f"s_{side}"]
+            named[f"b_{side}"] = means[f"b_{side}"]
+            named[f"gcl_{side}"] = (taus[:, k] * (torch.log(table[f"s_{side}"] + self.eps) + table[f"b_{side}"])).mean()
+            named[f"tau_{side}_mean"] = means[f"used_tau_{side}"]
+            named[f"tau_{side}_min"] = lo[k]
+            named[f"tau_{side}_max"] = hi[k]
+        named.update(self._extra_stats(step, table))
+        values = torch.stack([v.detach().reshape(()).to(table.values) for v in named.values()]).tolist()
+        stats = dict(zip(named, values))
+        stats["gamma"] = step.gamma
+        return stats
+
+    # ------------------------------------------------------------------------------ checkpointing
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"format": "clipctl-loss-state", "loss": self.name, "num_samples": self.num_samples, **self.state.payload()}
+
+    def set_extra_state(self, payload: Any) -> None:
+        if not isinstance(payload, dict) or payload.get("format") != "clipctl-loss-state":
+            raise ResumeError(f"loss {self.name}: the checkpoint holds no clipctl loss state; resume from a clipctl state/ directory")
+        if payload.get("loss") != self.name:
+            raise ResumeError(
+                f"loss {self.name}: the checkpoint's per-sample state belongs to loss {payload.get('loss')!r}; "
+                "resume with the same loss.name"
+            )
+        problem = self.state.incompatibility(payload)
+        if problem is None:
+            self.state.load_payload(payload)
+        elif getattr(self, "_reset_on_load", False):
+            self.state.reset(self.state.device)
+        else:
+            raise ResumeError(
+                f"loss {self.name}: {problem}; resume with the same data and [loss] settings, or set "
+                "train.reset_loss_state = true to restart the per-sample state"
+            )
