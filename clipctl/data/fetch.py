@@ -1,0 +1,315 @@
+"""Downloads and the `data fetch|verify|ls` operations.
+
+A download goes to `downloads/<file>.part`, resumes with HTTP Range, follows redirects, retries transient
+failures (5xx, 429, dropped connections, truncated bodies) with exponential backoff, is verified by size
+and hash, and only then is renamed into place. A wrong hash moves the file to `downloads/quarantine/`.
+401/403 explains what access the user must provide; an unreachable host says so in one line.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import requests
+import urllib3
+
+from clipctl import __version__
+from clipctl.data.manifest import hash_file, read_manifest, write_manifest
+from clipctl.data.registry import REGISTRY, DatasetSpec, RemoteFile, get_spec
+from clipctl.errors import DataError
+from clipctl.report.console import ProgressReporter, info, warn
+
+PREPARERS = {"coco-karpathy-test": "clipctl.data.coco", "coco-val-5k": "clipctl.data.coco",
+             "imagenet-val": "clipctl.data.imagenet", "cc3m-100k": "clipctl.data.cc3m"}
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class FetchPolicy:
+    """Retry and timeout knobs (tests shrink the backoff)."""
+
+    retries: int = 5
+    connect_retries: int = 2  # a host that never answered: fail fast (no network, wrong mirror)
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    connect_timeout_s: float = 15.0
+    read_timeout_s: float = 60.0
+    chunk_bytes: int = 1 << 20
+
+
+POLICY = FetchPolicy()
+
+
+class SourceUnavailable(DataError):
+    """The source does not have the file (404/410) or kept failing: another source may still work."""
+
+
+def http_session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = f"clipctl/{__version__}"
+    return session
+
+
+def _short_reason(err: Exception) -> str:
+    text = str(err)
+    match = re.search(r"\[Errno -?\d+\][^'\")]*", text) or re.search(r"(Name or service not known|Temporary failure in name resolution"
+                                                                   r"|timed out|Connection refused|Connection reset)", text)
+    return match.group(0).strip() if match else type(err).__name__
+
+
+def _expected_hashes(expected: RemoteFile) -> dict[str, str]:
+    return {k: v for k, v in (("md5", expected.md5), ("sha256", expected.sha256)) if v}
+
+
+def quarantine(path: Path) -> Path:
+    """Move a file that failed verification out of the way (kept for inspection, never reused)."""
+    folder = path.parent / "quarantine" if path.parent.name != "quarantine" else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name.removesuffix(".part")
+    if target.exists():
+        target = folder / f"{target.name}.{int(time.time())}"
+    path.replace(target)
+    return target
+
+
+def verify_file(path: Path, expected: RemoteFile, dataset_id: str, move_bad: bool = True) -> dict[str, Any]:
+    """Size and hashes of `path` against the registry; a mismatch raises, after quarantining the file
+    when `move_bad` (files the user keeps elsewhere are never moved)."""
+    size = path.stat().st_size
+    if expected.size is not None and size != expected.size:
+        where = f"moved to {quarantine(path)}" if move_bad else f"left at {path}"
+        raise DataError(f"{expected.name}: size mismatch: expected {expected.size} bytes, actual {size}; {where}; "
+                        f"fetch it again (`clipctl data fetch {dataset_id}`)")
+    hashes = hash_file(path, sorted({"sha256", *_expected_hashes(expected)}))
+    for algo, want in _expected_hashes(expected).items():
+        if hashes[algo] != want.lower():
+            where = f"moved to {quarantine(path)}" if move_bad else f"left at {path}"
+            raise DataError(f"{expected.name}: {algo} mismatch: expected {want}, actual {hashes[algo]}; {where}; "
+                            f"fetch it again (`clipctl data fetch {dataset_id}`) or check its source {expected.url}")
+    return {"size": size, **hashes}
+
+
+def download(url: str, dest: Path, expected: RemoteFile, *, dataset_id: str, access_hint: str = "",
+             headers: dict[str, str] | None = None, policy: FetchPolicy | None = None,
+             session: requests.Session | None = None, progress: bool = True) -> dict[str, Any]:
+    """Fetch `url` to `dest` (resumable, retried, verified, atomic); returns {"size", "sha256", ...}.
+
+    An existing `dest` that verifies is kept as is (a user may place files there by hand). `progress=False`
+    silences the per-file progress display (many small files share one display instead).
+    """
+    policy = policy or POLICY
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        try:
+            return verify_file(dest, expected, dataset_id)
+        except DataError as err:
+            warn(f"{err}; downloading it again")
+    part = dest.with_name(dest.name + ".part")
+    session = session or http_session()
+    host = urlparse(url).netloc or url
+    attempt, last_error, got_response = 0, "", False
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        if expected.size is not None and offset >= expected.size:
+            break
+        try:
+            if _fetch_once(session, url, part, offset, expected, headers or {}, policy, dataset_id, access_hint, progress):
+                break
+            got_response = True
+            last_error = f"the body ended early at {part.stat().st_size if part.exists() else 0} bytes"
+        except _Retry as retry:
+            got_response = got_response or retry.responded
+            last_error = retry.reason
+            if retry.no_network and not got_response:
+                raise DataError(f"{dataset_id}: cannot reach {host} ({retry.reason}): no network? check the connection "
+                                f"or set CLIPCTL_MIRROR to a reachable mirror") from None
+        attempt += 1
+        if attempt > (policy.retries if got_response else min(policy.retries, policy.connect_retries)):
+            have = part.stat().st_size if part.exists() else 0
+            if not got_response:
+                raise DataError(f"{dataset_id}: cannot reach {host} ({last_error}) after {attempt} tries: no network? "
+                                f"check the connection or set CLIPCTL_MIRROR to a reachable mirror")
+            raise SourceUnavailable(f"{expected.name}: download from {host} failed after {attempt} tries ({last_error}); "
+                                    f"{have} bytes kept in {part}; run the command again to resume")
+        delay = min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1))
+        info(f"{expected.name}: {last_error}; retrying in {delay:.1f} s (try {attempt + 1})")
+        time.sleep(delay)
+    result = verify_file(part, expected, dataset_id)
+    part.replace(dest)
+    return result
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, responded: bool, no_network: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.responded, self.no_network = reason, responded, no_network
+
+
+def _fetch_once(session: requests.Session, url: str, part: Path, offset: int, expected: RemoteFile,
+                headers: dict[str, str], policy: FetchPolicy, dataset_id: str, access_hint: str, show: bool) -> bool:
+    """One request; True when the body arrived complete, False when it ended early (resume), _Retry otherwise."""
+    request_headers = {"Accept-Encoding": "identity", **headers}  # byte offsets must be file offsets
+    if offset:
+        request_headers["Range"] = f"bytes={offset}-"
+    try:
+        response = session.get(url, headers=request_headers, stream=True, allow_redirects=True,
+                               timeout=(policy.connect_timeout_s, policy.read_timeout_s))
+    except requests.exceptions.ConnectionError as err:
+        reason = _short_reason(err)
+        raise _Retry(reason, responded=False, no_network="name" in reason.lower() or "Errno -" in reason) from None
+    except requests.exceptions.Timeout as err:
+        raise _Retry(f"timed out ({_short_reason(err)})", responded=False) from None
+    with response:
+        status = response.status_code
+        if status in (401, 403):
+            raise DataError(f"{dataset_id}: {urlparse(url).netloc} answered {status} for {expected.name}: access is "
+                            f"gated or denied; {access_hint or 'download the file yourself into <data root>/downloads/'}")
+        if status in (404, 410):
+            raise SourceUnavailable(f"{expected.name}: not found at {url} ({status}); "
+                                    f"{access_hint or 'set CLIPCTL_MIRROR or place the file in <data root>/downloads/'}")
+        if status == 416:  # our .part is already complete (size unknown) or longer than the file
+            if expected.size is None and offset:
+                return True
+            part.unlink(missing_ok=True)
+            raise _Retry("the server rejected the resume range; restarting", responded=True)
+        if status in _RETRY_STATUS or status >= 500:
+            raise _Retry(f"HTTP {status}", responded=True)
+        if status not in (200, 206):
+            raise DataError(f"{expected.name}: unexpected HTTP {status} from {url}")
+        if status == 206 and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
+            part.unlink(missing_ok=True)
+            raise _Retry("the server answered a different range; restarting", responded=True)
+        start = offset if status == 206 else 0
+        length = response.headers.get("Content-Length")
+        total = expected.size or (start + int(length) if length and length.isdigit() else None)
+        received = start
+        read = getattr(response.raw, "read1", None) or response.raw.read  # read1 keeps the bytes before a cut
+        try:
+            with open(part, "ab" if start else "wb") as handle, _progress(expected.name, total, show) as progress:
+                progress.update(completed=start)
+                while True:
+                    try:
+                        chunk = read(policy.chunk_bytes)
+                    except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as err:
+                        raise _Retry(f"the connection dropped at {received} bytes ({_short_reason(err)})", responded=True) from None
+                    if not chunk:
+                        break
+                    handle.write(chunk)
+                    received += len(chunk)
+                    progress.update(completed=received)
+        except OSError as err:  # the local side: disk full, permissions
+            raise DataError(f"{part}: cannot write ({err.strerror or err}); free some space or choose another data root "
+                            f"(CLIPCTL_DATA)") from None
+        if length and length.isdigit() and received < start + int(length):
+            return False
+        return expected.size is None or received >= expected.size
+
+
+class _Silent:
+    def update(self, advance: float = 0.0, completed: float | None = None) -> None:
+        pass
+
+    def __enter__(self) -> "_Silent":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(name: str, total: int | None, show: bool) -> ProgressReporter | _Silent:
+    return ProgressReporter(name, total=total, unit="B", bytes_mode=True) if show else _Silent()
+
+
+# ------------------------------------------------------------------------------------------ operations
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _preparer(dataset_id: str) -> Any:
+    return importlib.import_module(PREPARERS[dataset_id])
+
+
+def fetch_dataset(dataset_id: str, root: Path, *, force: bool = False, seed: int = 0, train_size: int = 20_000,
+                  image_size: int = 64) -> tuple[str, dict[str, Any]]:
+    """Make `dataset_id` present under `root`; returns ("generated"|"fetched"|"verified", manifest).
+
+    When it is already present (and, for shapes, with the same parameters) it is verified, not re-made.
+    """
+    spec = get_spec(dataset_id)
+    root = Path(root)
+    if dataset_id == "shapes":
+        from clipctl.data import shapes
+
+        config = shapes.ShapesConfig(seed=seed, train_size=train_size, image_size=image_size)
+        if not force and shapes.is_current(read_manifest(root, "shapes"), config):
+            return "verified", _mark_verified(root, spec, shapes.verify_shapes(root))
+        shapes.ensure_shapes(root, seed=seed, train_size=train_size, image_size=image_size, force=True)
+        return "generated", read_manifest(root, "shapes") or {}
+    info(f"{dataset_id}: licence: {spec.licence}")
+    manifest = read_manifest(root, dataset_id)
+    if manifest is not None and not force:
+        return "verified", verify_dataset(dataset_id, root)
+    manifest = _preparer(dataset_id).prepare(spec, root, force=force)
+    manifest.update({"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(), "verified_at": now_iso()})
+    write_manifest(root, dataset_id, manifest)
+    return "fetched", manifest
+
+
+def verify_dataset(dataset_id: str, root: Path) -> dict[str, Any]:
+    """Re-hash what the manifest records (annotations, images, counts); DataError (exit 3) on any difference."""
+    spec = get_spec(dataset_id)
+    root = Path(root)
+    if dataset_id == "shapes":
+        from clipctl.data.shapes import verify_shapes
+
+        return _mark_verified(root, spec, verify_shapes(root))
+    manifest = read_manifest(root, dataset_id)
+    if manifest is None:
+        raise DataError(f"{dataset_id}: not present under {root}; run `clipctl data fetch {dataset_id}`")
+    _preparer(dataset_id).verify(spec, root, manifest)
+    return _mark_verified(root, spec, manifest)
+
+
+def _mark_verified(root: Path, spec: DatasetSpec, manifest: dict[str, Any]) -> dict[str, Any]:
+    if spec.id != "shapes":  # the shapes manifest stays byte-identical across generations
+        manifest["verified_at"] = now_iso()
+        write_manifest(root, spec.id, manifest)
+    return manifest
+
+
+def dataset_status(root: Path) -> list[dict[str, Any]]:
+    """One row per registry entry: present, size on disk, last verification (for `data ls`)."""
+    rows = []
+    for spec in REGISTRY.values():
+        try:
+            manifest = read_manifest(Path(root), spec.id)
+        except DataError:
+            manifest = {"verified": False, "corrupt": True}
+        rows.append({
+            "id": spec.id, "role": spec.role, "present": manifest is not None and not manifest.get("corrupt"),
+            "size_bytes": (manifest or {}).get("size_bytes"),
+            "verified": (manifest or {}).get("verified_at") or bool((manifest or {}).get("verified")),
+            "description": spec.description, "licence": spec.licence,
+        })
+    return rows
+
+
+def run_sources(dataset_id: str, attempts: list[tuple[str, Callable[[], Any]]]) -> Any:
+    """Try sources in priority order: the first that succeeds wins; `SourceUnavailable` moves to the next."""
+    failures = []
+    for name, attempt in attempts:
+        try:
+            return attempt()
+        except SourceUnavailable as err:
+            failures.append(f"{name}: {err}")
+            if len(failures) < len(attempts):
+                warn(f"{dataset_id}: source {name} unavailable ({err}); trying the next source")
+    raise DataError(f"{dataset_id}: no source worked ({'; '.join(failures)})")

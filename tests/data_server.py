@@ -1,0 +1,90 @@
+"""A tiny HTTP file server for the data tests: Range requests, redirects, scripted failures.
+
+Python's `http.server` serves whole files only; downloads must be tested against partial content,
+redirects, auth failures, 5xx bursts, truncated bodies and wrong content, so this handler scripts them.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class FileServer:
+    """`files[path] = bytes`; `script[path]` is a list of one-shot behaviours consumed per request:
+    {"status": 503} | {"redirect": "/other"} | {"truncate": n} | {"body": b"..."} | {"ignore_range": True}."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    script: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    log: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            path = self.path.split("?")[0]
+            server.log.append((path, self.headers.get("Range")))
+            steps = server.script.get(path)
+            step = steps.pop(0) if steps else {}
+            if "status" in step:
+                self.send_response(step["status"])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if "redirect" in step:
+                self.send_response(302)
+                self.send_header("Location", step["redirect"])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = step.get("body", server.files.get(path))
+            if body is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            start, end = 0, len(body) - 1
+            match = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
+            if match and not step.get("ignore_range"):
+                start = int(match.group(1))
+                end = int(match.group(2)) if match.group(2) else len(body) - 1
+                if start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+            else:
+                self.send_response(200)
+            chunk = body[start:end + 1]
+            self.send_header("Content-Length", str(len(chunk)))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            if "truncate" in step:
+                chunk = chunk[: step["truncate"]]
+            self.wfile.write(chunk)
+            self.wfile.flush()
+
+    return Handler
+
+
+def start(server: FileServer) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
+    httpd.daemon_threads = True
+    server.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return httpd, thread
