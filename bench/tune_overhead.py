@@ -1,0 +1,123 @@
+"""Tuner overhead: one GP ask + tell with 100 observed points, journal replay of 100 trials, journal I/O.
+
+A study of phase-1 shape (2 categorical + 2 log-uniform dimensions, gp_hedge, 12 LHS initial points) is
+driven to 100 observations through `SkoptSearch` (every tell refits the GP, as in a real study; the time
+this takes is exactly what resuming a 100-trial study costs, since resume replays the same calls). Then
+`--repeats` further ask+tell pairs are timed at 100..100+repeats observations, and appending/reading
+journal events (one write + fsync each, under the lock) is timed in a temporary study.
+Prints the numbers and writes bench/results/tune_overhead.json.
+
+    python bench/tune_overhead.py [--observed 100] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from clipctl.report.console import info, print_table  # noqa: E402
+from clipctl.tune.optimizer import SkoptSearch  # noqa: E402
+from clipctl.tune.space import SearchSpace  # noqa: E402
+from clipctl.tune.store import Journal  # noqa: E402
+
+SPACE = {
+    "loss.name": ["sogclr", "isogclr_new", "isogclr_new_v2"],
+    "optim.name": ["adam", "adamw", "radam", "novograd", "fusedadam", "fusedlamb", "fusednovograd", "rmsprop",
+                   "momentum", "nvnovograd"],
+    "optim.lr": {"low": 1e-4, "high": 1e-2, "prior": "log-uniform"},
+    "optim.weight_decay": {"low": 1e-6, "high": 1e-1, "prior": "log-uniform"},
+}
+JOURNAL_EVENTS = 200
+
+
+def objective(point: dict) -> float:
+    """A smooth synthetic objective with a per-optimizer offset (the values only shape the GP)."""
+    offset = SPACE["optim.name"].index(point["optim.name"]) / 100
+    return 0.5 - 0.1 * (math.log10(point["optim.lr"]) + 3) ** 2 - offset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--observed", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    search = SkoptSearch(SearchSpace.from_toml(SPACE, "bench"), n_initial=12, acq="gp_hedge", seed=0)
+    start = time.perf_counter()
+    for _ in range(args.observed):
+        point = search.ask(1, [])[0]
+        search.tell(point, objective(point))
+    replay_s = time.perf_counter() - start
+
+    asks, tells = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        point = search.ask(1, [])[0]
+        t1 = time.perf_counter()
+        search.tell(point, objective(point))
+        asks.append(t1 - t0)
+        tells.append(time.perf_counter() - t1)
+    t0 = time.perf_counter()
+    search.ask(4, [point])  # a --parallel 4 refill while one trial runs (constant liar on a copy)
+    batch_s = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(Path(tmp))
+        event = {"event": "epoch_reported", "phase": 1, "trial": 1, "epoch": 0, "value": 0.5, "worker": "bench"}
+        t0 = time.perf_counter()
+        for _ in range(JOURNAL_EVENTS):
+            with journal.locked():
+                journal.append([event])
+        append_s = (time.perf_counter() - t0) / JOURNAL_EVENTS
+        t0 = time.perf_counter()
+        events, _ = journal.read(0)
+        read_s = (time.perf_counter() - t0) / len(events)
+
+    result = {
+        "observed_points": args.observed,
+        "space": "2 categorical (3, 10) + 2 log-uniform; gp_hedge; 12 LHS initial points",
+        "ask_s_median": statistics.median(asks),
+        "tell_s_median": statistics.median(tells),
+        "ask_tell_s_median": statistics.median(a + t for a, t in zip(asks, tells)),
+        "ask_4_with_1_pending_s": batch_s,
+        "replay_s": replay_s,
+        "replay_s_per_trial": replay_s / args.observed,
+        "journal_append_fsync_s_per_event": append_s,
+        "journal_read_s_per_event": read_s,
+        "repeats": args.repeats,
+        "versions": {"python": platform.python_version(), "scikit-optimize": version("scikit-optimize"),
+                     "scikit-learn": version("scikit-learn"), "numpy": version("numpy")},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_avg_1m": os.getloadavg()[0]},
+    }
+    print_table(f"tune overhead at {args.observed} observed points", ["measure", "seconds"], [
+        ("ask (median)", f"{result['ask_s_median']:.4f}"),
+        ("tell = GP refit + acquisition (median)", f"{result['tell_s_median']:.3f}"),
+        ("ask + tell (median)", f"{result['ask_tell_s_median']:.3f}"),
+        ("ask 4 points, 1 pending (--parallel)", f"{batch_s:.3f}"),
+        (f"replay of {args.observed} trials (resume)", f"{replay_s:.1f}"),
+        ("journal append + fsync, per event", f"{append_s:.5f}"),
+        ("journal read, per event", f"{read_s:.6f}"),
+    ])
+    share = result["ask_tell_s_median"] / 600
+    info(f"ask+tell is {100 * share:.3f}% of a 10-minute trial; resuming a {args.observed}-trial study replays in "
+         f"{replay_s:.0f} s")
+    out = ROOT / "bench" / "results" / "tune_overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    info(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

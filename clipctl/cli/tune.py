@@ -1,0 +1,288 @@
+"""`clipctl tune [--phase N] ...` and `tune status | best | importance | plot`."""
+from __future__ import annotations
+
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from clipctl.errors import UsageError
+from clipctl.report.console import emit_json, format_duration, info, print_table, warn
+
+DEFAULT_STUDY = Path("runs/tune")
+
+app = typer.Typer(
+    help="Tune with the report's three phases (Bayesian search, grid, GP fine-tuning); resumable and parallel.\n\n"
+    "Example: clipctl tune --phase 1 --parallel 2",
+    invoke_without_command=True,
+)
+
+
+def _study_dir(ctx: typer.Context, study: Optional[Path]) -> Path:
+    """A subcommand's --study, else the one given before the subcommand, else runs/tune."""
+    return study or (ctx.obj or {}).get("study") or DEFAULT_STUDY
+
+
+def _load(phase: Optional[int], recipe: Optional[str]) -> tuple[Any, Path]:
+    from clipctl.recipe import load_tune_recipe
+
+    if phase is not None and phase not in (1, 2, 3):
+        raise UsageError(f"--phase {phase}: expected 1, 2 or 3")
+    tune, path = load_tune_recipe(recipe or f"tune/phase{phase or 1}")
+    if phase is not None and tune.tune.phase != phase:
+        raise UsageError(f"{path}: tune.phase = {tune.tune.phase} but --phase {phase}; drop --phase or use the phase's recipe")
+    return tune, path
+
+
+@app.callback()
+def tune(
+    ctx: typer.Context,
+    phase: Optional[int] = typer.Option(None, "--phase", help="1, 2 or 3; default recipe recipes/tune/phaseN.toml (default 1)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="A tune recipe instead of the phase's built-in one."),
+    study: Path = typer.Option(DEFAULT_STUDY, "--study", help="Study folder (study.toml, journal.jsonl, phaseN/tNNN/)."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Trials run at once, each on its own GPU(s) when there are any."),
+    launcher: str = typer.Option("", "--launcher", help='Start each trial with this, e.g. "accelerate launch --num_processes 2 '
+                                 '--main_process_port 2950{slot}" ({slot}: the parallel slot number).'),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print trials x epochs x measured step time per phase; start nothing."),
+) -> None:
+    """Run a tuning phase, or resume it (same command).  Example: clipctl tune --phase 1 --parallel 2"""
+    ctx.obj = {"study": study}
+    if ctx.invoked_subcommand is not None:
+        return
+    from clipctl.tune.runner import train_command
+
+    if launcher:
+        program = shlex.split(launcher)[0] if shlex.split(launcher) else ""
+        if not shutil.which(program):
+            raise UsageError(f"--launcher {launcher!r}: {program!r} not found on PATH")
+    if dry_run:
+        _dry_run(phase, recipe, study, parallel, train_command(launcher))
+        return
+    _run(phase, recipe, study, parallel, train_command(launcher))
+
+
+def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel: int, command: list[str]) -> None:
+    from clipctl.tune.estimate import estimate_phase
+    from clipctl.tune.store import Study
+
+    state = Study(study).state()
+    phases = [phase] if (phase is not None or recipe) else [1, 2, 3]
+    rows, notes = [], []
+    total = 0.0
+    for number in phases:
+        tune_recipe, path = _load(number, recipe)
+        info(f"phase {tune_recipe.tune.phase}: measuring the step time of a trial recipe ({path})...")
+        est = estimate_phase(tune_recipe, path, state, command, parallel)
+        seconds = est.seconds
+        total += seconds or 0.0
+        rows.append((est.phase, est.trials, est.epochs, est.steps_per_epoch if est.steps_per_epoch is not None else "?",
+                     f"{est.seconds_per_step:.3f}" if est.seconds_per_step is not None else "?",
+                     format_duration(seconds) if seconds is not None else "?"))
+        notes += [f"phase {est.phase}: {note}" for note in est.notes]
+    print_table(f"tune dry run (nothing started; --parallel {parallel}; training steps only, evaluation not included)",
+                ["phase", "trials", "epochs", "steps/epoch", "s/step", "est. time"], rows)
+    for note in notes:
+        info(note)
+    if len(rows) > 1 and all(r[5] != "?" for r in rows):
+        info(f"all phases: about {format_duration(total)} of training")
+
+
+def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel: int, command: list[str]) -> None:
+    from clipctl.train.interrupt import StopRequest
+    from clipctl.tune.phases import open_phase
+    from clipctl.tune.runner import PhaseWorker, SubprocessRunner
+    from clipctl.tune.store import Study
+
+    tune_recipe, path = _load(phase, recipe)
+    study = Study(study_dir)
+    plan = open_phase(study, tune_recipe, path)
+    for note in plan.notes:
+        warn(note)
+    info(f"phase {plan.phase}: {plan.strategy} search over {', '.join(plan.space.names)}; "
+         f"{plan.planned_trials()} trials; study {study.root}")
+    with StopRequest() as stop:  # Ctrl-C / SIGTERM: stop trials (they save resumable state), exit 130
+        state = PhaseWorker(study, plan, SubprocessRunner(command, parallel=parallel), parallel=parallel,
+                            should_stop=lambda: stop.requested).run()
+    best = state.best()
+    counts = {s: sum(t.status == s for t in state.trials.values()) for s in ("completed", "failed", "pruned", "running")}
+    info(f"phase {plan.phase}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+         + (f"; best {plan.objective} = {best.value:.4f} ({best.name})" if best else "; no trial completed"))
+    if state.running():
+        info("trials still running belong to other workers (or are orphaned: run the same command to resume them)")
+    if state.closed is not None and plan.handover.get("kind") == "top_k":
+        _print_correlation(study, plan.handover["from_phase"], plan.phase)
+
+
+def _print_correlation(study: Any, first: int, second: int) -> None:
+    from clipctl.tune.phases import phase_correlation
+
+    corr = phase_correlation(study.state(), first, second)
+    if corr is None:
+        info(f"phase {first} -> phase {second} rank correlation: needs at least 3 shared (loss, optimizer) configs")
+        return
+    rho = "undefined (constant scores)" if corr["rho"] is None else f"{corr['rho']:+.3f}"
+    p = "" if corr["p"] is None else f" (p = {corr['p']:.3g})"
+    info(f"phase {first} -> phase {second} Spearman rank correlation over {corr['n']} (loss, optimizer) configs: rho = {rho}{p}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    study: Optional[Path] = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+    phase: Optional[int] = typer.Option(None, "--phase", help="Also list this phase's trials."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable status on stdout."),
+) -> None:
+    """Phases, trials (running/failed/pruned), best so far and lineage.  Example: clipctl tune status --phase 1"""
+    from clipctl.tune.phases import load_plan, phase_correlation
+    from clipctl.tune.store import Study
+
+    store = Study(_study_dir(ctx, study)).require()
+    state = store.state()
+    rows, payload = [], []
+    for number in store.frozen_phases():
+        plan, ps = load_plan(store, number), state.phase(number)
+        best = ps.best()
+        counts = {s: sum(t.status == s for t in ps.trials.values()) for s in ("completed", "failed", "pruned", "running")}
+        lineage = _lineage(plan.handover)
+        rows.append((number, plan.strategy, f"{len(ps.finished())}/{plan.planned_trials()}", counts["running"],
+                     counts["failed"], counts["pruned"], f"{best.value:.4f}" if best else "-", best.name if best else "-",
+                     "closed" if ps.closed else "open"))
+        payload.append({"phase": number, "strategy": plan.strategy, "planned": plan.planned_trials(), **counts,
+                        "best_trial": best.trial if best else None, "best_value": best.value if best else None,
+                        "closed": ps.closed is not None, "lineage": lineage,
+                        "trials": [_trial_json(t) for t in ps.trials.values()]})
+    if as_json:
+        emit_json({"study": str(store.root), "phases": payload,
+                   "correlation_1_2": phase_correlation(state, 1, 2) if {1, 2} <= set(state.phases) else None})
+        return
+    print_table(f"study {store.root}", ["phase", "strategy", "finished", "running", "failed", "pruned", "best",
+                                        "trial", "state"], rows)
+    for entry in payload:
+        if entry["lineage"] != "-":
+            info(f"phase {entry['phase']} lineage: {entry['lineage']}")
+    if phase is not None:
+        plan, ps = load_plan(store, phase), state.phase(phase)
+        trial_rows = [(t.name, t.status + (" (penalty)" if t.flagged else ""), _fmt(t.value) if t.value is not None else "-",
+                       len(t.epochs), " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()), t.reason)
+                      for t in ps.trials.values()]
+        print_table(f"phase {phase} trials ({plan.objective})", ["trial", "status", "value", "epochs", "params", "note"], trial_rows)
+    if {1, 2} <= set(state.phases) and state.phase(2).measured():
+        _print_correlation(store, 1, 2)
+
+
+def _lineage(handover: dict[str, Any]) -> str:
+    if handover.get("kind") == "top_k":
+        combos = ", ".join(f"{l}+{o}" for l, o, _ in handover["combos"])
+        return f"top-{len(handover['combos'])} of phase {handover['from_phase']}: {combos}"
+    if handover.get("kind") == "best":
+        return f"from phase {handover['from_phase']} t{handover['trial']:03d} ({handover['value']:.4f})"
+    return "-"
+
+
+def _trial_json(t: Any) -> dict[str, Any]:
+    return {"trial": t.trial, "status": t.status, "value": t.value, "raw": t.raw, "flagged": t.flagged,
+            "params": t.params, "loss": t.loss, "optimizer": t.optimizer, "epochs": t.epochs, "reason": t.reason}
+
+
+def _best_phase(store: Any, state: Any, phase: Optional[int]) -> int:
+    if phase is not None:
+        return phase
+    with_results = [n for n in store.frozen_phases() if state.phase(n).measured()]
+    if not with_results:
+        raise UsageError(f"{store.root}: no completed trial yet; see `clipctl tune status`")
+    return with_results[-1]
+
+
+@app.command("best")
+def best(
+    ctx: typer.Context,
+    study: Optional[Path] = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+    phase: Optional[int] = typer.Option(None, "--phase", help="Phase to take the best trial from (default: the latest with results)."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the best trial as a runnable recipe here."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --export file."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+) -> None:
+    """The best trial so far, optionally as a recipe.  Example: clipctl tune best --export best.toml"""
+    from clipctl.tune.phases import load_plan
+    from clipctl.tune.store import Study, atomic_write_text
+
+    store = Study(_study_dir(ctx, study)).require()
+    state = store.state()
+    number = _best_phase(store, state, phase)
+    plan, record = load_plan(store, number), state.phase(number).best()
+    if record is None:
+        raise UsageError(f"{store.root}: phase {number} has no completed trial yet; see `clipctl tune status`")
+    run_dir = store.phase_dir(number) / record.name
+    if export is not None:
+        if export.exists() and not force:
+            raise UsageError(f"{export}: already exists; choose another path or add --force")
+        recipe = plan.trial_recipe(record.params, "", "runs")
+        header = (f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {record.value:.4f}) "
+                  f"from study {store.root}.\n# Train it with: clipctl train {export}\n")
+        atomic_write_text(export, header + recipe.to_toml())
+    if as_json:
+        emit_json({"phase": number, "trial": record.trial, "value": record.value, "params": record.params,
+                   "loss": record.loss, "optimizer": record.optimizer, "run_dir": str(run_dir),
+                   "export": str(export) if export else None})
+        return
+    rows = [("phase", number), ("trial", record.name), (plan.objective, f"{record.value:.4f}"), ("loss", record.loss),
+            ("optimizer", record.optimizer), *((k, _fmt(v)) for k, v in record.params.items()), ("run dir", str(run_dir))]
+    print_table("best trial", ["item", "value"], rows)
+    if export is not None:
+        info(f"wrote {export}; run it with `clipctl train {export}`")
+
+
+@app.command("importance")
+def importance(
+    ctx: typer.Context,
+    study: Optional[Path] = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+    phase: Optional[int] = typer.Option(None, "--phase", help="Phase to analyse (default: the latest with results)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable table on stdout."),
+) -> None:
+    """Random-forest importance and Spearman correlation per parameter.  Example: clipctl tune importance --phase 1"""
+    from clipctl.tune.importance import importance as compute
+    from clipctl.tune.phases import load_plan
+    from clipctl.tune.store import Study
+
+    store = Study(_study_dir(ctx, study)).require()
+    state = store.state()
+    number = _best_phase(store, state, phase)
+    plan = load_plan(store, number)
+    rows = compute(plan.space, state.phase(number).measured(), seed=plan.seed)
+    if as_json:
+        emit_json([{"parameter": r.name, "importance": r.importance, "spearman": r.spearman, "detail": r.detail} for r in rows])
+        return
+    print_table(f"phase {number}: parameter importance for {plan.objective} ({len(state.phase(number).measured())} trials)",
+                ["parameter", "importance %", "spearman", "detail"],
+                [(r.name, round(100 * r.importance, 1), "-" if r.spearman is None else f"{r.spearman:+.3f}", r.detail)
+                 for r in rows])
+
+
+@app.command("plot")
+def plot(
+    ctx: typer.Context,
+    study: Optional[Path] = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default STUDY/plots)."),
+    phase: Optional[int] = typer.Option(None, "--phase", help="Only this phase (default: every phase with trials)."),
+) -> None:
+    """PNG figures: objective by optimizer/loss, progression, importance, skopt plots.  Example: clipctl tune plot"""
+    from clipctl.tune.phases import load_plan
+    from clipctl.tune.plots import phase_plots
+    from clipctl.tune.store import Study
+
+    store = Study(_study_dir(ctx, study)).require()
+    state = store.state()
+    folder = out or store.root / "plots"
+    written = []
+    for number in [phase] if phase is not None else store.frozen_phases():
+        written += phase_plots(load_plan(store, number), state.phase(number), folder)
+    if not written:
+        raise UsageError(f"{store.root}: no finished trial to plot yet; see `clipctl tune status`")
+    for path in written:
+        info(f"wrote {path}")

@@ -1,0 +1,343 @@
+"""Running a phase: trials as subprocesses (`clipctl train`), K at a time, with median pruning.
+
+A trial is an ordinary run: its resolved recipe is written to `phaseN/tNNN.toml` and started as
+`python -m clipctl train phaseN/tNNN.toml --out phaseN --name tNNN --resume auto` (or behind a launcher
+such as `accelerate launch --num_processes 2`), in its own session so a signal reaches the whole process
+tree, with `CUDA_VISIBLE_DEVICES` set per parallel slot. The worker watches `metrics.jsonl` for per-epoch
+objectives (pruning, divergence) and reads `summary.json` when the process exits. The runner is an
+interface (`TrialRunner`): tests pass one that starts a fake trainer.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from clipctl.errors import InterruptedRun, UsageError
+from clipctl.report.console import info
+from clipctl.tune.phases import PhasePlan
+from clipctl.tune.session import PhaseSession
+from clipctl.tune.store import PhaseState, Study, TrialRecord, atomic_write_text, finite
+
+STOP_GRACE_S = 120.0  # a stopped trainer finishes its step and writes resumable state first
+POLL_MIN_S, POLL_MAX_S = 0.05, 1.0  # poll fast right after activity, back off to 1 Hz while trials train
+
+
+@dataclass(frozen=True)
+class TrialLaunch:
+    phase: int
+    trial: int
+    name: str
+    recipe: Path
+    out_dir: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / self.name
+
+    @property
+    def log(self) -> Path:
+        return self.out_dir / f"{self.name}.log"
+
+    def train_args(self) -> list[str]:
+        return [str(self.recipe), "--out", str(self.out_dir), "--name", self.name, "--resume", "auto"]
+
+
+class TrialProcess(Protocol):
+    def poll(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class TrialRunner(Protocol):
+    def start(self, launch: TrialLaunch, slot: int) -> TrialProcess: ...
+
+    def devices(self, slot: int) -> list[str]: ...
+
+
+def train_command(launcher: str = "") -> list[str]:
+    """`python -m clipctl train`, or the launcher's own module mode (`accelerate launch ... -m clipctl train`)."""
+    prefix = shlex.split(launcher) if launcher else [sys.executable]
+    return [*prefix, "-m", "clipctl", "train"]
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids trials may use: $CUDA_VISIBLE_DEVICES if set, else every device torch sees."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    if not Path("/proc/driver/nvidia").exists() and shutil.which("nvidia-smi") is None:
+        return []  # no NVIDIA driver: skip importing torch just to count zero devices
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no usable CUDA runtime means no GPUs to assign
+        return []
+
+
+def slot_devices(gpus: list[str], parallel: int, slot: int) -> list[str]:
+    """Contiguous GPU blocks per slot (G // K each); with fewer GPUs than slots, slots share round-robin."""
+    if not gpus:
+        return []
+    per = len(gpus) // parallel
+    if per == 0:
+        return [gpus[slot % len(gpus)]]
+    return gpus[slot * per:(slot + 1) * per]
+
+
+def _die_with_parent() -> None:
+    """Linux: the trial gets SIGTERM if the tuner dies, so a re-run never races a stray trainer."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class _PopenTrial:
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def _signal(self, signum: int) -> None:
+        try:
+            os.killpg(self.popen.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+
+class SubprocessRunner:
+    """Starts `command + launch.train_args()`; output goes to `phaseN/tNNN.log` (appended on re-runs).
+    `{slot}` in the command becomes the parallel slot number, so multi-process trials running side by
+    side can use distinct ports (`accelerate launch --main_process_port 2950{slot}`)."""
+
+    def __init__(self, command: list[str] | None = None, *, parallel: int = 1, gpus: list[str] | None = None) -> None:
+        self.command = command or train_command()
+        self.parallel = parallel
+        self.gpus = visible_gpus() if gpus is None else gpus
+
+    def devices(self, slot: int) -> list[str]:
+        return slot_devices(self.gpus, self.parallel, slot)
+
+    def start(self, launch: TrialLaunch, slot: int) -> TrialProcess:
+        env = dict(os.environ)
+        devices = self.devices(slot)
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        launch.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(launch.log, "ab") as log:
+            try:
+                command = [part.replace("{slot}", str(slot)) for part in self.command]
+                popen = subprocess.Popen([*command, *launch.train_args()], stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
+            except OSError as err:
+                raise UsageError(f"cannot start a trial with {shlex.join(self.command)!r}: {err.strerror}; check --launcher") from None
+        return _PopenTrial(popen)
+
+
+@dataclass
+class _Active:
+    record: TrialRecord
+    launch: TrialLaunch
+    process: TrialProcess
+    slot: int
+    started: float
+    offset: int = 0
+    verdict: str = "continue"
+    verdict_epoch: int | None = None
+    stop_sent: float | None = None
+
+
+def describe_params(params: dict[str, object]) -> str:
+    def fmt(value: object) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
+
+
+def read_outcome(run_dir: Path, log: Path, objective: str, returncode: int) -> tuple[float | None, str]:
+    """(objective, "") for a completed run with a finite best objective, else (maybe None, why it failed)."""
+    summary = None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    if isinstance(summary, dict) and returncode == 0 and summary.get("status") == "completed":
+        best = summary.get("best") or {}
+        value = finite(best.get(objective))
+        if value is None:
+            return None, f"diverged: summary.json best[{objective!r}] = {best.get(objective)!r}"
+        return value, ""
+    if isinstance(summary, dict) and summary.get("error"):
+        return None, f"exit code {returncode}: {summary['error']}"
+    if returncode == 0:
+        status = summary.get("status") if isinstance(summary, dict) else "missing"
+        return None, f"exit code 0 but summary.json status is {status!r}"
+    return None, f"exit code {returncode}: {_last_line(log) or 'no output'} (log: {log})"
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [l.strip() for l in path.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+class PhaseWorker:
+    """One worker on one phase: fills `parallel` slots with proposed or orphaned trials until the
+    phase's budget is handed out and its own trials have finished."""
+
+    def __init__(self, study: Study, plan: PhasePlan, runner: TrialRunner, *, parallel: int = 1,
+                 log: Callable[[str], None] = info, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.study, self.plan, self.runner = study, plan, runner
+        self.parallel, self.log, self.should_stop = parallel, log, should_stop
+        self.active: dict[int, _Active] = {}
+
+    def run(self) -> PhaseState:
+        with self.study.worker() as lease:
+            self.session = PhaseSession(self.study, self.plan, lease.id)
+            state = self.session.refresh()
+            if state.trials:
+                self.log(f"phase {self.plan.phase}: resuming: {len(state.finished())} finished, "
+                         f"{len(state.running())} running or orphaned, budget {self.plan.planned_trials()}")
+            try:
+                self._loop()
+            except KeyboardInterrupt:
+                stopped = self._stop_all()
+                raise InterruptedRun(f"tune interrupted: {stopped} running trial(s) stopped; run the same command "
+                                     f"again to resume them (study {self.study.root})") from None
+            return self.session.refresh()
+
+    def _loop(self) -> None:
+        pause = POLL_MIN_S
+        while True:
+            if self.should_stop():  # a signal handler's request: stop like Ctrl-C, between two steps
+                raise KeyboardInterrupt
+            busy = False
+            for trial, active in list(self.active.items()):
+                busy |= self._watch(active)
+                code = active.process.poll()
+                if code is not None:
+                    self._finalise(active, code)
+                    del self.active[trial]
+                    busy = True
+                elif active.stop_sent is not None and time.monotonic() - active.stop_sent > STOP_GRACE_S:
+                    active.process.kill()
+            free = [s for s in range(self.parallel) if s not in {a.slot for a in self.active.values()}]
+            if free:
+                trials = self.session.claim_orphans(len(free))
+                trials += self.session.propose(len(free) - len(trials))
+                for record, slot in zip(trials, free):
+                    self._start(record, slot)
+                if trials and not self.active:
+                    continue  # every new trial failed before starting (invalid recipe): ask again
+            if not self.active:
+                return
+            pause = POLL_MIN_S if busy else min(POLL_MAX_S, pause * 1.5)
+            time.sleep(pause)
+
+    def _start(self, record: TrialRecord, slot: int) -> None:
+        out_dir = self.study.phase_dir(self.plan.phase)
+        launch = TrialLaunch(self.plan.phase, record.trial, record.name, out_dir / f"{record.name}.toml", out_dir)
+        try:
+            recipe = self.plan.trial_recipe(record.params, record.name, out_dir)
+        except UsageError as err:
+            self.session.finish(record.trial, None, reason=f"invalid trial recipe: {err}")
+            self.log(f"phase {self.plan.phase} {record.name} failed: invalid trial recipe: {err}")
+            return
+        header = f"# clipctl tune: phase {self.plan.phase} trial {record.name}: {describe_params(record.params)}\n"
+        atomic_write_text(launch.recipe, header + recipe.to_toml())
+        process = self.runner.start(launch, slot)
+        self.active[record.trial] = _Active(record, launch, process, slot, time.monotonic())
+        devices = self.runner.devices(slot)
+        where = f" [GPU {','.join(devices)}]" if devices else ""
+        again = " (re-run)" if record.starts > 1 else ""
+        self.log(f"phase {self.plan.phase} {record.name} started{again}{where}: {describe_params(record.params)}")
+
+    def _watch(self, active: _Active) -> bool:
+        """Report new per-epoch objectives from metrics.jsonl; stop the trial if pruned or diverged.
+        Returns whether anything new was read."""
+        path = active.launch.run_dir / "metrics.jsonl"
+        try:
+            if path.stat().st_size < active.offset:  # a resumed trainer rewrote its log
+                active.offset = 0
+            with open(path, "rb") as handle:
+                handle.seek(active.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return False
+        end = data.rfind(b"\n") + 1
+        active.offset += end
+        objective = self.plan.objective
+        for line in data[:end].splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict) or record.get("type") != "eval" or objective not in record:
+                continue
+            if active.verdict != "continue":
+                continue
+            epoch = int(record.get("epoch", 0))
+            value = finite(record[objective])
+            verdict = self.session.report_epoch(active.record.trial, epoch, value)
+            if verdict != "continue":
+                active.verdict, active.verdict_epoch = verdict, epoch
+                active.process.terminate()
+                active.stop_sent = time.monotonic()
+                what = "pruned (below the median)" if verdict == "pruned" else f"diverged ({objective} is NaN)"
+                self.log(f"phase {self.plan.phase} {active.record.name} {what} at epoch {epoch}; stopping it")
+        return end > 0
+
+    def _finalise(self, active: _Active, code: int) -> None:
+        self._watch(active)
+        wall = time.monotonic() - active.started
+        name, trial = active.record.name, active.record.trial
+        if active.verdict == "pruned":
+            return
+        if active.verdict == "diverged":
+            raw, reason = None, f"diverged: {self.plan.objective} is NaN at epoch {active.verdict_epoch}"
+        else:
+            raw, reason = read_outcome(active.launch.run_dir, active.launch.log, self.plan.objective, code)
+        record = self.session.finish(trial, raw, reason, wall)
+        if record is None:
+            return
+        best = self.session.state.best()
+        best_text = f" (best {best.value:.4f} {best.name})" if best else ""
+        if record.status == "completed":
+            self.log(f"phase {self.plan.phase} {name} completed: {self.plan.objective} = {record.value:.4f}{best_text}")
+        else:
+            self.log(f"phase {self.plan.phase} {name} failed ({reason}); told penalty {record.value:.4f}{best_text}")
+
+    def _stop_all(self) -> int:
+        for active in self.active.values():
+            active.process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        try:
+            while time.monotonic() < deadline and any(a.process.poll() is None for a in self.active.values()):
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        for active in self.active.values():
+            if active.process.poll() is None:
+                active.process.kill()
+        return len(self.active)
