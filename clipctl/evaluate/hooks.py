@@ -1,0 +1,76 @@
+"""What the trainer calls each epoch (on the validation split) and `clipctl eval` on the test splits."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from clipctl.errors import DataError
+from clipctl.evaluate.encode import Precision, encode_images, encode_texts, model_device
+from clipctl.evaluate.objective import objective
+from clipctl.evaluate.retrieval import retrieval_metrics
+from clipctl.evaluate.zeroshot import zeroshot_accuracy, zeroshot_classifier
+
+RETRIEVAL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
+ZEROSHOT_KEYS = ("acc@1", "acc@5")
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+def evaluate_split(
+    model: Any,
+    tokenizer: Any,
+    retrieval_dataset: Any | None,
+    classification_dataset: Any | None,
+    *,
+    batch_size: int,
+    chunk_size: int,
+    num_workers: int,
+    device: torch.device | str | None,
+    prefix: str = "val/",
+    precision: Precision = "no",
+    progress: bool = False,
+) -> dict[str, float]:
+    """Retrieval and zero-shot metrics of one split, as fractions, keys prefixed with `prefix`.
+
+    retrieval_dataset: `.captions` (list[str]), `.text_to_image` (C,), items are image tensors.
+    classification_dataset: `.classnames`, `.templates` (with `{}`), items are (image tensor, label).
+    Returns {prefix+"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean"} for retrieval, {"acc@1", "acc@5"}
+    for zero-shot, "objective" when both are given, and the encoding throughput "images_per_s" (all images) and
+    "captions_per_s". Either dataset may be None (`clipctl eval --coco` alone has no zero-shot set). The model is
+    used as is (the caller places it; with several processes, call this on one of them with the unwrapped model)
+    and is left in the train/eval mode it had.
+    """
+    device = model_device(model) if device is None else torch.device(device)
+    metrics: dict[str, float] = {}
+    image_count, image_seconds = 0, 0.0
+    if retrieval_dataset is not None:
+        loader = _loader(retrieval_dataset, batch_size, num_workers, device)
+        images = encode_images(model, loader, device=device, precision=precision,
+                               progress=f"{prefix}retrieval images" if progress else None)
+        texts = encode_texts(model, tokenizer, retrieval_dataset.captions, batch_size=batch_size, device=device,
+                             precision=precision, progress=f"{prefix}captions" if progress else None)
+        metrics.update(retrieval_metrics(images.features, texts.features, retrieval_dataset.text_to_image,
+                                         chunk_size=chunk_size))
+        image_count, image_seconds = images.features.shape[0], images.seconds
+        metrics["captions_per_s"] = texts.items_per_s
+    if classification_dataset is not None:
+        weights = zeroshot_classifier(model, tokenizer, classification_dataset.classnames,
+                                      classification_dataset.templates, batch_size=batch_size, device=device,
+                                      precision=precision, progress=f"{prefix}class prompts" if progress else None)
+        loader = _loader(classification_dataset, batch_size, num_workers, device)
+        images = encode_images(model, loader, device=device, precision=precision,
+                               progress=f"{prefix}zero-shot images" if progress else None)
+        if images.labels is None:
+            raise DataError("the classification dataset yields images without labels; items must be (image, label)")
+        metrics.update(zeroshot_accuracy(images.features, images.labels, weights, chunk_size=chunk_size))
+        image_count, image_seconds = image_count + images.features.shape[0], image_seconds + images.seconds
+    if retrieval_dataset is not None and classification_dataset is not None:
+        metrics["objective"] = objective(metrics["tr@1"], metrics["ir@1"], metrics["acc@1"])
+    if image_count:
+        metrics["images_per_s"] = image_count / image_seconds if image_seconds > 0 else float("inf")
+    return {prefix + key: value for key, value in metrics.items()}
