@@ -8,7 +8,7 @@ import traceback
 import typer
 
 from clipctl import __version__
-from clipctl.cli import doctor, recipes
+from clipctl.cli import compare, data, doctor, eval as eval_cli, recipes, train, tune
 from clipctl.errors import EXIT_INTERRUPTED, EXIT_USAGE, ClipctlError
 
 app = typer.Typer(
@@ -36,6 +36,11 @@ def _root(
 
 
 app.add_typer(recipes.app, name="recipes")
+app.add_typer(data.app, name="data")
+app.add_typer(tune.app, name="tune")
+app.command("train")(train.train)
+app.command("eval")(eval_cli.eval_command)
+app.command("compare")(compare.compare)
 app.command("doctor")(doctor.doctor)
 
 

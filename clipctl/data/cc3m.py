@@ -26,7 +26,8 @@ from PIL import Image
 from clipctl.data.archive import extract, iter_tar_files, unsafe_reason
 from clipctl.data.datasets import wds_key
 from clipctl.data.fetch import http_session, download
-from clipctl.data.manifest import atomic_write_json, check_hashes, files_digest, sha256_file
+from clipctl.atomic import atomic_write_json
+from clipctl.data.manifest import check_hashes, files_digest, sha256_file
 from clipctl.data.registry import CC3M_ARCHIVE_ENV, CC3M_TSV_ENV, MIRROR_ENV, DatasetSpec, RemoteFile, dataset_dir, source_url
 from clipctl.errors import DataError
 from clipctl.report.console import ProgressReporter, info, warn

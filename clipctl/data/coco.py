@@ -14,7 +14,8 @@ from typing import Any
 
 from clipctl.data.archive import extract, unsafe_reason
 from clipctl.data.fetch import SourceUnavailable, download, run_sources
-from clipctl.data.manifest import atomic_write_json, check_hashes, files_digest, sha256_file
+from clipctl.atomic import atomic_write_json
+from clipctl.data.manifest import check_hashes, files_digest, sha256_file
 from clipctl.data.registry import DatasetSpec, RemoteFile, dataset_dir, source_url
 from clipctl.errors import DataError
 from clipctl.report.console import ProgressReporter, info

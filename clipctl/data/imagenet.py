@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 
 from clipctl.data.archive import iter_tar_files
 from clipctl.data.fetch import download, verify_file
-from clipctl.data.manifest import atomic_write_bytes, check_hashes, sha256_file, tree_digest
+from clipctl.atomic import atomic_write_bytes
+from clipctl.data.manifest import check_hashes, sha256_file, tree_digest
 from clipctl.data.registry import IMAGENET_ENV, DatasetSpec, dataset_dir, source_url
 from clipctl.errors import DataError
 from clipctl.report.console import ProgressReporter, info

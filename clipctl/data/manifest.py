@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from clipctl.atomic import atomic_write_json
 from clipctl.errors import DataError
 
 CHUNK = 1 << 20
@@ -47,23 +46,6 @@ def files_digest(base: Path, rels: Iterable[str]) -> tuple[str, int]:
 def tree_digest(folder: Path, pattern: str = "*") -> tuple[str, int]:
     """`files_digest` over every file under `folder` matching `pattern`."""
     return files_digest(folder, (p.relative_to(folder).as_posix() for p in folder.rglob(pattern) if p.is_file()))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def manifest_path(root: Path, dataset_id: str) -> Path:

@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from clipctl import __version__
-from clipctl.data.manifest import atomic_write_bytes, check_hashes, read_manifest, sha256_file, tree_digest, write_manifest
+from clipctl.atomic import atomic_write_bytes
+from clipctl.data.manifest import check_hashes, read_manifest, sha256_file, tree_digest, write_manifest
 from clipctl.errors import DataError, UsageError
 from clipctl.report.console import ProgressReporter, info
 

@@ -26,7 +26,8 @@ from clipctl.errors import InterruptedRun, UsageError
 from clipctl.report.console import info
 from clipctl.tune.phases import PhasePlan
 from clipctl.tune.session import PhaseSession
-from clipctl.tune.store import PhaseState, Study, TrialRecord, atomic_write_text, finite
+from clipctl.atomic import atomic_write_text
+from clipctl.tune.store import PhaseState, Study, TrialRecord, finite
 
 STOP_GRACE_S = 120.0  # a stopped trainer finishes its step and writes resumable state first
 POLL_MIN_S, POLL_MAX_S = 0.05, 1.0  # poll fast right after activity, back off to 1 Hz while trials train

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import tomli_w
 
+from clipctl.atomic import atomic_write_text
 from clipctl.errors import UsageError
 from clipctl.recipe import read_toml
 
@@ -38,17 +39,6 @@ STUDY_VERSION = 1
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the same folder + fsync + os.replace: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class Journal:

@@ -1,0 +1,38 @@
+"""Atomic file writes for the whole project: temp file beside the target, fsync, rename.
+
+A reader (or a process killed mid-write) sees either the old file or the new one, never a torn one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+
+def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
+    """Write through `writer(handle)` into a temp file in `path`'s folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            writer(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, payload: Any, indent: int = 1) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")

@@ -1,0 +1,44 @@
+"""`clipctl eval`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from clipctl.report.console import emit_json, info, print_table
+
+COLUMNS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "acc@1", "acc@5", "objective")
+
+
+def _cell(metrics: dict, key: str) -> str:
+    value = metrics.get(key)
+    return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="A clipctl checkpoint, e.g. runs/quickstart/ckpt.pt."),
+    coco: bool = typer.Option(False, "--coco", help="MSCOCO 5k Karpathy test retrieval (coco-karpathy-test)."),
+    imagenet: bool = typer.Option(False, "--imagenet", help="ImageNet-1k val zero-shot, 1,000 OpenAI names, 80 templates."),
+    shapes: bool = typer.Option(False, "--shapes", help="shapes test retrieval + zero-shot."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics (fractions) as JSON on stdout."),
+) -> None:
+    """Evaluate a checkpoint on the test splits; writes eval/<benchmark>.json beside it.
+
+    TR@k is image→text retrieval (an image hits if any of its captions is in the top k), IR@k is
+    text→image; ACC@k is zero-shot top-k accuracy; objective = (TR@1 + IR@1 + ACC@1) / 3.
+
+    Example: clipctl eval runs/quickstart/ckpt.pt --shapes
+    """
+    from clipctl.evaluate.checkpoint_eval import evaluate_checkpoint
+
+    chosen = [name for name, flag in (("coco", coco), ("imagenet", imagenet), ("shapes", shapes)) if flag]
+    results = evaluate_checkpoint(checkpoint, chosen, progress=not as_json)
+    if as_json:
+        emit_json(results)
+        return
+    rows = [(name, *(_cell(metrics, key) for key in COLUMNS)) for name, metrics in results.items()]
+    print_table(f"{checkpoint} (percent; TR = image→text, IR = text→image)", ["benchmark", *(c.upper() for c in COLUMNS)], rows)
+    for name, metrics in results.items():
+        speeds = [f"{metrics[k]:.0f} {k.removesuffix('_per_s')}/s" for k in ("images_per_s", "captions_per_s") if metrics.get(k)]
+        if speeds:
+            info(f"{name}: encoding " + ", ".join(speeds))

@@ -1,0 +1,99 @@
+"""Atomic, weights-only-safe persistence: resumable training state and the self-contained `ckpt.pt`."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipctl.atomic import atomic_write
+from clipctl.errors import ResumeError, UsageError
+
+CKPT_FORMAT = "clipctl-ckpt"
+STATE_FORMAT = "clipctl-state"
+FORMAT_VERSION = 1
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def safe_torch_load(path: Path, what: str) -> dict[str, Any]:
+    """`torch.load(weights_only=True)`: plain containers and tensors only; anything else is refused."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such {what}") from None
+    except Exception as err:  # torch raises many types for corrupt or malicious files; all mean "unloadable"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"{path}: not a loadable {what} (corrupt, foreign or carrying code: {first[:160]})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path}: not a clipctl {what} (found {type(obj).__name__})")
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, in weights-only-safe containers."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_checkpoint(path: Path, *, model_state: dict[str, torch.Tensor], recipe_toml: str, tokenizer_json: str,
+                    tokenizer_max_len: int, metrics: dict[str, Any], epoch: int) -> None:
+    """The self-contained model file `clipctl eval` needs: weights, recipe, tokenizer, metrics."""
+    atomic_torch_save(
+        {
+            "format": CKPT_FORMAT,
+            "version": FORMAT_VERSION,
+            "model": {k: v.detach().cpu() for k, v in model_state.items()},
+            "recipe_toml": recipe_toml,
+            "tokenizer_json": tokenizer_json,
+            "tokenizer_max_len": tokenizer_max_len,
+            "metrics": metrics,
+            "epoch": epoch,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    ckpt = safe_torch_load(path, "clipctl checkpoint")
+    if ckpt.get("format") != CKPT_FORMAT:
+        raise UsageError(f"{path}: not a clipctl checkpoint (no format tag {CKPT_FORMAT!r}); pass runs/<run>/ckpt.pt")
+    if ckpt.get("version") != FORMAT_VERSION:
+        raise UsageError(f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {FORMAT_VERSION})")
+    return ckpt
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ResumeError(f"{path}: no resumable state there; start without --resume or point --resume at runs/<run>")
+    try:
+        state = safe_torch_load(path, "training state")
+    except UsageError as err:
+        raise ResumeError(str(err)) from None
+    if state.get("format") != STATE_FORMAT:
+        raise ResumeError(f"{path}: not a clipctl training state")
+    return state

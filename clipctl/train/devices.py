@@ -1,0 +1,32 @@
+"""Device and precision choice for Accelerate, with one-line errors for impossible combinations."""
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+
+from clipctl.errors import UsageError
+from clipctl.recipe import TrainConfig
+
+
+def resolve_precision(cfg: TrainConfig, on_cuda: bool) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
+    if cfg.precision == "fp16" and not on_cuda:
+        raise UsageError("train.precision = 'fp16': fp16 mixed precision needs a CUDA device; on this machine use 'bf16' or 'no'")
+    return cfg.precision
+
+
+def build_accelerator(cfg: TrainConfig) -> Accelerator:
+    """Accelerate picks up torchrun / `accelerate launch` process groups; clipctl shards data itself."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("train.device = 'cuda': no CUDA device visible; use train.device = 'auto' or 'cpu'")
+    if cfg.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("train.device = 'mps': no Apple GPU visible; use train.device = 'auto' or 'cpu'")
+    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    precision = resolve_precision(cfg, on_cuda=not use_cpu and torch.cuda.is_available())
+    return Accelerator(
+        cpu=use_cpu,
+        mixed_precision=precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
+    )

@@ -1,0 +1,453 @@
+"""`clipctl train`: the Accelerate loop — per-epoch validation, best checkpoint, exact resume, clean stops.
+
+One optimizer update consumes `train.batch_size` samples (all processes together) in `train.grad_accum`
+micro-batches. Each micro-batch is one loss call, so a GCL loss contrasts within the micro-batch and
+updates its per-sample estimates per micro-batch: accumulation saves memory but shrinks the negative set
+of each step to batch_size / grad_accum (the global estimates s, τ still cover the whole dataset).
+Evaluation runs on the main process only; the others wait at a barrier.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate.utils import set_seed
+
+from clipctl.doctor import package_versions
+from clipctl.errors import ClipctlError, InterruptedRun, ResumeError, RunConflictError, UsageError
+from clipctl.recipe import Recipe
+from clipctl.report.console import ProgressReporter, info, warn
+from clipctl.train.checkpoint import (FORMAT_VERSION, STATE_FORMAT, atomic_torch_save, load_checkpoint, load_state, rng_state,
+                                      save_checkpoint, set_rng_state)
+from clipctl.train.components import Components, build_components
+from clipctl.train.devices import build_accelerator
+from clipctl.train.interrupt import StopRequest
+from clipctl.train.rundir import RunDir, write_json
+from clipctl.train.schedule import build_scheduler
+from clipctl.train.optim import build_optimizer
+
+TRACKED_FOR_RESUME = ("data", "model", "loss", "optim", "sched", "train")
+
+
+@dataclass
+class TrainOptions:
+    out_dir: Path | None = None
+    name: str | None = None
+    resume: str | None = None  # None/"never": refuse an existing run dir; "auto"; or a path to a run dir/state file
+    dry_run: bool = False
+    stop_after_steps: int | None = None  # test hook: behave as if SIGTERM arrived after this many updates
+    on_step: Callable[[int], None] | None = None
+
+
+@dataclass
+class Progress:
+    """Where the loop is; all of it goes into the resumable state."""
+
+    epoch: int = 0
+    batch: int = 0  # optimizer updates done inside `epoch`
+    step: int = 0  # optimizer updates done in total
+    best_objective: float = -math.inf
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    stale_epochs: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+
+
+def resolve_run_dir(recipe: Recipe, options: TrainOptions) -> RunDir:
+    name = options.name or recipe.run.name
+    if options.name:
+        recipe.run.name = options.name
+    return RunDir(Path(options.out_dir or recipe.run.out_dir) / name)
+
+
+def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
+    """The state to resume from, or None for a fresh start; refuses to clobber an existing run."""
+    if resume in (None, "never"):
+        if run.has_content():
+            raise RunConflictError(
+                f"{run.root}: run directory exists; continue it with --resume auto, or choose --name/--out for a new run"
+            )
+        return None
+    if resume == "auto":
+        return run.last_state if run.last_state.is_file() else None
+    path = Path(resume)
+    path = path / "state" / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise ResumeError(f"--resume {resume}: no resumable state at {path}")
+    return path
+
+
+def _recipe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    diffs = []
+    for section in TRACKED_FOR_RESUME:
+        a, b = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{section}.{key}: state {a.get(key)!r} vs recipe {b.get(key)!r}")
+    return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
+
+
+def _meta(recipe: Recipe, world_size: int, device: str, precision: str) -> dict[str, Any]:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {
+        "versions": package_versions(),
+        "git_sha": sha,
+        "world_size": world_size,
+        "device": device,
+        "precision": precision,
+        "host": platform.node(),
+        "recipe_sha256": recipe.sha256(),
+        "start": datetime.now(timezone.utc).isoformat(),
+        "end": None,
+    }
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, options: TrainOptions) -> None:
+        self.recipe, self.options = recipe, options
+        self.accelerator = build_accelerator(recipe.train)
+        self.run = resolve_run_dir(recipe, options)
+        self.main = self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        global_micro = recipe.train.batch_size // recipe.train.grad_accum
+        if global_micro % self.world:
+            raise UsageError(
+                f"train.batch_size / train.grad_accum = {global_micro} must be divisible by the {self.world} processes"
+            )
+        self.resume_from = None if options.dry_run else _state_path_to_resume(self.run, options.resume)
+        self.state = load_state(self.resume_from) if self.resume_from else None
+        if self.state is not None:
+            self._check_compatible(self.state)
+        set_seed(recipe.run.seed, deterministic=recipe.train.deterministic)
+        self.parts: Components = build_components(recipe, self.accelerator, self.state, prepare_data=self.main)
+        self.optimizer = build_optimizer(self.parts.model, self.parts.loss.param_groups(recipe.optim.lr), recipe.optim)
+        self.steps_per_epoch = self.parts.steps_per_epoch
+        if self.steps_per_epoch < 1:
+            raise UsageError(
+                f"train.batch_size = {recipe.train.batch_size} exceeds the {self.parts.num_samples} training pairs; lower it"
+            )
+        self.scheduler = build_scheduler(self.optimizer, recipe.sched, recipe.train.epochs, self.steps_per_epoch)
+        self.model, self.optimizer = self.accelerator.prepare(self.parts.model, self.optimizer)
+        self.progress = Progress()
+        self.tb = None
+
+    # ------------------------------------------------------------------------------------ state
+    def _check_compatible(self, state: dict[str, Any]) -> None:
+        current = self.recipe.to_dict()
+        if state["recipe_sha256"] != self.recipe.sha256():
+            difference = _recipe_difference(state["recipe"], current)
+            if difference:
+                raise ResumeError(f"{self.resume_from}: state belongs to another recipe ({difference}); start a new run with --name")
+        if state.get("version") != FORMAT_VERSION:
+            raise ResumeError(f"{self.resume_from}: state format version {state.get('version')} is not supported")
+
+    def _state_payload(self) -> dict[str, Any]:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        return {
+            "format": STATE_FORMAT,
+            "version": FORMAT_VERSION,
+            "recipe_sha256": self.recipe.sha256(),
+            "recipe": self.recipe.to_dict(),
+            "num_samples": self.parts.num_samples,
+            "model": unwrapped.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else {},
+            "loss": self.parts.loss.state_dict(),
+            "rng": rng_state(),
+            "progress": vars(self.progress).copy(),
+            "tokenizer_json": self.parts.tokenizer.to_json(),
+            "subset_indices": self.parts.subset_indices,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.accelerator.scaler is not None and state["scaler"]:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.parts.loss.load_state_dict(state["loss"], reset=self.recipe.train.reset_loss_state)
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+
+    def save_state(self) -> None:
+        payload = self._state_payload()  # every rank builds it (collectives inside), the main process writes
+        if self.main:
+            atomic_torch_save(payload, self.run.last_state)
+        self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------------------------ run
+    def _start_run_dir(self) -> None:
+        if not self.main:
+            return
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        self.run.recipe.write_text(
+            f"# resolved recipe; sha256 {self.recipe.sha256()}\n{self.recipe.to_toml()}", encoding="utf-8"
+        )
+        meta = _meta(self.recipe, self.world, str(self.accelerator.device), self.accelerator.mixed_precision)
+        if self.state is not None and self.run.meta.is_file():
+            meta = {**json.loads(self.run.meta.read_text()), "resumed_at_step": self.progress.step, "end": None}
+        write_json(self.run.meta, meta)
+        if self.state is not None:
+            self.run.truncate_metrics(self.progress.step)
+        elif self.run.metrics.exists():
+            self.run.metrics.unlink()
+        if self.recipe.tracking.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.run.tensorboard))
+
+    def _summary(self, status: str, error: str | None = None, test: dict[str, Any] | None = None) -> dict[str, Any]:
+        p = self.progress
+        summary = {
+            "status": status,
+            "name": self.recipe.run.name,
+            "recipe_sha256": self.recipe.sha256(),
+            "seed": self.recipe.run.seed,
+            "loss": self.recipe.loss.name,
+            "optimizer": self.recipe.optim.name,
+            "epochs_planned": self.recipe.train.epochs,
+            "epochs_completed": p.epoch,
+            "steps": p.step,
+            "best_epoch": p.best_epoch,
+            "best": p.best_metrics,
+            "wall_time_s": p.train_seconds,
+            "samples_per_s": p.samples_seen / p.train_seconds if p.train_seconds > 0 else None,
+            "world_size": self.world,
+            "selected_on": self.recipe.eval.select_on,
+            "error": error,
+        }
+        if test is not None:
+            summary["test"] = test
+        return summary
+
+    def _write_summary(self, status: str, error: str | None = None, test: dict[str, Any] | None = None) -> dict[str, Any]:
+        summary = self._summary(status, error, test)
+        if self.main and self.run.root.is_dir():
+            write_json(self.run.summary, summary)
+            if status != "running" and self.run.meta.is_file():
+                meta = json.loads(self.run.meta.read_text())
+                meta["end"] = datetime.now(timezone.utc).isoformat()
+                write_json(self.run.meta, meta)
+        return summary
+
+    def fit(self) -> dict[str, Any]:
+        if self.state is not None:
+            self._restore(self.state)
+            info(f"resuming {self.run.root} at epoch {self.progress.epoch}, update {self.progress.step}")
+        self._start_run_dir()
+        self._write_summary("running")
+        try:
+            with StopRequest() as stop:
+                self._loop(stop)
+        except InterruptedRun:
+            raise
+        except ClipctlError as err:
+            self._write_summary("failed", str(err))
+            raise
+        except Exception as err:
+            self._write_summary("failed", f"{type(err).__name__}: {err}")
+            raise
+        test = self._final_test()
+        return self._write_summary("completed", test=test)
+
+    def _loop(self, stop: StopRequest) -> None:
+        cfg = self.recipe.train
+        while self.progress.epoch < cfg.epochs:
+            epoch = self.progress.epoch
+            self._train_epoch(epoch, stop)
+            self.progress.epoch += 1
+            self.progress.batch = 0
+            improved = self._validate(epoch)
+            self.save_state()
+            if cfg.early_stop_patience and not improved and self.progress.stale_epochs >= cfg.early_stop_patience:
+                info(f"early stop: no validation improvement for {self.progress.stale_epochs} epochs")
+                break
+            if cfg.max_steps and self.progress.step >= cfg.max_steps:
+                break
+
+    def _should_stop(self, stop: StopRequest) -> bool:
+        requested = stop.requested or (
+            self.options.stop_after_steps is not None and self.progress.step >= self.options.stop_after_steps
+        )
+        flag = torch.tensor([1.0 if requested else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _interrupt(self, stop: StopRequest) -> None:
+        self.save_state()
+        self._write_summary("interrupted", f"stopped by {stop.signal_name or 'request'} at update {self.progress.step}")
+        raise InterruptedRun(f"interrupted at epoch {self.progress.epoch}, update {self.progress.step}; state saved in {self.run.state_dir} (resume with --resume auto)")
+
+    def _train_epoch(self, epoch: int, stop: StopRequest) -> None:
+        cfg, p = self.recipe.train, self.progress
+        loader = self.parts.train_loader(epoch, start_batch=p.batch)
+        self.model.train()
+        total = self.steps_per_epoch
+        if cfg.max_steps:
+            total = min(total, max(cfg.max_steps - (p.step - p.batch), 0))
+        reporter = ProgressReporter(f"epoch {epoch + 1}/{cfg.epochs}", total, "step", every_seconds=10.0) if self.main else None
+        if reporter is not None:
+            reporter.update(0, completed=p.batch)
+        micro_batches = iter(loader)
+        log_every = self.recipe.tracking.log_every_steps
+        window_start, window_samples, wait_seconds = time.perf_counter(), 0, 0.0
+        while p.batch < total:
+            step_start = time.perf_counter()
+            fetched = []
+            for _ in range(cfg.grad_accum):
+                try:
+                    fetched.append(next(micro_batches))
+                except StopIteration:
+                    break
+            if len(fetched) < cfg.grad_accum:
+                break
+            wait_seconds += time.perf_counter() - step_start
+            stats = self._update(fetched, epoch)
+            step_seconds = time.perf_counter() - step_start
+            p.batch += 1
+            p.step += 1
+            samples = cfg.batch_size
+            p.samples_seen += samples
+            p.train_seconds += step_seconds
+            window_samples += samples
+            if self.options.on_step is not None:
+                self.options.on_step(p.step)
+            if p.step % log_every == 0 or p.batch == total:
+                elapsed = time.perf_counter() - window_start
+                record = {"type": "train", "epoch": epoch, "step": p.step, **stats,
+                          "samples_per_s": window_samples / elapsed if elapsed > 0 else None,
+                          "data_wait_share": wait_seconds / elapsed if elapsed > 0 else None}
+                self._log(record)
+                window_start, window_samples, wait_seconds = time.perf_counter(), 0, 0.0
+            if reporter is not None:
+                tau = stats.get("tau_I_mean", stats.get("tau"))
+                fields = {"loss": stats["loss"], "lr": stats["lr"], "samples/s": samples / step_seconds}
+                if tau is not None:
+                    fields["tau"] = tau
+                reporter.update(1, **fields)
+            if cfg.save_every_steps and p.step % cfg.save_every_steps == 0:
+                self.save_state()
+            if self._should_stop(stop):
+                if reporter is not None:
+                    reporter.close()
+                self._interrupt(stop)
+        if reporter is not None:
+            reporter.close()
+
+    def _update(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int) -> dict[str, float]:
+        """One optimizer update over `grad_accum` micro-batches; returns logging stats."""
+        device = self.accelerator.device
+        loss_fn = self.parts.loss
+        total_loss = 0.0
+        stats: dict[str, float] = {}
+        for i, (images, tokens, index) in enumerate(micro_batches):
+            images = images.to(device, non_blocking=True)
+            if self.recipe.model.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            tokens, index = tokens.to(device, non_blocking=True), index.to(device, non_blocking=True)
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last else self.accelerator.no_sync(self.model)
+            with sync:
+                with self.accelerator.autocast():
+                    image_features, text_features = self.model(images, tokens)
+                out = loss_fn(image_features.float(), text_features.float(), index, epoch=epoch, step=self.progress.step)
+                self.accelerator.backward(out.loss / len(micro_batches))
+            total_loss += float(out.loss.detach()) / len(micro_batches)
+            stats = dict(out.stats)
+        loss_fn.reduce_gradients()
+        if self.recipe.optim.clip_grad_norm > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            self.accelerator.clip_grad_norm_(params, self.recipe.optim.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_fn.after_optimizer_step()
+        self.scheduler.step_update(self.progress.step + 1)
+        stats.update(loss=total_loss, lr=self.optimizer.param_groups[0]["lr"])
+        return stats
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        self.run.append_metrics(record)
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
+                    self.tb.add_scalar(f"{record['type']}/{key}", value, record["step"])
+
+    def _validate(self, epoch: int) -> bool:
+        """Evaluate on the selection split, keep the best checkpoint; True when this epoch improved."""
+        p = self.progress
+        if epoch + 1 != self.recipe.train.epochs and (epoch + 1) % self.recipe.eval.every_epochs:
+            return False
+        improved = False
+        if self.main:
+            metrics = self.parts.evaluate(self.accelerator.unwrap_model(self.model), split="val")
+            self._log({"type": "eval", "epoch": epoch, "step": p.step, "split": self.recipe.eval.select_on, **metrics})
+            objective = metrics["val/objective"]
+            improved = objective > p.best_objective
+            if improved:
+                p.best_objective, p.best_epoch, p.best_metrics = objective, epoch, metrics
+                self._save_best(metrics, epoch)
+            info(f"epoch {epoch + 1}: " + " ".join(f"{k.removeprefix('val/')}={100 * v:.2f}" for k, v in metrics.items()
+                                                      if k.startswith("val/") and not k.endswith("_per_s")))
+        flag = torch.tensor([1.0 if improved else 0.0], device=self.accelerator.device)
+        improved = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        p.stale_epochs = 0 if improved else p.stale_epochs + 1
+        self._sync_best()
+        return improved
+
+    def _sync_best(self) -> None:
+        """Only the main process evaluates; share its bookkeeping so every rank's state is identical."""
+        if self.world == 1:
+            return
+        from accelerate.utils import broadcast_object_list
+
+        payload = [(self.progress.best_objective, self.progress.best_epoch, self.progress.best_metrics)]
+        broadcast_object_list(payload, from_process=0)
+        self.progress.best_objective, self.progress.best_epoch, self.progress.best_metrics = payload[0]
+
+    def _save_best(self, metrics: dict[str, float], epoch: int) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        save_checkpoint(
+            self.run.checkpoint,
+            model_state=model.state_dict(),
+            recipe_toml=self.recipe.to_toml(),
+            tokenizer_json=self.parts.tokenizer.to_json(),
+            tokenizer_max_len=self.parts.tokenizer.max_len,
+            metrics=metrics,
+            epoch=epoch,
+        )
+
+    def _final_test(self) -> dict[str, Any] | None:
+        """Report the best checkpoint on the test splits (never used for selection)."""
+        test = None
+        if self.main and self.run.checkpoint.is_file():
+            model = self.accelerator.unwrap_model(self.model)
+            model.load_state_dict(load_checkpoint(self.run.checkpoint)["model"])
+            test = self.parts.evaluate(model, split="test")
+            self._log({"type": "test", "epoch": self.progress.best_epoch, "step": self.progress.step, **test})
+        self.accelerator.wait_for_everyone()
+        return test
+
+
+def train(recipe: Recipe, options: TrainOptions) -> dict[str, Any]:
+    """Train `recipe` into its run directory; returns the summary (see DESIGN.md)."""
+    trainer = Trainer(recipe, options)
+    if options.dry_run:
+        from clipctl.train.dryrun import dry_run
+
+        return dry_run(trainer)
+    return trainer.fit()

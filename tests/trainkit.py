@@ -1,0 +1,50 @@
+"""Helpers for trainer tests: a tiny `shapes` dataset made once per session and a tiny recipe over it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clipctl.data.shapes import ShapesConfig, generate_shapes
+from clipctl.recipe import Recipe, load_recipe
+
+TINY_SHAPES = ShapesConfig(seed=0, train_size=256, image_size=32, eval_images=48, zeroshot_val_per_class=1, zeroshot_per_class=1)
+
+TIMING_KEYS = ("_per_s", "_share", "wall_time", "seconds")
+
+
+def make_tiny_shapes(root: Path, config: ShapesConfig = TINY_SHAPES) -> Path:
+    generate_shapes(root, config, workers=1)
+    return root / "shapes"
+
+
+def tiny_overrides(shapes: Path, **extra: Any) -> list[str]:
+    """Quickstart shrunk to seconds: 32-px images, 8 updates per epoch, deterministic CPU."""
+    values: dict[str, Any] = {
+        "data.train": str(shapes / "train.json"),
+        "eval.val_retrieval": str(shapes / "val.json"),
+        "eval.val_zeroshot": str(shapes / "zeroshot_val"),
+        "eval.test_retrieval": str(shapes / "test.json"),
+        "eval.test_zeroshot": str(shapes / "zeroshot"),
+        "data.image_size": 32,
+        "data.num_workers": 0,
+        "model.embed_dim": 32,
+        "model.vocab_size": 200,
+        "train.batch_size": 32,
+        "train.epochs": 2,
+        "train.deterministic": True,
+        "tracking.log_every_steps": 2,
+        "eval.batch_size": 64,
+    }
+    values.update(extra)
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def tiny_recipe(shapes: Path, **extra: Any) -> Recipe:
+    return load_recipe("quickstart", tiny_overrides(shapes, **extra))
+
+
+def stable_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl without the timing fields, which legitimately differ between runs."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING_KEYS)} for r in records]
