@@ -210,7 +210,8 @@ def best(
 ) -> None:
     """The best trial so far, optionally as a recipe.  Example: clipctl tune best --export best.toml"""
     from clipctl.tune.phases import load_plan
-    from clipctl.tune.store import Study, atomic_write_text
+    from clipctl.atomic import atomic_write_text
+    from clipctl.tune.store import Study
 
     store = Study(_study_dir(ctx, study)).require()
     state = store.state()
