@@ -15,8 +15,8 @@ VOCAB, PAD, MAX_LEN = 1000, 0, 32
 
 
 def quickstart_cfg(**changes) -> ModelConfig:
-    """The quickstart's tiny towers (test_vit + 2-layer DistilBERT, dim 128), with changes."""
-    return load_recipe("recipes/quickstart.toml", []).model.model_copy(update=changes)
+    """Tiny towers (test_vit + the quickstart's 2-layer DistilBERT, dim 128), with changes."""
+    return load_recipe("recipes/quickstart.toml", ["model.image_model=test_vit"]).model.model_copy(update=changes)
 
 
 def no_dropout(cfg: ModelConfig) -> ModelConfig:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from trainkit import make_tiny_shapes
+
 TRAINER_AVAILABLE = (importlib.util.find_spec("clipctl.train") is not None
                      and importlib.util.find_spec("clipctl.train.trainer") is not None)
 
@@ -21,14 +23,13 @@ BASE = """\
 [run]
 seed = 0
 [data]
-train = "shapes:train"
-image_size = 64
+train = "{shapes}/train.json"
+image_size = 32
 max_text_len = 16
 num_workers = 0
 persistent_workers = false
 pin_memory = false
 augment = false
-shapes_train_size = 256
 [model]
 image_model = "test_vit"
 image_pretrained = false
@@ -56,6 +57,10 @@ device = "cpu"
 deterministic = true
 [eval]
 batch_size = 64
+val_retrieval = "{shapes}/val.json"
+val_zeroshot = "{shapes}/zeroshot_val"
+test_retrieval = "{shapes}/test.json"
+test_zeroshot = "{shapes}/zeroshot"
 """
 
 TUNE = """\
@@ -87,7 +92,7 @@ def proposals(study: Path) -> list[dict]:
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not TRAINER_AVAILABLE, reason="needs the trainer (clipctl.train)")
 def test_tune_on_shapes_killed_and_resumed_matches_an_uninterrupted_study(tmp_path, data_root):
-    (tmp_path / "base.toml").write_text(BASE)
+    (tmp_path / "base.toml").write_text(BASE.replace("{shapes}", str(make_tiny_shapes(data_root))))
     tune = tmp_path / "tune.toml"
     tune.write_text(TUNE)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
