@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -24,6 +25,15 @@ def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Swap a fully written folder `tmp` in as `target`; the old `target` is removed only afterwards."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -1,7 +1,6 @@
 """`clipctl recipes ls|show|cp|validate`."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import List
 

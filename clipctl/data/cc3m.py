@@ -26,7 +26,7 @@ from PIL import Image
 from clipctl.data.archive import extract, iter_tar_files, unsafe_reason
 from clipctl.data.datasets import wds_key
 from clipctl.data.fetch import http_session, download
-from clipctl.atomic import atomic_write_json
+from clipctl.atomic import atomic_write_json, replace_dir
 from clipctl.data.manifest import check_hashes, files_digest, sha256_file
 from clipctl.data.registry import CC3M_ARCHIVE_ENV, CC3M_TSV_ENV, MIRROR_ENV, DatasetSpec, RemoteFile, dataset_dir, source_url
 from clipctl.errors import DataError
@@ -239,11 +239,7 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
             manifest = {"splits": {"train": "shards"}, "files": {s: sha256_file(tmp / s) for s in shards},
                         "counts": {"pairs": count, "shards": len(shards)}}
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        old = root / f".{spec.folder}.old-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from clipctl.data.archive import iter_tar_files
 from clipctl.data.fetch import download, verify_file
-from clipctl.atomic import atomic_write_bytes
+from clipctl.atomic import atomic_write_bytes, replace_dir
 from clipctl.data.manifest import check_hashes, sha256_file, tree_digest
 from clipctl.data.registry import IMAGENET_ENV, DatasetSpec, dataset_dir, source_url
 from clipctl.errors import DataError
@@ -146,11 +146,7 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
         digest, _ = tree_digest(tmp, "*.JPEG")
         files = {name: sha256_file(tmp / name) for name in ("classnames.txt", "templates.txt")}
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        old = root / f".{spec.folder}.old-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from clipctl import __version__
-from clipctl.atomic import atomic_write_bytes
+from clipctl.atomic import atomic_write_bytes, replace_dir
 from clipctl.data.manifest import check_hashes, read_manifest, sha256_file, tree_digest, write_manifest
 from clipctl.errors import DataError, UsageError
 from clipctl.report.console import ProgressReporter, info
@@ -413,7 +413,7 @@ def generate_shapes(root: Path, config: ShapesConfig = ShapesConfig(), workers: 
                    "zeroshot": config.zeroshot_per_class * len(CLASSNAMES), "classes": len(CLASSNAMES)},
         "splits": dict(SPLITS), "size_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()), "verified": True,
     }
-    _swap_in(tmp, target)
+    replace_dir(tmp, target)
     write_manifest(root, DATASET_ID, manifest)
     info(f"shapes: generated {len(digests)} images in {time.monotonic() - start:.1f} s at {target} "
          f"(seed {config.seed}, train {config.train_size}, {config.image_size} px)")
@@ -428,14 +428,6 @@ def _images_digest(digests: list[tuple[str, str]]) -> str:
     for rel, hexdigest in sorted(digests):
         total.update(rel.encode() + b"\0" + bytes.fromhex(hexdigest))
     return total.hexdigest()
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def verify_shapes(root: Path) -> dict[str, Any]:

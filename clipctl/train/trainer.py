@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from clipctl.doctor import package_versions
 from clipctl.errors import ClipctlError, InterruptedRun, ResumeError, RunConflictError, UsageError
 from clipctl.recipe import Recipe
-from clipctl.report.console import ProgressReporter, info, warn
+from clipctl.report.console import ProgressReporter, info
 from clipctl.train.checkpoint import (FORMAT_VERSION, STATE_FORMAT, atomic_torch_save, load_checkpoint, load_state, rng_state,
                                       save_checkpoint, set_rng_state)
 from clipctl.train.components import Components, build_components
