@@ -515,7 +515,16 @@ def tune_base_path(tune: TuneRecipe, tune_path: Path) -> Path:
 
 
 def _toml_literal(value: Any) -> str:
+    """One TOML value on one line (tables become inline tables), as a command-line override needs."""
+    if isinstance(value, dict):
+        items = (f"{k if _BARE_KEY.match(k) else tomli_w.dumps({'v': k})[4:].strip()} = {_toml_literal(v)}" for k, v in value.items())
+        return "{ " + ", ".join(items) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
     return tomli_w.dumps({"v": value})[4:].strip()
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def fixed_overrides(values: dict[str, Any]) -> list[str]:

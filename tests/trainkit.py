@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from clipctl.data.shapes import ShapesConfig, generate_shapes
-from clipctl.recipe import Recipe, load_recipe
+from clipctl.recipe import Recipe, fixed_overrides, load_recipe
 
 TINY_SHAPES = ShapesConfig(seed=0, train_size=256, image_size=32, eval_images=48, zeroshot_val_per_class=1, zeroshot_per_class=1)
 
@@ -37,7 +37,7 @@ def tiny_overrides(shapes: Path, **extra: Any) -> list[str]:
         "eval.batch_size": 64,
     }
     values.update(extra)
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    return fixed_overrides(values)
 
 
 def tiny_recipe(shapes: Path, **extra: Any) -> Recipe:
@@ -48,3 +48,17 @@ def stable_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """metrics.jsonl without the timing fields, which legitimately differ between runs."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not any(t in k for t in TIMING_KEYS)} for r in records]
+
+
+def state_tensors(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Every tensor in a nested state dict, by dotted path (the loss keeps its per-sample state nested)."""
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        found: dict[str, Any] = {}
+        for key, value in tree.items():
+            found.update(state_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
+        return found
+    return {}
