@@ -10,6 +10,7 @@ gradient. `reduce_gradients()` applies the same averaging to the loss's own para
 """
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -64,7 +65,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class ContrastiveLoss(nn.Module):
+class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
     """Base of all losses; subclasses implement `_compute(batch, epoch, step)`."""
 
     name: ClassVar[str] = ""
@@ -99,8 +100,9 @@ class ContrastiveLoss(nn.Module):
             batch = self._layout(image_features.to(dtype), text_features.to(dtype), index.to(image_features.device))
             return self._compute(batch, int(epoch), int(step))
 
+    @abstractmethod
     def _compute(self, batch: Batch, epoch: int, step: int) -> LossOutput:
-        raise NotImplementedError
+        """The loss of one (gathered) batch; each loss family implements it."""
 
     def _check_inputs(self, x: Tensor, t: Tensor, index: Tensor, epoch: int) -> None:
         if not (isinstance(x, Tensor) and isinstance(t, Tensor) and x.dim() == 2 and x.shape == t.shape):

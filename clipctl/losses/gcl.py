@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from abc import abstractmethod
+
 import torch
 from torch import Tensor
 
@@ -147,8 +149,9 @@ class GlobalContrastiveLoss(ContrastiveLoss):
 
     # ------------------------------------------------------------------------------------ hooks
 
+    @abstractmethod
     def _anchor_taus(self, batch: Batch, old: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """Per-anchor temperatures (image rows, text columns) used by this step."""
 
     def _update(self, step: Step) -> None:
         """Add per-row columns (τ updates, τ-gradients) and scalar state to `step`; may edit W."""
