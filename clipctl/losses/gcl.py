@@ -11,10 +11,9 @@ stores a B×B graph: one B×B buffer is built in place per side and turned into 
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
-
-from abc import abstractmethod
 
 import torch
 from torch import Tensor
