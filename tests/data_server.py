@@ -88,3 +88,16 @@ def start(server: FileServer) -> tuple[ThreadingHTTPServer, threading.Thread]:
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     return httpd, thread
+
+
+def serve_mirror(monkeypatch: Any, retries: int) -> Any:
+    """Start a FileServer, point CLIPCTL_MIRROR at it with fast retries; a generator for pytest fixtures."""
+    from clipctl.data import fetch
+
+    files = FileServer()
+    httpd, _ = start(files)
+    monkeypatch.setenv("CLIPCTL_MIRROR", files.url)
+    monkeypatch.setattr(fetch, "POLICY", fetch.FetchPolicy(retries=retries, backoff_s=0.01, read_timeout_s=5))
+    yield files
+    httpd.shutdown()
+    httpd.server_close()

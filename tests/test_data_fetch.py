@@ -19,18 +19,12 @@ from clipctl.data.archive import extract
 from clipctl.data.fetch import FetchPolicy, download
 from clipctl.data.registry import RemoteFile
 from clipctl.errors import DataError
-from data_server import FileServer, start
+from data_server import serve_mirror
 
 
 @pytest.fixture
 def server(monkeypatch):
-    files = FileServer()
-    httpd, thread = start(files)
-    monkeypatch.setenv("CLIPCTL_MIRROR", files.url)
-    monkeypatch.setattr(fetch, "POLICY", FetchPolicy(retries=3, backoff_s=0.01, read_timeout_s=5))
-    yield files
-    httpd.shutdown()
-    httpd.server_close()
+    yield from serve_mirror(monkeypatch, retries=3)
 
 
 def _jpeg(colour: tuple[int, int, int]) -> bytes:

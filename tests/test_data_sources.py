@@ -13,23 +13,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipctl.data import fetch, registry
+from clipctl.data import registry
 from clipctl.data.datasets import ClassificationDataset, PairsDataset
-from clipctl.data.fetch import FetchPolicy
 from clipctl.data.registry import resolve
 from clipctl.data.transforms import eval_transform
-from data_server import FileServer, start
+from data_server import serve_mirror
 
 
 @pytest.fixture
 def server(monkeypatch):
-    files = FileServer()
-    httpd, _ = start(files)
-    monkeypatch.setenv("CLIPCTL_MIRROR", files.url)
-    monkeypatch.setattr(fetch, "POLICY", FetchPolicy(retries=2, backoff_s=0.01, read_timeout_s=5))
-    yield files
-    httpd.shutdown()
-    httpd.server_close()
+    yield from serve_mirror(monkeypatch, retries=2)
 
 
 def _jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
