@@ -70,6 +70,15 @@ def test_resume_after_interrupt_is_identical(shapes, tmp_path):
         assert torch.equal(value, loss_b[key]), key
 
 
+def test_resuming_a_completed_run_changes_nothing(shapes, tmp_path):
+    first = run(shapes, tmp_path, "done")
+    files = {name: (tmp_path / "done" / name).read_bytes() for name in ("metrics.jsonl", "summary.json", "ckpt.pt")}
+    again = run(shapes, tmp_path, "done", resume="auto")
+    assert again == json.loads(json.dumps(first))  # the stored summary, not a second test pass
+    for name, content in files.items():
+        assert (tmp_path / "done" / name).read_bytes() == content, name
+
+
 def test_kill_during_state_write_keeps_previous_state(shapes, tmp_path, monkeypatch):
     with pytest.raises(InterruptedRun):
         run(shapes, tmp_path, "w", stop_after=3)

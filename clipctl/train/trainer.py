@@ -244,7 +244,18 @@ class Trainer:
                 write_json(self.run.meta, meta)
         return summary
 
+    def _finished_summary(self) -> dict[str, Any] | None:
+        """The stored summary when this exact recipe already completed here: resuming it has nothing to do."""
+        if self.state is None or not self.run.summary.is_file():
+            return None
+        summary = json.loads(self.run.summary.read_text())
+        done = summary.get("status") == "completed" and summary.get("recipe_sha256") == self.recipe.sha256()
+        return summary if done else None
+
     def fit(self) -> dict[str, Any]:
+        if (finished := self._finished_summary()) is not None:
+            info(f"{self.run.root}: already completed; nothing to resume (choose --name for a new run)")
+            return finished
         if self.state is not None:
             self._restore(self.state)
             info(f"resuming {self.run.root} at epoch {self.progress.epoch}, update {self.progress.step}")
