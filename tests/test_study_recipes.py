@@ -1,0 +1,43 @@
+"""The loss × batch-size study: eight recipes that differ only in the loss and the batch, on one sample budget."""
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import REPO_ROOT
+
+from clipctl.recipe import builtin_recipe_names, load_recipe
+from clipctl.report.compare import flatten
+
+STUDY = [n for n in builtin_recipe_names() if re.fullmatch(r"study/\w+_b\d+", n)]
+
+
+def test_four_losses_at_two_batch_sizes():
+    recipes = {name: load_recipe(name) for name in STUDY}
+    cells = {(r.loss.name, r.train.batch_size) for r in recipes.values()}
+    assert cells == {(loss, batch) for loss in ("clip", "sogclr", "isogclr_new", "isogclr_new_v2") for batch in (32, 256)}
+    for name, recipe in recipes.items():
+        assert name == f"study/{recipe.loss.name}_b{recipe.train.batch_size}"
+
+
+def test_recipes_differ_only_in_loss_and_batch_and_see_the_same_samples():
+    flat = {name: flatten(load_recipe(name).model_dump()) for name in STUDY}
+    reference = flat[STUDY[0]]
+    for name, values in flat.items():
+        differs = {k for k in set(values) | set(reference) if values.get(k) != reference.get(k)}
+        assert differs <= {"run.name", "train.batch_size"} | {k for k in differs if k.startswith("loss.")}, name
+        budget = values["train.epochs"] * values["data.shapes_train_size"] * values["data.train_fraction"]
+        assert budget == 3 * 8000 and values["train.max_steps"] == 0, name
+        fixed_temperature = values["loss.name"] in ("clip", "sogclr")
+        assert values["loss.temperature" if fixed_temperature else "loss.tau_init"] == 0.05, name
+
+
+def test_make_study_runs_every_recipe_and_seed_then_compares():
+    plan = subprocess.run(["make", "-n", "study", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    assert "clipctl data fetch shapes --train-size 8000" in plan
+    assert "run.seed=$1" in plan and "--resume auto" in plan and "xargs -P 2" in plan
+    assert "compare runs/study --markdown" in plan and "compare runs/study --json" in plan
+    listing = subprocess.run(["bash", "-c", "for recipe in recipes/study/*_b*.toml; do echo $recipe; done"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(f"study/{p.split('/')[-1][:-5]}" for p in listing) == sorted(STUDY)
