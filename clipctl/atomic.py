@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 
+def _umask_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp's 0600 would hide results from colleagues)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
     """Write through `writer(handle)` into a temp file in `path`'s folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _umask_mode())
         with os.fdopen(fd, "wb") as handle:
             writer(handle)
             handle.flush()
