@@ -70,7 +70,10 @@ def _bars(c: Comparison, ax: Axes) -> None:
             ax.bar(i + (j - (len(metrics) - 1) / 2) * width, means[j], width, yerr=stds[j] or None, capsize=3,
                    color=color, hatch="//" if published else None, alpha=0.55 if published else 1.0,
                    edgecolor="black" if published else color, label=METRIC_TITLES[metric] if i == 0 else None)
-    ax.set_xticks(range(len(rows)), [label for label, *_ in rows], fontsize=8)
+    labels = [label for label, *_ in rows]
+    crowded = len(rows) * max(len(line) for label in labels for line in label.splitlines()) > 90
+    # Long group names (clip_b32, isogclr_new_v2_b256, ...) overlap side by side: slant them instead.
+    ax.set_xticks(range(len(rows)), labels, fontsize=8, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel("test metric (%)")
     sources = sorted({f"{g.retrieval_source} / {g.zeroshot_source}" for g in c.groups})
     ax.set_title("test metrics, mean ± std over seeds\n" + "; ".join(sources), fontsize=9)
