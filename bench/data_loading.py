@@ -5,7 +5,9 @@ temporary folder. Prints the ratios and writes bench/results/data_loading.json.
     python bench/data_loading.py [--images 2048] [--batch-size 128] [--batches 12] [--workers 0 1 2]
 
 Why it matters: the CPU quickstart must not be input-bound, and the 256 px JPEG numbers tell how many
-workers a GPU run on CC3M needs to keep its accelerator busy.
+workers a GPU run on CC3M needs to keep its accelerator busy. Target: the shapes loader with the quickstart's
+one worker delivers at least as many images/s as the quickstart's training step consumes, measured here in
+the same run (with augmentation on, which is stricter than the quickstart's `augment = false`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import io
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,15 +24,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import check, write_result
+from train_throughput import MODELS, build, make_batches, step
 
-from clipctl.data.datasets import PairsDataset  # noqa: E402
-from clipctl.data.loader import build_train_loader  # noqa: E402
-from clipctl.data.shapes import ShapesConfig, generate_shapes  # noqa: E402
-from clipctl.data.text import train_wordpiece  # noqa: E402
-from clipctl.data.transforms import train_transform  # noqa: E402
-from clipctl.report.console import info, print_table  # noqa: E402
+from clipctl.data.datasets import PairsDataset
+from clipctl.data.loader import build_train_loader
+from clipctl.data.shapes import ShapesConfig, generate_shapes
+from clipctl.data.text import train_wordpiece
+from clipctl.data.transforms import train_transform
+from clipctl.report.console import info, print_table
 
 
 def make_jpegs(folder: Path, count: int) -> Path:
@@ -63,6 +64,17 @@ def images_per_second(dataset: PairsDataset, batch_size: int, batches: int, work
     return seen / elapsed
 
 
+def training_samples_per_s(steps: int = 4) -> float:
+    """Samples/s of the quickstart's training step (clip, in-memory batches): the rate the loader must keep up with."""
+    recipe, model, loss, optimizer, batch = build("quickstart", "clip", num_samples=steps * MODELS["quickstart"][2])
+    batches = make_batches(recipe, batch, steps)
+    step(model, loss, optimizer, batches[0], epoch=0)  # warm-up
+    start = time.perf_counter()
+    for b in batches:
+        step(model, loss, optimizer, b, epoch=0)
+    return steps * batch / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2048)
@@ -72,6 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.images < (args.batches + 1) * args.batch_size:
         parser.error("--images must cover (batches + 1) x batch-size")
+    training_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the loader's own cost; workers are separate processes
     results = []
     with tempfile.TemporaryDirectory(prefix="clipctl-bench-") as tmp:
@@ -95,17 +108,21 @@ def main() -> None:
     shapes_best = max(r["images_per_s"] for r in results if r["dataset"].startswith("shapes"))
     jpeg_best = max(r["images_per_s"] for r in results if r["dataset"].startswith("jpeg"))
     info(f"shapes / jpeg throughput (best worker count each): {shapes_best / jpeg_best:.2f}x")
+    torch.set_num_threads(training_threads)
+    training = training_samples_per_s()
+    one_worker = next((r["images_per_s"] for r in results if r["dataset"].startswith("shapes") and r["workers"] == 1), None)
+    ratio = None if one_worker is None else round(one_worker / training, 2)
+    info(f"quickstart training step: {training:.0f} samples/s; shapes loader with 1 worker: {one_worker} images/s")
     payload = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__},
         "settings": {"images": args.images, "batch_size": args.batch_size, "batches": args.batches},
         "results": results, "shapes_over_jpeg_best": round(shapes_best / jpeg_best, 2),
+        "quickstart_training_samples_per_s": round(training, 1), "loader_1_worker_over_training": ratio,
         "note": "shared 2-core machine: absolute numbers vary with load; compare ratios",
     }
-    out = ROOT / "bench" / "results" / "data_loading.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    info(f"wrote {out}")
+    checks = [check("loader (1 worker) / training, samples/s", ratio, ">=", 1.0)]
+    write_result("data_loading", payload, checks)
 
 
 if __name__ == "__main__":

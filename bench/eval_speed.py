@@ -26,18 +26,16 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _common import check, write_result
 
-from clipctl.evaluate import retrieval_metrics  # noqa: E402
-from clipctl.evaluate.exact import count_true  # noqa: E402
-from clipctl.report.console import info, print_table  # noqa: E402
+from clipctl.evaluate import retrieval_metrics
+from clipctl.evaluate.exact import count_true
+from clipctl.report.console import info, print_table
 
 VARIANTS = ("chunked", "unchunked", "naive", "textbook")
 KS = (1, 5, 10)
@@ -172,14 +170,14 @@ def main() -> None:
             "naive_over_chunked_memory": round(naive["peak_extra_mb"] / chunked["peak_extra_mb"], 2),
         }
 
-    targets = {
-        "chunked_extra_memory_le_1gb": all(r["variants"]["chunked"]["peak_extra_mb"] <= 1024 for r in results.values()),
-        "chunked_not_slower_than_naive_cpu": all(r["naive_over_chunked_cpu"] >= 1.0 for r in results.values()),
-        "chunked_not_slower_than_naive_wall": all(r["naive_over_chunked_wall"] >= 1.0 for r in results.values()),
-        "chunked_equals_unchunked": all(r["chunked_equals_unchunked"] for r in results.values()),
-    }
+    chunked_memory = max(r["variants"]["chunked"]["peak_extra_mb"] for r in results.values())
+    exact = all(r["chunked_equals_unchunked"] for r in results.values())
+    checks = [
+        check("chunked retrieval, peak extra memory", chunked_memory, "<=", 1024, unit="MB"),
+        check("naive / chunked retrieval CPU time",
+              min(r["naive_over_chunked_cpu"] for r in results.values()), ">=", 1.0),
+    ]
     payload = {
-        "benchmark": "eval_speed",
         "config": {"images": args.images, "captions": args.captions, "dim": args.dim, "chunk_size": args.chunk_size,
                    "repeats": args.repeats, "threads": args.threads or torch.get_num_threads(),
                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
@@ -187,14 +185,9 @@ def main() -> None:
                    "time": "seconds of the call: wall and process CPU, median of the repeats (CPU time is the "
                            "fairer comparison on a shared machine; with --threads 1 the two agree when it is idle)"},
         "scenarios": results,
-        "targets": targets,
+        "chunked_equals_unchunked": exact,
     }
-    out = ROOT / "bench" / "results" / "eval_speed.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    os.replace(handle.name, out)
+    write_result("eval_speed", payload, checks)
 
     rows = []
     for scenario, result in results.items():
@@ -209,7 +202,7 @@ def main() -> None:
              f"{result['naive_over_chunked_cpu']}x, textbook/chunked wall {result['textbook_over_chunked_wall']}x, "
              f"memory {result['naive_over_chunked_memory']}x; chunked == unchunked: "
              f"{result['chunked_equals_unchunked']}; chunked == naive: {result['chunked_equals_naive']}")
-    info(f"targets: {targets}; wrote {out.relative_to(ROOT)}")
+    info(f"chunked == unchunked in every scenario: {exact}")
 
 
 if __name__ == "__main__":
