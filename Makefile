@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench study clean
 
 install: $(STAMP)
 
@@ -21,12 +21,39 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Generates shapes (once), trains the quickstart, prints its test metrics; rerunning resumes the finished run.
+# Generates shapes (once), trains the quickstart, prints its test metrics; rerunning prints the finished run's.
 demo: $(STAMP)
 	$(BIN)/clipctl train quickstart --resume auto
 
+# Every benchmark (bench/*.py; _*.py are helpers) writes bench/results/<name>.json, then one table of all targets.
+# Run it on a quiet machine: the ratios are measured side by side, but other load still adds noise.
 bench: $(STAMP)
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@$(BIN)/python bench/_summary.py
+
+# The loss x batch-size study (recipes/study/): every <loss>_b<batch> recipe x STUDY_SEEDS, STUDY_JOBS runs at a
+# time (torch threads split between them), logs appended to $(STUDY_OUT)/logs; finished runs are kept, so rerunning
+# only completes what is missing. Then the comparison goes to $(STUDY_RESULTS) (markdown, JSON, PNG).
+STUDY_SEEDS ?= 0 1 2
+STUDY_JOBS ?= 2
+STUDY_OUT ?= runs/study
+STUDY_RESULTS ?= bench/results/study
+# data.shapes_train_size of recipes/study/base.toml (from the quickstart): generated once before the parallel runs
+STUDY_SHAPES_TRAIN_SIZE := 8000
+
+study: $(STAMP)
+	$(BIN)/clipctl data fetch shapes --train-size $(STUDY_SHAPES_TRAIN_SIZE)
+	mkdir -p $(STUDY_OUT)/logs $(STUDY_RESULTS)
+	threads=$$(( $$(getconf _NPROCESSORS_ONLN) / $(STUDY_JOBS) )); [ $$threads -ge 1 ] || threads=1; \
+	for recipe in recipes/study/*_b*.toml; do for seed in $(STUDY_SEEDS); do echo $$recipe $$seed; done; done \
+	| OMP_NUM_THREADS=$$threads xargs -P $(STUDY_JOBS) -n 2 sh -c 'name=$$(basename $$0 .toml)-seed$$1; \
+	  if $(BIN)/clipctl train $$0 run.seed=$$1 --name $$name --out $(STUDY_OUT) --resume auto \
+	    >>$(STUDY_OUT)/logs/$$name.log 2>&1; then echo "study: $$name done"; \
+	  else echo "study: $$name failed (exit $$?), see $(STUDY_OUT)/logs/$$name.log"; exit 1; fi'
+	$(BIN)/clipctl compare $(STUDY_OUT) --markdown --plot $(STUDY_RESULTS)/compare.png > $(STUDY_RESULTS)/compare.md.tmp
+	$(BIN)/clipctl compare $(STUDY_OUT) --json > $(STUDY_RESULTS)/compare.json.tmp
+	mv $(STUDY_RESULTS)/compare.md.tmp $(STUDY_RESULTS)/compare.md
+	mv $(STUDY_RESULTS)/compare.json.tmp $(STUDY_RESULTS)/compare.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

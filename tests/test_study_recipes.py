@@ -1,8 +1,11 @@
-"""The loss × batch-size study: eight recipes that differ only in the loss and the batch, on one sample budget."""
+"""The loss × batch-size study: eight recipes that differ only in the loss and the batch (and its lr), on one sample budget."""
 from __future__ import annotations
 
+import math
 import re
 import subprocess
+
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -25,7 +28,8 @@ def test_recipes_differ_only_in_loss_and_batch_and_see_the_same_samples():
     reference = flat[STUDY[0]]
     for name, values in flat.items():
         differs = {k for k in set(values) | set(reference) if values.get(k) != reference.get(k)}
-        assert differs <= {"run.name", "train.batch_size"} | {k for k in differs if k.startswith("loss.")}, name
+        assert differs <= {"run.name", "train.batch_size", "optim.lr"} | {k for k in differs if k.startswith("loss.")}, name
+        assert values["optim.lr"] == pytest.approx(1e-3 * math.sqrt(values["train.batch_size"] / 32), rel=1e-3), name
         budget = values["train.epochs"] * values["data.shapes_train_size"] * values["data.train_fraction"]
         assert budget == 3 * 8000 and values["train.max_steps"] == 0, name
         fixed_temperature = values["loss.name"] in ("clip", "sogclr")
