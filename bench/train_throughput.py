@@ -116,12 +116,18 @@ def measure(kind: str, losses: list[str], steps: int, rounds: int, device: torch
     recipe = next(iter(setups.values()))[0]
     batches = make_batches(recipe, batch, steps, device)
     peak_memory: dict[str, float | None] = {}
+    step_memory: dict[str, float | None] = {}
     for name, (_, model, loss, optimizer, _) in setups.items():  # warm-up; epoch 1 exercises the moving average
-        if device.type == "cuda":
+        on_gpu = device.type == "cuda"
+        if on_gpu:
             torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device) if on_gpu else 0
         step(model, loss, optimizer, batches[0], epoch=1, precision=precision)
         synchronize(device)
-        peak_memory[name] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        # peak: everything allocated (every loss's model is resident); step: what this loss's step adds on top
+        peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
+        peak_memory[name] = None if peak is None else peak / 2**30
+        step_memory[name] = None if peak is None else (peak - resident) / 2**30
     times: dict[str, list[float]] = {name: [] for name in losses}
     for round_index in range(rounds):  # interleave losses, each round starting with the next, so drift hits all alike
         shift = round_index % len(losses)
@@ -145,6 +151,7 @@ def measure(kind: str, losses: list[str], steps: int, rounds: int, device: torch
         "ratio_vs_clip": {name: t / step_time["clip"] for name, t in step_time.items()} if "clip" in step_time else {},
         "model_flops_per_sample": flops,
         "peak_memory_gib": peak_memory,
+        "step_peak_over_resident_gib": step_memory,
     }
 
 
@@ -189,11 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         result["mfu"] = {name: result["model_flops_per_sample"] * sps / rate for name, sps in result["samples_per_s"].items()}
         results["models"][kind] = result
         ratios = " ".join(f"{n}={r:.3f}x" for n, r in result["ratio_vs_clip"].items())
-        memory = " ".join(f"{n}={m:.1f}GiB" for n, m in result["peak_memory_gib"].items() if m is not None)
+        memory = " ".join(f"{n}={m:.1f}GiB" for n, m in result["step_peak_over_resident_gib"].items() if m is not None)
         print(f"{kind}: batch {result['batch']} @ {result['image_size']}px {args.precision}  samples/s "
               + " ".join(f"{n}={s:.1f}" for n, s in result["samples_per_s"].items())
               + f"  step time vs clip: {ratios}  MFU: "
-              + " ".join(f"{n}={100 * m:.1f}%" for n, m in result["mfu"].items()) + (f"  peak memory: {memory}" if memory else ""))
+              + " ".join(f"{n}={100 * m:.1f}%" for n, m in result["mfu"].items()) + (f"  step memory: {memory}" if memory else ""))
     checks = throughput_checks(results["models"], args.precision)
     write_result(args.name, results, checks)
     for item in checks:
