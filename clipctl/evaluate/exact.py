@@ -59,6 +59,17 @@ def to_grid(features: torch.Tensor, name: str, device: torch.device) -> torch.Te
     return grid.round_().div_(_GRID)
 
 
+def image_grids(image_features: torch.Tensor, other: torch.Tensor, other_name: str, other_label: str,
+                remedy: str) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
+    """The compute device and both matrices on the grid there, after checking they share one embedding dimension."""
+    device = compute_device(image_features)
+    images = to_grid(image_features, "image_features", device)
+    others = to_grid(other, other_name, device)
+    if images.shape[1] != others.shape[1]:
+        raise DataError(f"image_features have dimension {images.shape[1]} but {other_label} {others.shape[1]}; {remedy}")
+    return device, images, others
+
+
 def pair_dots(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Exact float64 scores a[rows[p]] . b[cols[p]] for every pair p, in batches to bound memory."""
     out = torch.empty(rows.numel(), dtype=torch.float64, device=a.device)

@@ -72,14 +72,8 @@ def retrieval_metrics(
     """
     ks = check_ks(ks)
     chunk_size = check_chunk_size(chunk_size)
-    device = exact.compute_device(image_features)
-    images = exact.to_grid(image_features, "image_features", device)
-    texts = exact.to_grid(text_features, "text_features", device)
-    if images.shape[1] != texts.shape[1]:
-        raise DataError(
-            f"image_features have dimension {images.shape[1]} but text_features {texts.shape[1]}; "
-            "encode both with the same model"
-        )
+    device, images, texts = exact.image_grids(image_features, text_features, "text_features", "text_features",
+                                              "encode both with the same model")
     n_images, n_captions = images.shape[0], texts.shape[0]
     t2i = _check_text_to_image(text_to_image, n_images, n_captions).to(device)
 

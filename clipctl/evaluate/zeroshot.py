@@ -84,14 +84,8 @@ def zeroshot_accuracy(
     """
     ks = check_ks(ks)
     chunk_size = check_chunk_size(chunk_size)
-    device = exact.compute_device(image_features)
-    images = exact.to_grid(image_features, "image_features", device)
-    weights = exact.to_grid(W, "classifier weights W", device)
-    if images.shape[1] != weights.shape[1]:
-        raise DataError(
-            f"image_features have dimension {images.shape[1]} but the classifier {weights.shape[1]}; "
-            "build the classifier with the same model"
-        )
+    device, images, weights = exact.image_grids(image_features, W, "classifier weights W", "the classifier",
+                                                "build the classifier with the same model")
     n_images, n_classes = images.shape[0], weights.shape[0]
     y = torch.as_tensor(labels)
     if y.dim() != 1 or y.numel() != n_images or y.is_floating_point() or y.dtype == torch.bool:
