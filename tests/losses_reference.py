@@ -67,3 +67,23 @@ def tau_gradient(H: torch.Tensor, tau: torch.Tensor, s: torch.Tensor, b: torch.T
     tau_leaf = tau.detach().clone().requires_grad_(True)
     (dg,) = torch.autograd.grad(true_g(H.detach(), tau_leaf).sum(), tau_leaf)
     return torch.log(s + eps) + b + rho + tau * dg * torch.exp(-b) / (s + eps)
+
+
+def isogclr_new_v2_objective(S: torch.Tensor, tau_I: torch.Tensor, tau_T: torch.Tensor, rho: float, lam: float) -> torch.Tensor:
+    """F of specs/losses.md `isogclr_new_v2`, transcribed as written (the course's iSogCLR_New_v2):
+
+    F = mean_i [τ_I,i log mean_{j≠i} e^{S_ij/τ_I,i} + τ_T,i log mean_{j≠i} e^{S_ji/τ_T,i} + ρ(τ_I,i + τ_T,i)]
+        + λ log mean_i e^{−2 S_ii/λ}
+    The negatives are contrasted on RAW similarities; the positive pair appears only in the last term.
+    """
+    B = S.shape[0]
+    mask = offdiag(B)
+    log_mean_neg = math.log(B - 1)
+
+    def side(M: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        logits = (M / tau.unsqueeze(1)).masked_fill(~mask, -math.inf)
+        return tau * (torch.logsumexp(logits, dim=1) - log_mean_neg)
+
+    negatives = side(S, tau_I) + side(S.T, tau_T) + rho * (tau_I + tau_T)
+    dro = lam * (torch.logsumexp(-2.0 * S.diagonal() / lam, dim=0) - math.log(B))
+    return negatives.mean() + dro

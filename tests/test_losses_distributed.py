@@ -20,6 +20,7 @@ CONFIGS = {
     "sogclr": {"name": "sogclr", "temperature": 0.05, "gamma": 0.7},
     "isogclr_new": {"name": "isogclr_new", "eta_init": 0.01, "tau_init": 0.03, "tau_min": 0.02},
     "isogclr_new_temp_net": {"name": "isogclr_new", "temp_net": True, "temp_net_prototypes": 5, "tau_init": 0.03, "tau_min": 0.02, "tau_max": 0.1},
+    "isogclr_new_v2": {"name": "isogclr_new_v2", "eta_init": 0.01, "tau_init": 0.05, "tau_min": 0.02, "dro_lambda": 0.5},
 }
 SCHEDULE = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (epoch, batch in epoch): 2 epochs, every index revisited
 

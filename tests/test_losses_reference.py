@@ -12,6 +12,7 @@ from clipctl.recipe import LossConfig
 from losses_reference import (
     gamma_ref,
     h_rows,
+    isogclr_new_v2_objective,
     linearized_objective,
     normalized,
     offdiag,
@@ -102,8 +103,9 @@ class Simulator:
         value = 0.0
         extras = {"G": {}, "true": torch.zeros((), dtype=torch.float64), "dFdtau_parts": {}}
         B = S.shape[0]
+        raw = cfg.name == "isogclr_new_v2"  # negatives on raw similarities: H is S itself, no S_ii
         for side, M in (("I", S), ("T", S.T)):
-            H = h_rows(M)
+            H = M if raw else h_rows(M)
             tau = taus[side].detach()
             s_old, b_old = self.s[side][idx].double(), self.b[side][idx].double()
             s, b = shift_and_average(H.detach(), tau, s_old, b_old, gamma)
@@ -213,11 +215,12 @@ def test_gcl_sequence_against_reference(case):
         if cfg.name.startswith("isogclr"):
             for k, M in (("I", x2 @ t2.T), ("T", t2 @ x2.T)):
                 G = extras["G"][k]
+                H_true = M.detach() if cfg.name == "isogclr_new_v2" else h_rows(M).detach()
                 close(torch.tensor(out.stats[f"tau_grad_{k}"]), G.mean(), what=f"{what}: G_{k}")
                 if exact:  # ∂/∂τ [τ(log g(τ) + ρ)] by autograd of the true g
                     tau_leaf = taus[k].detach().clone().requires_grad_(True)
                     rho = cfg.rho_I if k == "I" else cfg.rho_T
-                    (G_true,) = torch.autograd.grad((tau_leaf * (torch.log(true_g(h_rows(M).detach(), tau_leaf)) + rho)).sum(), tau_leaf)
+                    (G_true,) = torch.autograd.grad((tau_leaf * (torch.log(true_g(H_true, tau_leaf)) + rho)).sum(), tau_leaf)
                     clip = cfg.tau_grad_clip or float("inf")
                     close(G, G_true.clamp(-clip, clip), rtol=1e-6, atol=1e-7, what=f"{what}: G vs true derivative")
                 if not cfg.temp_net:
@@ -255,6 +258,55 @@ def test_gcl_sequence_against_reference(case):
                 for p in loss_fn.parameters():
                     p -= 0.5 * p.grad
     assert grew, "the sequence must exercise shift growth with rescaling of an existing s"
+
+
+@pytest.mark.parametrize("lam", [0.5, 1.0, 4.0])
+def test_isogclr_new_v2_fresh_step_is_the_gradient_of_F(lam):
+    """At a fresh step (epoch 0, every sample new, ε = 0) the feature gradients and the τ-gradients equal
+    autograd of the spec's objective F itself, with per-sample temperatures that differ across anchors."""
+    gen = torch.Generator().manual_seed(11)
+    N, B, d, rho = 10, 7, 5, 6.0
+    cfg = LossConfig.model_validate({"name": "isogclr_new_v2", "dro_lambda": lam, "eps": 0.0, "tau_init": 0.05,
+                                     "tau_grad_clip": 0.0})
+    loss_fn = build_loss(cfg, num_samples=N).double()
+    idx = torch.tensor([3, 9, 0, 4, 7, 1, 5])
+    tau_I = torch.tensor([0.05, 0.02, 0.3, 0.01, 0.08, 0.6, 0.04], dtype=torch.float64)
+    tau_T = torch.tensor([0.03, 0.5, 0.015, 0.2, 0.06, 0.01, 0.9], dtype=torch.float64)
+    loss_fn.state.tensors["tau_I"][idx] = tau_I.float()
+    loss_fn.state.tensors["tau_T"][idx] = tau_T.float()
+    tau_I, tau_T = tau_I.float().double(), tau_T.float().double()  # what the float32 buffers hold
+    a = normalized(gen, B, d, spread=0.7).requires_grad_(True)
+    c = normalized(gen, B, d, spread=0.7).requires_grad_(True)
+
+    a2, c2 = a.detach().clone().requires_grad_(True), c.detach().clone().requires_grad_(True)
+    leaves = (tau_I.clone().requires_grad_(True), tau_T.clone().requires_grad_(True))
+    F_value = isogclr_new_v2_objective(F.normalize(a2, dim=1) @ F.normalize(c2, dim=1).T, *leaves, rho, lam)
+    grad_a, grad_c, dF_dtau_I, dF_dtau_T = torch.autograd.grad(F_value, (a2, c2, *leaves))
+
+    out = loss_fn(F.normalize(a, dim=1), F.normalize(c, dim=1), idx, epoch=0)
+    out.loss.backward()
+    close(a.grad, grad_a, rtol=1e-6, atol=1e-10, what="image feature gradient vs autograd of F")
+    close(c.grad, grad_c, rtol=1e-6, atol=1e-10, what="text feature gradient vs autograd of F")
+    # F averages over anchors: B·∂F/∂τ_i is anchor i's τ-gradient G_i; the first step moves τ_i by η·β·G_i
+    # (momentum from 0) inside the box.
+    step = cfg.eta_init * cfg.beta_u
+    for side, tau, dF in (("I", tau_I, dF_dtau_I), ("T", tau_T, dF_dtau_T)):
+        expected = (tau - step * B * dF).clamp(cfg.tau_min, cfg.tau_max)
+        close(loss_fn.state.tensors[f"tau_{side}"][idx], expected, rtol=1e-5, atol=1e-7, what=f"τ_{side} after the step")
+    assert out.stats["tau_grad_I_pos"] == pytest.approx(float((dF_dtau_I > 0).double().mean()))
+
+
+def test_isogclr_new_v2_pulls_each_positive_once():
+    """The positive pair's only pull is the DRO term's: with λ → ∞ its weights are all 1, so the gradient
+    on S_ii is −2/B, and the negatives' softmax weights leave no mass on the diagonal."""
+    gen = torch.Generator().manual_seed(12)
+    B = 6
+    x = normalized(gen, B, 4, 0.8).requires_grad_(True)
+    t = normalized(gen, B, 4, 0.8)
+    loss_fn = build_loss({"name": "isogclr_new_v2", "dro_lambda": 1e6, "eps": 0.0, "tau_init": 0.1}, num_samples=B).double()
+    S = (x @ t.T).detach().requires_grad_(True)
+    loss_fn(S @ torch.eye(B, dtype=torch.float64), torch.eye(B, dtype=torch.float64), torch.arange(B)).loss.backward()
+    close(S.grad.diagonal(), torch.full((B,), -2.0 / B, dtype=torch.float64), rtol=1e-5, what="∂loss/∂S_ii")
 
 
 def test_sogclr_epoch0_state_is_ghat():

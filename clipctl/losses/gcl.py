@@ -8,9 +8,14 @@ z_ij = h_ij/τ_i (detached) and j over the B−1 negatives:
 The surrogate's gradient with respect to the similarity matrix is the constant matrix W' (w_ij off the
 diagonal, −Σ_j w_ij on it), so the backward is two matmuls (dX = W'T, dT = W'ᵀX) and autograd never
 stores a B×B graph: one B×B buffer is built in place per side and turned into W'.
+
+A loss whose objective contrasts the negatives on RAW similarities (`relative_negatives = False`,
+isogclr_new_v2: τ_i log mean_j e^{S_ij/τ_i}) uses z_ij = S_ij/τ_i, takes the shift over the negatives
+only and leaves the positive entries of W' at zero: the positive pair gets no pull from this term.
 """
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +38,9 @@ class Side:
     W: Tensor  # (b, B) scaled ∂L/∂S for these rows
     s: Tensor  # updated moving estimate
     b: Tensor  # updated shift
-    surrogate: Tensor  # (1/(B−1)) Σ_j w_ij h_ij: this row's surrogate value
+    surrogate: Tensor  # (1/(B−1)) Σ_j w_ij h_ij (raw form: S_ij): this row's surrogate value
     wz: Tensor  # (1/(B−1)) Σ_j w_ij z_ij: enters the τ-gradient
+    ghat: Tensor  # this step's mini-batch estimate ĝ, in units of the new shift b
 
 
 def positives(M: Tensor, offset: int) -> Tensor:
@@ -43,25 +49,36 @@ def positives(M: Tensor, offset: int) -> Tensor:
 
 
 @torch.no_grad()
-def contrast_side(S: Tensor, offset: int, tau: Tensor, s_old: Tensor, b_old: Tensor, gamma: float, eps: float, scale: float) -> Side:
+def contrast_side(
+    S: Tensor, offset: int, tau: Tensor, s_old: Tensor, b_old: Tensor, gamma: float, eps: float, scale: float,
+    relative: bool = True,
+) -> Side:
     """Shift, moving average and weights for the local rows of S (b×B) in one reused B-wide buffer.
 
-    max_j z_ij = (max_j S_ij − S_ii)/τ_i (τ > 0) with the diagonal included, so the new shift comes from
-    a row max of S and z − b is formed in one fused pass: exp((S_ij − S_ii)/τ_i − b_i) ≤ 1 never overflows.
+    `relative` (h = S − S_ii): max_j z_ij = (max_j S_ij − S_ii)/τ_i (τ > 0) with the diagonal included, so
+    the new shift comes from a row max of S and z − b is formed in one fused pass: exp(z_ij − b_i) ≤ 1
+    never overflows. Raw (`relative=False`): z_ij = S_ij/τ_i over the negatives only.
     """
     negatives = S.shape[1] - 1
-    diag = positives(S, offset)
     inv_tau = tau.reciprocal()
-    b = torch.maximum(b_old, (S.amax(dim=1) - diag) * inv_tau)
-    work = torch.addcmul((-(diag * inv_tau + b)).unsqueeze(1), S, inv_tau.unsqueeze(1)).exp_()
+    if relative:
+        diag = positives(S, offset)
+        b = torch.maximum(b_old, (S.amax(dim=1) - diag) * inv_tau)
+        work = torch.addcmul((-(diag * inv_tau + b)).unsqueeze(1), S, inv_tau.unsqueeze(1)).exp_()
+    else:
+        work = S * inv_tau.unsqueeze(1)
+        positives(work, offset).fill_(-math.inf)
+        b = torch.maximum(b_old, work.amax(dim=1))
+        work.sub_(b.unsqueeze(1)).exp_()
     positives(work, offset).zero_()
     ghat = work.sum(dim=1).div_(negatives)
     s = (1.0 - gamma) * s_old * torch.exp(b_old - b) + gamma * ghat
     coef = scale / (s + eps)
     work.mul_(coef.unsqueeze(1))  # scale · w
-    positives(work, offset).copy_(-(ghat * negatives) * coef)
+    if relative:
+        positives(work, offset).copy_(-(ghat * negatives) * coef)
     surrogate = torch.linalg.vecdot(work, S).div_(scale * negatives)
-    return Side(work, s, b, surrogate, surrogate * inv_tau)
+    return Side(work, s, b, surrogate, surrogate * inv_tau, ghat)
 
 
 class _SurrogateGradient(torch.autograd.Function):
@@ -130,6 +147,7 @@ class GlobalContrastiveLoss(ContrastiveLoss):
     """SogCLR machinery with per-anchor temperatures supplied by `_anchor_taus`; subclasses add hooks."""
 
     state_columns: tuple[str, ...] = ("s_I", "b_I", "s_T", "b_T")
+    relative_negatives: bool = True  # negatives contrasted on h = S_ij − S_ii (False: on raw S_ij)
 
     def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
@@ -175,12 +193,15 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         with torch.no_grad():
             S_I = batch.x.detach() @ batch.t_all.detach().T
             S_T = S_I.T if batch.world == 1 else batch.t.detach() @ batch.x_all.detach().T
-            step.side_I = contrast_side(S_I, batch.offset, tau_I.detach(), old["s_I"], old["b_I"], step.gamma, self.eps, scale)
-            step.side_T = contrast_side(S_T, batch.offset, tau_T.detach(), old["s_T"], old["b_T"], step.gamma, self.eps, scale)
+            args = (step.gamma, self.eps, scale, self.relative_negatives)
+            step.side_I = contrast_side(S_I, batch.offset, tau_I.detach(), old["s_I"], old["b_I"], *args)
+            step.side_T = contrast_side(S_T, batch.offset, tau_T.detach(), old["s_T"], old["b_T"], *args)
         step.rows = {
             "loss": (step.side_I.surrogate + step.side_T.surrogate) / B,
             "s_I": step.side_I.s, "b_I": step.side_I.b, "used_tau_I": tau_I.detach(),
             "s_T": step.side_T.s, "b_T": step.side_T.b, "used_tau_T": tau_T.detach(),
+            "stale_I": self._staleness(old["s_I"], old["b_I"], step.side_I),
+            "stale_T": self._staleness(old["s_T"], old["b_T"], step.side_T),
         }
         self._update(step)
         names = list(step.rows)
@@ -200,6 +221,16 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         if extra is not None:
             loss = loss + (extra - extra.detach())
         return LossOutput(loss, self._stats(step, table))
+
+    def _staleness(self, s_old: Tensor, b_old: Tensor, side: Side) -> Tensor:
+        """|log(s·e^b / ĝ)| of the estimate carried into this step, per revisited row; −1 for first visits.
+
+        How far the moving estimate (last refreshed at the previous visit) is from this step's batch
+        estimate: large values mean the global estimator averages in badly outdated values.
+        """
+        tiny = torch.finfo(s_old.dtype).tiny
+        gap = (torch.log(s_old.clamp_min(tiny)) + b_old - torch.log(side.ghat.clamp_min(tiny)) - side.b).abs()
+        return torch.where(s_old > 0, gap, torch.full_like(gap, -1.0))
 
     def _check_index(self, index: Tensor) -> None:
         lo, hi = torch.stack(torch.aminmax(index)).tolist()
@@ -230,6 +261,8 @@ class GlobalContrastiveLoss(ContrastiveLoss):
             named[f"tau_{side}_mean"] = means[f"used_tau_{side}"]
             named[f"tau_{side}_min"] = lo[k]
             named[f"tau_{side}_max"] = hi[k]
+            stale = table[f"stale_{side}"]  # median over revisited rows; NaN when the batch has none
+            named[f"stale_{side}"] = torch.where(stale >= 0, stale, torch.full_like(stale, math.nan)).nanmedian()
         named.update(self._extra_stats(step, table))
         values = torch.stack([v.detach().reshape(()).to(table.values) for v in named.values()]).tolist()
         stats = dict(zip(named, values))

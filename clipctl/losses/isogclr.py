@@ -63,7 +63,20 @@ class ISogCLRLoss(GlobalContrastiveLoss):
             step.rows[f"tau_{side}"] = (step.old[f"tau_{side}"] - eta * momentum).clamp_(self.tau_min, self.tau_max)
 
     def _extra_stats(self, step: Step, table: Table) -> dict[str, Tensor]:
-        out = {f"tau_grad_{side}": table[f"grad_tau_{side}"].mean() for side in ("I", "T")}
+        """τ-gradient mean and diagnostics of the temperatures this step used.
+
+        `tau_grad_{side}_pos` is the share of anchors whose τ-gradient is positive (their τ falls);
+        when ρ ≥ log(B−1) it is 1 at every step (G ≥ ρ − log(B−1)), and `tau_{side}_std` shows whether the
+        temperatures individualise at all. `tau_{side}_at_min/max`: share of τ on the box's bounds.
+        """
+        out: dict[str, Tensor] = {}
+        for side in ("I", "T"):
+            grad, tau = table[f"grad_tau_{side}"], table[f"used_tau_{side}"]
+            out[f"tau_grad_{side}"] = grad.mean()
+            out[f"tau_grad_{side}_pos"] = (grad > 0).to(grad).mean()
+            out[f"tau_{side}_std"] = tau.std(correction=0)
+            out[f"tau_{side}_at_min"] = (tau <= self.tau_min * (1 + 1e-6)).to(tau).mean()
+            out[f"tau_{side}_at_max"] = (tau >= self.tau_max * (1 - 1e-6)).to(tau).mean()
         if "m_I" in table:
             out["eta"] = table.values.new_tensor(self.eta_at(step.epoch))
         return out
@@ -124,8 +137,12 @@ class ISogCLRNewLoss(ISogCLRLoss):
 
 
 class ISogCLRNewV2Loss(ISogCLRLoss):
-    """`isogclr` on the negatives plus a KL-DRO term on the positives (λ = dro_lambda).
+    """Individual temperatures on raw-similarity negatives plus a KL-DRO term on the positives (λ = dro_lambda).
 
+    Objective (specs/losses.md): F = mean_i [τ_I,i log mean_j e^{S_ij/τ_I,i} + τ_T,i log mean_j e^{S_ji/τ_T,i}
+    + ρ(τ_I,i + τ_T,i)] + λ log mean_i e^{−2S_ii/λ}. The positive pair appears once, in the DRO term: the
+    negatives use z_ij = S_ij/τ_i and the positive entries of the weight matrix stay zero (contrasting on
+    h = S_ij − S_ii as well would pull every positive twice and collapses training from random towers).
     a_i = −2·S_ii/λ (detached); global scalar shift b_pos ← max(b_pos, max_i a_i) (starts at 0, like b);
     r ← (1−γ)·r·exp(b_pos,old − b_pos) + γ·mean_i exp(a_i − b_pos) (γ = 1 in epoch 0);
     term mean_i[−2·(exp(a_i − b_pos)/(r + ε))·S_ii], whose gradient is that of λ·log mean_i exp(−2S_ii/λ)
@@ -133,6 +150,7 @@ class ISogCLRNewV2Loss(ISogCLRLoss):
     """
 
     name = "isogclr_new_v2"
+    relative_negatives = False
 
     def _scalar_init(self) -> dict[str, float]:
         return {"b_pos": 0.0, "r": 0.0}
