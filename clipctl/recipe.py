@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 import sys
 from pathlib import Path
@@ -121,6 +122,9 @@ class ModelConfig(Section):
     lock_image: bool = False
     lock_text: bool = False
     channels_last: bool = False
+    init_from: str = ""  # a clipctl ckpt.pt (or its run directory): start both towers from its weights
+    init_projections: bool = False  # with init_from: start the projections from it too
+    cache_locked_features: bool = True  # both towers locked: compute each sample's tower features once
 
 
 class LossConfig(Section):
@@ -452,6 +456,26 @@ def _check_loss_keys(source: str, raw: dict[str, Any], explicit: set[str] | None
             f"remove it or change loss.name"
         )
     raw["loss"] = {k: v for k, v in loss.items() if k not in inherited}
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """Valid settings that defeat their purpose: one line each, printed at validation, never an error.
+
+    The iSogCLR τ-gradient is G_i = H(p_i) − log(B−1) + ρ ≥ ρ − log(B−1) (H, the entropy of the anchor's
+    softmax over its B−1 negatives, is ≥ 0), so with ρ ≥ log(B−1) every τ can only fall.
+    """
+    if recipe.loss.name not in _ISOG:
+        return []
+    contrast = recipe.train.batch_size // recipe.train.grad_accum
+    bound = math.log(max(contrast - 1, 1))
+    high = [f"loss.{key} = {getattr(recipe.loss, key):g}" for key in ("rho_I", "rho_T") if getattr(recipe.loss, key) >= bound]
+    if not high:
+        return []
+    return [
+        f"{' and '.join(high)} >= log(B-1) = {bound:.2f} for the contrast batch B = {contrast} (train.batch_size / "
+        f"train.grad_accum): every τ-gradient is positive, so every temperature of {recipe.loss.name} can only fall; "
+        f"use rho < {bound:.2f} for temperatures that can also rise"
+    ]
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "recipe", explicit_loss_keys: set[str] | None = None) -> Recipe:

@@ -19,6 +19,7 @@ from _summary import benchmark_names, summary_rows  # noqa: E402
 
 # Each script with arguments that make it finish in seconds; the real run is `make bench`.
 TINY_ARGS = {
+    "cached_features": ["--train-size", "256", "--batch", "32", "--rounds", "1"],
     "data_loading": ["--images", "320", "--batch-size", "32", "--batches", "2", "--workers", "0", "1"],
     "eval_speed": ["--images", "300", "--captions", "1500", "--dim", "32", "--chunk-size", "128", "--repeats", "1",
                    "--scenarios", "random"],

@@ -1,13 +1,14 @@
 """Recipe schema: loading, extends, overrides and every bad-input path (one line, exit 2)."""
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from clipctl.errors import UsageError
-from clipctl.recipe import builtin_recipe_names, load_recipe, load_tune_recipe, parse_override
+from clipctl.recipe import builtin_recipe_names, load_recipe, load_tune_recipe, parse_override, recipe_warnings, validate_recipe
 
 
 def write(path: Path, text: str) -> Path:
@@ -171,3 +172,24 @@ def test_tune_recipe_errors(tmp_path):
         load_tune_recipe(tune_file('"optim.name" = ["adamw", "nope"]'))
     tune, _ = load_tune_recipe(tune_file('"loss.name" = ["sogclr", "clip"]\n"optim.lr" = { low = 1e-4, high = 1e-2, prior = "log-uniform" }'))
     assert tune.tune.space["loss.name"] == ["sogclr", "clip"]
+
+
+@pytest.mark.parametrize(("rho", "batch", "accum", "warned"), [(8.0, 32, 1, True), (1.5, 32, 1, False), (3.5, 64, 2, True)])
+def test_rho_at_or_above_log_batch_warns_that_tau_can_only_fall(rho, batch, accum, warned):
+    recipe = validate_recipe({"loss": {"name": "isogclr_new", "rho_I": rho, "rho_T": rho},
+                              "train": {"batch_size": batch, "grad_accum": accum}})
+    messages = recipe_warnings(recipe)
+    assert len(messages) == (1 if warned else 0)
+    if warned:
+        contrast = batch // accum
+        assert f"loss.rho_I = {rho:g} and loss.rho_T = {rho:g}" in messages[0]
+        assert f"B = {contrast}" in messages[0] and f"{math.log(contrast - 1):.2f}" in messages[0]
+        assert "can only fall" in messages[0] and "\n" not in messages[0]
+
+
+def test_rho_warning_is_printed_by_validate_and_ignores_other_losses(run_cli, tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[loss]\nname = "isogclr_new_v2"\n[train]\nbatch_size = 32\n')
+    code, _, err = run_cli("recipes", "validate", str(path))
+    assert code == 0 and "loss.rho_I = 6 and loss.rho_T = 6 >= log(B-1) = 3.43" in " ".join(err.split())
+    assert recipe_warnings(validate_recipe({"loss": {"name": "sogclr"}, "train": {"batch_size": 4}})) == []

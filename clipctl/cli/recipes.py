@@ -9,7 +9,7 @@ import typer
 
 from clipctl import recipe as recipes_lib
 from clipctl.errors import UsageError
-from clipctl.report.console import console, emit_json, info, print_table
+from clipctl.report.console import console, emit_json, info, print_table, warn
 
 app = typer.Typer(help="List, show, copy and validate recipes.\n\nExample: clipctl recipes validate recipes/*.toml", no_args_is_help=True)
 
@@ -80,6 +80,7 @@ def validate(
             recipes_lib.load_tune_recipe(path, overrides)
             kind = "tune recipe"
         else:
-            recipes_lib.load_recipe(path, overrides)
+            for message in recipes_lib.recipe_warnings(recipes_lib.load_recipe(path, overrides)):
+                warn(f"{path}: {message}")
             kind = "recipe"
         console().print(f"[green]ok[/green] {path} ({kind})")

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from clipctl.recipe import load_recipe
-from clipctl.report.console import emit_json, info, print_table
+from clipctl.recipe import load_recipe, recipe_warnings
+from clipctl.report.console import emit_json, info, print_table, warn
 
 
 def train(
@@ -23,6 +23,8 @@ def train(
     from clipctl.train.trainer import TrainOptions, train as run_training
 
     resolved = load_recipe(recipe, overrides or [])
+    for message in recipe_warnings(resolved):
+        warn(message)
     result = run_training(resolved, TrainOptions(out_dir=out, name=name, resume=resume, dry_run=dry_run))
     if as_json:
         emit_json({k: v for k, v in result.items() if k != "recipe_toml"})

@@ -64,6 +64,44 @@ class CLIPModel(nn.Module):
     def forward(self, images: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images), self.encode_text(token_ids)
 
+    @torch.no_grad()
+    def tower_features(self, images: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The towers' pooled outputs (before the projections): what a locked-tower run can compute once."""
+        if self.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.image_tower(images), self.text_tower(token_ids)
+
+    def load_towers(self, state_dict: dict[str, torch.Tensor], source: str, projections: bool = False) -> None:
+        """Copy both towers' weights (and, with `projections`, the projections') from a CLIP state dict.
+
+        The architectures must match exactly: every key of the copied parts present with the same shape.
+        """
+        prefixes = ("image_tower.", "text_tower.") + (("image_proj.", "text_proj.") if projections else ())
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
+        missing = sorted(k for k in own if k not in state_dict)
+        reshaped = sorted(k for k in own if k in state_dict and state_dict[k].shape != own[k].shape)
+        if missing or reshaped:
+            key = (missing or reshaped)[0]
+            found = "missing" if missing else f"shape {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
+            raise UsageError(
+                f"model.init_from = {source}: its weights do not fit this recipe's [model] ({len(missing)} missing, "
+                f"{len(reshaped)} of another shape; first: {key}, {found}); use the checkpoint's model settings"
+            )
+        self.load_state_dict({**self.state_dict(), **{k: state_dict[k] for k in own}})
+
+
+class ProjectionHeads(nn.Module):
+    """Training module of a run whose towers are both locked and cached: it maps cached tower features
+    through the model's own projections (shared parameters), so `heads(f_img, f_txt)` equals
+    `model(images, tokens)` for the images and tokens those features came from."""
+
+    def __init__(self, model: CLIPModel) -> None:
+        super().__init__()
+        self.image_proj, self.text_proj = model.image_proj, model.text_proj
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _normalize(self.image_proj(image_features)), _normalize(self.text_proj(text_features))
+
 
 def build_model(
     model_cfg: ModelConfig,

@@ -14,11 +14,15 @@ from clipctl.data.registry import resolve
 from clipctl.data.shapes import ensure_shapes
 from clipctl.data.text import TextTokenizer, build_tokenizer
 from clipctl.data.transforms import eval_transform, train_transform
+from clipctl.errors import UsageError
 from clipctl.evaluate.hooks import evaluate_split
 from clipctl.losses import build_loss
-from clipctl.model import build_model
+from clipctl.model import CLIPModel, build_model
+from clipctl.model.clip import ProjectionHeads
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe
+from clipctl.report.console import info
+from clipctl.train.checkpoint import load_checkpoint
 
 
 def ensure_local_data(recipe: Recipe, root: Path) -> None:
@@ -39,6 +43,18 @@ class Components:
     rank: int
     world: int
     device: torch.device
+    features: "CachedFeatures | None" = None  # locked towers: their outputs per training sample, made once
+
+    @property
+    def cached(self) -> bool:
+        """Both towers locked: training needs only their outputs, which never change, so compute them once."""
+        model = self.recipe.model
+        return model.lock_image and model.lock_text and model.cache_locked_features
+
+    @property
+    def train_module(self) -> torch.nn.Module:
+        """What the training step calls: the whole model, or only its projections on cached tower features."""
+        return ProjectionHeads(self.model) if self.cached else self.model
 
     @property
     def num_samples(self) -> int:
@@ -61,15 +77,17 @@ class Components:
 
     def train_loader(self, epoch: int, start_batch: int) -> torch.utils.data.DataLoader:
         data = self.recipe.data
+        if self.cached and self.features is None:
+            self.features = CachedFeatures.compute(self.model, self.train_set, self.recipe, self.device)
         return build_train_loader(
-            self.train_set,
+            self.features if self.cached else self.train_set,
             batch_size=self.recipe.train.batch_size // self.recipe.train.grad_accum,
             seed=self.recipe.run.seed,
             epoch=epoch,
             start_batch=start_batch * self.recipe.train.grad_accum,
             rank=self.rank,
             world_size=self.world,
-            num_workers=data.num_workers,
+            num_workers=0 if self.cached else data.num_workers,
             pin_memory=data.pin_memory and self.device.type == "cuda",
             persistent_workers=data.persistent_workers,
         )
@@ -112,15 +130,72 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
         on_bad_image=data.on_bad_image,
         subset_indices=subset,
     )
-    if state is not None:
-        tokenizer = TextTokenizer.from_json(state["tokenizer_json"], data.max_text_len)
+    source = initial_checkpoint(recipe) if state is None else None
+    if state is not None or source is not None:
+        tokenizer = TextTokenizer.from_json((state or source)["tokenizer_json"], data.max_text_len)
     else:
         tokenizer = build_tokenizer(recipe.model, data.max_text_len, train_set.captions)
     train_set.tokenizer = tokenizer
     model = build_model(recipe.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
-                        load_weights=state is None, max_len=tokenizer.max_len)
+                        load_weights=state is None and source is None, max_len=tokenizer.max_len)
+    if source is not None:
+        model.load_towers(source["model"], recipe.model.init_from, projections=recipe.model.init_projections)
     loss = build_loss(recipe.loss, num_samples=len(train_set), total_epochs=recipe.train.epochs,
                       embed_dim=recipe.model.embed_dim)
     loss.to(accelerator.device)
     return Components(recipe=recipe, root=root, train_set=train_set, tokenizer=tokenizer, model=model, loss=loss,
                       rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device)
+
+
+def initial_checkpoint(recipe: Recipe) -> dict[str, Any] | None:
+    """The clipctl checkpoint named by `model.init_from` (a ckpt.pt or its run directory), or None.
+
+    Its tokenizer comes with it: the text tower's embeddings only mean something with the vocabulary it
+    was trained on.
+    """
+    if not recipe.model.init_from:
+        return None
+    path = Path(recipe.model.init_from)
+    path = path / "ckpt.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise UsageError(f"model.init_from = {recipe.model.init_from}: no checkpoint at {path}; pass runs/<run>/ckpt.pt")
+    return load_checkpoint(path)
+
+
+class CachedFeatures(torch.utils.data.Dataset):
+    """Tower outputs of every training pair, computed once with both towers locked (and in eval mode).
+
+    The images go through the un-augmented training transform: with cached features every epoch sees the
+    same views, so `data.augment` has no effect (said in the log when it is set). Items are keyed like
+    `PairsDataset`'s, `(index, epoch)`, so the same sampler yields the same batches.
+    """
+
+    def __init__(self, image_features: torch.Tensor, text_features: torch.Tensor) -> None:
+        self.image_features, self.text_features = image_features, text_features
+
+    def __len__(self) -> int:
+        return self.image_features.shape[0]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        index = int(key[0]) if isinstance(key, tuple) else int(key)
+        return self.image_features[index], self.text_features[index], index
+
+    @classmethod
+    def compute(cls, model: CLIPModel, train_set: PairsDataset, recipe: Recipe, device: torch.device) -> "CachedFeatures":
+        data = recipe.data
+        note = "; data.augment has no effect on cached features" if data.augment else ""
+        info(f"both towers locked: computing the tower features of {len(train_set)} training pairs once (no augmentation{note})")
+        transform, train_set.transform = train_set.transform, train_transform(data.image_size, augment=False)
+        loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.eval.batch_size, num_workers=data.num_workers)
+        was_training = model.training
+        model.eval()
+        images, texts = [], []
+        try:
+            for pixels, tokens, _ in loader:
+                image, text = model.tower_features(pixels.to(device), tokens.to(device))
+                images.append(image.float().cpu())
+                texts.append(text.float().cpu())
+        finally:
+            train_set.transform = transform
+            model.train(was_training)
+        return cls(torch.cat(images), torch.cat(texts))

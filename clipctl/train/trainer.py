@@ -140,7 +140,8 @@ class Trainer:
                 f"train.batch_size = {recipe.train.batch_size} exceeds the {self.parts.num_samples} training pairs; lower it"
             )
         self.scheduler = build_scheduler(self.optimizer, recipe.sched, recipe.train.epochs, self.steps_per_epoch)
-        self.model, self.optimizer = self.accelerator.prepare(self.parts.model, self.optimizer)
+        # self.model is what a step calls (the prepared training module); self.parts.model the CLIP model itself
+        self.model, self.optimizer = self.accelerator.prepare(self.parts.train_module, self.optimizer)
         self.progress = Progress()
         self.tb = None
 
@@ -155,7 +156,7 @@ class Trainer:
             raise ResumeError(f"{self.resume_from}: state format version {state.get('version')} is not supported")
 
     def _state_payload(self) -> dict[str, Any]:
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped = self.parts.model
         return {
             "format": STATE_FORMAT,
             "version": FORMAT_VERSION,
@@ -174,7 +175,7 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.parts.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.accelerator.scaler is not None and state["scaler"]:
@@ -348,6 +349,8 @@ class Trainer:
                 fields = {"loss": stats["loss"], "lr": stats["lr"], "samples/s": samples / step_seconds}
                 if tau is not None:
                     fields["tau"] = tau
+                if "tau_I_std" in stats:  # do the per-sample temperatures individualise?
+                    fields["tau_sd"] = stats["tau_I_std"]
                 reporter.update(1, **fields)
             if cfg.save_every_steps and p.step % cfg.save_every_steps == 0:
                 self.save_state()
@@ -366,7 +369,7 @@ class Trainer:
         stats: dict[str, float] = {}
         for i, (images, tokens, index) in enumerate(micro_batches):
             images = images.to(device, non_blocking=True)
-            if self.recipe.model.channels_last:
+            if self.recipe.model.channels_last and images.ndim == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
             tokens, index = tokens.to(device, non_blocking=True), index.to(device, non_blocking=True)
             last = i == len(micro_batches) - 1
@@ -405,7 +408,7 @@ class Trainer:
             return False
         improved = False
         if self.main:
-            metrics = self.parts.evaluate(self.accelerator.unwrap_model(self.model), split="val")
+            metrics = self.parts.evaluate(self.parts.model, split="val")
             self._log({"type": "eval", "epoch": epoch, "step": p.step, "split": self.recipe.eval.select_on, **metrics})
             objective = metrics["val/objective"]
             improved = objective > p.best_objective
@@ -431,7 +434,7 @@ class Trainer:
         self.progress.best_objective, self.progress.best_epoch, self.progress.best_metrics = payload[0]
 
     def _save_best(self, metrics: dict[str, float], epoch: int) -> None:
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.parts.model
         save_checkpoint(
             self.run.checkpoint,
             model_state=model.state_dict(),
@@ -446,7 +449,7 @@ class Trainer:
         """Report the best checkpoint on the test splits (never used for selection)."""
         test = None
         if self.main and self.run.checkpoint.is_file():
-            model = self.accelerator.unwrap_model(self.model)
+            model = self.parts.model
             model.load_state_dict(load_checkpoint(self.run.checkpoint)["model"])
             test = self.parts.evaluate(model, split="test")
             self._log({"type": "test", "epoch": self.progress.best_epoch, "step": self.progress.step, **test})
