@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test demo bench study clean
+.PHONY: install test demo bench study study2 clean
 
 install: $(STAMP)
 
@@ -54,6 +54,21 @@ study: $(STAMP)
 	$(BIN)/clipctl compare $(STUDY_OUT) --json > $(STUDY_RESULTS)/compare.json.tmp
 	mv $(STUDY_RESULTS)/compare.md.tmp $(STUDY_RESULTS)/compare.md
 	mv $(STUDY_RESULTS)/compare.json.tmp $(STUDY_RESULTS)/compare.json
+
+# Study 2 (recipes/study2/, README): A, long horizon, and B, locked towers of the first study's clip_b32 and
+# sogclr_b32 seed-0 runs (so `make study` first). Each cell's lr is chosen on the validation split (seed 0,
+# 0.5x/1x/2x), then the other seeds train with it; grid, tables and plots go to $(STUDY2_RESULTS)/{a,b}.
+STUDY2_SEEDS ?= 0 1 2
+STUDY2_OUT ?= runs/study2
+STUDY2_RESULTS ?= bench/results/study2
+
+study2: $(STAMP)
+	$(BIN)/clipctl data fetch shapes --train-size $(STUDY_SHAPES_TRAIN_SIZE)
+	test -f $(STUDY_OUT)/clip_b32-seed0/ckpt.pt -a -f $(STUDY_OUT)/sogclr_b32-seed0/ckpt.pt || \
+	  { echo "study2: experiment B starts from the first study's seed-0 runs: run 'make study' first"; exit 3; }
+	for part in a b; do $(BIN)/python bench/_study.py recipes/study2/$$part --key optim.lr --factors 0.5 1 2 \
+	  --seeds $(STUDY2_SEEDS) --jobs $(STUDY_JOBS) --grid-out $(STUDY2_OUT)/$$part-grid --out $(STUDY2_OUT)/$$part \
+	  --results $(STUDY2_RESULTS)/$$part || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -159,3 +159,19 @@ def test_sigint_writes_state_and_exits_130(shapes, tmp_path):
     summary = json.loads((tmp_path / "sig" / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert load_state(tmp_path / "sig" / "state" / "last.pt")["progress"]["step"] == summary["steps"]
+
+
+def test_loss_diagnostics_are_logged_in_metrics(shapes, tmp_path):
+    """isogclr_new's τ and staleness diagnostics reach metrics.jsonl: no revisits (null staleness) in the first
+    epoch, a measured staleness in the second; shares are fractions."""
+    run(shapes, tmp_path, "diag", **{"loss.name": "isogclr_new", "loss.rho_I": 2.0, "loss.rho_T": 2.0})
+    records = [json.loads(line) for line in (tmp_path / "diag" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["type"] == "train"]
+    assert {r["epoch"] for r in train_records} == {0, 1}
+    for record in train_records:
+        for side in "IT":
+            for share in (f"tau_{side}_at_min", f"tau_{side}_at_max", f"tau_grad_{side}_pos"):
+                assert 0.0 <= record[share] <= 1.0, share
+            assert record[f"tau_{side}_std"] >= 0.0
+        assert (record["stale_I"] is None) == (record["epoch"] == 0)
+    assert all(r["stale_I"] > 0 and r["stale_T"] > 0 for r in train_records if r["epoch"] == 1)
