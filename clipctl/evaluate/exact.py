@@ -102,25 +102,39 @@ def float32_error_bound(dim: int) -> float:
 def ieee_float32_matmul() -> Iterator[None]:
     """Full float32 precision for matrix products (no TF32 / bf16 shortcuts), restoring the caller's setting.
 
-    The error bound in `float32_error_bound` holds only for IEEE float32 arithmetic; a trainer may have enabled TF32.
+    The error bound in `float32_error_bound` holds only for IEEE float32 arithmetic; a trainer may have enabled TF32,
+    through the legacy flags (`allow_tf32`, `set_float32_matmul_precision`, which Accelerate uses) or the per-backend
+    `fp32_precision` API. torch refuses to run a matmul while the two disagree ("mix of the legacy and new APIs"), so
+    the guard switches through the API the process already uses: the legacy one while its getters still answer.
     """
-    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
-    if all(getattr(b, "fp32_precision", None) is not None for b in backends):
-        saved = [b.fp32_precision for b in backends]
-        for backend in backends:
-            backend.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            for backend, value in zip(backends, saved):
-                backend.fp32_precision = value
-    else:  # torch before the per-backend precision API
-        previous = torch.get_float32_matmul_precision()
+    legacy = _legacy_matmul_state()
+    if legacy is not None:
         torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
         try:
             yield
-        finally:
-            torch.set_float32_matmul_precision(previous)
+        finally:  # the flag first: setting it rewrites the precision ("medium" would come back as "high")
+            torch.backends.cuda.matmul.allow_tf32 = legacy[1]
+            torch.set_float32_matmul_precision(legacy[0])
+        return
+    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
+    saved = [b.fp32_precision for b in backends]
+    for backend in backends:
+        backend.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for backend, value in zip(backends, saved):
+            backend.fp32_precision = value
+
+
+def _legacy_matmul_state() -> tuple[str, bool] | None:
+    """(float32 matmul precision, cuBLAS TF32 flag) through the legacy getters, or None once the per-backend API
+    has made them refuse to answer."""
+    try:
+        return torch.get_float32_matmul_precision(), bool(torch.backends.cuda.matmul.allow_tf32)
+    except RuntimeError:
+        return None
 
 
 def count_true(mask: torch.Tensor, dim: int) -> torch.Tensor:
