@@ -1,6 +1,8 @@
 """CLIP model: paper and tiny towers, offline errors, freezing, checkpointing, pooling, local weights."""
 from __future__ import annotations
 
+import os
+
 import huggingface_hub.constants
 import pytest
 import timm
@@ -239,3 +241,46 @@ def test_bert_tower_has_no_unused_parameters():
     model = build_model(cfg, VOCAB, PAD)
     model.encode_text(token_batch(2)).sum().backward()
     assert [n for n, p in model.text_tower.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("locked", ["image", "text"])
+def test_locked_checkpointed_tower_builds_no_graph(locked):
+    """A locked tower with gradient checkpointing is neither recomputed nor back-propagated through: its layers
+    run once per step, and its output carries no graph (only the projection above it trains)."""
+    cfg = quickstart_cfg(grad_checkpointing=True, **{f"lock_{locked}": True})
+    model = build_model(cfg, VOCAB, PAD).train()
+    tower = model.image_tower if locked == "image" else model.text_tower
+    outputs, calls = [], {"layer": 0}
+    tower.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+    inner = model.image_tower.blocks[0] if locked == "image" else model.text_tower.encoder.transformer.layer[0].attention
+    inner.register_forward_pre_hook(lambda *_: calls.__setitem__("layer", calls["layer"] + 1))
+    image_features, text_features = model(torch.randn(4, 3, 64, 64), token_batch(4))
+    (image_features @ text_features.T).logsumexp(1).sum().backward()
+    assert not outputs[0].requires_grad and outputs[0].grad_fn is None
+    assert calls["layer"] == 1
+    projection = model.image_proj if locked == "image" else model.text_proj
+    assert projection.weight.grad is not None and all(p.grad is None for p in tower.parameters())
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 0), "no"), ((7, 5), "no"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_takes_bf16_only_with_native_support(monkeypatch, capability, expected):
+    from clipctl.recipe import TrainConfig
+    from clipctl.train.devices import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # V100/T4 answer True: emulation
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    assert resolve_precision(TrainConfig(precision="auto"), on_cuda=True) == expected
+
+
+@pytest.mark.parametrize("preset", [None, ":16:8"])
+def test_deterministic_training_sets_the_cublas_workspace(monkeypatch, preset):
+    from clipctl.recipe import TrainConfig
+    from clipctl.train.devices import build_accelerator
+
+    if preset is None:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", preset)
+    build_accelerator(TrainConfig(device="cpu", precision="no", deterministic=True))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == (preset or ":4096:8")

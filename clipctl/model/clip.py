@@ -6,6 +6,8 @@ precision under autocast (float64 inputs stay float64).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,10 +58,14 @@ class CLIPModel(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        return _normalize(self.image_proj(self.image_tower(images)))
+        with _frozen(self.lock_image):
+            features = self.image_tower(images)
+        return _normalize(self.image_proj(features))
 
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return _normalize(self.text_proj(self.text_tower(token_ids)))
+        with _frozen(self.lock_text):
+            features = self.text_tower(token_ids)
+        return _normalize(self.text_proj(features))
 
     def forward(self, images: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images), self.encode_text(token_ids)
@@ -142,6 +148,12 @@ def _enable_image_checkpointing(tower: nn.Module, name: str) -> None:
             f"model.grad_checkpointing = true: timm model '{name}' does not support it; "
             "set model.grad_checkpointing = false"
         ) from err
+
+
+def _frozen(locked: bool) -> contextlib.AbstractContextManager:
+    """A locked tower runs without autograd: no graph and no stored activations, even where gradient
+    checkpointing made its inputs require grad (transformers' `enable_input_require_grads`)."""
+    return torch.no_grad() if locked else contextlib.nullcontext()
 
 
 def _normalize(features: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Device and precision choice for Accelerate, with one-line errors for impossible combinations."""
 from __future__ import annotations
 
+import os
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
@@ -11,14 +13,26 @@ from clipctl.recipe import TrainConfig
 
 def resolve_precision(cfg: TrainConfig, on_cuda: bool) -> str:
     if cfg.precision == "auto":
-        return "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if on_cuda and native_bf16() else "no"
     if cfg.precision == "fp16" and not on_cuda:
         raise UsageError("train.precision = 'fp16': fp16 mixed precision needs a CUDA device; on this machine use 'bf16' or 'no'")
     return cfg.precision
 
 
+def native_bf16() -> bool:
+    """bf16 tensor cores (compute capability 8.0, Ampere, and later). `torch.cuda.is_bf16_supported()` also
+    counts V100/T4, where bf16 is emulated and slower than float32."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
 def build_accelerator(cfg: TrainConfig) -> Accelerator:
-    """Accelerate picks up torchrun / `accelerate launch` process groups; clipctl shards data itself."""
+    """Accelerate picks up torchrun / `accelerate launch` process groups; clipctl shards data itself.
+
+    `train.deterministic` needs cuBLAS's fixed workspace, set before the first CUDA matmul (older torch raises
+    without it); a value the user exported wins.
+    """
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("train.device = 'cuda': no CUDA device visible; use train.device = 'auto' or 'cpu'")
     if cfg.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
