@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _common import check, write_result
 
+from clipctl.doctor import package_versions
 from clipctl.losses import build_loss
 from clipctl.model import build_model
 from clipctl.recipe import load_recipe
@@ -117,8 +118,12 @@ def measure(kind: str, losses: list[str], steps: int, rounds: int, device: torch
     batches = make_batches(recipe, batch, steps, device)
     peak_memory: dict[str, float | None] = {}
     step_memory: dict[str, float | None] = {}
-    for name, (_, model, loss, optimizer, _) in setups.items():  # warm-up; epoch 1 exercises the moving average
+    for name, (_, model, loss, optimizer, _) in setups.items():  # epoch 1 exercises the moving average
         on_gpu = device.type == "cuda"
+        # a warm-up step first: the optimizer state and cuBLAS workspaces it allocates stay resident, so the
+        # measured step shows what every later step needs, not the one-off first-step allocations
+        step(model, loss, optimizer, batches[0], epoch=1, precision=precision)
+        synchronize(device)
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(device)
         resident = torch.cuda.memory_allocated(device) if on_gpu else 0
@@ -188,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "machine": platform.machine(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "precision": args.precision, "torch": torch.__version__,
+        "versions": package_versions(),
         f"{args.precision}_matmul_flops": rate, "models": {},
     }
     for kind in args.models:

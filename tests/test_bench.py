@@ -92,10 +92,16 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     paper = throughput["models"]["paper"]
     assert set(paper["samples_per_s"]) == {"clip", "isogclr_new"} and paper["ratio_vs_clip"]["clip"] == 1.0
     assert paper["model_flops_per_sample"] > 0 and throughput["fp32_matmul_flops"] > 0
+    assert throughput["device"] == "cpu" and "transformers" in throughput["versions"]
     assert {c["measure"].split(",")[0] for c in throughput["checks"]} == {"GCL / CLIP step", "MFU"}
-    plan = json.loads((out / "quickstart_dry_run.json").read_text())
-    assert plan["device"] == "cpu" and plan["num_samples"] == 256 and plan["seconds_per_step"] > 0
-    assert not (REPO_ROOT / "bench" / "results" / "gpu" / "quickstart_dry_run.json").exists()
+    loading = json.loads((out / "data_loading.json").read_text())
+    assert set(loading["data_wait_share"]) == {"0", "1"} and loading["step_device"] == "cpu"
+    assert [c["measure"].split(",")[0] for c in loading["checks"]] == ["data wait / paper step"]
+    summary = json.loads((out / "quickstart_cpu_dry_run.json").read_text())  # the full fit: train, eval, test
+    assert summary["status"] == "completed" and summary["steps"] == 8 and set(summary["test"]) >= {"tr@1", "acc@1"}
+    meta = json.loads((out / "quickstart_cpu_dry_run_meta.json").read_text())
+    assert meta["device"] == "cpu" and meta["precision"] == "bf16" and "torch" in meta["versions"]
+    assert not list((REPO_ROOT / "bench" / "results" / "gpu").glob("quickstart_cpu_dry_run*"))
 
 
 def test_gpu_check_refuses_a_bad_option_and_a_missing_gpu(tmp_path):
