@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -18,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clipctl.errors import UsageError
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
+except ModuleNotFoundError:  # Python 3.10: the `tomli` backport (a dependency there) has the same API
     import tomli as tomllib
 
 LOSS_NAMES = ("clip", "sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3")

@@ -1,13 +1,12 @@
 """Recipe schema: loading, extends, overrides and every bad-input path (one line, exit 2)."""
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from clipctl.errors import UsageError
-from clipctl.recipe import builtin_recipe_names, load_recipe, load_tune_recipe, parse_override
+from clipctl.recipe import builtin_recipe_names, load_recipe, load_tune_recipe, parse_override, tomllib
 
 
 def write(path: Path, text: str) -> Path:

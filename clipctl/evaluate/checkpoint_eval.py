@@ -5,7 +5,6 @@ loaded with `weights_only=True`); only the evaluation datasets come from the dat
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,11 @@ from clipctl.model import build_model
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe, validate_recipe
 from clipctl.train.checkpoint import load_checkpoint
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the `tomli` backport (a dependency there) has the same API
+    import tomli as tomllib
 
 # Benchmark name -> (retrieval dataset, zero-shot dataset) of the test splits clipctl reports.
 BENCHMARKS: dict[str, tuple[str | None, str | None]] = {
