@@ -201,6 +201,7 @@ class EvalConfig(Section):
     chunk_size: int = Field(1024, ge=1)
     normalize: Literal["clip", "imagenet"] = "clip"
     every_epochs: int = Field(1, ge=1)
+    max_missing: int = Field(0, ge=0)  # evaluation images allowed to be missing or unreadable before it refuses
 
 
 class TrackingConfig(Section):

@@ -413,7 +413,7 @@ class Trainer:
                 p.best_objective, p.best_epoch, p.best_metrics = objective, epoch, metrics
                 self._save_best(metrics, epoch)
             info(f"epoch {epoch + 1}: " + " ".join(f"{k.removeprefix('val/')}={100 * v:.2f}" for k, v in metrics.items()
-                                                      if k.startswith("val/") and not k.endswith("_per_s")))
+                                                      if k.startswith("val/") and not k.endswith(("_per_s", "_scored", "_total"))))
         flag = torch.tensor([1.0 if improved else 0.0], device=self.accelerator.device)
         improved = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
         p.stale_epochs = 0 if improved else p.stale_epochs + 1
