@@ -69,12 +69,12 @@ def _expected_hashes(expected: RemoteFile) -> dict[str, str]:
     return {k: v for k, v in (("md5", expected.md5), ("sha256", expected.sha256)) if v}
 
 
-def quarantine(path: Path, folder: Path | None = None) -> Path:
+def quarantine(path: Path, folder: Path | None = None, name: str | None = None) -> Path:
     """Move a file that failed verification out of the way (kept for inspection, never reused), into `folder`
-    (default: `quarantine/` beside it)."""
+    (default: `quarantine/` beside it), as `name` (default: its own name)."""
     folder = folder or (path.parent / "quarantine" if path.parent.name != "quarantine" else path.parent)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name.removesuffix(".part")
+    target = folder / (name or path.name.removesuffix(".part"))
     if target.exists():
         target = folder / f"{target.name}.{int(time.time())}"
     path.replace(target)
