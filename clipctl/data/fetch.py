@@ -21,6 +21,7 @@ import urllib3
 from PIL import Image
 
 from clipctl import __version__
+from clipctl.data.lock import replacing
 from clipctl.data.manifest import hash_file, read_manifest, write_manifest
 from clipctl.data.registry import REGISTRY, DatasetSpec, RemoteFile, get_spec
 from clipctl.errors import DataError
@@ -318,9 +319,11 @@ def fetch_dataset(dataset_id: str, root: Path, *, force: bool = False, seed: int
     manifest = read_manifest(root, dataset_id)
     if manifest is not None and not force:
         return "verified", verify_dataset(dataset_id, root)
-    manifest = _preparer(dataset_id).prepare(spec, root, force=force)
-    manifest.update({"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(), "verified_at": now_iso()})
-    write_manifest(root, dataset_id, manifest)
+    with replacing(root, dataset_id, "fetching it again"):  # never under a run that reads it
+        manifest = _preparer(dataset_id).prepare(spec, root, force=force)
+        manifest.update({"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(),
+                         "verified_at": now_iso()})
+        write_manifest(root, dataset_id, manifest)
     return "fetched", manifest
 
 

@@ -10,10 +10,12 @@ from accelerate import Accelerator
 
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
-from clipctl.data.registry import resolve
-from clipctl.data.shapes import ensure_shapes
+from clipctl.data.lock import DatasetLease
+from clipctl.data.registry import REGISTRY, resolve
+from clipctl.data.shapes import ShapesConfig, ensure_shapes, shapes_present
 from clipctl.data.text import TextTokenizer, build_tokenizer
 from clipctl.data.transforms import eval_transform, train_transform
+from clipctl.errors import DataError
 from clipctl.evaluate.hooks import evaluate_split
 from clipctl.losses import build_loss
 from clipctl.model import build_model
@@ -21,11 +23,22 @@ from clipctl.paths import data_root
 from clipctl.recipe import Recipe
 
 
-def ensure_local_data(recipe: Recipe, root: Path) -> None:
-    """Generate `shapes` on first use (it needs no download); real datasets must be fetched explicitly."""
-    refs = [recipe.data.train, recipe.eval.val_retrieval, recipe.eval.val_zeroshot, recipe.eval.test_retrieval, recipe.eval.test_zeroshot]
-    if any(ref.split(":")[0] == "shapes" for ref in refs):
-        ensure_shapes(root, seed=0, train_size=recipe.data.shapes_train_size, image_size=recipe.data.shapes_image_size)
+def ensure_local_data(recipe: Recipe, root: Path) -> DatasetLease:
+    """Generate `shapes` on first use (it needs no download; real datasets must be fetched explicitly), then hold
+    every registry dataset the recipe reads for the run's life, so nothing regenerates one under it."""
+    refs = [recipe.data.train, recipe.eval.val_retrieval, recipe.eval.val_zeroshot, recipe.eval.test_retrieval,
+            recipe.eval.test_zeroshot]
+    ids = {ref.split(":")[0] for ref in refs} & set(REGISTRY)
+    shapes = {"seed": 0, "train_size": recipe.data.shapes_train_size, "image_size": recipe.data.shapes_image_size}
+    for _ in range(3):
+        if "shapes" in ids:
+            ensure_shapes(root, **shapes)
+        lease = DatasetLease(root, ids)
+        if "shapes" not in ids or shapes_present(root, ShapesConfig(**shapes)):
+            return lease
+        lease.release()  # another process regenerated it between the two steps: make ours again
+    raise DataError(f"shapes under {root} keeps being regenerated with other settings by another process; "
+                    f"use another data root (CLIPCTL_DATA or data.root) for runs with different shapes settings")
 
 
 @dataclass
@@ -40,6 +53,7 @@ class Components:
     world: int
     device: torch.device
     eval_sets: dict[tuple[str, str], tuple[RetrievalDataset, ClassificationDataset]] = field(default_factory=dict)
+    data_lease: DatasetLease | None = None  # shared locks on the datasets read (main process); see release()
 
     @property
     def num_samples(self) -> int:
@@ -94,6 +108,10 @@ class Components:
             metrics.update(retrieval_source=retrieval_ref, zeroshot_source=zeroshot_ref)
         return metrics
 
+    def release(self) -> None:
+        """Let the datasets this run read be regenerated again (at the end of the run)."""
+        if self.data_lease is not None:
+            self.data_lease.release()
 
     def eval_set(self, retrieval_ref: str, zeroshot_ref: str) -> tuple[RetrievalDataset, ClassificationDataset]:
         """The evaluation datasets of one split, built on first use and reused every epoch. Why: building one
@@ -109,8 +127,7 @@ class Components:
 def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, Any] | None,
                      prepare_data: bool) -> Components:
     root = data_root(recipe.data.root)
-    if prepare_data:
-        ensure_local_data(recipe, root)
+    lease = ensure_local_data(recipe, root) if prepare_data else None
     accelerator.wait_for_everyone()
     data = recipe.data
     subset = state.get("subset_indices") if state else None
@@ -133,4 +150,5 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
                       embed_dim=recipe.model.embed_dim)
     loss.to(accelerator.device)
     return Components(recipe=recipe, root=root, train_set=train_set, tokenizer=tokenizer, model=model, loss=loss,
-                      rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device)
+                      rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device,
+                      data_lease=lease)

@@ -457,8 +457,11 @@ class Trainer:
 def train(recipe: Recipe, options: TrainOptions) -> dict[str, Any]:
     """Train `recipe` into its run directory; returns the summary (see DESIGN.md)."""
     trainer = Trainer(recipe, options)
-    if options.dry_run:
-        from clipctl.train.dryrun import dry_run
+    try:
+        if options.dry_run:
+            from clipctl.train.dryrun import dry_run
 
-        return dry_run(trainer)
-    return trainer.fit()
+            return dry_run(trainer)
+        return trainer.fit()
+    finally:
+        trainer.parts.release()  # the datasets it read may be regenerated from now on
