@@ -71,7 +71,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._file(path[len(resolve):], head)
             elif path.rstrip("/") == tree and not head:
                 listing = [{"type": "file", "path": p, "size": len(d), "oid": git_blob_id(d),
-                            **({"lfs": {"oid": hub.etag(p), "size": len(d), "pointerSize": 134}} if p in hub.lfs else {})}
+                            **({"lfs": {"oid": hub.etag(p), "size": len(d), "pointerSize": 134}}
+                               if p in hub.lfs else {})}
                            for p, d in sorted(hub.files.items())]
                 self._answer(200, {"Content-Type": "application/json"}, json.dumps(listing).encode())
             else:

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -90,7 +91,8 @@ def test_cc3m_shards_come_through_huggingface_hub_and_its_cache(cc3m_hub, data_r
 def test_a_wrong_sha256_is_refused(cc3m_hub, data_root, tmp_path, run_cli, monkeypatch, who):
     name = "cc3m-train-0001.tar"
     if who == "registry":
-        pinned = RemoteFile(name, f"https://huggingface.co/datasets/x/resolve/{CC3M.hub_revision}/{name}", sha256="ab" * 32)
+        url = f"https://huggingface.co/datasets/x/resolve/{CC3M.hub_revision}/{name}"
+        pinned = RemoteFile(name, url, sha256="ab" * 32)
         spec = registry.REGISTRY["cc3m-100k"]
         monkeypatch.setitem(registry.REGISTRY, "cc3m-100k", dataclasses.replace(spec, files=(pinned,)))
     else:
@@ -168,7 +170,7 @@ def test_hf_endpoint_from_the_environment_alone(tmp_path):
     hub, httpd = start_hub(CC3M.hub_repo, CC3M.hub_revision)
     hub.files.update(SHARDS)
     hub.lfs.update(SHARDS)
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("CLIPCTL_", "HF_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPCTL_", "HF_"))}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0", NO_COLOR="1")
     try:
         result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "data")], cwd=REPO_ROOT, env=env,

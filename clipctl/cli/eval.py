@@ -16,6 +16,13 @@ def _cell(metrics: dict, key: str) -> str:
     return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "-"
 
 
+def _scored_line(metrics: dict) -> str:
+    """'45 of 48 retrieval images, 64 of 64 zero-shot images' ('' for the combined row)."""
+    return ", ".join(f"{metrics[f'{kind}_scored']} of {metrics[f'{kind}_total']} {label} images"
+                     for kind, label in (("retrieval", "retrieval"), ("zeroshot", "zero-shot"))
+                     if f"{kind}_total" in metrics)
+
+
 def _scored(metrics: dict) -> str:
     """Images scored / images listed, over the benchmark's retrieval and zero-shot sets."""
     kinds = [k for k in ("retrieval", "zeroshot") if f"{k}_total" in metrics]
@@ -53,10 +60,8 @@ def eval_command(
     print_table(f"{checkpoint} (percent; TR = image→text, IR = text→image)",
                 ["benchmark", *(c.upper() for c in COLUMNS), "SCORED"], rows)
     for name, metrics in results.items():
-        if name != "combined":
-            info(f"{name}: scored " + ", ".join(
-                f"{metrics[f'{kind}_scored']} of {metrics[f'{kind}_total']} {label} images"
-                for kind, label in (("retrieval", "retrieval"), ("zeroshot", "zero-shot")) if f"{kind}_total" in metrics))
+        if scored := _scored_line(metrics):
+            info(f"{name}: scored {scored}")
         speeds = [f"{metrics[k]:.0f} {k.removesuffix('_per_s')}/s" for k in ("images_per_s", "captions_per_s") if metrics.get(k)]
         if speeds:
             info(f"{name}: encoding " + ", ".join(speeds))

@@ -181,8 +181,8 @@ def _download_part(url: str, part: Path, expected: RemoteFile, dataset_id: str, 
         if expected.size is not None and offset >= expected.size:
             break
         try:
-            if _fetch_once(session, url, part, offset, expected, headers or {}, policy, dataset_id, access_hint, progress,
-                           seen):
+            if _fetch_once(session, url, part, offset, expected, headers or {}, policy, dataset_id, access_hint,
+                           progress, seen):
                 break
             got_response = True
             last_error = f"the body ended early at {part.stat().st_size if part.exists() else 0} bytes"

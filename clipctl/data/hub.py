@@ -86,7 +86,8 @@ def hub_snapshot(spec: DatasetSpec, remotes: list[RemoteFile], root: Path) -> di
     for remote in remotes:
         path = folder / paths[remote.name]
         if not path.is_file():
-            raise SourceUnavailable(f"{spec.id}: {paths[remote.name]} is not in {spec.hub_repo}@{spec.hub_revision[:12]}")
+            raise SourceUnavailable(f"{spec.id}: {paths[remote.name]} is not in "
+                                    f"{spec.hub_repo}@{spec.hub_revision[:12]}")
         found[remote.name] = (path, check_hub_file(path, remote, spec, root))
     return found
 

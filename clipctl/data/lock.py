@@ -80,8 +80,8 @@ class DatasetLease:
         while not _try(handle, fcntl.LOCK_SH):
             if time.monotonic() > deadline:
                 handle.close()
-                raise DataError(f"{dataset_id}: still being generated or fetched under {self.root} after {wait_s:.0f} s "
-                                f"({lock_path(self.root, dataset_id)}); run again when that has finished")
+                raise DataError(f"{dataset_id}: still being generated or fetched under {self.root} after "
+                                f"{wait_s:.0f} s ({lock_path(self.root, dataset_id)}); run again when it has finished")
             time.sleep(POLL_S)
         return handle
 

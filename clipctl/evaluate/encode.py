@@ -141,7 +141,8 @@ def encode_images(
     """Encode every batch of a DataLoader with model.encode_image.
 
     Batches are image tensors (a RetrievalDataset) or (images, labels[, failed]) sequences (a
-    ClassificationDataset, or any set wrapped by `evaluate.hooks`); labels and failures are returned when present. The time includes data loading: it is the throughput a user waits for.
+    ClassificationDataset, or any set wrapped by `evaluate.hooks`); labels and failures are returned when
+    present. The time includes data loading: it is the throughput a user waits for.
     """
     device = model_device(model) if device is None else torch.device(device)
     dataset = getattr(loader, "dataset", None)

@@ -83,8 +83,8 @@ def evaluate_split(
     "captions_per_s", and how many images were scored out of how many the set lists ("retrieval_scored",
     "retrieval_total", "zeroshot_scored", "zeroshot_total"); more than `max_missing` missing or unreadable
     images is a DataError (exit 3). Either dataset may be None (`clipctl eval --coco` alone has no zero-shot
-    set). The model is used as is (the caller places it; with several processes, call this on one of them with the unwrapped model)
-    and is left in the train/eval mode it had.
+    set). The model is used as is (the caller places it; with several processes, call this on one of them
+    with the unwrapped model) and is left in the train/eval mode it had.
     """
     device = model_device(model) if device is None else torch.device(device)
     metrics: dict[str, float] = {}
