@@ -237,7 +237,8 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**manifest, "sources": sources, "downloads": {d["name"]: {k: d[k] for k in ("size", "sha256")} for d in downloads},
+    return {**manifest, "sources": sources,
+            "downloads": {d["name"]: {k: d[k] for k in ("size", "sha256", "unverified") if k in d} for d in downloads},
             "verified": True, "size_bytes": size}
 
 

@@ -133,7 +133,7 @@ def download(url: str, dest: Path, expected: RemoteFile, *, dataset_id: str, acc
              quarantine_dir: Path | None = None) -> dict[str, Any]:
     """Fetch `url` to `dest` (resumable, retried, verified, atomic); returns {"size", "sha256", ...}.
 
-    A file without a known size or hash is checked for what it claims to be (`content_problem`; refetched on
+    A file without a known hash is checked for what it claims to be (`content_problem`; refetched on
     a failure, quarantined and refused when it keeps failing) and returned with "unverified": True.
     An existing `dest` that verifies is kept as is (a user may place files there by hand). `progress=False`
     silences the per-file progress display (many small files share one display instead).
@@ -321,6 +321,7 @@ def fetch_dataset(dataset_id: str, root: Path, *, force: bool = False, seed: int
         return "verified", verify_dataset(dataset_id, root)
     with replacing(root, dataset_id, "fetching it again"):  # never under a run that reads it
         manifest = _preparer(dataset_id).prepare(spec, root, force=force)
+        _note_unverified_downloads(manifest)
         manifest.update({"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(),
                          "verified_at": now_iso()})
         write_manifest(root, dataset_id, manifest)
@@ -340,6 +341,16 @@ def verify_dataset(dataset_id: str, root: Path) -> dict[str, Any]:
         raise DataError(f"{dataset_id}: not present under {root}; run `clipctl data fetch {dataset_id}`")
     _preparer(dataset_id).verify(spec, root, manifest)
     return _mark_verified(root, spec, manifest)
+
+
+def _note_unverified_downloads(manifest: dict[str, Any]) -> None:
+    """Record downloaded files that had no published checksum (a mirror's copy, a hub file without a hash)."""
+    downloads = manifest.get("downloads") or {}
+    names = sorted(name for name, result in downloads.items() if isinstance(result, dict) and result.get("unverified"))
+    if names and "unverified" not in manifest:
+        manifest["unverified"] = {"files": len(names), "why": f"no published checksum for {', '.join(names[:3])}"
+                                  f"{', ...' if len(names) > 3 else ''}; checked for what they claim to be, sha256 "
+                                  f"recorded at fetch"}
 
 
 def unverified_note(dataset_id: str, manifest: dict[str, Any]) -> str | None:
