@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The CPU-capable torch pair that this project's machines carry locally; override for other platforms.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install test demo bench study study2 clean
 

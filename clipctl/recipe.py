@@ -10,7 +10,6 @@ import difflib
 import hashlib
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -19,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clipctl.errors import UsageError
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
+except ModuleNotFoundError:  # Python 3.10: the `tomli` backport (a dependency there) has the same API
     import tomli as tomllib
 
 LOSS_NAMES = ("clip", "sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3")
@@ -206,6 +205,7 @@ class EvalConfig(Section):
     chunk_size: int = Field(1024, ge=1)
     normalize: Literal["clip", "imagenet"] = "clip"
     every_epochs: int = Field(1, ge=1)
+    max_missing: int = Field(0, ge=0)  # evaluation images allowed to be missing or unreadable before it refuses
 
 
 class TrackingConfig(Section):

@@ -15,7 +15,9 @@ from typing import Any
 @dataclass
 class FileServer:
     """`files[path] = bytes`; `script[path]` is a list of one-shot behaviours consumed per request:
-    {"status": 503} | {"redirect": "/other"} | {"truncate": n} | {"body": b"..."} | {"ignore_range": True}."""
+    {"status": 503} | {"redirect": "/other"} | {"truncate": n} | {"body": b"..."} | {"ignore_range": True};
+    `{"no_length": True}` sends no Content-Length (the body ends when the connection closes) and
+    `{"content_type": "text/html"}` sets that header; both combine with the others."""
 
     files: dict[str, bytes] = field(default_factory=dict)
     script: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -70,7 +72,10 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_response(200)
             chunk = body[start:end + 1]
-            self.send_header("Content-Length", str(len(chunk)))
+            if not step.get("no_length"):
+                self.send_header("Content-Length", str(len(chunk)))
+            if "content_type" in step:
+                self.send_header("Content-Type", step["content_type"])
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
             if "truncate" in step:

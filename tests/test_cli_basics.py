@@ -34,7 +34,7 @@ def test_recipes_validate_all_builtins(run_cli):
 def test_recipes_show_resolved(run_cli):
     code, out, _ = run_cli("recipes", "show", "isogclr_radam", "--resolved", "train.epochs=7")
     assert code == 0
-    import tomllib
+    from clipctl.recipe import tomllib
     data = tomllib.loads(out)
     assert data["train"]["epochs"] == 7 and data["optim"]["lr"] == 1.64e-4 and data["sched"]["name"] == "tanh"
 

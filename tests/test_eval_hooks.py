@@ -19,6 +19,7 @@ from clipctl.evaluate.encode import autocast_dtype
 
 DIM = 8
 METRIC_KEYS = {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean", "acc@1", "acc@5", "objective"}
+COUNT_KEYS = {"val/retrieval_scored", "val/retrieval_total", "val/zeroshot_scored", "val/zeroshot_total"}
 
 
 def _setup(seed: int = 0):
@@ -46,8 +47,9 @@ def test_evaluate_split_equals_the_metric_functions_on_the_same_features() -> No
     model.train()
     got = evaluate_split(model, tokenizer, retrieval, classification, batch_size=3, chunk_size=4, num_workers=0,
                          device="cpu")
-    assert set(got) == {f"val/{k}" for k in METRIC_KEYS} | {"val/images_per_s", "val/captions_per_s"}
+    assert set(got) == {f"val/{k}" for k in METRIC_KEYS} | {"val/images_per_s", "val/captions_per_s"} | COUNT_KEYS
     assert got["val/images_per_s"] > 0 and got["val/captions_per_s"] > 0
+    assert (got["val/retrieval_scored"], got["val/retrieval_total"], got["val/zeroshot_scored"]) == (11, 11, 13)
 
     text_features = torch.stack([unit(model.text_vectors[c]) for c in retrieval.captions])
     expected = retrieval_metrics(retrieval._images, text_features, retrieval.text_to_image)
@@ -66,10 +68,11 @@ def test_either_dataset_alone_and_an_empty_prefix() -> None:
     only_retrieval = evaluate_split(model, tokenizer, retrieval, None, batch_size=4, chunk_size=2, num_workers=0,
                                     device=None, prefix="")
     assert set(only_retrieval) == {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean", "images_per_s",
-                                   "captions_per_s"}
+                                   "captions_per_s", "retrieval_scored", "retrieval_total"}
     only_zeroshot = evaluate_split(model, tokenizer, None, classification, batch_size=5, chunk_size=1000,
                                    num_workers=0, device="cpu", prefix="test/")
-    assert set(only_zeroshot) == {"test/acc@1", "test/acc@5", "test/images_per_s"}
+    assert set(only_zeroshot) == {"test/acc@1", "test/acc@5", "test/images_per_s", "test/zeroshot_scored",
+                                  "test/zeroshot_total"}
 
 
 def test_bf16_autocast_on_cpu_returns_float32_features() -> None:
@@ -121,3 +124,35 @@ def test_classification_items_without_labels_are_refused() -> None:
     unlabeled.classnames, unlabeled.templates = classification.classnames, classification.templates
     with pytest.raises(DataError, match="without labels"):
         evaluate_split(model, tokenizer, None, unlabeled, batch_size=4, chunk_size=4, num_workers=0, device="cpu")
+
+
+class FlakyRetrieval(FakeRetrievalDataset):
+    """Image 2 fails to decode each time it is read (a truncated file); a 12th image was never found."""
+
+    unreadable = [("gone.jpg", "missing file")]
+    decode_failures = 0
+
+    @property
+    def listed(self) -> int:
+        return len(self) + 1
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == 2:
+            self.decode_failures += 1
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_missing_and_undecodable_images_are_counted_and_limited(workers) -> None:
+    model, tokenizer, retrieval, _ = _setup(6)
+    flaky = FlakyRetrieval(retrieval._images, retrieval.captions, retrieval.text_to_image.tolist())
+    kwargs = dict(batch_size=4, chunk_size=4, num_workers=workers, device="cpu", prefix="")
+    got = evaluate_split(model, tokenizer, flaky, None, max_missing=2, **kwargs)
+    assert (got["retrieval_scored"], got["retrieval_total"]) == (10, 12)  # decode failures seen inside workers too
+    with pytest.raises(DataError, match=r"2 of 12 images are missing or unreadable \(first: gone.jpg: missing file\)"):
+        evaluate_split(model, tokenizer, flaky, None, max_missing=1, **kwargs)
+    calls = len(model.calls)
+    with pytest.raises(DataError, match="1 of 12 images .* eval.max_missing = 0"):
+        evaluate_split(model, tokenizer, flaky, None, **kwargs)
+    assert len(model.calls) == calls  # refused before encoding anything
+    assert evaluate_split(model, tokenizer, flaky, None, max_missing=None, **kwargs)["retrieval_scored"] == 10

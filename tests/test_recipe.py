@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from clipctl.errors import UsageError
-from clipctl.recipe import builtin_recipe_names, load_recipe, load_tune_recipe, parse_override, recipe_warnings, validate_recipe
+from clipctl.recipe import (builtin_recipe_names, load_recipe, load_tune_recipe, parse_override, recipe_warnings, tomllib,
+                            validate_recipe)
 
 
 def write(path: Path, text: str) -> Path:

@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 
 from clipctl.errors import ClipctlError, InterruptedRun
+from clipctl.recipe import tomllib
 from clipctl.train import checkpoint as checkpoint_module
 from clipctl.train.checkpoint import load_checkpoint, load_state
 from clipctl.train.trainer import TrainOptions, train

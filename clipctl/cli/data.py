@@ -7,7 +7,7 @@ import typer
 
 from clipctl.errors import UsageError
 from clipctl.paths import data_root
-from clipctl.report.console import emit_json, info, print_table
+from clipctl.report.console import emit_json, info, print_table, warn
 
 app = typer.Typer(help="Datasets: list, fetch (or generate) and verify.\n\nExample: clipctl data fetch shapes",
                   no_args_is_help=True)
@@ -71,6 +71,7 @@ def fetch(
                                      train_size=20_000 if train_size is None else train_size,
                                      image_size=64 if image_size is None else image_size)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
+    _note_unverified(dataset_id, manifest)
     if action == "verified":
         info(f"{dataset_id}: already present and verified under {root} ({counts}); nothing to do (--force re-makes it)")
     else:
@@ -88,3 +89,12 @@ def verify(dataset_id: str = typer.Argument(..., metavar="ID", help="Dataset id 
     manifest = verify_dataset(dataset_id, data_root())
     counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
     info(f"{dataset_id}: verified ({counts})")
+    _note_unverified(dataset_id, manifest)
+
+
+def _note_unverified(dataset_id: str, manifest: dict) -> None:
+    from clipctl.data.fetch import unverified_note
+
+    note = unverified_note(dataset_id, manifest)
+    if note:
+        warn(note)

@@ -5,8 +5,10 @@ Sources, in priority order:
    the course's `cc3m_train_subset.json` + images; its pairs JSON is normalised into `train.json`.
 2. `$CLIPCTL_CC3M_TSV`: a CC3M TSV (caption<TAB>url); images are downloaded in parallel and the first
    100,000 rows whose image loads are kept (dead links, 15-40%, are normal and skipped).
-3. The Hugging Face WebDataset shards `pixparse/cc3m-wds` at a pinned revision: the first 100,000 training
-   samples in shard order (per-shard sha256 from the hub when it is reachable, else recorded).
+3. The Hugging Face WebDataset shards `pixparse/cc3m-wds` at a pinned revision, through huggingface_hub
+   (`clipctl.data.hub`: its cache, token and `HF_ENDPOINT`), one shard at a time: the first 100,000 training
+   samples in shard order, each shard checked against the registry's sha256 or else the hub's own
+   (`$CLIPCTL_MIRROR` fetches them by plain URL instead).
 Sources 2 and 3 write WebDataset shards (`shards/*.tar`: .jpg + .txt + .json with an integer `key`).
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from PIL import Image
 from clipctl.data.archive import extract, iter_tar_files, unsafe_reason
 from clipctl.data.datasets import wds_key
 from clipctl.data.fetch import http_session, download
+from clipctl.data.hub import hub_file
 from clipctl.atomic import atomic_write_json, replace_dir
 from clipctl.data.manifest import check_hashes, files_digest, sha256_file
 from clipctl.data.registry import CC3M_ARCHIVE_ENV, CC3M_TSV_ENV, MIRROR_ENV, DatasetSpec, RemoteFile, dataset_dir, source_url
@@ -93,29 +96,20 @@ def _shard_samples(path: Path) -> Iterator[tuple[bytes, str]]:
         yield group["jpg"], group["txt"].decode("utf-8", "replace")
 
 
-def _hub_lfs_info(spec: DatasetSpec, names: list[str]) -> dict[str, tuple[int, str]]:
-    """{name: (size, sha256)} from the hub's LFS metadata; {} when offline or mirrored (hashes recorded instead)."""
-    if os.environ.get(MIRROR_ENV):
-        return {}
-    try:
-        from huggingface_hub import HfApi
-
-        infos = HfApi().get_paths_info(spec.hub_repo, names, repo_type="dataset", revision=spec.hub_revision)
-        return {i.path: (i.lfs.size, i.lfs.sha256) for i in infos if getattr(i, "lfs", None)}
-    except Exception as err:  # the hub client raises many types (offline mode, HTTP, auth)
-        warn(f"cc3m-100k: no hub checksums ({type(err).__name__}); recording sha256 at first fetch instead")
-        return {}
-
-
 def _hub_samples(spec: DatasetSpec, root: Path, used: list[dict[str, Any]]) -> Iterator[tuple[bytes, str]]:
-    names = [f"cc3m-train-{i:04d}.tar" for i in range(HUB_SHARDS)]
-    known = _hub_lfs_info(spec, names[:40])
-    for name in names:
-        size, sha = known.get(name, (None, None))
-        url = source_url(spec, f"https://huggingface.co/datasets/{spec.hub_repo}/resolve/{spec.hub_revision}/{name}", name)
-        remote = RemoteFile(name, url, size=size, sha256=sha)
-        path = root / "downloads" / "cc3m-wds" / name
-        used.append({"name": name, "url": url, **download(url, path, remote, dataset_id=spec.id, access_hint=spec.access_hint)})
+    """Shards in order, one at a time (only as many as the target needs): through huggingface_hub, checked
+    against the registry's sha256 or the hub's own; from `$CLIPCTL_MIRROR` by plain URL when one is set."""
+    for i in range(HUB_SHARDS):
+        name = f"cc3m-train-{i:04d}.tar"
+        remote = next((f for f in spec.files if f.name == name), None) or RemoteFile(
+            name, f"https://huggingface.co/datasets/{spec.hub_repo}/resolve/{spec.hub_revision}/{name}")
+        if os.environ.get(MIRROR_ENV):
+            url, path = source_url(spec, remote.url, name), root / "downloads" / "cc3m-wds" / name
+            result = download(url, path, remote, dataset_id=spec.id, access_hint=spec.access_hint)
+        else:
+            url = remote.url
+            path, result = hub_file(spec, remote, root)
+        used.append({"name": name, "url": url, **result})
         yield from _shard_samples(path)
 
 
@@ -243,7 +237,8 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**manifest, "sources": sources, "downloads": {d["name"]: {k: d[k] for k in ("size", "sha256")} for d in downloads},
+    return {**manifest, "sources": sources,
+            "downloads": {d["name"]: {k: d[k] for k in ("size", "sha256", "unverified") if k in d} for d in downloads},
             "verified": True, "size_bytes": size}
 
 

@@ -86,8 +86,9 @@ class _ImageReader:
             return Image.new("RGB", (32, 32))
 
 
-def _filter_images(what: str, names: Sequence[str], sources: Sequence[Path | bytes], on_bad_image: OnBadImage) -> list[int]:
-    """Positions whose image header opens; the others are skipped (warned) or raise (error mode)."""
+def _filter_images(what: str, names: Sequence[str], sources: Sequence[Path | bytes],
+                   on_bad_image: OnBadImage) -> tuple[list[int], list[tuple[str, str]]]:
+    """Positions whose image header opens, and (name, reason) of the others: skipped (warned) or raise (error mode)."""
     keep, skipped = [], []
     for i, (name, source) in enumerate(zip(names, sources)):
         try:
@@ -99,7 +100,7 @@ def _filter_images(what: str, names: Sequence[str], sources: Sequence[Path | byt
                 raise DataError(f"{name}: unreadable image ({reason}); fix or remove it, or set data.on_bad_image = \"skip\"") from None
             skipped.append((name, reason))
     _report_skipped(what, skipped, len(names))
-    return keep
+    return keep, skipped
 
 
 # ----------------------------------------------------------------------------------------------- pairs
@@ -223,7 +224,8 @@ class PairsDataset(Dataset):
         selected = len(positions)
         positions = [i for i in positions if cleaned[i]]
         if not self._shards:
-            ok = _filter_images(str(self.source), [names[i] for i in positions], [raw[i][0] for i in positions], on_bad_image)
+            ok, _ = _filter_images(str(self.source), [names[i] for i in positions], [raw[i][0] for i in positions],
+                                   on_bad_image)
             positions = [positions[k] for k in ok]
         if not positions:
             raise DataError(f"{self.source}: no usable pairs (all captions empty or images unreadable)")
@@ -312,7 +314,8 @@ class RetrievalDataset(Dataset):
     """COCO-like retrieval set: item -> image tensor; `.captions`, `.text_to_image` (caption -> image index).
 
     Captions are cleaned; empty ones are dropped, and so is an image left without captions or whose
-    header does not open (skip mode).
+    header does not open (skip mode). `.listed` counts the images with captions, `.unreadable` names
+    (path, reason) of those dropped, so evaluation can say what it scored out of what.
     """
 
     def __init__(self, source: str | Path, transform: Callable, *, on_bad_image: OnBadImage = "skip",
@@ -336,7 +339,9 @@ class RetrievalDataset(Dataset):
             cleaned = [c for c in (clean_caption(c) for c in captions) if c]
             if cleaned:
                 entries.append((base / entry["image"], cleaned))
-        ok = _filter_images(str(self.source), [str(p) for p, _ in entries], [p for p, _ in entries], on_bad_image)
+        ok, self.unreadable = _filter_images(str(self.source), [str(p) for p, _ in entries], [p for p, _ in entries],
+                                             on_bad_image)
+        self.listed = len(entries)
         entries = [entries[k] for k in ok]
         if not entries:
             raise DataError(f"{self.source}: no usable images with captions")
@@ -366,7 +371,8 @@ class ClassificationDataset(Dataset):
     """ImageNet-like folders: label = position of the class folder in sorted order; item -> (image, label).
 
     `classnames` (one per class, in label order) and `templates` (with "{}") come from `classnames.txt`
-    and `templates.txt` unless given (e.g. the vendored OpenAI ImageNet names).
+    and `templates.txt` unless given (e.g. the vendored OpenAI ImageNet names). `.listed` counts the image
+    files found, `.unreadable` names (path, reason) of those dropped.
     """
 
     def __init__(self, root: str | Path, transform: Callable, *, on_bad_image: OnBadImage = "skip",
@@ -397,7 +403,9 @@ class ClassificationDataset(Dataset):
         self.templates = list(templates)
         samples = [(path, label) for label, cid in enumerate(self.class_ids)
                    for path in sorted((self.root / cid).iterdir()) if path.suffix.lower() in IMAGE_EXTS]
-        ok = _filter_images(str(self.root), [str(p) for p, _ in samples], [p for p, _ in samples], on_bad_image)
+        ok, self.unreadable = _filter_images(str(self.root), [str(p) for p, _ in samples], [p for p, _ in samples],
+                                             on_bad_image)
+        self.listed = len(samples)
         self.samples = [samples[k] for k in ok]
         if not self.samples:
             raise DataError(f"{self.root}: no readable images in the class folders")

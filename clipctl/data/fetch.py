@@ -18,8 +18,10 @@ from urllib.parse import urlparse
 
 import requests
 import urllib3
+from PIL import Image
 
 from clipctl import __version__
+from clipctl.data.lock import replacing
 from clipctl.data.manifest import hash_file, read_manifest, write_manifest
 from clipctl.data.registry import REGISTRY, DatasetSpec, RemoteFile, get_spec
 from clipctl.errors import DataError
@@ -28,6 +30,7 @@ from clipctl.report.console import ProgressReporter, info, warn
 PREPARERS = {"coco-karpathy-test": "clipctl.data.coco", "coco-val-5k": "clipctl.data.coco",
              "imagenet-val": "clipctl.data.imagenet", "cc3m-100k": "clipctl.data.cc3m"}
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
 
 @dataclass
@@ -67,11 +70,12 @@ def _expected_hashes(expected: RemoteFile) -> dict[str, str]:
     return {k: v for k, v in (("md5", expected.md5), ("sha256", expected.sha256)) if v}
 
 
-def quarantine(path: Path) -> Path:
-    """Move a file that failed verification out of the way (kept for inspection, never reused)."""
-    folder = path.parent / "quarantine" if path.parent.name != "quarantine" else path.parent
+def quarantine(path: Path, folder: Path | None = None, name: str | None = None) -> Path:
+    """Move a file that failed verification out of the way (kept for inspection, never reused), into `folder`
+    (default: `quarantine/` beside it), as `name` (default: its own name)."""
+    folder = folder or (path.parent / "quarantine" if path.parent.name != "quarantine" else path.parent)
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name.removesuffix(".part")
+    target = folder / (name or path.name.removesuffix(".part"))
     if target.exists():
         target = folder / f"{target.name}.{int(time.time())}"
     path.replace(target)
@@ -95,23 +99,81 @@ def verify_file(path: Path, expected: RemoteFile, dataset_id: str, move_bad: boo
     return {"size": size, **hashes}
 
 
+def content_problem(path: Path, name: str, content_type: str = "") -> str | None:
+    """Why a file fetched without a known hash is not what its name claims (None when it looks right).
+
+    Why: without a published checksum, an HTML error page or a body cut short without Content-Length would
+    otherwise be stored as the file. Image files must decode completely; other files must not be HTML pages.
+    """
+    html = content_type.split(";")[0].strip().lower() == "text/html"
+    if path.stat().st_size == 0:
+        return "an empty body"
+    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            what = "an HTML page" if html or _looks_like_html(path) else f"not a decodable image ({err})"
+            return what[:200]
+        return None
+    if Path(name).suffix.lower() not in (".html", ".htm") and (html or _looks_like_html(path)):
+        return "an HTML page"
+    return None
+
+
+def _looks_like_html(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        start = handle.read(512).lstrip().lower()
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
+
+
 def download(url: str, dest: Path, expected: RemoteFile, *, dataset_id: str, access_hint: str = "",
              headers: dict[str, str] | None = None, policy: FetchPolicy | None = None,
-             session: requests.Session | None = None, progress: bool = True) -> dict[str, Any]:
+             session: requests.Session | None = None, progress: bool = True,
+             quarantine_dir: Path | None = None) -> dict[str, Any]:
     """Fetch `url` to `dest` (resumable, retried, verified, atomic); returns {"size", "sha256", ...}.
 
+    A file without a known hash is checked for what it claims to be (`content_problem`; refetched on
+    a failure, quarantined and refused when it keeps failing) and returned with "unverified": True.
     An existing `dest` that verifies is kept as is (a user may place files there by hand). `progress=False`
     silences the per-file progress display (many small files share one display instead).
     """
     policy = policy or POLICY
     dest.parent.mkdir(parents=True, exist_ok=True)
+    unverified = not _expected_hashes(expected)
     if dest.exists():
         try:
-            return verify_file(dest, expected, dataset_id)
+            if unverified and (problem := content_problem(dest, expected.name)):
+                raise DataError(f"{dest}: {problem}")
+            return {**verify_file(dest, expected, dataset_id), **({"unverified": True} if unverified else {})}
         except DataError as err:
             warn(f"{err}; downloading it again")
+            dest.unlink(missing_ok=True)
     part = dest.with_name(dest.name + ".part")
     session = session or http_session()
+    tries = policy.retries + 1 if unverified else 1
+    for attempt in range(1, tries + 1):
+        seen: dict[str, str] = {}
+        _download_part(url, part, expected, dataset_id, access_hint, headers, policy, session, progress, seen)
+        problem = content_problem(part, expected.name, seen.get("content_type", "")) if unverified else None
+        if problem is None:
+            break
+        if attempt == tries:
+            where = quarantine(part, quarantine_dir)
+            raise SourceUnavailable(f"{expected.name}: {urlparse(url).netloc} sent {problem} (no published checksum to "
+                                    f"check it against) {tries} times; refused and moved to {where}")
+        part.unlink(missing_ok=True)
+        info(f"{expected.name}: the server sent {problem}; fetching it again (try {attempt + 1})")
+        time.sleep(min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1)))
+    result = verify_file(part, expected, dataset_id)
+    part.replace(dest)
+    return {**result, "unverified": True} if unverified else result
+
+
+def _download_part(url: str, part: Path, expected: RemoteFile, dataset_id: str, access_hint: str,
+                   headers: dict[str, str] | None, policy: FetchPolicy, session: requests.Session, progress: bool,
+                   seen: dict[str, str]) -> None:
+    """Bring `part` to the complete body: resumed, retried with backoff; raises when it cannot."""
     host = urlparse(url).netloc or url
     attempt, last_error, got_response = 0, "", False
     while True:
@@ -119,7 +181,8 @@ def download(url: str, dest: Path, expected: RemoteFile, *, dataset_id: str, acc
         if expected.size is not None and offset >= expected.size:
             break
         try:
-            if _fetch_once(session, url, part, offset, expected, headers or {}, policy, dataset_id, access_hint, progress):
+            if _fetch_once(session, url, part, offset, expected, headers or {}, policy, dataset_id, access_hint,
+                           progress, seen):
                 break
             got_response = True
             last_error = f"the body ended early at {part.stat().st_size if part.exists() else 0} bytes"
@@ -140,9 +203,6 @@ def download(url: str, dest: Path, expected: RemoteFile, *, dataset_id: str, acc
         delay = min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1))
         info(f"{expected.name}: {last_error}; retrying in {delay:.1f} s (try {attempt + 1})")
         time.sleep(delay)
-    result = verify_file(part, expected, dataset_id)
-    part.replace(dest)
-    return result
 
 
 class _Retry(Exception):
@@ -152,7 +212,8 @@ class _Retry(Exception):
 
 
 def _fetch_once(session: requests.Session, url: str, part: Path, offset: int, expected: RemoteFile,
-                headers: dict[str, str], policy: FetchPolicy, dataset_id: str, access_hint: str, show: bool) -> bool:
+                headers: dict[str, str], policy: FetchPolicy, dataset_id: str, access_hint: str, show: bool,
+                seen: dict[str, str]) -> bool:
     """One request; True when the body arrived complete, False when it ended early (resume), _Retry otherwise."""
     request_headers = {"Accept-Encoding": "identity", **headers}  # byte offsets must be file offsets
     if offset:
@@ -186,6 +247,7 @@ def _fetch_once(session: requests.Session, url: str, part: Path, offset: int, ex
             part.unlink(missing_ok=True)
             raise _Retry("the server answered a different range; restarting", responded=True)
         start = offset if status == 206 else 0
+        seen["content_type"] = response.headers.get("Content-Type", "")
         length = response.headers.get("Content-Length")
         total = expected.size or (start + int(length) if length and length.isdigit() else None)
         received = start
@@ -257,9 +319,12 @@ def fetch_dataset(dataset_id: str, root: Path, *, force: bool = False, seed: int
     manifest = read_manifest(root, dataset_id)
     if manifest is not None and not force:
         return "verified", verify_dataset(dataset_id, root)
-    manifest = _preparer(dataset_id).prepare(spec, root, force=force)
-    manifest.update({"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(), "verified_at": now_iso()})
-    write_manifest(root, dataset_id, manifest)
+    with replacing(root, dataset_id, "fetching it again"):  # never under a run that reads it
+        manifest = _preparer(dataset_id).prepare(spec, root, force=force)
+        _note_unverified_downloads(manifest)
+        manifest.update({"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(),
+                         "verified_at": now_iso()})
+        write_manifest(root, dataset_id, manifest)
     return "fetched", manifest
 
 
@@ -276,6 +341,25 @@ def verify_dataset(dataset_id: str, root: Path) -> dict[str, Any]:
         raise DataError(f"{dataset_id}: not present under {root}; run `clipctl data fetch {dataset_id}`")
     _preparer(dataset_id).verify(spec, root, manifest)
     return _mark_verified(root, spec, manifest)
+
+
+def _note_unverified_downloads(manifest: dict[str, Any]) -> None:
+    """Record downloaded files that had no published checksum (a mirror's copy, a hub file without a hash)."""
+    downloads = manifest.get("downloads") or {}
+    names = sorted(name for name, result in downloads.items() if isinstance(result, dict) and result.get("unverified"))
+    if names and "unverified" not in manifest:
+        manifest["unverified"] = {"files": len(names), "why": f"no published checksum for {', '.join(names[:3])}"
+                                  f"{', ...' if len(names) > 3 else ''}; checked for what they claim to be, sha256 "
+                                  f"recorded at fetch"}
+
+
+def unverified_note(dataset_id: str, manifest: dict[str, Any]) -> str | None:
+    """The line `data fetch|verify` print when part of a dataset has no published checksum, else None."""
+    unverified = manifest.get("unverified")
+    if not isinstance(unverified, dict):
+        return None
+    what = ", ".join(f"{v} {k}" for k, v in unverified.items() if isinstance(v, int))
+    return f"{dataset_id}: unverified: {what or 'some files'}: {unverified.get('why', 'no published checksum')}"
 
 
 def _mark_verified(root: Path, spec: DatasetSpec, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +381,7 @@ def dataset_status(root: Path) -> list[dict[str, Any]]:
             "id": spec.id, "role": spec.role, "present": manifest is not None and not manifest.get("corrupt"),
             "size_bytes": (manifest or {}).get("size_bytes"),
             "verified": (manifest or {}).get("verified_at") or bool((manifest or {}).get("verified")),
+            "unverified": (manifest or {}).get("unverified"),
             "description": spec.description, "licence": spec.licence,
         })
     return rows

@@ -2,7 +2,8 @@
 
 ImageNet needs the user's own access. Sources, in priority order: `ILSVRC2012_img_val.tar` +
 `ILSVRC2012_devkit_t12.tar.gz` in `$CLIPCTL_IMAGENET_DIR` or `<root>/downloads/` (md5-verified, read in
-place), else the gated Hugging Face copy (`ILSVRC/imagenet-1k`, token from `$HF_TOKEN` or the hub login).
+place), else the gated Hugging Face copy (`ILSVRC/imagenet-1k`, through huggingface_hub: its cache, the token
+from `$HF_TOKEN` or the hub login, only `classes.py` and the val tar by `allow_patterns`, sha256-checked).
 `classnames.txt`/`templates.txt` hold the vendored OpenAI names and 80 templates (`clipctl.evaluate.imagenet`)
 when the classes are the 1,000 ILSVRC2012 wnids, else the first WordNet synonym and one template.
 """
@@ -15,13 +16,13 @@ import shutil
 import tarfile
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
 from clipctl.data.archive import iter_tar_files
 from clipctl.data.fetch import download, verify_file
 from clipctl.atomic import atomic_write_bytes, replace_dir
 from clipctl.data.manifest import check_hashes, sha256_file, tree_digest
-from clipctl.data.registry import IMAGENET_ENV, DatasetSpec, dataset_dir, source_url
+from clipctl.data.hub import hub_snapshot
+from clipctl.data.registry import IMAGENET_ENV, MIRROR_ENV, DatasetSpec, dataset_dir, source_url
 from clipctl.errors import DataError
 from clipctl.report.console import ProgressReporter, info
 
@@ -98,14 +99,24 @@ def _write_folders(tmp: Path, members: Iterator[tuple[str, bytes]], label_of: An
     return count
 
 
-def _hub_headers(url: str) -> dict[str, str]:
-    """The hub token for huggingface.co URLs only (never sent to a mirror)."""
-    if urlparse(url).netloc != "huggingface.co":
-        return {}
-    from huggingface_hub import get_token
+def _hub_files(spec: DatasetSpec, root: Path) -> tuple[dict[str, Path], dict[str, Any], list[str]]:
+    """classes.py and the val tar of the hub copy: ({name: path}, {name: size/hashes}, source URLs).
 
-    token = get_token()
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    Through huggingface_hub (its cache and token, only these two files by allow_patterns), or by plain URL
+    from `$CLIPCTL_MIRROR` when one is set (no token is sent there)."""
+    remotes = [spec.file(HUB_CLASSES), spec.file(HUB_TAR)]
+    if not os.environ.get(MIRROR_ENV):
+        found = hub_snapshot(spec, remotes, root)
+        return ({n: p for n, (p, _) in found.items()}, {n: r for n, (_, r) in found.items()},
+                [r.url for r in remotes])
+    paths, downloads, sources = {}, {}, []
+    for remote in remotes:
+        url = source_url(spec, remote.url, remote.name)
+        paths[remote.name] = root / "downloads" / remote.name
+        downloads[remote.name] = download(url, paths[remote.name], remote, dataset_id=spec.id,
+                                          access_hint=spec.access_hint)
+        sources.append(url)
+    return paths, downloads, sources
 
 
 def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any]:
@@ -129,15 +140,9 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
             count = _write_folders(tmp, iter_tar_files(tar_path), label_of, expected)
             sources = [str(tar_path), str(devkit_path)]
         else:
-            downloads, sources = {}, []
-            for name in (HUB_CLASSES, HUB_TAR):
-                remote = spec.file(name)
-                url = source_url(spec, remote.url, name)
-                downloads[name] = download(url, root / "downloads" / name, remote, dataset_id=spec.id,
-                                           access_hint=spec.access_hint, headers=_hub_headers(url))
-                sources.append(url)
-            words = parse_hub_classes((root / "downloads" / HUB_CLASSES).read_text(encoding="utf-8"))
-            count = _write_folders(tmp, iter_tar_files(root / "downloads" / HUB_TAR), lambda _n, wnid: wnid, expected)
+            paths, downloads, sources = _hub_files(spec, root)
+            words = parse_hub_classes(paths[HUB_CLASSES].read_text(encoding="utf-8"))
+            count = _write_folders(tmp, iter_tar_files(paths[HUB_TAR]), lambda _n, wnid: wnid, expected)
         wnids = sorted(p.name for p in tmp.iterdir() if p.is_dir())
         names, templates = class_text(wnids, words)
         atomic_write_bytes(tmp / "classnames.txt", "".join(n + "\n" for n in names).encode())

@@ -63,6 +63,11 @@ def read_manifest(root: Path, dataset_id: str) -> dict[str, Any] | None:
         raise DataError(f"{path}: unreadable manifest ({err}); run `clipctl data fetch {dataset_id} --force`") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: manifest is not a JSON object; run `clipctl data fetch {dataset_id} --force`")
+    files = data.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        got = "missing" if files is None else f"a {type(files).__name__}, not an object of path -> sha256"
+        raise DataError(f"{path}: key \"files\" is {got}; the manifest is incomplete or not clipctl's; "
+                        f"run `clipctl data fetch {dataset_id} --force`")
     return data
 
 

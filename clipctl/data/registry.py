@@ -2,6 +2,8 @@
 
 Every real URL lives here and only here; `CLIPCTL_MIRROR=<base URL>` replaces each source with
 `<base>/<dataset id>/<file name>` (tests point it at a local server; sites can host their own copy).
+Hub files (`hub_repo` at `hub_revision`) go through huggingface_hub unless a mirror is set; a hub mirror
+is `HF_ENDPOINT`. A `files` entry with a sha256 pins a hub file's content (else the hub's own hash is used).
 `resolve()` turns a dataset reference from a recipe ("coco-karpathy-test", "shapes:val", or a path) into
 the file or folder the readers in `clipctl.data.datasets` open.
 """

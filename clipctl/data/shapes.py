@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 from clipctl import __version__
 from clipctl.atomic import atomic_write_bytes, replace_dir
+from clipctl.data.lock import replacing
 from clipctl.data.manifest import check_hashes, read_manifest, sha256_file, tree_digest, write_manifest
 from clipctl.errors import DataError, UsageError
 from clipctl.report.console import ProgressReporter, info
@@ -461,12 +462,23 @@ def ensure_shapes(root: Path, seed: int = 0, train_size: int = 20_000, image_siz
     """
     root = Path(root)
     config = ShapesConfig(seed=seed, train_size=train_size, image_size=image_size)
-    manifest = read_manifest(root, DATASET_ID)
     target = root / DATASET_ID
-    if not force and is_current(manifest, config) and all((target / p).exists() for p in SPLITS.values()):
+    if not force and shapes_present(root, config):
         return target
-    if manifest is not None and not force:
-        have = manifest.get("params", {})
-        info(f"shapes: regenerating (on disk: seed {have.get('seed')}, train {have.get('train_size')}, {have.get('image_size')} px)")
-    generate_shapes(root, config, workers)
+    what = f"generating it with seed {seed}, train {train_size}, {image_size} px"
+    with replacing(root, DATASET_ID, what):  # never under a run that reads it (clipctl.data.lock)
+        manifest = read_manifest(root, DATASET_ID)
+        if not force and shapes_present(root, config):  # another process made it while we waited
+            return target
+        if manifest is not None and not force:
+            have = manifest.get("params", {})
+            info(f"shapes: regenerating (on disk: seed {have.get('seed')}, train {have.get('train_size')}, "
+                 f"{have.get('image_size')} px)")
+        generate_shapes(root, config, workers)
     return target
+
+
+def shapes_present(root: Path, config: ShapesConfig) -> bool:
+    """Generated with exactly `config`, every split in place (cheap: no hashing)."""
+    return is_current(read_manifest(root, DATASET_ID), config) and all((root / DATASET_ID / p).exists()
+                                                                        for p in SPLITS.values())

@@ -5,7 +5,6 @@ loaded with `weights_only=True`); only the evaluation datasets come from the dat
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,11 @@ from clipctl.model import build_model
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe, validate_recipe
 from clipctl.train.checkpoint import load_checkpoint
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the `tomli` backport (a dependency there) has the same API
+    import tomli as tomllib
 
 # Benchmark name -> (retrieval dataset, zero-shot dataset) of the test splits clipctl reports.
 BENCHMARKS: dict[str, tuple[str | None, str | None]] = {
@@ -66,9 +70,12 @@ def default_device() -> torch.device:
 
 
 def evaluate_checkpoint(path: Path, benchmarks: list[str], *, device: torch.device | None = None,
-                        root: Path | None = None, progress: bool = True) -> dict[str, dict[str, Any]]:
+                        root: Path | None = None, progress: bool = True,
+                        max_missing: int | None = None) -> dict[str, dict[str, Any]]:
     """Metrics per benchmark (fractions), written to `eval/<benchmark>.json` beside the checkpoint.
 
+    More than `max_missing` (default: the checkpoint recipe's `eval.max_missing`) missing or unreadable
+    images in a benchmark is a DataError (exit 3); each result says how many images it scored out of how many.
     With both `coco` and `imagenet`, a `combined` entry holds the report's objective over the two.
     """
     if not benchmarks:
@@ -90,6 +97,7 @@ def evaluate_checkpoint(path: Path, benchmarks: list[str], *, device: torch.devi
             loaded.model, loaded.tokenizer, retrieval, classification,
             batch_size=recipe.eval.batch_size, chunk_size=recipe.eval.chunk_size, num_workers=recipe.data.num_workers,
             device=device, prefix="", precision="auto" if device.type == "cuda" else "no", progress=progress,
+            max_missing=recipe.eval.max_missing if max_missing is None else max_missing,
         )
         metrics.update(checkpoint=str(path), epoch=loaded.epoch, retrieval_source=BENCHMARKS[name][0],
                        zeroshot_source=BENCHMARKS[name][1])

@@ -18,11 +18,13 @@ PRECISIONS = ("no", "auto", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class Encoded:
-    """Features (n, d) float32 on the encoding device; labels (n,) when the loader yields (image, label) pairs."""
+    """Features (n, d) float32 on the encoding device; labels (n,) when the loader yields (image, label) pairs;
+    failed (n,) bool when it yields (image, label, failed) triples (images that did not decode)."""
 
     features: torch.Tensor
     labels: torch.Tensor | None
     seconds: float
+    failed: torch.Tensor | None = None
 
     @property
     def items_per_s(self) -> float:
@@ -138,19 +140,22 @@ def encode_images(
 ) -> Encoded:
     """Encode every batch of a DataLoader with model.encode_image.
 
-    Batches are image tensors (a RetrievalDataset) or (images, labels, ...) sequences (a ClassificationDataset);
-    labels are returned when present. The time includes data loading: it is the throughput a user waits for.
+    Batches are image tensors (a RetrievalDataset) or (images, labels[, failed]) sequences (a
+    ClassificationDataset, or any set wrapped by `evaluate.hooks`); labels and failures are returned when
+    present. The time includes data loading: it is the throughput a user waits for.
     """
     device = model_device(model) if device is None else torch.device(device)
     dataset = getattr(loader, "dataset", None)
     reporter = _progress(progress, len(dataset) if dataset is not None else None, "img")
     started = time.perf_counter()
-    parts, labels = [], []
+    parts, labels, failed = [], [], []
     try:
         for batch in loader:
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
             if isinstance(batch, (list, tuple)) and len(batch) > 1:
                 labels.append(torch.as_tensor(batch[1]))
+            if isinstance(batch, (list, tuple)) and len(batch) > 2:
+                failed.append(torch.as_tensor(batch[2]).bool())
             images = images.to(device, non_blocking=True)
             with _inference(model, device, precision):
                 features = model.encode_image(images)
@@ -163,4 +168,5 @@ def encode_images(
             reporter.close()
     if not parts:
         raise DataError("the image loader yielded no batches: the evaluation dataset is empty")
-    return Encoded(torch.cat(parts), torch.cat(labels).long() if labels else None, time.perf_counter() - started)
+    return Encoded(torch.cat(parts), torch.cat(labels).long() if labels else None, time.perf_counter() - started,
+                   torch.cat(failed) if failed else None)

@@ -16,9 +16,47 @@ RETRIEVAL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
 ZEROSHOT_KEYS = ("acc@1", "acc@5")
 
 
+class _WithFailures(Dataset):
+    """Items as (image, label or -1, failed): whether the image failed to decode (and was replaced by a blank
+    one), seen where it was read, so failures inside loader workers still reach the count."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, bool]:
+        before = getattr(self.dataset, "decode_failures", 0)
+        item = self.dataset[index]
+        failed = getattr(self.dataset, "decode_failures", 0) > before
+        image, label = item[:2] if isinstance(item, (tuple, list)) else (item, -1)
+        return image, label, failed
+
+
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    return DataLoader(_WithFailures(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=device.type == "cuda")
+
+
+def _where(dataset: Any) -> str:
+    return str(getattr(dataset, "source", None) or getattr(dataset, "root", "the evaluation set"))
+
+
+def check_missing(dataset: Any, max_missing: int | None, failed: int = 0) -> tuple[int, int]:
+    """(scored, listed) images of an evaluation set; DataError (exit 3) when more than `max_missing` are
+    unreadable or missing (None: no limit). Why: a number computed on 1 of 3 images must not pass as the
+    benchmark's."""
+    listed = int(getattr(dataset, "listed", len(dataset)))
+    scored = len(dataset) - failed
+    missing = listed - scored
+    if max_missing is not None and missing > max_missing:
+        unreadable = getattr(dataset, "unreadable", [])
+        first = f" (first: {unreadable[0][0]}: {unreadable[0][1]})" if unreadable else ""
+        raise DataError(f"{_where(dataset)}: {missing} of {listed} images are missing or unreadable{first}; "
+                        f"eval.max_missing = {max_missing}; fetch the dataset again (`clipctl data verify` names it) "
+                        f"or raise eval.max_missing to score the {scored} that remain")
+    return scored, listed
 
 
 def evaluate_split(
@@ -34,6 +72,7 @@ def evaluate_split(
     prefix: str = "val/",
     precision: Precision = "no",
     progress: bool = False,
+    max_missing: int | None = 0,
 ) -> dict[str, float]:
     """Retrieval and zero-shot metrics of one split, as fractions, keys prefixed with `prefix`.
 
@@ -41,13 +80,18 @@ def evaluate_split(
     classification_dataset: `.classnames`, `.templates` (with `{}`), items are (image tensor, label).
     Returns {prefix+"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean"} for retrieval, {"acc@1", "acc@5"}
     for zero-shot, "objective" when both are given, and the encoding throughput "images_per_s" (all images) and
-    "captions_per_s". Either dataset may be None (`clipctl eval --coco` alone has no zero-shot set). The model is
-    used as is (the caller places it; with several processes, call this on one of them with the unwrapped model)
-    and is left in the train/eval mode it had.
+    "captions_per_s", and how many images were scored out of how many the set lists ("retrieval_scored",
+    "retrieval_total", "zeroshot_scored", "zeroshot_total"); more than `max_missing` missing or unreadable
+    images is a DataError (exit 3). Either dataset may be None (`clipctl eval --coco` alone has no zero-shot
+    set). The model is used as is (the caller places it; with several processes, call this on one of them
+    with the unwrapped model) and is left in the train/eval mode it had.
     """
     device = model_device(model) if device is None else torch.device(device)
     metrics: dict[str, float] = {}
     image_count, image_seconds = 0, 0.0
+    for dataset in (retrieval_dataset, classification_dataset):
+        if dataset is not None:
+            check_missing(dataset, max_missing)  # before any encoding: files absent or unreadable at construction
     if retrieval_dataset is not None:
         loader = _loader(retrieval_dataset, batch_size, num_workers, device)
         images = encode_images(model, loader, device=device, precision=precision,
@@ -58,6 +102,8 @@ def evaluate_split(
                                          chunk_size=chunk_size))
         image_count, image_seconds = images.features.shape[0], images.seconds
         metrics["captions_per_s"] = texts.items_per_s
+        metrics["retrieval_scored"], metrics["retrieval_total"] = check_missing(
+            retrieval_dataset, max_missing, _failures(images))
     if classification_dataset is not None:
         weights = zeroshot_classifier(model, tokenizer, classification_dataset.classnames,
                                       classification_dataset.templates, batch_size=batch_size, device=device,
@@ -65,12 +111,18 @@ def evaluate_split(
         loader = _loader(classification_dataset, batch_size, num_workers, device)
         images = encode_images(model, loader, device=device, precision=precision,
                                progress=f"{prefix}zero-shot images" if progress else None)
-        if images.labels is None:
+        if images.labels is None or bool((images.labels < 0).any()):
             raise DataError("the classification dataset yields images without labels; items must be (image, label)")
         metrics.update(zeroshot_accuracy(images.features, images.labels, weights, chunk_size=chunk_size))
+        metrics["zeroshot_scored"], metrics["zeroshot_total"] = check_missing(
+            classification_dataset, max_missing, _failures(images))
         image_count, image_seconds = image_count + images.features.shape[0], image_seconds + images.seconds
     if retrieval_dataset is not None and classification_dataset is not None:
         metrics["objective"] = objective(metrics["tr@1"], metrics["ir@1"], metrics["acc@1"])
     if image_count:
         metrics["images_per_s"] = image_count / image_seconds if image_seconds > 0 else float("inf")
     return {prefix + key: value for key, value in metrics.items()}
+
+
+def _failures(encoded: Any) -> int:
+    return int(encoded.failed.sum()) if encoded.failed is not None else 0

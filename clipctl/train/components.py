@@ -1,7 +1,7 @@
 """Everything a run is made of, built from the recipe: data, tokenizer, model, loss, evaluation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +10,12 @@ from accelerate import Accelerator
 
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
-from clipctl.data.registry import resolve
-from clipctl.data.shapes import ensure_shapes
+from clipctl.data.lock import DatasetLease
+from clipctl.data.registry import REGISTRY, resolve
+from clipctl.data.shapes import ShapesConfig, ensure_shapes, shapes_present
 from clipctl.data.text import TextTokenizer, build_tokenizer
 from clipctl.data.transforms import eval_transform, train_transform
-from clipctl.errors import UsageError
+from clipctl.errors import DataError, UsageError
 from clipctl.evaluate.hooks import evaluate_split
 from clipctl.losses import build_loss
 from clipctl.model import CLIPModel, build_model
@@ -25,11 +26,22 @@ from clipctl.report.console import info
 from clipctl.train.checkpoint import load_checkpoint
 
 
-def ensure_local_data(recipe: Recipe, root: Path) -> None:
-    """Generate `shapes` on first use (it needs no download); real datasets must be fetched explicitly."""
-    refs = [recipe.data.train, recipe.eval.val_retrieval, recipe.eval.val_zeroshot, recipe.eval.test_retrieval, recipe.eval.test_zeroshot]
-    if any(ref.split(":")[0] == "shapes" for ref in refs):
-        ensure_shapes(root, seed=0, train_size=recipe.data.shapes_train_size, image_size=recipe.data.shapes_image_size)
+def ensure_local_data(recipe: Recipe, root: Path) -> DatasetLease:
+    """Generate `shapes` on first use (it needs no download; real datasets must be fetched explicitly), then hold
+    every registry dataset the recipe reads for the run's life, so nothing regenerates one under it."""
+    refs = [recipe.data.train, recipe.eval.val_retrieval, recipe.eval.val_zeroshot, recipe.eval.test_retrieval,
+            recipe.eval.test_zeroshot]
+    ids = {ref.split(":")[0] for ref in refs} & set(REGISTRY)
+    shapes = {"seed": 0, "train_size": recipe.data.shapes_train_size, "image_size": recipe.data.shapes_image_size}
+    for _ in range(3):
+        if "shapes" in ids:
+            ensure_shapes(root, **shapes)
+        lease = DatasetLease(root, ids)
+        if "shapes" not in ids or shapes_present(root, ShapesConfig(**shapes)):
+            return lease
+        lease.release()  # another process regenerated it between the two steps: make ours again
+    raise DataError(f"shapes under {root} keeps being regenerated with other settings by another process; "
+                    f"use another data root (CLIPCTL_DATA or data.root) for runs with different shapes settings")
 
 
 @dataclass
@@ -43,6 +55,8 @@ class Components:
     rank: int
     world: int
     device: torch.device
+    eval_sets: dict[tuple[str, str], tuple[RetrievalDataset, ClassificationDataset]] = field(default_factory=dict)
+    data_lease: DatasetLease | None = None  # shared locks on the datasets read (main process); see release()
     features: "CachedFeatures | None" = None  # locked towers: their outputs per training sample, made once
 
     @property
@@ -98,27 +112,39 @@ class Components:
         retrieval_ref, zeroshot_ref = (ev.val_retrieval, ev.val_zeroshot) if split == "val" else (ev.test_retrieval, ev.test_zeroshot)
         if split == "val" and ev.select_on == "test":
             retrieval_ref, zeroshot_ref = ev.test_retrieval, ev.test_zeroshot
-        transform = eval_transform(self.recipe.data.image_size, ev.normalize)
-        retrieval = RetrievalDataset(resolve(retrieval_ref, self.root), transform=transform)
-        classification = ClassificationDataset(resolve(zeroshot_ref, self.root), transform=transform)
+        retrieval, classification = self.eval_set(retrieval_ref, zeroshot_ref)
         was_training = model.training
         model.eval()
         metrics = evaluate_split(
             model, self.tokenizer, retrieval, classification,
             batch_size=ev.batch_size, chunk_size=ev.chunk_size, num_workers=self.recipe.data.num_workers,
-            device=self.device, prefix="val/" if split == "val" else "",
+            device=self.device, prefix="val/" if split == "val" else "", max_missing=ev.max_missing,
         )
         model.train(was_training)
         if split != "val":
             metrics.update(retrieval_source=retrieval_ref, zeroshot_source=zeroshot_ref)
         return metrics
 
+    def release(self) -> None:
+        """Let the datasets this run read be regenerated again (at the end of the run)."""
+        if self.data_lease is not None:
+            self.data_lease.release()
+
+    def eval_set(self, retrieval_ref: str, zeroshot_ref: str) -> tuple[RetrievalDataset, ClassificationDataset]:
+        """The evaluation datasets of one split, built on first use and reused every epoch. Why: building one
+        opens every image header (55k on the real data); the sets do not change during a run."""
+        key = (retrieval_ref, zeroshot_ref)
+        if key not in self.eval_sets:
+            transform = eval_transform(self.recipe.data.image_size, self.recipe.eval.normalize)
+            self.eval_sets[key] = (RetrievalDataset(resolve(retrieval_ref, self.root), transform=transform),
+                                   ClassificationDataset(resolve(zeroshot_ref, self.root), transform=transform))
+        return self.eval_sets[key]
+
 
 def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, Any] | None,
                      prepare_data: bool) -> Components:
     root = data_root(recipe.data.root)
-    if prepare_data:
-        ensure_local_data(recipe, root)
+    lease = ensure_local_data(recipe, root) if prepare_data else None
     accelerator.wait_for_everyone()
     data = recipe.data
     subset = state.get("subset_indices") if state else None
@@ -144,7 +170,8 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
                       embed_dim=recipe.model.embed_dim)
     loss.to(accelerator.device)
     return Components(recipe=recipe, root=root, train_set=train_set, tokenizer=tokenizer, model=model, loss=loss,
-                      rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device)
+                      rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device,
+                      data_lease=lease)
 
 
 def initial_checkpoint(recipe: Recipe) -> dict[str, Any] | None:

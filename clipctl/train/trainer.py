@@ -115,6 +115,9 @@ def _meta(recipe: Recipe, world_size: int, device: str, precision: str) -> dict[
     }
 
 
+COUNT_SUFFIXES = ("_per_s", "_scored", "_total")  # validation keys that are not percentages
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, options: TrainOptions) -> None:
         self.recipe, self.options = recipe, options
@@ -416,7 +419,7 @@ class Trainer:
                 p.best_objective, p.best_epoch, p.best_metrics = objective, epoch, metrics
                 self._save_best(metrics, epoch)
             info(f"epoch {epoch + 1}: " + " ".join(f"{k.removeprefix('val/')}={100 * v:.2f}" for k, v in metrics.items()
-                                                      if k.startswith("val/") and not k.endswith("_per_s")))
+                                                      if k.startswith("val/") and not k.endswith(COUNT_SUFFIXES)))
         flag = torch.tensor([1.0 if improved else 0.0], device=self.accelerator.device)
         improved = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
         p.stale_epochs = 0 if improved else p.stale_epochs + 1
@@ -460,8 +463,11 @@ class Trainer:
 def train(recipe: Recipe, options: TrainOptions) -> dict[str, Any]:
     """Train `recipe` into its run directory; returns the summary (see DESIGN.md)."""
     trainer = Trainer(recipe, options)
-    if options.dry_run:
-        from clipctl.train.dryrun import dry_run
+    try:
+        if options.dry_run:
+            from clipctl.train.dryrun import dry_run
 
-        return dry_run(trainer)
-    return trainer.fit()
+            return dry_run(trainer)
+        return trainer.fit()
+    finally:
+        trainer.parts.release()  # the datasets it read may be regenerated from now on
