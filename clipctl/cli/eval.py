@@ -18,7 +18,10 @@ def _cell(metrics: dict, key: str) -> str:
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="A clipctl checkpoint, e.g. runs/quickstart/ckpt.pt."),
     coco: bool = typer.Option(False, "--coco", help="MSCOCO 5k Karpathy test retrieval (coco-karpathy-test)."),
-    imagenet: bool = typer.Option(False, "--imagenet", help="ImageNet-1k val zero-shot, 1,000 OpenAI names, 80 templates."),
+    imagenet: bool = typer.Option(False, "--imagenet", help="ImageNet-1k zero-shot on imagenet-val:test (the 40k that "
+                                  "selection never sees), 1,000 OpenAI names, 80 templates."),
+    imagenet_full: bool = typer.Option(False, "--imagenet-full", help="ImageNet-1k zero-shot on all 50k val images, "
+                                       "as the published figures were measured (includes the selection fifth)."),
     shapes: bool = typer.Option(False, "--shapes", help="shapes test retrieval + zero-shot."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics (fractions) as JSON on stdout."),
 ) -> None:
@@ -29,14 +32,15 @@ def eval_command(
 
     Example: clipctl eval runs/quickstart/ckpt.pt --shapes
     """
-    from clipctl.evaluate.checkpoint_eval import evaluate_checkpoint
+    from clipctl.evaluate.checkpoint_eval import LABELS, evaluate_checkpoint
 
-    chosen = [name for name, flag in (("coco", coco), ("imagenet", imagenet), ("shapes", shapes)) if flag]
+    flags = (("coco", coco), ("imagenet", imagenet), ("imagenet-full", imagenet_full), ("shapes", shapes))
+    chosen = [name for name, flag in flags if flag]
     results = evaluate_checkpoint(checkpoint, chosen, progress=not as_json)
     if as_json:
         emit_json(results)
         return
-    rows = [(name, *(_cell(metrics, key) for key in COLUMNS)) for name, metrics in results.items()]
+    rows = [(LABELS.get(name, name), *(_cell(metrics, key) for key in COLUMNS)) for name, metrics in results.items()]
     print_table(f"{checkpoint} (percent; TR = image→text, IR = text→image)", ["benchmark", *(c.upper() for c in COLUMNS)], rows)
     for name, metrics in results.items():
         speeds = [f"{metrics[k]:.0f} {k.removesuffix('_per_s')}/s" for k in ("images_per_s", "captions_per_s") if metrics.get(k)]
