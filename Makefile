@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test demo bench study clean
+.PHONY: install test demo bench study tune-demo clean
 
 install: $(STAMP)
 
@@ -54,6 +54,19 @@ study: $(STAMP)
 	$(BIN)/clipctl compare $(STUDY_OUT) --json > $(STUDY_RESULTS)/compare.json.tmp
 	mv $(STUDY_RESULTS)/compare.md.tmp $(STUDY_RESULTS)/compare.md
 	mv $(STUDY_RESULTS)/compare.json.tmp $(STUDY_RESULTS)/compare.json
+
+# The three tuning phases on `shapes` (recipes/tune/quick/), about 15 minutes on 2 CPU cores, in their own study
+# folder; rerunning resumes (finished phases are skipped). Then the status table, importance and the plots.
+TUNE_DEMO_STUDY ?= runs/tune-demo
+# data.shapes_train_size of recipes/quickstart.toml: generated once before the first trial
+TUNE_DEMO_SHAPES_TRAIN_SIZE := 8000
+
+tune-demo: $(STAMP)
+	$(BIN)/clipctl data fetch shapes --train-size $(TUNE_DEMO_SHAPES_TRAIN_SIZE)
+	for phase in 1 2 3; do $(BIN)/clipctl tune --recipe tune/quick/phase$$phase --study $(TUNE_DEMO_STUDY) || exit 1; done
+	$(BIN)/clipctl tune status --study $(TUNE_DEMO_STUDY)
+	$(BIN)/clipctl tune importance --study $(TUNE_DEMO_STUDY)
+	$(BIN)/clipctl tune plot --study $(TUNE_DEMO_STUDY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

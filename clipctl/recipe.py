@@ -92,6 +92,7 @@ class RunConfig(Section):
 
 class DataConfig(Section):
     train: str = "shapes:train"  # registry id[:split] or a path to a pairs JSON / shard folder
+    image_root: str = ""  # the folder a pairs JSON's image paths start from; empty: the JSON's own folder
     root: str = ""  # empty: $CLIPCTL_DATA, else ./data
     train_fraction: float = Field(1.0, gt=0, le=1)
     image_size: int = Field(256, ge=16, le=1024)

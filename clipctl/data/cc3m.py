@@ -33,7 +33,7 @@ from clipctl.data.archive import extract, iter_tar_files, unsafe_reason
 from clipctl.data.datasets import wds_key
 from clipctl.data.fetch import http_session, download
 from clipctl.atomic import atomic_write_json, replace_dir
-from clipctl.data.manifest import check_hashes, files_digest, sha256_file
+from clipctl.data.manifest import check_hashes, files_digest, read_manifest, sha256_file
 from clipctl.data.registry import (CC3M_ARCHIVE_ENV, CC3M_IMAGES_ENV, CC3M_TSV_ENV, MIRROR_ENV, DatasetSpec, RemoteFile,
                                    dataset_dir, source_url)
 from clipctl.errors import DataError
@@ -200,6 +200,24 @@ def _write_shards(spec: DatasetSpec, samples: Iterator[Sample], tmp: Path, size:
     if writer.count < target:
         raise DataError(f"{spec.id}: only {writer.count} of {target} pairs could be made from the source; it has too few usable images")
     return keys
+
+
+def training_subset(ref: str, root: Path) -> dict[str, Any] | None:
+    """The subset identity of a training reference: from a CC3M manifest, or computed for a pairs JSON path
+    (its image paths are the keys); None for anything else (shards by path, shapes)."""
+    dataset_id = ref.partition(":")[0]
+    if dataset_id == "cc3m-100k":
+        return (read_manifest(root, dataset_id) or {}).get("subset")
+    path = Path(ref).expanduser()
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not _is_pairs(data):
+        return None
+    return subset_identity([Path(e["image"]).as_posix() for e in data], "course-json" if path.name == COURSE_JSON else "pairs-json")
 
 
 def _is_pairs(data: Any) -> bool:

@@ -8,12 +8,14 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from clipctl.data.cc3m import training_subset
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.registry import resolve
 from clipctl.data.shapes import ensure_shapes
 from clipctl.data.text import TextTokenizer, build_tokenizer
 from clipctl.data.transforms import eval_transform, train_transform
+from clipctl.errors import DataError
 from clipctl.evaluate.hooks import evaluate_split
 from clipctl.losses import build_loss
 from clipctl.model import build_model
@@ -28,6 +30,17 @@ def ensure_local_data(recipe: Recipe, root: Path) -> None:
         ensure_shapes(root, seed=0, train_size=recipe.data.shapes_train_size, image_size=recipe.data.shapes_image_size)
 
 
+def _image_root(value: str) -> Path | None:
+    """`data.image_root` as a folder (None: the pairs JSON's own folder)."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.image_root = {value!r}: no such folder; point it at the folder the pairs JSON's "
+                        f"image paths start from (the course's datasets/cc3m_subset_100k/)")
+    return path
+
+
 @dataclass
 class Components:
     recipe: Recipe
@@ -39,6 +52,7 @@ class Components:
     rank: int
     world: int
     device: torch.device
+    train_subset: dict[str, Any] | None = None  # which CC3M subset this is (compare tells it from the course's)
 
     @property
     def num_samples(self) -> int:
@@ -110,6 +124,7 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
         train_fraction=data.train_fraction,
         seed=recipe.run.seed,
         on_bad_image=data.on_bad_image,
+        image_root=_image_root(data.image_root),
         subset_indices=subset,
     )
     if state is not None:
@@ -123,4 +138,5 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
                       embed_dim=recipe.model.embed_dim)
     loss.to(accelerator.device)
     return Components(recipe=recipe, root=root, train_set=train_set, tokenizer=tokenizer, model=model, loss=loss,
-                      rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device)
+                      rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device,
+                      train_subset=training_subset(data.train, root))
