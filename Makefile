@@ -65,7 +65,8 @@ tune-demo: $(STAMP)
 	$(BIN)/clipctl data fetch shapes --train-size $(TUNE_DEMO_SHAPES_TRAIN_SIZE)
 	for phase in 1 2 3; do $(BIN)/clipctl tune --recipe tune/quick/phase$$phase --study $(TUNE_DEMO_STUDY) || exit 1; done
 	$(BIN)/clipctl tune status --study $(TUNE_DEMO_STUDY)
-	$(BIN)/clipctl tune importance --study $(TUNE_DEMO_STUDY)
+	$(BIN)/clipctl tune importance --study $(TUNE_DEMO_STUDY) --phase 1
+	$(BIN)/clipctl tune importance --study $(TUNE_DEMO_STUDY) --phase 3
 	$(BIN)/clipctl tune plot --study $(TUNE_DEMO_STUDY)
 
 clean:

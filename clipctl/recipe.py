@@ -93,6 +93,7 @@ class RunConfig(Section):
 class DataConfig(Section):
     train: str = "shapes:train"  # registry id[:split] or a path to a pairs JSON / shard folder
     image_root: str = ""  # the folder a pairs JSON's image paths start from; empty: the JSON's own folder
+    prepare_size: int = Field(256, ge=16, le=4096)  # shorter image side cc3m-100k's shards must be prepared at
     root: str = ""  # empty: $CLIPCTL_DATA, else ./data
     train_fraction: float = Field(1.0, gt=0, le=1)
     image_size: int = Field(256, ge=16, le=1024)

@@ -56,7 +56,8 @@ def fetch(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="shapes only: image side in pixels (default 64)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="shapes only: generation seed (default 0)."),
     prepare_size: Optional[int] = typer.Option(None, "--prepare-size", min=16, max=4096,
-                                               help="cc3m-100k only: shorter image side after preparation (default 256)."),
+                                               help="cc3m-100k only: shorter image side after preparation "
+                                               "(default 256)."),
 ) -> None:
     """Download and verify a dataset, or generate `shapes`; a present dataset is only verified.
 

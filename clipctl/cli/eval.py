@@ -32,7 +32,7 @@ def eval_command(
 
     Example: clipctl eval runs/quickstart/ckpt.pt --shapes
     """
-    from clipctl.evaluate.checkpoint_eval import LABELS, evaluate_checkpoint
+    from clipctl.evaluate.checkpoint_eval import NOTES, evaluate_checkpoint
 
     flags = (("coco", coco), ("imagenet", imagenet), ("imagenet-full", imagenet_full), ("shapes", shapes))
     chosen = [name for name, flag in flags if flag]
@@ -40,9 +40,11 @@ def eval_command(
     if as_json:
         emit_json(results)
         return
-    rows = [(LABELS.get(name, name), *(_cell(metrics, key) for key in COLUMNS)) for name, metrics in results.items()]
+    rows = [(name, *(_cell(metrics, key) for key in COLUMNS)) for name, metrics in results.items()]
     print_table(f"{checkpoint} (percent; TR = image→text, IR = text→image)", ["benchmark", *(c.upper() for c in COLUMNS)], rows)
     for name, metrics in results.items():
+        if name in NOTES:
+            info(f"{name}: {NOTES[name]}")
         speeds = [f"{metrics[k]:.0f} {k.removesuffix('_per_s')}/s" for k in ("images_per_s", "captions_per_s") if metrics.get(k)]
         if speeds:
             info(f"{name}: encoding " + ", ".join(speeds))

@@ -217,12 +217,26 @@ def training_subset(ref: str, root: Path) -> dict[str, Any] | None:
         return None
     if not _is_pairs(data):
         return None
-    return subset_identity([Path(e["image"]).as_posix() for e in data], "course-json" if path.name == COURSE_JSON else "pairs-json")
+    kind = "course-json" if path.name == COURSE_JSON else "pairs-json"
+    return subset_identity([Path(e["image"]).as_posix() for e in data], kind)
+
+
+def check_prepare_size(ref: str, root: Path, size: int) -> None:
+    """A run on cc3m-100k shards needs them prepared at `data.prepare_size`: another size is a DataError
+    naming the re-fetch (a JSON or folder source is used as it is, so it has no size to check)."""
+    if ref.partition(":")[0] != "cc3m-100k":
+        return
+    prepared = (read_manifest(root, "cc3m-100k") or {}).get("prepare_size")
+    if prepared is not None and prepared != size:
+        raise DataError(f"data.prepare_size = {size}, but cc3m-100k under {root} was prepared with shorter side "
+                        f"{prepared}; set data.prepare_size = {prepared} or run `clipctl data fetch cc3m-100k "
+                        f"--force --prepare-size {size}`")
 
 
 def _is_pairs(data: Any) -> bool:
     return isinstance(data, list) and bool(data) and all(
-        isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("caption"), str) for e in data[:100])
+        isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("caption"), str)
+        for e in data[:100])
 
 
 def _read_pairs(path: Path) -> list[dict[str, Any]]:
@@ -231,7 +245,8 @@ def _read_pairs(path: Path) -> list[dict[str, Any]]:
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable JSON file ({err}); expected the course's {COURSE_JSON}") from None
     if not _is_pairs(data):
-        raise DataError(f"{path}: not a pairs JSON (a list of {{\"image\", \"caption\"}}); expected the course's {COURSE_JSON}")
+        raise DataError(f"{path}: not a pairs JSON (a list of {{\"image\", \"caption\"}}); "
+                        f"expected the course's {COURSE_JSON}")
     return data
 
 
@@ -284,6 +299,7 @@ def _from_archive(spec: DatasetSpec, source: Path, tmp: Path) -> tuple[dict[str,
     json_path = json_path.resolve()
     entries = _read_pairs(json_path)
     base = _image_root(json_path, entries[0]["image"], within.resolve() if within else None)
+    in_place = in_place or not base.is_relative_to(tmp)  # an archive's JSON with $CLIPCTL_CC3M_IMAGES elsewhere
     pairs, keys = [], []
     for i, entry in enumerate(entries):
         if unsafe_reason(entry["image"]):

@@ -230,8 +230,11 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
         elif local is not None:
             assert local.devkit is not None
             info(f"imagenet-val: using {local.path} and {local.devkit}")
-            checked = [(local.devkit, spec.file(DEVKIT))] + ([(local.path, spec.file(VAL_TAR))] if local.kind == "tars" else [])
-            downloads = {f.name: verify_file(p, f, spec.id, move_bad=p.parent == root / "downloads") for p, f in checked}
+            checked = [(local.devkit, spec.file(DEVKIT))]
+            if local.kind == "tars":
+                checked.append((local.path, spec.file(VAL_TAR)))
+            downloads = {f.name: verify_file(p, f, spec.id, move_bad=p.parent == root / "downloads")
+                         for p, f in checked}
             id_to_wnid, words, truth = read_devkit(local.devkit)
 
             def label_of(number: int, _wnid: str | None) -> str:

@@ -80,7 +80,8 @@ REGISTRY: dict[str, DatasetSpec] = {
             folder="cc3m-100k", splits={"train": "shards"}, default_split="train", expect={"pairs": 100_000},
             hub_repo="pixparse/cc3m-wds", hub_revision="46f3d69f840e59d77d52e8decfe5baec97e94c7f",
             access_hint=(f"or set {CC3M_ARCHIVE_ENV} to the course's cc3m_train_subset.json (with {CC3M_IMAGES_ENV} "
-                         f"naming its image folder) or archive/folder, or {CC3M_TSV_ENV} to a CC3M TSV of caption<TAB>url"),
+                         f"naming its image folder) or archive/folder, or {CC3M_TSV_ENV} to a CC3M TSV of "
+                         "caption<TAB>url"),
         ),
         DatasetSpec(
             id="coco-karpathy-test", role="eval",
@@ -106,7 +107,8 @@ REGISTRY: dict[str, DatasetSpec] = {
             id="imagenet-val", role="eval",
             description="ImageNet-1k val: 1,000 classes x 50 (your own access)",
             licence="ImageNet: non-commercial research and education only, no redistribution (image-net.org terms of access)",
-            folder="imagenet-val", splits={"val": ".", "select": "select.txt", "test": "test.txt"}, default_split="val", expect={"classes": 1_000, "images": 50_000},
+            folder="imagenet-val", splits={"val": ".", "select": "select.txt", "test": "test.txt"}, default_split="val",
+            expect={"classes": 1_000, "images": 50_000},
             files=(
                 RemoteFile("ILSVRC2012_img_val.tar", "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar",
                            size=6_744_924_160, md5="29b22e2961454d5413ddabcf34fc5622"),

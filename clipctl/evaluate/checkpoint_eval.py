@@ -33,7 +33,9 @@ BENCHMARKS: dict[str, tuple[str | None, str | None]] = {
     "imagenet-full": (None, "imagenet-val"),
     "shapes": ("shapes:test", "shapes:zeroshot"),
 }
-LABELS = {"imagenet": "imagenet (val:test, 40k)", "imagenet-full": "imagenet-full (all 50k val; published-figure parity)"}
+NOTES = {"imagenet": "zero-shot on imagenet-val:test, the 40k images model selection never sees",
+         "imagenet-full": "zero-shot on all 50k imagenet-val images (published-figure parity; includes the "
+                          "selection fifth)"}
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from clipctl.data.cc3m import training_subset
+from clipctl.data.cc3m import check_prepare_size, training_subset
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.registry import resolve
@@ -117,6 +117,7 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
         ensure_local_data(recipe, root)
     accelerator.wait_for_everyone()
     data = recipe.data
+    check_prepare_size(data.train, root, data.prepare_size)
     subset = state.get("subset_indices") if state else None
     train_set = PairsDataset(
         resolve(data.train, root),
