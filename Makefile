@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU-capable torch pair that this project's machines carry locally; override for other platforms.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo bench study study2 clean
+.PHONY: install test demo bench study study2 tune-demo clean
 
 install: $(STAMP)
 
@@ -68,6 +68,20 @@ study2: $(STAMP)
 	for part in a b; do $(BIN)/python bench/_study.py recipes/study2/$$part --key optim.lr --factors 0.5 1 2 \
 	  --seeds $(STUDY2_SEEDS) --jobs $(STUDY_JOBS) --grid-out $(STUDY2_OUT)/$$part-grid --out $(STUDY2_OUT)/$$part \
 	  --results $(STUDY2_RESULTS)/$$part || exit 1; done
+
+# The three tuning phases on `shapes` (recipes/tune/quick/), about 15 minutes on 2 CPU cores, in their own study
+# folder; rerunning resumes (finished phases are skipped). Then the status table, importance and the plots.
+TUNE_DEMO_STUDY ?= runs/tune-demo
+# data.shapes_train_size of recipes/quickstart.toml: generated once before the first trial
+TUNE_DEMO_SHAPES_TRAIN_SIZE := 8000
+
+tune-demo: $(STAMP)
+	$(BIN)/clipctl data fetch shapes --train-size $(TUNE_DEMO_SHAPES_TRAIN_SIZE)
+	for phase in 1 2 3; do $(BIN)/clipctl tune --recipe tune/quick/phase$$phase --study $(TUNE_DEMO_STUDY) || exit 1; done
+	$(BIN)/clipctl tune status --study $(TUNE_DEMO_STUDY)
+	$(BIN)/clipctl tune importance --study $(TUNE_DEMO_STUDY) --phase 1
+	$(BIN)/clipctl tune importance --study $(TUNE_DEMO_STUDY) --phase 3
+	$(BIN)/clipctl tune plot --study $(TUNE_DEMO_STUDY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -92,6 +92,8 @@ class RunConfig(Section):
 
 class DataConfig(Section):
     train: str = "shapes:train"  # registry id[:split] or a path to a pairs JSON / shard folder
+    image_root: str = ""  # the folder a pairs JSON's image paths start from; empty: the JSON's own folder
+    prepare_size: int = Field(256, ge=16, le=4096)  # shorter image side cc3m-100k's shards must be prepared at
     root: str = ""  # empty: $CLIPCTL_DATA, else ./data
     train_fraction: float = Field(1.0, gt=0, le=1)
     image_size: int = Field(256, ge=16, le=1024)
@@ -206,6 +208,32 @@ class EvalConfig(Section):
     normalize: Literal["clip", "imagenet"] = "clip"
     every_epochs: int = Field(1, ge=1)
     max_missing: int = Field(0, ge=0)  # evaluation images allowed to be missing or unreadable before it refuses
+    allow_test_selection: bool = False  # select on (part of) the reported split, knowingly
+
+    @model_validator(mode="after")
+    def _check_selection_is_honest(self) -> "EvalConfig":
+        """Model selection, early stopping and tuning must not maximise the number that is then reported."""
+        if self.allow_test_selection:
+            return self
+        if self.select_on == "test":
+            raise ValueError("eval.select_on = \"test\" selects the model on the reported split; use \"val\" "
+                             "or set eval.allow_test_selection = true")
+        for kind in ("retrieval", "zeroshot"):
+            val, test = getattr(self, f"val_{kind}"), getattr(self, f"test_{kind}")
+            if _overlapping_refs(val, test):
+                raise ValueError(
+                    f"eval.val_{kind} = {val!r} and eval.test_{kind} = {test!r} overlap, so the model would be "
+                    f"selected on the split it is reported on; validate on a held-out split (coco-val-5k, "
+                    f"imagenet-val:select) or set eval.allow_test_selection = true")
+        return self
+
+
+def _overlapping_refs(a: str, b: str) -> bool:
+    """Whether two dataset references share images: the same id and split, or one names the whole dataset
+    (`imagenet-val` holds `imagenet-val:select` and `imagenet-val:test`)."""
+    id_a, _, split_a = a.strip().partition(":")
+    id_b, _, split_b = b.strip().partition(":")
+    return id_a == id_b and (split_a == split_b or not split_a or not split_b)
 
 
 class TrackingConfig(Section):

@@ -139,7 +139,7 @@ def test_cc3m_from_hub_shards_via_mirror(server, data_root, run_cli, monkeypatch
     path = resolve("cc3m-100k", data_root)
     ds = PairsDataset(path, eval_transform(16))
     assert path.name == "shards" and ds.captions == ["a big red image", "green", "blue", "dark"]
-    assert ds.image(0).size == (256, 192)  # longer side resized to 256
+    assert ds.image(0).size == (341, 256)  # ratio kept, shorter side set to 256
     manifest = json.loads((data_root / "manifests" / "cc3m-100k.json").read_text())
     assert manifest["counts"]["pairs"] == 4 and set(manifest["downloads"]) == {"cc3m-train-0000.tar", "cc3m-train-0001.tar"}
     assert manifest["unverified"]["files"] == 2  # a plain mirror publishes no checksums

@@ -35,7 +35,8 @@ def test_paper_towers_two_steps_and_one_eval_at_224px(tmp_path):
     shapes = make_tiny_shapes(tmp_path / "data", ShapesConfig(train_size=100, image_size=224, eval_images=4,
                                                              zeroshot_val_per_class=1, zeroshot_per_class=1))
     zeroshot = str(few_classes(shapes / "zeroshot", tmp_path / "zeroshot"))
-    recipe = tiny_recipe(shapes, **PAPER, **{"eval.val_zeroshot": zeroshot, "eval.test_zeroshot": zeroshot})
+    recipe = tiny_recipe(shapes, **PAPER, **{"eval.val_zeroshot": zeroshot, "eval.test_zeroshot": zeroshot,
+                                                 "eval.allow_test_selection": True})  # one tiny set for both
     summary = train(recipe, TrainOptions(out_dir=tmp_path, name="paper"))
     assert summary["status"] == "completed" and summary["steps"] == 2
     evals = [json.loads(line) for line in (tmp_path / "paper" / "metrics.jsonl").read_text().splitlines()]

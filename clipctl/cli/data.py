@@ -55,6 +55,9 @@ def fetch(
     train_size: Optional[int] = typer.Option(None, "--train-size", help="shapes only: training pairs (default 20000)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="shapes only: image side in pixels (default 64)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="shapes only: generation seed (default 0)."),
+    prepare_size: Optional[int] = typer.Option(None, "--prepare-size", min=16, max=4096,
+                                               help="cc3m-100k only: shorter image side after preparation "
+                                               "(default 256)."),
 ) -> None:
     """Download and verify a dataset, or generate `shapes`; a present dataset is only verified.
 
@@ -66,10 +69,12 @@ def fetch(
     given = [k for k, v in options.items() if v is not None]
     if given and dataset_id != "shapes":
         raise UsageError(f"{', '.join(given)}: only for `clipctl data fetch shapes`, not {dataset_id}")
+    if prepare_size is not None and dataset_id != "cc3m-100k":
+        raise UsageError(f"--prepare-size: only for `clipctl data fetch cc3m-100k`, not {dataset_id}")
     root = data_root()
     action, manifest = fetch_dataset(dataset_id, root, force=force, seed=0 if seed is None else seed,
                                      train_size=20_000 if train_size is None else train_size,
-                                     image_size=64 if image_size is None else image_size)
+                                     image_size=64 if image_size is None else image_size, prepare_size=prepare_size)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
     _note_unverified(dataset_id, manifest)
     if action == "verified":

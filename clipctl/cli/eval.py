@@ -34,7 +34,10 @@ def _scored(metrics: dict) -> str:
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="A clipctl checkpoint, e.g. runs/quickstart/ckpt.pt."),
     coco: bool = typer.Option(False, "--coco", help="MSCOCO 5k Karpathy test retrieval (coco-karpathy-test)."),
-    imagenet: bool = typer.Option(False, "--imagenet", help="ImageNet-1k val zero-shot, 1,000 OpenAI names, 80 templates."),
+    imagenet: bool = typer.Option(False, "--imagenet", help="ImageNet-1k zero-shot on imagenet-val:test (the 40k that "
+                                  "selection never sees), 1,000 OpenAI names, 80 templates."),
+    imagenet_full: bool = typer.Option(False, "--imagenet-full", help="ImageNet-1k zero-shot on all 50k val images, "
+                                       "as the published figures were measured (includes the selection fifth)."),
     shapes: bool = typer.Option(False, "--shapes", help="shapes test retrieval + zero-shot."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics (fractions) as JSON on stdout."),
     max_missing: Optional[int] = typer.Option(
@@ -49,9 +52,10 @@ def eval_command(
 
     Example: clipctl eval runs/quickstart/ckpt.pt --shapes
     """
-    from clipctl.evaluate.checkpoint_eval import evaluate_checkpoint
+    from clipctl.evaluate.checkpoint_eval import NOTES, evaluate_checkpoint
 
-    chosen = [name for name, flag in (("coco", coco), ("imagenet", imagenet), ("shapes", shapes)) if flag]
+    flags = (("coco", coco), ("imagenet", imagenet), ("imagenet-full", imagenet_full), ("shapes", shapes))
+    chosen = [name for name, flag in flags if flag]
     results = evaluate_checkpoint(checkpoint, chosen, progress=not as_json, max_missing=max_missing)
     if as_json:
         emit_json(results)
@@ -62,6 +66,8 @@ def eval_command(
     for name, metrics in results.items():
         if scored := _scored_line(metrics):
             info(f"{name}: scored {scored}")
+        if name in NOTES:
+            info(f"{name}: {NOTES[name]}")
         speeds = [f"{metrics[k]:.0f} {k.removesuffix('_per_s')}/s" for k in ("images_per_s", "captions_per_s") if metrics.get(k)]
         if speeds:
             info(f"{name}: encoding " + ", ".join(speeds))

@@ -1,18 +1,24 @@
-"""`cc3m-100k`: a deterministic 100k-pair subset of Conceptual Captions 3M, images resized to <= 256 px.
+"""`cc3m-100k`: a deterministic 100k-pair subset of Conceptual Captions 3M, shorter image side 256 px.
 
 Sources, in priority order:
-1. `$CLIPCTL_CC3M_ARCHIVE`: an archive (tar/zip, extracted safely) or folder the user already has, such as
-   the course's `cc3m_train_subset.json` + images; its pairs JSON is normalised into `train.json`.
+1. `$CLIPCTL_CC3M_ARCHIVE`: the course's pairs JSON (`clip_train/cc3m_train_subset.json`, its images in
+   `$CLIPCTL_CC3M_IMAGES`, joined as images / entry["image"]), a folder holding JSON and images, or an archive
+   (tar/zip, extracted safely). A JSON or folder is referenced in place (hashed, never copied): `train.json`
+   lists the images by absolute path.
 2. `$CLIPCTL_CC3M_TSV`: a CC3M TSV (caption<TAB>url); images are downloaded in parallel and the first
    100,000 rows whose image loads are kept (dead links, 15-40%, are normal and skipped).
 3. The Hugging Face WebDataset shards `pixparse/cc3m-wds` at a pinned revision, through huggingface_hub
    (`clipctl.data.hub`: its cache, token and `HF_ENDPOINT`), one shard at a time: the first 100,000 training
    samples in shard order, each shard checked against the registry's sha256 or else the hub's own
    (`$CLIPCTL_MIRROR` fetches them by plain URL instead).
-Sources 2 and 3 write WebDataset shards (`shards/*.tar`: .jpg + .txt + .json with an integer `key`).
+Sources 2 and 3 write WebDataset shards (`shards/*.tar`: .jpg + .txt + .json with an integer `key`), each
+image resized once, as img2dataset made the hub's: ratio kept, shorter side `prepare_size` (default 256);
+an image already that small keeps its original bytes. The manifest's `subset` records the sha256 of the
+sorted sample keys (image paths, hub keys or URLs), so two copies can be told apart or proven the same.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -30,28 +36,48 @@ from clipctl.data.datasets import wds_key
 from clipctl.data.fetch import http_session, download
 from clipctl.data.hub import hub_file
 from clipctl.atomic import atomic_write_json, replace_dir
-from clipctl.data.manifest import check_hashes, files_digest, sha256_file
-from clipctl.data.registry import CC3M_ARCHIVE_ENV, CC3M_TSV_ENV, MIRROR_ENV, DatasetSpec, RemoteFile, dataset_dir, source_url
+from clipctl.data.manifest import check_hashes, files_digest, read_manifest, sha256_file
+from clipctl.data.registry import (CC3M_ARCHIVE_ENV, CC3M_IMAGES_ENV, CC3M_TSV_ENV, MIRROR_ENV, DatasetSpec, RemoteFile,
+                                   dataset_dir, source_url)
 from clipctl.errors import DataError
 from clipctl.report.console import ProgressReporter, info, warn
 
-MAX_SIDE = 256
+PREPARE_SIZE = 256  # the shorter side of a prepared image (img2dataset's resize_mode="keep_ratio")
+COURSE_JSON = "cc3m_train_subset.json"  # the course's annotation file: its 100k pairs are the published subset
 SHARD_SAMPLES = 10_000
 HUB_SHARDS = 576  # cc3m-train-0000.tar .. cc3m-train-0575.tar
 TSV_WORKERS = 16
 
 
-def resize_jpeg(data: bytes) -> bytes | None:
-    """The image re-encoded as JPEG with its longer side <= 256 px, or None when it does not decode."""
+def resize_jpeg(data: bytes, size: int = PREPARE_SIZE) -> bytes | None:
+    """The image with its ratio kept and its shorter side set to `size`, encoded once as JPEG; a JPEG whose
+    shorter side is already <= `size` is returned byte for byte. None when it does not decode.
+
+    Why: training crops `size` px, so a smaller shorter side would be upsampled, and a second lossy encode
+    of an already small image only adds artefacts.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC)
+            img.load()
+            if min(img.size) <= size and img.format == "JPEG":
+                return data
+            rgb = img.convert("RGB")
+            scale = size / min(rgb.size)
+            if scale < 1:
+                rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
+                                 Image.Resampling.BICUBIC)
             out = io.BytesIO()
-            img.save(out, format="JPEG", quality=90)
+            rgb.save(out, format="JPEG", quality=90)
             return out.getvalue()
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def subset_identity(keys: list[str], source: str) -> dict[str, Any]:
+    """What identifies a training subset: the sha256 of its sorted sample keys, their count, and whether it
+    is the course's own subset (its annotation file), which the published rows trained on."""
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode("utf-8")).hexdigest()
+    return {"keys_sha256": digest, "count": len(keys), "source": source, "course": source == "course-json"}
 
 
 class ShardWriter:
@@ -82,21 +108,24 @@ class ShardWriter:
             self._writer = self._handle = None
 
 
-def _shard_samples(path: Path) -> Iterator[tuple[bytes, str]]:
-    """(image bytes, caption) of each complete sample of a WebDataset shard, in order."""
+Sample = tuple[str, bytes, str]  # (source key, image bytes, caption)
+
+
+def _shard_samples(path: Path) -> Iterator[Sample]:
+    """(key, image bytes, caption) of each complete sample of a WebDataset shard, in order."""
     current, group = None, {}
     for name, data in iter_tar_files(path):
         key, ext = wds_key(name)
         if key != current:
             if "jpg" in group and "txt" in group:
-                yield group["jpg"], group["txt"].decode("utf-8", "replace")
+                yield str(current), group["jpg"], group["txt"].decode("utf-8", "replace")
             current, group = key, {}
         group[ext] = data
     if "jpg" in group and "txt" in group:
-        yield group["jpg"], group["txt"].decode("utf-8", "replace")
+        yield str(current), group["jpg"], group["txt"].decode("utf-8", "replace")
 
 
-def _hub_samples(spec: DatasetSpec, root: Path, used: list[dict[str, Any]]) -> Iterator[tuple[bytes, str]]:
+def _hub_samples(spec: DatasetSpec, root: Path, used: list[dict[str, Any]]) -> Iterator[Sample]:
     """Shards in order, one at a time (only as many as the target needs): through huggingface_hub, checked
     against the registry's sha256 or the hub's own; from `$CLIPCTL_MIRROR` by plain URL when one is set."""
     for i in range(HUB_SHARDS):
@@ -113,15 +142,15 @@ def _hub_samples(spec: DatasetSpec, root: Path, used: list[dict[str, Any]]) -> I
         yield from _shard_samples(path)
 
 
-def _tsv_samples(tsv: Path) -> Iterator[tuple[bytes, str]]:
+def _tsv_samples(tsv: Path) -> Iterator[Sample]:
     session = http_session()
 
-    def get(row: tuple[str, str]) -> tuple[bytes, str] | None:
+    def get(row: tuple[str, str]) -> Sample | None:
         caption, url = row
         try:
             response = session.get(url, timeout=(5, 15))
             if response.status_code == 200 and response.content:
-                return response.content, caption
+                return url, response.content, caption
         except requests.exceptions.RequestException:
             pass
         return None
@@ -143,74 +172,152 @@ def _tsv_samples(tsv: Path) -> Iterator[tuple[bytes, str]]:
         yield from (r for r in pool.map(get, block) if r)
 
 
-def _write_shards(spec: DatasetSpec, samples: Iterator[tuple[bytes, str]], tmp: Path) -> int:
-    """Resize (thread pool: PIL releases the GIL) and write samples in order until the target count;
-    pulls no more samples than it may still need, so no extra shard is downloaded."""
+def _write_shards(spec: DatasetSpec, samples: Iterator[Sample], tmp: Path, size: int) -> list[str]:
+    """Resize (thread pool: PIL releases the GIL) and write samples in order until the target count; the
+    source keys of the written samples. Pulls no more samples than it may still need, so no extra shard
+    is downloaded."""
     target = spec.expect.get("pairs", 100_000)
     writer = ShardWriter(tmp / "shards", spec.id)
+    keys: list[str] = []
     with ProgressReporter(spec.id, total=target, unit="pairs") as progress, ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         while writer.count < target:
             batch = list(itertools.islice(samples, min(256, target - writer.count)))
             if not batch:
                 break
-            for jpeg, (_, caption) in zip(pool.map(resize_jpeg, [data for data, _ in batch]), batch):
+            resized = pool.map(lambda sample: resize_jpeg(sample[1], size), batch)
+            for jpeg, (key, _, caption) in zip(resized, batch):
                 if jpeg is not None:
                     writer.write(jpeg, caption)
+                    keys.append(key)
                     progress.update(1)
     writer.close()
     if writer.count < target:
         raise DataError(f"{spec.id}: only {writer.count} of {target} pairs could be made from the source; it has too few usable images")
-    return writer.count
+    return keys
 
 
-def _find_pairs_json(folder: Path) -> tuple[Path, list[dict[str, Any]], Path]:
-    """The largest pairs-format JSON under `folder`, its entries, and the folder its image paths start from."""
-    best: tuple[int, Path, list[dict[str, Any]]] | None = None
+def training_subset(ref: str, root: Path) -> dict[str, Any] | None:
+    """The subset identity of a training reference: from a CC3M manifest, or computed for a pairs JSON path
+    (its image paths are the keys); None for anything else (shards by path, shapes)."""
+    dataset_id = ref.partition(":")[0]
+    if dataset_id == "cc3m-100k":
+        return (read_manifest(root, dataset_id) or {}).get("subset")
+    path = Path(ref).expanduser()
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not _is_pairs(data):
+        return None
+    kind = "course-json" if path.name == COURSE_JSON else "pairs-json"
+    return subset_identity([Path(e["image"]).as_posix() for e in data], kind)
+
+
+def check_prepare_size(ref: str, root: Path, size: int) -> None:
+    """A run on cc3m-100k shards needs them prepared at `data.prepare_size`: another size is a DataError
+    naming the re-fetch (a JSON or folder source is used as it is, so it has no size to check)."""
+    if ref.partition(":")[0] != "cc3m-100k":
+        return
+    prepared = (read_manifest(root, "cc3m-100k") or {}).get("prepare_size")
+    if prepared is not None and prepared != size:
+        raise DataError(f"data.prepare_size = {size}, but cc3m-100k under {root} was prepared with shorter side "
+                        f"{prepared}; set data.prepare_size = {prepared} or run `clipctl data fetch cc3m-100k "
+                        f"--force --prepare-size {size}`")
+
+
+def _is_pairs(data: Any) -> bool:
+    return isinstance(data, list) and bool(data) and all(
+        isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("caption"), str)
+        for e in data[:100])
+
+
+def _read_pairs(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable JSON file ({err}); expected the course's {COURSE_JSON}") from None
+    if not _is_pairs(data):
+        raise DataError(f"{path}: not a pairs JSON (a list of {{\"image\", \"caption\"}}); "
+                        f"expected the course's {COURSE_JSON}")
+    return data
+
+
+def _find_pairs_json(folder: Path) -> Path:
+    """The largest pairs-format JSON under `folder`."""
+    best: tuple[int, Path] | None = None
     for path in sorted(folder.rglob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(data, list) and data and all(isinstance(e, dict) and isinstance(e.get("image"), str)
-                                                   and isinstance(e.get("caption"), str) for e in data[:100]):
-            if best is None or len(data) > best[0]:
-                best = (len(data), path, data)
+        if _is_pairs(data) and (best is None or len(data) > best[0]):
+            best = (len(data), path)
     if best is None:
         raise DataError(f"{folder}: no pairs JSON (a list of {{\"image\", \"caption\"}}) found; is this the CC3M subset?")
-    _, path, entries = best
-    for base in [path.parent, *path.parents]:
-        if (base / entries[0]["image"]).is_file():
-            if folder in (base, *base.parents):
-                return path, entries, base
-    raise DataError(f"{path}: image {entries[0]['image']!r} not found next to the JSON or in a parent folder")
+    return best[1]
+
+
+def _image_root(json_path: Path, first: str, within: Path | None) -> Path:
+    """The folder the JSON's image paths start from: `$CLIPCTL_CC3M_IMAGES` when set, else the JSON's folder or
+    the nearest parent (inside `within`) holding the first image."""
+    images = os.environ.get(CC3M_IMAGES_ENV, "")
+    if images:
+        base = Path(images).expanduser()
+        if not (base / first).is_file():
+            raise DataError(f"{CC3M_IMAGES_ENV}={images}: {base / first} (the first entry of {json_path.name}) is not "
+                            f"there; point it at the folder the entries' image paths start from")
+        return base.resolve()
+    for base in [json_path.parent, *json_path.parents]:
+        if within is not None and within not in (base, *base.parents):
+            break
+        if (base / first).is_file():
+            return base.resolve()
+    raise DataError(f"{json_path}: image {first!r} not found next to the JSON or in a parent folder; set "
+                    f"{CC3M_IMAGES_ENV} to the image folder (the course's datasets/cc3m_subset_100k/)")
 
 
 def _from_archive(spec: DatasetSpec, source: Path, tmp: Path) -> tuple[dict[str, Any], list[str]]:
-    if source.is_dir():
-        shutil.copytree(source, tmp / "data")
+    """train.json from the user's copy: a pairs JSON or folder is referenced in place (absolute image paths),
+    an archive is extracted into the dataset folder (relative paths)."""
+    if source.is_file() and source.suffix.lower() == ".json":
+        json_path, within, in_place = source, None, True
+    elif source.is_dir():
+        json_path, within, in_place = _find_pairs_json(source), source, True
     elif source.is_file():
         extract(source, tmp / "data")
+        json_path, within, in_place = _find_pairs_json(tmp / "data"), tmp / "data", False
     else:
         raise DataError(f"{CC3M_ARCHIVE_ENV}={source}: no such file or folder")
-    json_path, entries, base = _find_pairs_json(tmp / "data")
-    pairs = []
+    json_path = json_path.resolve()
+    entries = _read_pairs(json_path)
+    base = _image_root(json_path, entries[0]["image"], within.resolve() if within else None)
+    in_place = in_place or not base.is_relative_to(tmp)  # an archive's JSON with $CLIPCTL_CC3M_IMAGES elsewhere
+    pairs, keys = [], []
     for i, entry in enumerate(entries):
         if unsafe_reason(entry["image"]):
             raise DataError(f"{json_path}: entry {i}: image path {entry['image']!r} refused ({unsafe_reason(entry['image'])})")
-        rel = (base / entry["image"]).relative_to(tmp).as_posix()
-        pairs.append({"image": rel, "caption": entry["caption"], "image_id": entry.get("image_id", i)})
+        image = base / entry["image"]
+        keys.append(Path(entry["image"]).as_posix())
+        pairs.append({"image": str(image) if in_place else image.relative_to(tmp.resolve()).as_posix(),
+                      "caption": entry["caption"], "image_id": entry.get("image_id", i)})
     atomic_write_json(tmp / "train.json", pairs)
     if len(pairs) != spec.expect.get("pairs", len(pairs)):
         warn(f"{spec.id}: {len(pairs)} pairs in {source} (the spec expects {spec.expect['pairs']}); using them as they are")
-    images = sorted({p["image"] for p in pairs if (tmp / p["image"]).is_file()})
-    digest, count = files_digest(tmp, images)
+    digest_base = base if in_place else tmp  # the paths verify() will see: relative to the images or the dataset
+    rels = keys if in_place else [p["image"] for p in pairs]
+    digest, count = files_digest(digest_base, sorted({r for r in rels if (digest_base / r).is_file()}))
+    kind = "course-json" if json_path.name == COURSE_JSON else "pairs-json"
+    images = {"count": count, "sha256": digest, "root": str(base) if in_place else None}
     return {"splits": {"train": "train.json"}, "files": {"train.json": sha256_file(tmp / "train.json")},
-            "images": {"count": count, "sha256": digest}, "counts": {"pairs": len(pairs), "images": count}}, [str(source)]
+            "images": images, "counts": {"pairs": len(pairs), "images": count},
+            "subset": subset_identity(keys, kind)}, [str(source)]
 
 
-def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any]:
+def prepare(spec: DatasetSpec, root: Path, force: bool = False, prepare_size: int = PREPARE_SIZE) -> dict[str, Any]:
     target = dataset_dir(spec, root)
-    tmp = root / f".{spec.folder}.tmp-{os.getpid()}"
+    tmp = (root / f".{spec.folder}.tmp-{os.getpid()}").resolve()
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -224,14 +331,15 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
                 if not Path(tsv).is_file():
                     raise DataError(f"{CC3M_TSV_ENV}={tsv}: no such file")
                 info(f"{spec.id}: downloading images listed in {tsv} (dead links are skipped)")
-                count = _write_shards(spec, _tsv_samples(Path(tsv)), tmp)
-                sources = [tsv]
+                keys = _write_shards(spec, _tsv_samples(Path(tsv)), tmp, prepare_size)
+                sources, kind = [tsv], "tsv"
             else:
-                count = _write_shards(spec, _hub_samples(spec, root, downloads), tmp)
-                sources = [d["url"] for d in downloads]
+                keys = _write_shards(spec, _hub_samples(spec, root, downloads), tmp, prepare_size)
+                sources, kind = [d["url"] for d in downloads], "hub-shards"
             shards = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "shards").glob("*.tar"))
             manifest = {"splits": {"train": "shards"}, "files": {s: sha256_file(tmp / s) for s in shards},
-                        "counts": {"pairs": count, "shards": len(shards)}}
+                        "counts": {"pairs": len(keys), "shards": len(shards)}, "prepare_size": prepare_size,
+                        "subset": subset_identity(keys, kind)}
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         replace_dir(tmp, target)
     except BaseException:
@@ -247,6 +355,9 @@ def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
     check_hashes(folder, manifest["files"], spec.id)
     if "images" in manifest:
         entries = json.loads((folder / "train.json").read_text(encoding="utf-8"))
-        digest, _ = files_digest(folder, sorted({e["image"] for e in entries if (folder / e["image"]).is_file()}))
+        base = Path(manifest["images"].get("root") or folder)
+        rels = {Path(e["image"]).relative_to(base).as_posix() if Path(e["image"]).is_absolute() else e["image"]
+                for e in entries}
+        digest, _ = files_digest(base, sorted(r for r in rels if (base / r).is_file()))
         if digest != manifest["images"]["sha256"]:
             raise DataError(f"{folder}: images differ from manifests/{spec.id}.json; run `clipctl data fetch {spec.id} --force`")

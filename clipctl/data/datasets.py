@@ -367,12 +367,33 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _read_split_list(path: Path) -> list[str]:
+    try:
+        return _read_lines(path)
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable split list ({err}); re-fetch the dataset") from None
+
+
+def _listed_samples(root: Path, members: list[str], class_ids: list[str]) -> list[tuple[Path, int]]:
+    """(path, label) of each `class_id/file` line of a split list; a line naming no class folder is a DataError."""
+    label_of = {cid: label for label, cid in enumerate(class_ids)}
+    samples = []
+    for line in members:
+        cid, _, name = line.partition("/")
+        if cid not in label_of or not name:
+            raise DataError(f"{root}: split list line {line!r} names no class folder; re-fetch the dataset")
+        samples.append((root / cid / name, label_of[cid]))
+    return samples
+
+
 class ClassificationDataset(Dataset):
     """ImageNet-like folders: label = position of the class folder in sorted order; item -> (image, label).
 
     `classnames` (one per class, in label order) and `templates` (with "{}") come from `classnames.txt`
-    and `templates.txt` unless given (e.g. the vendored OpenAI ImageNet names). `.listed` counts the image
-    files found, `.unreadable` names (path, reason) of those dropped.
+    and `templates.txt` unless given (e.g. the vendored OpenAI ImageNet names). `root` may also be a split
+    list (`select.txt`: one `class_id/file` per line, relative to its folder): only the listed images are
+    read, labelled by every class folder of that folder, so every split of one set shares the labels.
+    `.listed` counts the image files found, `.unreadable` names (path, reason) of those dropped.
     """
 
     def __init__(self, root: str | Path, transform: Callable, *, on_bad_image: OnBadImage = "skip",
@@ -381,6 +402,9 @@ class ClassificationDataset(Dataset):
         self.root = Path(root)
         self.transform = transform
         self._reader = _ImageReader(on_bad_image)
+        members = _read_split_list(self.root) if self.root.is_file() else None
+        if members is not None:
+            self.root = self.root.parent
         if not self.root.is_dir():
             raise DataError(f"{self.root}: no such folder; expected class folders plus classnames.txt and templates.txt")
         self.class_ids = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -401,8 +425,11 @@ class ClassificationDataset(Dataset):
         if bad or not templates:
             raise DataError(f"{self.root / 'templates.txt'}: every template needs a {{}} placeholder (got {bad[0] if bad else 'none'!r})")
         self.templates = list(templates)
-        samples = [(path, label) for label, cid in enumerate(self.class_ids)
-                   for path in sorted((self.root / cid).iterdir()) if path.suffix.lower() in IMAGE_EXTS]
+        if members is None:
+            samples = [(path, label) for label, cid in enumerate(self.class_ids)
+                       for path in sorted((self.root / cid).iterdir()) if path.suffix.lower() in IMAGE_EXTS]
+        else:
+            samples = _listed_samples(self.root, members, self.class_ids)
         ok, self.unreadable = _filter_images(str(self.root), [str(p) for p, _ in samples], [p for p, _ in samples],
                                              on_bad_image)
         self.listed = len(samples)

@@ -300,8 +300,10 @@ def _preparer(dataset_id: str) -> Any:
 
 
 def fetch_dataset(dataset_id: str, root: Path, *, force: bool = False, seed: int = 0, train_size: int = 20_000,
-                  image_size: int = 64) -> tuple[str, dict[str, Any]]:
+                  image_size: int = 64, prepare_size: int | None = None) -> tuple[str, dict[str, Any]]:
     """Make `dataset_id` present under `root`; returns ("generated"|"fetched"|"verified", manifest).
+
+    `prepare_size` (cc3m-100k only): the shorter image side its preparation sets (default 256).
 
     When it is already present (and, for shapes, with the same parameters) it is verified, not re-made.
     """
@@ -319,8 +321,9 @@ def fetch_dataset(dataset_id: str, root: Path, *, force: bool = False, seed: int
     manifest = read_manifest(root, dataset_id)
     if manifest is not None and not force:
         return "verified", verify_dataset(dataset_id, root)
+    options = {"prepare_size": prepare_size} if prepare_size is not None else {}
     with replacing(root, dataset_id, "fetching it again"):  # never under a run that reads it
-        manifest = _preparer(dataset_id).prepare(spec, root, force=force)
+        manifest = _preparer(dataset_id).prepare(spec, root, force=force, **options)
         _note_unverified_downloads(manifest)
         manifest.update({"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(),
                          "verified_at": now_iso()})

@@ -1,9 +1,12 @@
 """`imagenet-val`: ImageNet-1k validation re-sorted into 1,000 class folders (classification format).
 
-ImageNet needs the user's own access. Sources, in priority order: `ILSVRC2012_img_val.tar` +
-`ILSVRC2012_devkit_t12.tar.gz` in `$CLIPCTL_IMAGENET_DIR` or `<root>/downloads/` (md5-verified, read in
-place), else the gated Hugging Face copy (`ILSVRC/imagenet-1k`, through huggingface_hub: its cache, the token
-from `$HF_TOKEN` or the hub login, only `classes.py` and the val tar by `allow_patterns`, sha256-checked).
+ImageNet needs the user's own access. Sources, in priority order: `$CLIPCTL_IMAGENET_DIR` holding an
+extracted `val/<wnid>/*.JPEG` (hard-linked, never changed), the flat `ILSVRC2012_val_*.JPEG` files plus
+`ILSVRC2012_devkit_t12.tar.gz`, or `ILSVRC2012_img_val.tar` + the devkit (md5-verified, read in place); the
+two tars in `<root>/downloads/`; else the gated Hugging Face copy (`ILSVRC/imagenet-1k`, through
+huggingface_hub: its cache, the token from `$HF_TOKEN` or the hub login, only `classes.py` and the val tar by
+`allow_patterns`, sha256-checked). `select.txt`/`test.txt` list the `imagenet-val:select`/`:test` splits
+(`selection_split`).
 `classnames.txt`/`templates.txt` hold the vendored OpenAI names and 80 templates (`clipctl.evaluate.imagenet`)
 when the classes are the 1,000 ILSVRC2012 wnids, else the first WordNet synonym and one template.
 """
@@ -14,6 +17,7 @@ import os
 import re
 import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,15 +34,117 @@ VAL_TAR, DEVKIT = "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 HUB_TAR, HUB_CLASSES = "val_images.tar.gz", "classes.py"
 FALLBACK_TEMPLATES = ("a photo of a {}.",)
 _VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})(?:_(n\d{8}))?\.JPEG$")
+SELECT_EVERY = 5  # imagenet-val:select is a fifth of every class
+SPLIT_FILES = {"select": "select.txt", "test": "test.txt"}
 
 
-def _local_pair(root: Path) -> tuple[Path, Path] | None:
-    for folder in (os.environ.get(IMAGENET_ENV, ""), str(root / "downloads")):
-        if folder and (Path(folder) / VAL_TAR).is_file() and (Path(folder) / DEVKIT).is_file():
-            return Path(folder) / VAL_TAR, Path(folder) / DEVKIT
-    if os.environ.get(IMAGENET_ENV) and not Path(os.environ[IMAGENET_ENV]).is_dir():
-        raise DataError(f"{IMAGENET_ENV}={os.environ[IMAGENET_ENV]}: no such folder; it must contain {VAL_TAR} and {DEVKIT}")
+_WNID = re.compile(r"n\d{8}$")
+_EXPECTED_LAYOUTS = (f"val/ with the 1,000 wnid folders (val/n01440764/*.JPEG ...), the 50,000 flat "
+                     f"ILSVRC2012_val_*.JPEG files plus {DEVKIT}, or {VAL_TAR} plus {DEVKIT}")
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A user's ImageNet copy: `kind` is "tars" (val tar + devkit), "folders" (extracted val/<wnid>/) or
+    "flat" (the 50k val files in one folder + devkit)."""
+
+    kind: str
+    path: Path
+    devkit: Path | None = None
+
+
+def _wnid_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _WNID.match(p.name))
+
+
+def _layout(folder: Path) -> LocalSource | None:
+    """The layout `folder` holds, or None when it is none of the three."""
+    devkit = folder / DEVKIT
+    if (folder / VAL_TAR).is_file() and devkit.is_file():
+        return LocalSource("tars", folder / VAL_TAR, devkit)
+    for candidate in (folder / "val", folder):
+        if not candidate.is_dir():
+            continue
+        if _wnid_folders(candidate):
+            return LocalSource("folders", candidate)
+        if devkit.is_file() and next(candidate.glob("ILSVRC2012_val_*.JPEG"), None) is not None:
+            return LocalSource("flat", candidate, devkit)
     return None
+
+
+def _describe(folder: Path) -> str:
+    """What a folder holds, in a few words, for the one-line error."""
+    entries = sorted(folder.iterdir())
+    dirs = [p.name for p in entries if p.is_dir()]
+    files = [p.name for p in entries if p.is_file()]
+    shown = ", ".join((dirs + files)[:3]) + (" ..." if len(entries) > 3 else "")
+    return f"{len(dirs)} folders and {len(files)} files" + (f" ({shown})" if entries else "")
+
+
+def _local_source(root: Path) -> LocalSource | None:
+    """The user's copy in `$CLIPCTL_IMAGENET_DIR` (any of the three layouts) or the tars in <root>/downloads/."""
+    env = os.environ.get(IMAGENET_ENV, "")
+    if env:
+        folder = Path(env).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"{IMAGENET_ENV}={env}: no such folder; expected a folder holding {_EXPECTED_LAYOUTS}")
+        found = _layout(folder)
+        if found is None:
+            raise DataError(f"{IMAGENET_ENV}={env}: found {_describe(folder)}; expected {_EXPECTED_LAYOUTS}")
+        return found
+    downloads = root / "downloads"
+    if (downloads / VAL_TAR).is_file() and (downloads / DEVKIT).is_file():
+        return LocalSource("tars", downloads / VAL_TAR, downloads / DEVKIT)
+    return None
+
+
+def _link_folders(source: Path, tmp: Path, expected: int) -> int:
+    """Hard-link (or copy, across file systems) every val/<wnid>/*.JPEG into `tmp`: no 6 GB duplicate where
+    the file system allows it, and the user's folder is never changed."""
+    count = 0
+    with ProgressReporter("imagenet-val", total=expected, unit="img") as progress:
+        for wnid in _wnid_folders(source):
+            (tmp / wnid.name).mkdir()
+            for image in sorted(wnid.glob("*.JPEG")):
+                try:
+                    os.link(image, tmp / wnid.name / image.name)
+                except OSError:
+                    shutil.copyfile(image, tmp / wnid.name / image.name)
+                count += 1
+                progress.update(1)
+    return count
+
+
+def _folder_words(wnids: list[str], source: Path) -> dict[str, str]:
+    """Extracted folders carry no class names: they must be ILSVRC2012 wnids, named from the vendored list."""
+    from clipctl.evaluate.imagenet import imagenet_classnames, imagenet_wnids
+
+    unknown = sorted(set(wnids) - set(imagenet_wnids()))
+    if unknown:
+        raise DataError(f"{source}: {len(unknown)} class folders are not ILSVRC2012 wnids (first: {unknown[0]}); "
+                        f"expected {_EXPECTED_LAYOUTS}")
+    return dict(zip(imagenet_wnids(), imagenet_classnames()))
+
+
+def selection_split(folder: Path) -> tuple[list[str], list[str]]:
+    """(`imagenet-val:select`, `imagenet-val:test`) as `wnid/file` lines: in each class folder, with the files
+    sorted by name, every fifth file from the first (positions 0, 5, 10, ...) selects, the rest test.
+
+    Why by name: the split depends on nothing but the file names, so it is the same on every machine
+    (ImageNet: 10 of every class's 50 files, 10,000 select and 40,000 test images).
+    """
+    select, test = [], []
+    for wnid in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+        for i, name in enumerate(sorted(p.name for p in (folder / wnid).glob("*.JPEG"))):
+            (select if i % SELECT_EVERY == 0 else test).append(f"{wnid}/{name}")
+    return select, test
+
+
+def _write_split_lists(tmp: Path) -> dict[str, str]:
+    select, test = selection_split(tmp)
+    for name, lines in ((SPLIT_FILES["select"], select), (SPLIT_FILES["test"], test)):
+        atomic_write_bytes(tmp / name, "".join(line + "\n" for line in lines).encode())
+    return {"val": ".", **SPLIT_FILES}
 
 
 def read_devkit(devkit: Path) -> tuple[dict[int, str], dict[str, str], list[int]]:
@@ -126,19 +232,29 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
     tmp.mkdir(parents=True)
     expected = spec.expect.get("images", 50_000)
     try:
-        local = _local_pair(root)
-        if local is not None:
-            tar_path, devkit_path = local
-            info(f"imagenet-val: using {tar_path} and {devkit_path}")
+        local = _local_source(root)
+        if local is not None and local.kind == "folders":
+            info(f"imagenet-val: using the extracted class folders in {local.path}")
+            downloads, sources = {}, [str(local.path)]
+            count = _link_folders(local.path, tmp, expected)
+            words = _folder_words([p.name for p in _wnid_folders(tmp)], local.path)
+        elif local is not None:
+            assert local.devkit is not None
+            info(f"imagenet-val: using {local.path} and {local.devkit}")
+            checked = [(local.devkit, spec.file(DEVKIT))]
+            if local.kind == "tars":
+                checked.append((local.path, spec.file(VAL_TAR)))
             downloads = {f.name: verify_file(p, f, spec.id, move_bad=p.parent == root / "downloads")
-                         for p, f in ((tar_path, spec.file(VAL_TAR)), (devkit_path, spec.file(DEVKIT)))}
-            id_to_wnid, words, truth = read_devkit(devkit_path)
+                         for p, f in checked}
+            id_to_wnid, words, truth = read_devkit(local.devkit)
 
             def label_of(number: int, _wnid: str | None) -> str:
                 return id_to_wnid[truth[number - 1]]
 
-            count = _write_folders(tmp, iter_tar_files(tar_path), label_of, expected)
-            sources = [str(tar_path), str(devkit_path)]
+            members = (iter_tar_files(local.path) if local.kind == "tars"
+                       else ((p.name, p.read_bytes()) for p in sorted(local.path.glob("ILSVRC2012_val_*.JPEG"))))
+            count = _write_folders(tmp, members, label_of, expected)
+            sources = [str(local.path), str(local.devkit)]
         else:
             paths, downloads, sources = _hub_files(spec, root)
             words = parse_hub_classes(paths[HUB_CLASSES].read_text(encoding="utf-8"))
@@ -148,15 +264,16 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
         atomic_write_bytes(tmp / "classnames.txt", "".join(n + "\n" for n in names).encode())
         atomic_write_bytes(tmp / "templates.txt", "".join(t + "\n" for t in templates).encode())
         _check_counts(spec, len(wnids), count)
+        splits = _write_split_lists(tmp)
         digest, _ = tree_digest(tmp, "*.JPEG")
-        files = {name: sha256_file(tmp / name) for name in ("classnames.txt", "templates.txt")}
+        files = {name: sha256_file(tmp / name) for name in ("classnames.txt", "templates.txt", *SPLIT_FILES.values())}
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"sources": sources, "downloads": downloads, "files": files, "images": {"count": count, "sha256": digest},
-            "counts": {"classes": len(wnids), "images": count}, "splits": {"val": "."}, "verified": True, "size_bytes": size}
+            "counts": {"classes": len(wnids), "images": count}, "splits": splits, "verified": True, "size_bytes": size}
 
 
 def _check_counts(spec: DatasetSpec, classes: int, images: int) -> None:

@@ -21,6 +21,7 @@ MIRROR_ENV = "CLIPCTL_MIRROR"
 IMAGENET_ENV = "CLIPCTL_IMAGENET_DIR"
 CC3M_ARCHIVE_ENV = "CLIPCTL_CC3M_ARCHIVE"
 CC3M_TSV_ENV = "CLIPCTL_CC3M_TSV"
+CC3M_IMAGES_ENV = "CLIPCTL_CC3M_IMAGES"
 HF_TOKEN_ENV = "HF_TOKEN"
 
 
@@ -75,13 +76,14 @@ REGISTRY: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             id="cc3m-100k", role="train",
-            description="CC3M, deterministic 100k pairs, images <= 256 px",
+            description="CC3M, deterministic 100k pairs, shorter image side 256 px",
             licence=("Conceptual Captions: captions by Google LLC, free to use with attribution; the images belong to "
                      "their websites' owners (research use, no redistribution)"),
             folder="cc3m-100k", splits={"train": "shards"}, default_split="train", expect={"pairs": 100_000},
             hub_repo="pixparse/cc3m-wds", hub_revision="46f3d69f840e59d77d52e8decfe5baec97e94c7f",
-            access_hint=(f"or set {CC3M_ARCHIVE_ENV} to the course's CC3M archive/folder, or {CC3M_TSV_ENV} to a CC3M "
-                         "TSV of caption<TAB>url"),
+            access_hint=(f"or set {CC3M_ARCHIVE_ENV} to the course's cc3m_train_subset.json (with {CC3M_IMAGES_ENV} "
+                         f"naming its image folder) or archive/folder, or {CC3M_TSV_ENV} to a CC3M TSV of "
+                         "caption<TAB>url"),
         ),
         DatasetSpec(
             id="coco-karpathy-test", role="eval",
@@ -107,7 +109,8 @@ REGISTRY: dict[str, DatasetSpec] = {
             id="imagenet-val", role="eval",
             description="ImageNet-1k val: 1,000 classes x 50 (your own access)",
             licence="ImageNet: non-commercial research and education only, no redistribution (image-net.org terms of access)",
-            folder="imagenet-val", splits={"val": "."}, default_split="val", expect={"classes": 1_000, "images": 50_000},
+            folder="imagenet-val", splits={"val": ".", "select": "select.txt", "test": "test.txt"}, default_split="val",
+            expect={"classes": 1_000, "images": 50_000},
             files=(
                 RemoteFile("ILSVRC2012_img_val.tar", "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar",
                            size=6_744_924_160, md5="29b22e2961454d5413ddabcf34fc5622"),

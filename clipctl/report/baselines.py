@@ -13,7 +13,7 @@ SETTING = (
     "MSCOCO 5k retrieval (25k captions), ImageNet-1k zero-shot top-1 (50k val, 80 templates)"
 )
 RETRIEVAL_LABEL = "MSCOCO 5k"
-ZEROSHOT_LABEL = "ImageNet-1k val"
+ZEROSHOT_LABEL = "ImageNet-1k val (all 50k)"
 # Registry ids whose test sets match the published ones (a `:split` suffix is ignored).
 COCO_5K_IDS = ("coco-karpathy-test", "coco-val-5k")
 IMAGENET_IDS = ("imagenet-val",)

@@ -264,10 +264,25 @@ def _published_delta(group: Group, baseline: str, metrics: list[str]) -> Delta:
     note = f"published {row.label} ({row.citation}); " + (
         f"this group is the measured {baseline} run on {sources}" if own else f"no measured {baseline} run on {sources}")
     flat = flatten(group.recipe)
-    mismatched = [f"{k}={flat.get(k)}" for k, v in _PUBLISHED_SETTING if str(flat.get(k, "")).split(":")[0] != str(v)]
+    subset = _train_subset(group)
+    course = bool(subset and subset.get("course"))
+    mismatched = [f"{k}={flat.get(k)}" for k, v in _PUBLISHED_SETTING
+                  if str(flat.get(k, "")).split(":")[0] != str(v) and not (k == "data.train" and course)]
     if mismatched:
         note += f"; training setting differs from the report's ({', '.join(mismatched)})"
+    if (subset is not None or str(flat.get("data.train", "")).startswith("cc3m-100k")) and not course:
+        what = f"{subset['source']}, keys sha256 {subset['keys_sha256'][:12]}" if subset else "unrecorded"
+        note += (f"; different training subset ({what}): the published rows trained on the course's "
+                 f"cc3m_train_subset.json")
+    if any(m.startswith("acc@") or m == "average" for m in usable) and ":" in group.zeroshot_source:
+        note += f"; ACC@1 on {group.zeroshot_source}, the published rows on all 50k ImageNet val images"
     return Delta(baseline, "published", row.label, [], percent, note)
+
+
+def _train_subset(group: Group) -> dict[str, Any] | None:
+    """The training subset identity the group's first run recorded (summary.json `train_subset`)."""
+    subset = (group.runs[0].summary or {}).get("train_subset")
+    return subset if isinstance(subset, dict) and isinstance(subset.get("keys_sha256"), str) else None
 
 
 def compute_deltas(groups: list[Group], metrics: list[str], baselines: list[str]) -> dict[str, list[Delta]]:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from clipctl.data.cc3m import check_prepare_size, training_subset
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.lock import DatasetLease
@@ -44,6 +45,17 @@ def ensure_local_data(recipe: Recipe, root: Path) -> DatasetLease:
                     f"use another data root (CLIPCTL_DATA or data.root) for runs with different shapes settings")
 
 
+def _image_root(value: str) -> Path | None:
+    """`data.image_root` as a folder (None: the pairs JSON's own folder)."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data.image_root = {value!r}: no such folder; point it at the folder the pairs JSON's "
+                        f"image paths start from (the course's datasets/cc3m_subset_100k/)")
+    return path
+
+
 @dataclass
 class Components:
     recipe: Recipe
@@ -58,6 +70,7 @@ class Components:
     eval_sets: dict[tuple[str, str], tuple[RetrievalDataset, ClassificationDataset]] = field(default_factory=dict)
     data_lease: DatasetLease | None = None  # shared locks on the datasets read (main process); see release()
     features: "CachedFeatures | None" = None  # locked towers: their outputs per training sample, made once
+    train_subset: dict[str, Any] | None = None  # which CC3M subset this is (compare tells it from the course's)
 
     @property
     def cached(self) -> bool:
@@ -147,6 +160,7 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
     lease = ensure_local_data(recipe, root) if prepare_data else None
     accelerator.wait_for_everyone()
     data = recipe.data
+    check_prepare_size(data.train, root, data.prepare_size)
     subset = state.get("subset_indices") if state else None
     train_set = PairsDataset(
         resolve(data.train, root),
@@ -154,6 +168,7 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
         train_fraction=data.train_fraction,
         seed=recipe.run.seed,
         on_bad_image=data.on_bad_image,
+        image_root=_image_root(data.image_root),
         subset_indices=subset,
     )
     source = initial_checkpoint(recipe) if state is None else None
@@ -171,7 +186,7 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
     loss.to(accelerator.device)
     return Components(recipe=recipe, root=root, train_set=train_set, tokenizer=tokenizer, model=model, loss=loss,
                       rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device,
-                      data_lease=lease)
+                      data_lease=lease, train_subset=training_subset(data.train, root))
 
 
 def initial_checkpoint(recipe: Recipe) -> dict[str, Any] | None:

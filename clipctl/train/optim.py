@@ -20,6 +20,16 @@ def _apex_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("apex") is not None
 
 
+def unavailable_optimizers(names: list[str]) -> list[str]:
+    """The optimizer names among `names` that cannot run on this machine: apex-only kernels without apex on CUDA.
+
+    Why: the tuner drops them from a search space up front instead of spending trials that can only fail.
+    """
+    if _apex_available():
+        return []
+    return [name for name in names if name in _FUSED_FALLBACK and _FUSED_FALLBACK[name] is None]
+
+
 def _timm_name(name: str) -> str:
     # timm's "novograd" is NVIDIA's NovoGrad (NvNovoGrad); the report lists both names, which are one algorithm now.
     return {"nvnovograd": "novograd"}.get(name, name)

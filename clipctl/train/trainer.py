@@ -232,6 +232,7 @@ class Trainer:
             "samples_per_s": p.samples_seen / p.train_seconds if p.train_seconds > 0 else None,
             "world_size": self.world,
             "selected_on": self.recipe.eval.select_on,
+            "train_subset": self.parts.train_subset,
             "error": error,
         }
         if test is not None:

@@ -59,6 +59,7 @@ class PhasePlan:
     grid: list[dict[str, Any]] | None = None
     handover: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    dropped: dict[str, Any] = field(default_factory=dict)  # categories removed because they cannot run here
 
     def planned_trials(self) -> int:
         return min(self.n_trials, len(self.grid)) if self.grid is not None else self.n_trials
@@ -86,7 +87,7 @@ class PhasePlan:
         data = {
             "source": self.source, "n_trials": self.n_trials, "space": self.space.to_toml(), "base": self.base,
             "fixed": self.fixed, "default_loss": self.default_loss, "default_optimizer": self.default_optimizer,
-            "identity": self.identity, "handover": self.handover,
+            "identity": self.identity, "handover": self.handover, "dropped": self.dropped,
         }
         data.update({k: getattr(self, k) for k in _PLAN_KEYS})
         if self.grid is not None:
@@ -103,6 +104,7 @@ class PhasePlan:
             space=SearchSpace.from_toml(data["space"], f"study.toml phase{phase}"), base=data["base"],
             fixed=data["fixed"], default_loss=data["default_loss"], default_optimizer=data["default_optimizer"],
             identity=data["identity"], grid=data.get("grid"), handover=data.get("handover", {}),
+            dropped=data.get("dropped", {}),
         )
 
 
@@ -221,6 +223,10 @@ def build_plan(tune: TuneRecipe, tune_path: Path, state: StudyState) -> PhasePla
             space = space.without(unused)
     if not len(space) and not combos_grid:
         raise UsageError(f"{source}: [tune.space] has no parameter that affects loss {probe.loss.name!r}; add one")
+    space, grid, dropped = _drop_unrunnable(space, grid, source)
+    if dropped:
+        notes.append(f"tune.space: optim.name: dropped {', '.join(dropped['optim.name'])} ({dropped['reason']}); "
+                     f"recorded in study.toml")
     if grid is not None:
         grid = _dedupe_grid(space, grid, probe.loss.name)
         if cfg.n_trials < len(grid):
@@ -231,8 +237,29 @@ def build_plan(tune: TuneRecipe, tune_path: Path, state: StudyState) -> PhasePla
         acq=cfg.acq, initial_point_generator=cfg.initial_point_generator, seed=cfg.seed, objective=cfg.objective,
         prune=cfg.prune, prune_grace_epochs=cfg.prune_grace_epochs, space=space, base=base, fixed=fixed,
         default_loss=probe.loss.name, default_optimizer=probe.optim.name, identity=recipe_identity(tune, tune_path),
-        grid=grid, handover=handover, notes=notes,
+        grid=grid, handover=handover, notes=notes, dropped=dropped,
     )
+
+
+def _drop_unrunnable(space: SearchSpace, grid: list[dict[str, Any]] | None,
+                     source: str) -> tuple[SearchSpace, list[dict[str, Any]] | None, dict[str, Any]]:
+    """The space (and grid) without optimizers this machine cannot run, and what was dropped (empty: none)."""
+    from clipctl.train.optim import unavailable_optimizers
+
+    dim = next((d for d in space.dims if d.name == "optim.name"), None)
+    if not isinstance(dim, CatDim):
+        return space, grid, {}
+    gone = unavailable_optimizers([str(c) for c in dim.categories])
+    if not gone:
+        return space, grid, {}
+    kept = tuple(c for c in dim.categories if c not in gone)
+    if not kept:
+        raise UsageError(f"{source}: tune.space.optim.name: none of {list(dim.categories)} can run here (they need "
+                         f"NVIDIA apex on a CUDA device); add e.g. \"lamb\" or \"novograd\"")
+    space = SearchSpace(CatDim(d.name, kept) if d is dim else d for d in space.dims)
+    if grid is not None:
+        grid = [point for point in grid if point.get("optim.name") not in gone]
+    return space, grid, {"optim.name": gone, "reason": "need NVIDIA apex on a CUDA device, not available here"}
 
 
 def _dedupe_grid(space: SearchSpace, grid: list[dict[str, Any]], default_loss: str) -> list[dict[str, Any]]:
