@@ -51,7 +51,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM outside the training loop (which handles it itself), so start-up stops with a line, not 143."""
 
 
+_stopped_by: list[str] = []  # the signal that stopped this command, for the line Typer's silent 130 lacks
+
+
 def _terminated(signum: int, frame: FrameType | None) -> None:
+    _stopped_by.append(signal.Signals(signum).name)
     raise Terminated(signal.Signals(signum).name)
 
 
@@ -75,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
+    _stopped_by.clear()
     try:
         result = app(args=argv, prog_name="clipctl", standalone_mode=False)
+        if result == EXIT_INTERRUPTED:  # Typer turns a KeyboardInterrupt (Ctrl-C, or SIGTERM above) into a bare 130
+            return _fail(f"interrupted by {(_stopped_by or ['SIGINT'])[-1]}", EXIT_INTERRUPTED)
         return result if isinstance(result, int) else 0
     except ClipctlError as err:
         return _fail(str(err), err.exit_code)

@@ -14,8 +14,8 @@ from types import FrameType
 from clipctl.data.loader import STOP_SIGNALS
 
 
-class ForcedStop(BaseException):
-    """A second stop signal: leave now, without finishing the update (BaseException: no handler keeps going)."""
+class ForcedStop(KeyboardInterrupt):
+    """A second stop signal: leave now, without finishing the update (no `except Exception` keeps going)."""
 
     def __init__(self, signal_name: str) -> None:
         super().__init__(signal_name)
