@@ -100,9 +100,9 @@ def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel:
 
 def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel: int, command: list[str],
          retry_failed: bool = False) -> None:
-    from clipctl.train.dryrun import check_inputs
     from clipctl.train.interrupt import StopRequest
-    from clipctl.tune.phases import open_phase, preflight_recipe
+    from clipctl.tune.estimate import preflight
+    from clipctl.tune.phases import open_phase
     from clipctl.tune.runner import PhaseWorker, SubprocessRunner
     from clipctl.tune.store import Study
 
@@ -111,7 +111,9 @@ def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel:
     if retry_failed and study.frozen_phase(tune_recipe.tune.phase) is None:
         raise UsageError(f"--retry-failed: phase {tune_recipe.tune.phase} has not started in {study.root}; "
                          f"run it first without --retry-failed")
-    check_inputs(preflight_recipe(study, tune_recipe, path))  # a missing dataset stops the study before a trial
+    if not study.exists() or not study.state().phase(tune_recipe.tune.phase).trials:
+        info(f"phase {tune_recipe.tune.phase}: checking datasets and towers (clipctl train --dry-run)...")
+        preflight(tune_recipe, path, study.state(), command)  # a missing dataset stops the study before a trial
     plan = open_phase(study, tune_recipe, path)
     if retry_failed:
         retried = PhaseWorker.retry_failed(study, plan)

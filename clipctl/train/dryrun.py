@@ -4,30 +4,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from clipctl.recipe import Recipe
 from clipctl.report.console import format_duration
 
 if TYPE_CHECKING:
     from clipctl.train.trainer import Trainer
 
 MEASURED_STEPS = 5
-
-
-def check_inputs(recipe: Recipe) -> None:
-    """What a run reads before its first update: every dataset present (exit 3) and both towers buildable
-    with their weights (exit 2), checked without training, so `clipctl tune` can refuse a study up front."""
-    from clipctl.data.registry import resolve
-    from clipctl.model import build_model
-    from clipctl.paths import data_root
-    from clipctl.train.components import ensure_local_data
-
-    root = data_root(recipe.data.root)
-    ensure_local_data(recipe, root)
-    ev = recipe.eval
-    for ref in (recipe.data.train, ev.val_retrieval, ev.val_zeroshot, ev.test_retrieval, ev.test_zeroshot):
-        resolve(ref, root)
-    build_model(recipe.model, vocab_size=recipe.model.vocab_size, pad_id=0, load_weights=True,
-                max_len=recipe.data.max_text_len)
 
 
 def dry_run(trainer: "Trainer") -> dict[str, Any]:

@@ -264,14 +264,6 @@ def open_phase(study: Study, tune: TuneRecipe, tune_path: Path) -> PhasePlan:
     return plan
 
 
-def preflight_recipe(study: Study, tune: TuneRecipe, tune_path: Path) -> Recipe:
-    """The phase's base recipe with its fixed values, as its trials will read it; built without recording
-    anything, so a study whose datasets or towers are missing can be refused before it starts."""
-    frozen = study.frozen_phase(tune.tune.phase)
-    plan = PhasePlan.from_frozen(tune.tune.phase, frozen) if frozen else build_plan(tune, tune_path, study.state())
-    return plan.trial_recipe({}, "preflight", study.phase_dir(plan.phase))
-
-
 def load_plan(study: Study, phase: int) -> PhasePlan:
     frozen = study.frozen_phase(phase)
     if frozen is None:
