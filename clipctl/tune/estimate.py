@@ -103,6 +103,7 @@ def preflight(tune: TuneRecipe, tune_path: Path, state: StudyState, command: lis
     """Before a study's first trial: its representative recipe through `clipctl train --dry-run`, which
     opens the datasets and builds the towers; a usage or data error there is the study's, raised before
     anything is recorded. Other failures (a slow or crashing dry run) are left to the trials."""
+    build_plan(tune, tune_path, state)  # the phase's own checks first (e.g. a hand-over phase without results)
     recipe, _, _ = _representative(tune, tune_path, state)
     done, _ = _dry_run(recipe.to_toml(), command)
     if done is not None and done.returncode in (EXIT_USAGE, EXIT_DATA):
