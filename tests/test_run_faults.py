@@ -96,7 +96,8 @@ def test_resume_auto_without_state_reports_a_completed_run_and_refuses_any_other
 def test_two_trainers_on_one_name_exactly_one_trains(shapes, tmp_path):
     args = [sys.executable, "-m", "clipctl", *train_args(shapes, tmp_path, "race")]
     env = {**os.environ, "NO_COLOR": "1"}
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     for p in procs:
         p.stdout.close()
@@ -106,15 +107,16 @@ def test_two_trainers_on_one_name_exactly_one_trains(shapes, tmp_path):
     assert "another clipctl process" in loser or "run directory exists" in loser
     one_line(loser)
     steps = [r["step"] for r in stable_metrics(tmp_path / "race") if r["type"] == "train"]
-    assert steps == sorted(set(steps)) and json.loads((tmp_path / "race" / "summary.json").read_text())["status"] == "completed"
+    assert steps == sorted(set(steps))  # one run's records, not two interleaved
+    assert json.loads((tmp_path / "race" / "summary.json").read_text())["status"] == "completed"
 
 
 def test_changed_seed_is_refused_on_resume(shapes, tmp_path, run_cli, capsys):
     interrupted(shapes, tmp_path, "s", **ONE)
     capsys.readouterr()
     before = snapshot(tmp_path)
-    code, _, err = run_cli(*train_args(shapes, tmp_path, "s", **{"train.epochs": 1, "train.max_steps": 0, "run.seed": 7}),
-                           "--resume", "auto")
+    changed = train_args(shapes, tmp_path, "s", **{"train.max_steps": 0, "run.seed": 7})
+    code, _, err = run_cli(*changed, "--resume", "auto")
     assert code == 5 and "run.seed" in err
     one_line(err)
     assert snapshot(tmp_path) == before
@@ -273,7 +275,7 @@ def test_state_with_a_missing_field_refuses_resume(shapes, tmp_path, run_cli, ca
     del state["progress"]
     torch.save(state, run.last_state)
     before = snapshot(tmp_path)
-    code, _, err = run_cli(*train_args(shapes, tmp_path, "f", **{"train.epochs": 1, "train.max_steps": 0}), "--resume", "auto")
+    code, _, err = run_cli(*train_args(shapes, tmp_path, "f", **{"train.max_steps": 0}), "--resume", "auto")
     assert code == 5 and "'progress'" in err
     one_line(err)
     assert snapshot(tmp_path) == before
@@ -358,9 +360,8 @@ def test_sigterm_during_start_up_is_a_line_and_exit_130(shapes, tmp_path, run_cl
 
 
 @pytest.mark.slow
-def test_process_group_sigterm_with_a_loader_worker_resumes_bit_identically(shapes, tmp_path):
-    extra = {"data.num_workers": 1, "data.persistent_workers": False}
-    train(tiny_recipe(shapes, **extra), TrainOptions(out_dir=tmp_path, name="whole"))
+def test_process_group_sigterm_with_a_loader_worker_resumes_bit_identically(shapes, straight, tmp_path):
+    extra = {**ONE, "data.num_workers": 1, "data.persistent_workers": False}
     args = [sys.executable, "-m", "clipctl", "train", "quickstart", *tiny_overrides(shapes, **extra),
             "--out", str(tmp_path), "--name", "cut"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -368,19 +369,19 @@ def test_process_group_sigterm_with_a_loader_worker_resumes_bit_identically(shap
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the first train record (update 2) is written: workers are running
+        time.sleep(0.05)  # the first train record (update 2) is written: the worker is loading batches
     os.killpg(proc.pid, signal.SIGTERM)  # what Slurm, systemd and docker stop do: the main process and its worker
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err
     assert "resume with --resume auto" in err and "Traceback" not in err
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and 2 <= summary["steps"] < 16
+    assert summary["status"] == "interrupted" and 2 <= summary["steps"] < 8
     assert load_state(tmp_path / "cut" / "state" / "last.pt")["progress"]["step"] == summary["steps"]
     train(tiny_recipe(shapes, **extra), TrainOptions(out_dir=tmp_path, name="cut", resume="auto"))
-    a, b = load_state(tmp_path / "whole" / "state" / "last.pt"), load_state(tmp_path / "cut" / "state" / "last.pt")
+    a, b = load_state(straight / "state" / "last.pt"), load_state(tmp_path / "cut" / "state" / "last.pt")
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
-    assert stable_metrics(tmp_path / "whole") == stable_metrics(tmp_path / "cut")
+    assert stable_metrics(straight) == stable_metrics(tmp_path / "cut")
 
 
 # ------------------------------------------------------------------------------------------- messages

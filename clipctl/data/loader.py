@@ -121,4 +121,5 @@ def build_train_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, epoc
     # RNG stream (dropout, ...) would differ from an uninterrupted one.
     generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=generator,
-                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None, pin_memory=pin_memory and torch.cuda.is_available(), collate_fn=collate_fn, **extra)
+                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+                      pin_memory=pin_memory and torch.cuda.is_available(), collate_fn=collate_fn, **extra)

@@ -168,7 +168,8 @@ class RunClaim:
                 self.created = True
             except FileExistsError:
                 if not self.run.root.is_dir():
-                    raise UsageError(f"{self.run.root}: is a file, not a run directory; choose another --name") from None
+                    raise UsageError(f"{self.run.root}: is a file, not a run directory; "
+                                     f"choose another --name") from None
             self._fd = os.open(self.run.lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise StorageError.from_os_error(err) from None

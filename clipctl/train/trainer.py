@@ -152,14 +152,18 @@ class Trainer:
             raise
 
     def _prepare(self, recipe: Recipe, options: TrainOptions) -> None:
-        """Claim the run directory, pick the state to resume, build data, model, loss and optimizer."""
+        """Claim the run directory; unless it holds a completed run, build what training needs."""
         if self.claim is not None:
             self.claim.acquire()
             self.run.remove_stale_temps()
-            if options.resume not in (None, "never") and not self.run.last_state.is_file():
-                self.finished = completed_summary(self.run)
-                if self.finished is not None:
-                    return
+        if not options.dry_run and options.resume not in (None, "never") and not self.run.last_state.is_file():
+            self.finished = completed_summary(self.run)  # every rank decides alike: nothing to build or train
+            if self.finished is not None:
+                return
+        self._build(recipe, options)
+
+    def _build(self, recipe: Recipe, options: TrainOptions) -> None:
+        """Pick the state to resume, then build data, model, loss, optimizer and schedule."""
         self.resume_from = None if options.dry_run else _state_path_to_resume(self.run, options.resume)
         self.state = load_state(self.resume_from) if self.resume_from else None
         if self.state is not None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from clipctl.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from clipctl.recipe import Recipe, TuneRecipe, apply_overrides, fixed_overrides, load_raw, tune_base_path, validate_recipe
+from clipctl.recipe import (Recipe, TuneRecipe, apply_overrides, fixed_overrides, load_raw, tune_base_path,
+                            validate_recipe)
 from clipctl.tune.phases import build_plan
 from clipctl.tune.store import StudyState
 
