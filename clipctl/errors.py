@@ -11,16 +11,23 @@ EXIT_RUN_CONFLICT = 4
 EXIT_RESUME = 5
 EXIT_INTERRUPTED = 130
 
-MAX_MESSAGE = 300  # a message echoing a huge value is cut to this many characters
+MAX_VALUE = 200  # one word (a value, a path) longer than this is cut in the middle in messages
+MAX_MESSAGE = 1000  # and a whole message longer than this
 _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 
-def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
-    """Cut `text` in the middle so a huge echoed value cannot flood the terminal; the hint at the end stays."""
+def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = limit * 2 // 3
     return f"{text[:head]} … {text[len(text) - (limit - head - 3):]}"
+
+
+def shorten(text: str) -> str:
+    """Cut huge echoed values (and, as a backstop, the whole message) in the middle, so a 7 MB value
+    cannot flood the terminal while the message's hint at the end stays."""
+    words = [_cut(word, MAX_VALUE) for word in text.split(" ")]
+    return _cut(" ".join(words), MAX_MESSAGE)
 
 
 def _worker_message(message: str) -> str:
