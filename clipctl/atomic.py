@@ -30,6 +30,11 @@ def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None:  # a failed write or fsync names no file; callers report which one
+            err.filename = str(path)
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,6 +1,8 @@
 """One error type for the whole project: a message for humans plus the exit code of specs/cli.md."""
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -9,6 +11,46 @@ EXIT_RUN_CONFLICT = 4
 EXIT_RESUME = 5
 EXIT_INTERRUPTED = 130
 
+MAX_VALUE = 200  # one word (a value, a path) longer than this is cut in the middle in messages
+MAX_MESSAGE = 1000  # and a whole message longer than this
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    return f"{text[:head]} … {text[len(text) - (limit - head - 3):]}"
+
+
+def shorten(text: str) -> str:
+    """Cut huge echoed values (and, as a backstop, the whole message) in the middle, so a 7 MB value
+    cannot flood the terminal while the message's hint at the end stays."""
+    words = [_cut(word, MAX_VALUE) for word in text.split(" ")]
+    return _cut(" ".join(words), MAX_MESSAGE)
+
+
+def _worker_message(message: str) -> str:
+    """A DataLoader worker's error arrives as its whole traceback; keep the original error's own message."""
+    if _WORKER_TRACEBACK not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    _, _, own = last.partition(": ")
+    return f"in a data loader worker: {own or last}"
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for a failed file operation, naming full disks and read-only folders as such."""
+    where = err.filename or "file"
+    reasons = {
+        errno.ENOSPC: "disk full (no space left on device); free space or choose another --out",
+        errno.EDQUOT: "disk quota exceeded; free space or choose another --out",
+        errno.EROFS: "read-only file system; choose a writable --out",
+        errno.EACCES: "permission denied; choose a writable folder or fix its permissions",
+        errno.ENAMETOOLONG: "file name too long; choose a shorter --name or --out",
+    }
+    return f"{where}: {reasons.get(err.errno, err.strerror or str(err))}"
+
 
 class ClipctlError(Exception):
     """A failure the user can act on; the CLI prints `str(err)` as one line and exits with `exit_code`."""
@@ -16,7 +58,8 @@ class ClipctlError(Exception):
     exit_code = EXIT_RUNTIME
 
     def __init__(self, message: str, exit_code: int | None = None) -> None:
-        super().__init__(" ".join(message.split()) if "\n" in message else message)
+        message = _worker_message(message)
+        super().__init__(shorten(" ".join(message.split()) if "\n" in message else message))
         if exit_code is not None:
             self.exit_code = exit_code
 
@@ -43,6 +86,14 @@ class ResumeError(ClipctlError):
     """Resume impossible: state missing or incompatible (exit 5)."""
 
     exit_code = EXIT_RESUME
+
+
+class StorageError(ClipctlError):
+    """Writing failed: disk full, read-only or forbidden output (exit 1)."""
+
+    @classmethod
+    def from_os_error(cls, err: OSError) -> "StorageError":
+        return cls(os_error_message(err))
 
 
 class InterruptedRun(ClipctlError):

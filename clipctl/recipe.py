@@ -258,6 +258,10 @@ class Recipe(Section):
             object.__setattr__(self.loss, "lr_temp_net", self.optim.lr / 10)
         if self.loss.lr_tau is None and self.loss.name in LOSS_KEY_USERS["lr_tau"]:
             object.__setattr__(self.loss, "lr_tau", self.optim.lr)
+        warmup = self.sched.warmup_epochs
+        if not math.isfinite(warmup) or warmup >= self.train.epochs:
+            raise ValueError(f"sched.warmup_epochs ({warmup:g}) must be shorter than train.epochs "
+                             f"({self.train.epochs}), or the learning rate never leaves warmup; lower it")
         if self.train.batch_size % self.train.grad_accum:
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) must be divisible by train.grad_accum ({self.train.grad_accum})"

@@ -227,7 +227,7 @@ def test_training_on_shards_prepared_at_another_size_names_the_refetch(tmp_path)
     from clipctl.data.manifest import write_manifest
     from clipctl.errors import DataError
 
-    write_manifest(tmp_path, "cc3m-100k", {"prepare_size": 256})
+    write_manifest(tmp_path, "cc3m-100k", {"prepare_size": 256, "files": {}})
     check_prepare_size("cc3m-100k", tmp_path, 256)
     check_prepare_size("shapes:train", tmp_path, 384)
     with pytest.raises(DataError, match=r"data.prepare_size = 384.*--force --prepare-size 384"):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,14 @@ def test_bad_checkpoints_are_one_line_exit_2(kind, tmp_path, run_cli, monkeypatc
     code, _, err = run_cli("eval", path, "--shapes")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "exploited-by-pickle").exists()
+
+
+def test_off_a_terminal_the_table_keeps_its_width_and_each_message_its_line(trained):
+    ckpt, root = trained
+    done = subprocess.run([sys.executable, "-m", "clipctl", "eval", str(ckpt), "--shapes"], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "CLIPCTL_DATA": str(root), "NO_COLOR": "1"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    header = next(line for line in lines if "benchmark" in line)
+    assert "OBJECTIVE" in header and "…" not in done.stderr and len(header) > 80  # not cut to 80 columns
+    assert any(line.startswith("shapes: encoding ") for line in lines) and done.stderr.endswith("\n")

@@ -65,7 +65,8 @@ def test_resolved_recipe_round_trips(tmp_path):
 
 
 def test_override_precedence_file_over_extends_and_cli_over_file(tmp_path):
-    write(tmp_path / "base.toml", "[optim]\nlr = 0.1\nweight_decay = 0.5\n[train]\nepochs = 3\n")
+    write(tmp_path / "base.toml",
+          "[optim]\nlr = 0.1\nweight_decay = 0.5\n[train]\nepochs = 3\n[sched]\nwarmup_epochs = 1\n")
     child = write(tmp_path / "child.toml", 'extends = "base.toml"\n[optim]\nlr = 0.2\n')
     r = load_recipe(child)
     assert (r.optim.lr, r.optim.weight_decay, r.train.epochs) == (0.2, 0.5, 3)

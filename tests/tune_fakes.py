@@ -5,8 +5,10 @@ so it can stand in as `--launcher "python tests/tune_fakes.py"`). It writes `met
 `summary.json` per the run-directory contract from a synthetic objective of the recipe's values:
   objective = 0.6 - 0.1 * (log10(optim.lr) + 3)^2 + small per-optimizer/loss offsets
 so `optim.lr` clearly matters and `optim.weight_decay` does not. `optim.name = "rmsprop"` crashes,
-`"momentum"` diverges (NaN objective); $FAKE_EPOCH_SLEEP slows epochs; SIGTERM exits 130. A leading
-`--slot=N` argument (a launcher's `{slot}`) and $CUDA_VISIBLE_DEVICES are recorded in summary.json.
+`"momentum"` diverges (NaN objective); $FAKE_EPOCH_SLEEP slows epochs; SIGTERM exits 130.
+$FAKE_RMSPROP_FIXED stops the rmsprop crash; $FAKE_NEEDS_FILE naming a missing file is a data error
+(exit 3). A leading `--slot=N` argument (a launcher's `{slot}`) and $CUDA_VISIBLE_DEVICES are recorded
+in summary.json.
 Only the standard library is imported at module level: every trial starts a fresh interpreter.
 """
 from __future__ import annotations
@@ -39,6 +41,10 @@ def fake_train(argv: list[str]) -> int:
     slot = argv.pop(0).removeprefix("--slot=") if argv and argv[0].startswith("--slot=") else None
     if argv[:3] == ["-m", "clipctl", "train"]:
         argv = argv[3:]
+    needs = os.environ.get("FAKE_NEEDS_FILE")
+    if needs and not Path(needs).exists():  # a dataset that is not there yet: the trainer's exit 3
+        print(f"clipctl: error: {needs}: dataset missing; run `clipctl data fetch`", file=sys.stderr)
+        return 3
     if "--dry-run" in argv:
         print(json.dumps({"seconds_per_step": 0.25, "steps_per_epoch": 40}))
         return 0
@@ -49,7 +55,7 @@ def fake_train(argv: list[str]) -> int:
     run.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     optimizer, epochs = recipe["optim"]["name"], recipe["train"]["epochs"]
-    if optimizer == "rmsprop":
+    if optimizer == "rmsprop" and not os.environ.get("FAKE_RMSPROP_FIXED"):
         print("RuntimeError: boom (fake crash)", file=sys.stderr)
         return 1
     final = synthetic_objective(recipe)
@@ -80,6 +86,8 @@ name = "sogclr"
 [optim]
 name = "adamw"
 lr = 1e-3
+[sched]
+warmup_epochs = 0
 [train]
 epochs = 3
 """

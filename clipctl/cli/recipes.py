@@ -8,6 +8,7 @@ import tomli_w
 import typer
 
 from clipctl import recipe as recipes_lib
+from clipctl.atomic import atomic_write_text
 from clipctl.errors import UsageError
 from clipctl.report.console import console, emit_json, info, print_table, warn
 
@@ -57,11 +58,13 @@ def cp(
         dest = dest / source.name
     if dest.exists():
         raise UsageError(f"{dest}: already exists; choose another destination or delete it first")
+    if not dest.parent.is_dir():
+        raise UsageError(f"{dest.parent}: no such folder; create it first or copy to an existing folder")
     text = source.read_text(encoding="utf-8")
     if "extends" in recipes_lib.read_toml(source):
         recipe = recipes_lib.load_recipe(source)
         text = f"# {recipes_lib.describe(source)} (copied from {name} with its base recipes merged)\n" + recipe.to_toml()
-    dest.write_text(text, encoding="utf-8")
+    atomic_write_text(dest, text)
     info(f"copied {source} -> {dest}")
 
 

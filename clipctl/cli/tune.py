@@ -22,7 +22,13 @@ app = typer.Typer(
 
 def _study_dir(ctx: typer.Context, study: Optional[Path]) -> Path:
     """A subcommand's --study, else the one given before the subcommand, else runs/tune."""
-    return study or (ctx.obj or {}).get("study") or DEFAULT_STUDY
+    return _check_study(study or (ctx.obj or {}).get("study") or DEFAULT_STUDY)
+
+
+def _check_study(study: Path) -> Path:
+    if study.exists() and not study.is_dir():
+        raise UsageError(f"--study {study}: is a file, not a study folder; pass a folder (default runs/tune)")
+    return study
 
 
 def _load(phase: Optional[int], recipe: Optional[str]) -> tuple[Any, Path]:
@@ -46,6 +52,8 @@ def tune(
     launcher: str = typer.Option("", "--launcher", help='Start each trial with this, e.g. "accelerate launch --num_processes 2 '
                                  '--main_process_port 2950{slot}" ({slot}: the parallel slot number).'),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print trials x epochs x measured step time per phase; start nothing."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the phase's failed trials again "
+                                      "(their penalties are withdrawn from the search)."),
 ) -> None:
     """Run a tuning phase, or resume it (same command).  Example: clipctl tune --phase 1 --parallel 2"""
     ctx.obj = {"study": study}
@@ -57,10 +65,11 @@ def tune(
         program = shlex.split(launcher)[0] if shlex.split(launcher) else ""
         if not shutil.which(program):
             raise UsageError(f"--launcher {launcher!r}: {program!r} not found on PATH")
+    _check_study(study)
     if dry_run:
         _dry_run(phase, recipe, study, parallel, train_command(launcher))
         return
-    _run(phase, recipe, study, parallel, train_command(launcher))
+    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed)
 
 
 def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel: int, command: list[str]) -> None:
@@ -89,15 +98,27 @@ def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel:
         info(f"all phases: about {format_duration(total)} of training")
 
 
-def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel: int, command: list[str]) -> None:
+def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel: int, command: list[str],
+         retry_failed: bool = False) -> None:
     from clipctl.train.interrupt import StopRequest
+    from clipctl.tune.estimate import preflight
     from clipctl.tune.phases import open_phase
     from clipctl.tune.runner import PhaseWorker, SubprocessRunner
     from clipctl.tune.store import Study
 
     tune_recipe, path = _load(phase, recipe)
     study = Study(study_dir)
+    if retry_failed and study.frozen_phase(tune_recipe.tune.phase) is None:
+        raise UsageError(f"--retry-failed: phase {tune_recipe.tune.phase} has not started in {study.root}; "
+                         f"run it first without --retry-failed")
+    if not study.exists() or not study.state().phase(tune_recipe.tune.phase).trials:
+        info(f"phase {tune_recipe.tune.phase}: checking datasets and towers (clipctl train --dry-run)...")
+        preflight(tune_recipe, path, study.state(), command)  # a missing dataset stops the study before a trial
     plan = open_phase(study, tune_recipe, path)
+    if retry_failed:
+        retried = PhaseWorker.retry_failed(study, plan)
+        info(f"phase {plan.phase}: {len(retried)} failed trial(s) to run again"
+             + (f": {', '.join(t.name for t in retried)}" if retried else ""))
     for note in plan.notes:
         warn(note)
     info(f"phase {plan.phase}: {plan.strategy} search over {', '.join(plan.space.names)}; "

@@ -7,6 +7,7 @@ already trained on, which makes mid-epoch resume exact.
 """
 from __future__ import annotations
 
+import signal
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -14,6 +15,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clipctl.errors import UsageError
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """worker_init_fn of every DataLoader: a process-group SIGTERM/SIGINT (Slurm, systemd, `docker stop`)
+    is the main process's to handle; a worker that died of it would fail the run instead of stopping it."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -110,4 +121,5 @@ def build_train_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, epoc
     # RNG stream (dropout, ...) would differ from an uninterrupted one.
     generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=generator,
+                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
                       pin_memory=pin_memory and torch.cuda.is_available(), collate_fn=collate_fn, **extra)

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from clipctl.data.loader import ignore_stop_signals
 from clipctl.errors import DataError
 from clipctl.evaluate.encode import Precision, encode_images, encode_texts, model_device
 from clipctl.evaluate.objective import objective
@@ -36,7 +37,7 @@ class _WithFailures(Dataset):
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
     return DataLoader(_WithFailures(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda")
+                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None, pin_memory=device.type == "cuda")
 
 
 def _where(dataset: Any) -> str:

@@ -6,6 +6,7 @@ and the tokenizer decides `vocab_size` and `pad_token_id`.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,11 @@ def _pretrained_encoder(cfg: ModelConfig) -> PreTrainedModel:
             "put them in the local Hugging Face cache or set model.text_model to a local folder with the model "
             "files, or set model.text_pretrained = false to train from scratch"
         ) from err
+    except pickle.UnpicklingError:  # transformers loads .bin weights with weights_only=True
+        raise UsageError(
+            f"model.text_model = '{cfg.text_model}': its weights file holds objects beyond tensors (code, or a "
+            "corrupt file) and was refused; use a safetensors copy of the weights or a trusted folder"
+        ) from None
     except (ValueError, RuntimeError, TypeError) as err:  # unknown model type, text_config not fitting the weights
         raise UsageError(
             f"model.text_model = '{cfg.text_model}' could not be loaded with model.text_config = {cfg.text_config} "

@@ -22,13 +22,16 @@ from rich.progress import (
 from rich.table import Table
 
 _stderr: Console | None = None
+OFF_TERMINAL_WIDTH = 1000  # a log or pipe has no width: tables keep whole cells instead of Rich's 80 columns
 
 
 def console() -> Console:
     """The stderr console; honours NO_COLOR and plain output off a terminal."""
     global _stderr
     if _stderr is None or _stderr.file is not sys.stderr:
-        _stderr = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True)
+        width = None if sys.stderr.isatty() else OFF_TERMINAL_WIDTH
+        _stderr = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True,
+                          width=width)
     return _stderr
 
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from clipctl.errors import ClipctlError, UsageError
 from clipctl.recipe import read_toml, validate_recipe
+from clipctl.report.console import warn
 
 RUN_MARKERS = ("recipe.toml", "summary.json")
 TRAINER_STATUSES = ("completed", "failed", "interrupted", "running")
@@ -124,6 +125,9 @@ def read_eval_lines(path: Path) -> tuple[list[EvalPoint], int]:
     """Eval points in file order and the number of unreadable lines (a live run may end mid-line)."""
     points: list[EvalPoint] = []
     bad = 0
+    if path.exists() and not path.is_file():  # a FIFO or device would block the read forever
+        warn(f"{path}: not a regular file; its eval lines are skipped")
+        return points, 0
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:

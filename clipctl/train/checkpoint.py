@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -16,8 +16,55 @@ STATE_FORMAT = "clipctl-state"
 FORMAT_VERSION = 1
 
 
+# What `clipctl eval` and resume read from each file, with the type each must have.
+CKPT_FIELDS: dict[str, type | tuple[type, ...]] = {"model": dict, "recipe_toml": str, "tokenizer_json": str,
+                                                   "tokenizer_max_len": int, "metrics": dict, "epoch": int}
+STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "recipe_sha256": str, "recipe": dict, "num_samples": int, "model": dict, "optimizer": dict, "scheduler": dict,
+    "scaler": dict, "loss": dict, "rng": dict, "progress": dict, "tokenizer_json": str,
+    "subset_indices": (list, type(None)),
+}
+
+
+class _WriteRecorder:
+    """A file handle that remembers the OSError of a failed write: torch.save reports a full disk only as
+    "unexpected pos", so the caller re-raises the real cause (ENOSPC, EROFS, ...)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    def write(handle: IO[bytes]) -> None:
+        recorder = _WriteRecorder(handle)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is None:
+                raise
+            raise recorder.error from None
+
+    atomic_write(path, write)
+
+
+def check_fields(obj: dict[str, Any], fields: dict[str, type | tuple[type, ...]], path: Path, what: str) -> None:
+    """A file of the right format but with a field missing or of the wrong type is refused in one line."""
+    for key, kind in fields.items():
+        if key not in obj:
+            raise UsageError(f"{path}: {what} has no {key!r} field (truncated or written by another tool)")
+        if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
+            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise UsageError(f"{path}: {what} field {key!r} is a {type(obj[key]).__name__}, expected {names}")
 
 
 def safe_torch_load(path: Path, what: str) -> dict[str, Any]:
@@ -84,6 +131,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not a clipctl checkpoint (no format tag {CKPT_FORMAT!r}); pass runs/<run>/ckpt.pt")
     if ckpt.get("version") != FORMAT_VERSION:
         raise UsageError(f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {FORMAT_VERSION})")
+    check_fields(ckpt, CKPT_FIELDS, path, "checkpoint")
     return ckpt
 
 
@@ -96,4 +144,8 @@ def load_state(path: Path) -> dict[str, Any]:
         raise ResumeError(str(err)) from None
     if state.get("format") != STATE_FORMAT:
         raise ResumeError(f"{path}: not a clipctl training state")
+    try:
+        check_fields(state, STATE_FIELDS, path, "training state")
+    except UsageError as err:
+        raise ResumeError(str(err)) from None
     return state

@@ -1,13 +1,29 @@
-"""SIGINT/SIGTERM handling: ask the loop to stop after the current step instead of dying mid-write."""
+"""SIGINT/SIGTERM handling: ask the loop to stop after the current update instead of dying mid-write.
+
+A process-group signal (Slurm, systemd, `docker stop`, tune stopping a trial) reaches the loader workers
+too; they ignore it (`clipctl.data.loader.ignore_stop_signals`,
+their worker_init_fn) so the main process can finish.
+"""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 
+from clipctl.data.loader import STOP_SIGNALS
+
+
+class ForcedStop(KeyboardInterrupt):
+    """A second stop signal: leave now, without finishing the update (no `except Exception` keeps going)."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
 
 class StopRequest:
-    """Installs handlers for SIGINT and SIGTERM that set a flag; a second Ctrl-C aborts immediately."""
+    """Installs handlers for SIGINT and SIGTERM that set a flag; a second signal of either kind stops at once."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -15,14 +31,17 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        if self.requested:
+            sys.stderr.write(f"clipctl: second {name}: stopping now, without saving the current update\n")
+            raise ForcedStop(name)
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = name
+        sys.stderr.write(f"clipctl: {name}: finishing this update and saving state (send again to stop at once)\n")
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -30,3 +49,4 @@ class StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+

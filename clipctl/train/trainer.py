@@ -9,7 +9,6 @@ Evaluation runs on the main process only; the others wait at a barrier.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import platform
 import subprocess
@@ -22,20 +21,23 @@ from typing import Any, Callable
 import torch
 from accelerate.utils import set_seed
 
+from clipctl.atomic import atomic_write_text
 from clipctl.doctor import package_versions
-from clipctl.errors import ClipctlError, InterruptedRun, ResumeError, RunConflictError, UsageError
+from clipctl.errors import (ClipctlError, InterruptedRun, ResumeError, RunConflictError, StorageError, UsageError,
+                            os_error_message)
 from clipctl.recipe import Recipe
 from clipctl.report.console import ProgressReporter, info
 from clipctl.train.checkpoint import (FORMAT_VERSION, STATE_FORMAT, atomic_torch_save, load_checkpoint, load_state, rng_state,
                                       save_checkpoint, set_rng_state)
 from clipctl.train.components import Components, build_components
 from clipctl.train.devices import build_accelerator
-from clipctl.train.interrupt import StopRequest
-from clipctl.train.rundir import RunDir, write_json
+from clipctl.train.interrupt import ForcedStop, StopRequest
+from clipctl.train.rundir import RunClaim, RunDir, check_run_name, read_json, write_json
 from clipctl.train.schedule import build_scheduler
 from clipctl.train.optim import build_optimizer
 
 TRACKED_FOR_RESUME = ("data", "model", "loss", "optim", "sched", "train")
+TRACKED_RUN_KEYS = ("seed",)  # run.name and run.out_dir may change (a moved run); the seed changes results
 
 
 @dataclass
@@ -65,9 +67,18 @@ class Progress:
 
 def resolve_run_dir(recipe: Recipe, options: TrainOptions) -> RunDir:
     name = options.name or recipe.run.name
+    check_run_name(name)
     if options.name:
         recipe.run.name = options.name
     return RunDir(Path(options.out_dir or recipe.run.out_dir) / name)
+
+
+def completed_summary(run: RunDir) -> dict[str, Any] | None:
+    """The stored summary of a completed run; a torn summary.json is refused (exit 5), never trained over."""
+    if not run.summary.is_file():
+        return None
+    summary = read_json(run.summary, "summary.json")
+    return summary if summary.get("status") == "completed" else None
 
 
 def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
@@ -79,7 +90,10 @@ def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
             )
         return None
     if resume == "auto":
-        return run.last_state if run.last_state.is_file() else None
+        if run.last_state.is_file() or not run.has_content():
+            return run.last_state if run.last_state.is_file() else None
+        raise ResumeError(f"{run.root}: has run files but no {run.last_state.relative_to(run.root)} to resume from; "
+                          f"move it aside or choose --name/--out for a new run")
     path = Path(resume)
     path = path / "state" / "last.pt" if path.is_dir() else path
     if not path.is_file():
@@ -89,9 +103,10 @@ def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
 
 def _recipe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
     diffs = []
-    for section in TRACKED_FOR_RESUME:
+    for section in ("run", *TRACKED_FOR_RESUME):
         a, b = saved.get(section, {}), current.get(section, {})
-        for key in sorted(set(a) | set(b)):
+        keys = TRACKED_RUN_KEYS if section == "run" else sorted(set(a) | set(b))
+        for key in keys:
             if a.get(key) != b.get(key):
                 diffs.append(f"{section}.{key}: state {a.get(key)!r} vs recipe {b.get(key)!r}")
     return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
@@ -130,12 +145,35 @@ class Trainer:
             raise UsageError(
                 f"train.batch_size / train.grad_accum = {global_micro} must be divisible by the {self.world} processes"
             )
+        self.claim = RunClaim(self.run) if self.main and not options.dry_run else None
+        self.finished: dict[str, Any] | None = None
+        try:
+            self._prepare(recipe, options)
+        except BaseException:
+            if self.claim is not None:
+                self.claim.release(failed_before_start=True)
+            raise
+
+    def _prepare(self, recipe: Recipe, options: TrainOptions) -> None:
+        """Claim the run directory; unless it holds a completed run, build what training needs."""
+        if self.claim is not None:
+            self.claim.acquire()
+            self.run.remove_stale_temps()
+        if not options.dry_run and options.resume not in (None, "never") and not self.run.last_state.is_file():
+            self.finished = completed_summary(self.run)  # every rank decides alike: nothing to build or train
+            if self.finished is not None:
+                return
+        self._build(recipe, options)
+
+    def _build(self, recipe: Recipe, options: TrainOptions) -> None:
+        """Pick the state to resume, then build data, model, loss, optimizer and schedule."""
         self.resume_from = None if options.dry_run else _state_path_to_resume(self.run, options.resume)
         self.state = load_state(self.resume_from) if self.resume_from else None
         if self.state is not None:
             self._check_compatible(self.state)
         set_seed(recipe.run.seed, deterministic=recipe.train.deterministic)
         self.parts: Components = build_components(recipe, self.accelerator, self.state, prepare_data=self.main)
+        _refuse_single_sample_batchnorm(self.parts.model, self.parts.micro_batch)
         self.optimizer = build_optimizer(self.parts.model, self.parts.loss.param_groups(recipe.optim.lr), recipe.optim)
         self.steps_per_epoch = self.parts.steps_per_epoch
         if self.steps_per_epoch < 1:
@@ -198,21 +236,27 @@ class Trainer:
         if not self.main:
             return
         self.run.root.mkdir(parents=True, exist_ok=True)
-        self.run.recipe.write_text(
-            f"# resolved recipe; sha256 {self.recipe.sha256()}\n{self.recipe.to_toml()}", encoding="utf-8"
-        )
+        atomic_write_text(self.run.recipe, f"# resolved recipe; sha256 {self.recipe.sha256()}\n{self.recipe.to_toml()}")
         meta = _meta(self.recipe, self.world, str(self.accelerator.device), self.accelerator.mixed_precision)
         if self.state is not None and self.run.meta.is_file():
-            meta = {**json.loads(self.run.meta.read_text()), "resumed_at_step": self.progress.step, "end": None}
+            meta = {**self._stored_meta(meta), "resumed_at_step": self.progress.step, "end": None}
         write_json(self.run.meta, meta)
         if self.state is not None:
-            self.run.truncate_metrics(self.progress.step)
+            self.run.truncate_metrics(self.progress.step, self.progress.epoch)
         elif self.run.metrics.exists():
             self.run.metrics.unlink()
         if self.recipe.tracking.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run.tensorboard))
+
+    def _stored_meta(self, fresh: dict[str, Any]) -> dict[str, Any]:
+        """meta.json of the run being resumed; a torn one (kill mid-write by an old version) is rebuilt."""
+        try:
+            return read_json(self.run.meta, "meta.json")
+        except ResumeError as err:
+            info(f"{err}; writing a new one")
+            return fresh
 
     def _summary(self, status: str, error: str | None = None, test: dict[str, Any] | None = None) -> dict[str, Any]:
         p = self.progress
@@ -244,20 +288,34 @@ class Trainer:
         if self.main and self.run.root.is_dir():
             write_json(self.run.summary, summary)
             if status != "running" and self.run.meta.is_file():
-                meta = json.loads(self.run.meta.read_text())
+                meta = self._stored_meta({})
                 meta["end"] = datetime.now(timezone.utc).isoformat()
                 write_json(self.run.meta, meta)
         return summary
 
     def _finished_summary(self) -> dict[str, Any] | None:
         """The stored summary when this exact recipe already completed here: resuming it has nothing to do."""
+        if self.finished is not None:
+            return self.finished
         if self.state is None or not self.run.summary.is_file():
             return None
-        summary = json.loads(self.run.summary.read_text())
+        try:
+            summary = read_json(self.run.summary, "summary.json")
+        except ResumeError as err:  # the state is intact: resuming rewrites the summary
+            info(f"{err}; resuming from the state")
+            return None
         done = summary.get("status") == "completed" and summary.get("recipe_sha256") == self.recipe.sha256()
         return summary if done else None
 
     def fit(self) -> dict[str, Any]:
+        """Train (or resume) to the end; the run directory stays claimed until this returns."""
+        try:
+            return self._fit()
+        finally:
+            if self.claim is not None:
+                self.claim.release()
+
+    def _fit(self) -> dict[str, Any]:
         if (finished := self._finished_summary()) is not None:
             info(f"{self.run.root}: already completed; nothing to resume (choose --name for a new run)")
             return finished
@@ -269,16 +327,31 @@ class Trainer:
         try:
             with StopRequest() as stop:
                 self._loop(stop)
+                test = self._final_test()
         except InterruptedRun:
             raise
+        except ForcedStop as forced:
+            message = f"stopped at once by a second {forced.signal_name} at update {self.progress.step}"
+            self._write_summary_safely("interrupted", message)
+            raise InterruptedRun(f"{message}; the last saved state is in {self.run.state_dir} "
+                                 f"(resume with --resume auto)") from None
         except ClipctlError as err:
-            self._write_summary("failed", str(err))
+            self._write_summary_safely("failed", str(err))
             raise
+        except OSError as err:
+            self._write_summary_safely("failed", os_error_message(err))
+            raise StorageError.from_os_error(err) from None
         except Exception as err:
-            self._write_summary("failed", f"{type(err).__name__}: {err}")
+            self._write_summary_safely("failed", f"{type(err).__name__}: {err}")
             raise
-        test = self._final_test()
         return self._write_summary("completed", test=test)
+
+    def _write_summary_safely(self, status: str, error: str) -> None:
+        """Record a failure; when the disk itself is the failure, the original error is what gets reported."""
+        try:
+            self._write_summary(status, error)
+        except OSError:
+            pass
 
     def _loop(self, stop: StopRequest) -> None:
         cfg = self.recipe.train
@@ -459,6 +532,13 @@ class Trainer:
             self._log({"type": "test", "epoch": self.progress.best_epoch, "step": self.progress.step, **test})
         self.accelerator.wait_for_everyone()
         return test
+
+
+def _refuse_single_sample_batchnorm(model: torch.nn.Module, micro_batch: int) -> None:
+    """BatchNorm over one sample normalises it to zero (or raises deep inside torch): refuse it up front."""
+    if micro_batch < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise UsageError(f"train.batch_size / train.grad_accum leaves {micro_batch} sample per process and loss call, "
+                         f"and the model has BatchNorm layers; raise train.batch_size or lower train.grad_accum")
 
 
 def train(recipe: Recipe, options: TrainOptions) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The step time is measured, not guessed: a representative trial recipe (the phase's base with its fixed
 values) is run through `clipctl train RECIPE --dry-run --json`, which times a few real steps and prints
 a JSON object with `seconds_per_step` and `steps_per_epoch`. If that fails, the estimate still gives
-trials × epochs and says why the time is missing.
+trials × epochs and says why the time is missing. The same dry run is the preflight of a real study:
+a usage or data error there (exit 2 or 3) stops it before any trial is recorded.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipctl.recipe import TuneRecipe, apply_overrides, fixed_overrides, load_raw, tune_base_path, validate_recipe
+from clipctl.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
+from clipctl.recipe import (Recipe, TuneRecipe, apply_overrides, fixed_overrides, load_raw, tune_base_path,
+                            validate_recipe)
 from clipctl.tune.phases import build_plan
 from clipctl.tune.store import StudyState
 
@@ -63,8 +66,8 @@ def parse_dry_run(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def measure_step_time(recipe_toml: str, command: list[str]) -> tuple[dict[str, Any] | None, str]:
-    """Run `command RECIPE --dry-run --json` on a temporary copy; (timing dict, "") or (None, why)."""
+def _dry_run(recipe_toml: str, command: list[str]) -> tuple[subprocess.CompletedProcess | None, str]:
+    """Run `command RECIPE --dry-run --json` on a temporary copy; (the finished process, "") or (None, why)."""
     with tempfile.TemporaryDirectory(prefix="clipctl-tune-dry-") as tmp:
         path = Path(tmp) / "trial.toml"
         path.write_text(recipe_toml, encoding="utf-8")
@@ -76,17 +79,43 @@ def measure_step_time(recipe_toml: str, command: list[str]) -> tuple[dict[str, A
             return None, f"`clipctl train --dry-run` took over {DRY_RUN_TIMEOUT_S} s"
         except OSError as err:
             return None, f"cannot run {args[0]!r}: {err.strerror}"
+    return done, ""
+
+
+def _last_line(done: subprocess.CompletedProcess) -> str:
+    last = next((l for l in reversed((done.stderr or done.stdout).splitlines()) if l.strip()), "no output")
+    return last.strip().removeprefix("clipctl: error: ")[:300]
+
+
+def measure_step_time(recipe_toml: str, command: list[str]) -> tuple[dict[str, Any] | None, str]:
+    """Run `command RECIPE --dry-run --json` on a temporary copy; (timing dict, "") or (None, why)."""
+    done, why = _dry_run(recipe_toml, command)
+    if done is None:
+        return None, why
     data = parse_dry_run(done.stdout)
     if data is not None:
         seconds, steps = data["seconds_per_step"], data["steps_per_epoch"]
         if isinstance(seconds, (int, float)) and math.isfinite(seconds) and isinstance(steps, int):
             return data, ""
-    last = next((l for l in reversed((done.stderr or done.stdout).splitlines()) if l.strip()), "no output")
-    return None, f"`clipctl train --dry-run --json` gave no step time (exit {done.returncode}: {last.strip()[:200]})"
+    return None, f"`clipctl train --dry-run --json` gave no step time (exit {done.returncode}: {_last_line(done)})"
 
 
-def estimate_phase(tune: TuneRecipe, tune_path: Path, state: StudyState, command: list[str], parallel: int) -> Estimate:
-    """The phase's trial count (its grid, or n_trials) and the step time of its representative recipe."""
+def preflight(tune: TuneRecipe, tune_path: Path, state: StudyState, command: list[str]) -> None:
+    """Before a study's first trial: its representative recipe through `clipctl train --dry-run`, which
+    opens the datasets and builds the towers; a usage or data error there is the study's, raised before
+    anything is recorded. Other failures (a slow or crashing dry run) are left to the trials."""
+    build_plan(tune, tune_path, state)  # the phase's own checks first (e.g. a hand-over phase without results)
+    recipe, _, _ = _representative(tune, tune_path, state)
+    done, _ = _dry_run(recipe.to_toml(), command)
+    if done is not None and done.returncode in (EXIT_USAGE, EXIT_DATA):
+        error = UsageError if done.returncode == EXIT_USAGE else DataError
+        raise error(f"phase {tune.tune.phase} preflight (`clipctl train --dry-run` of its base recipe): "
+                    f"{_last_line(done)}; no trial was started")
+
+
+def _representative(tune: TuneRecipe, tune_path: Path, state: StudyState) -> tuple[Recipe, int, list[str]]:
+    """The recipe a phase's step time is measured on (its base, fixed values and first grid point), the
+    phase's trial count and notes on both."""
     cfg = tune.tune
     notes: list[str] = []
     if cfg.from_phase and not state.phase(cfg.from_phase).measured():
@@ -107,6 +136,13 @@ def estimate_phase(tune: TuneRecipe, tune_path: Path, state: StudyState, command
         params = plan.canonicalise(plan.grid[0])[1] if plan.grid else {}
         recipe = plan.trial_recipe(params, "dry-run", "runs")
         notes += plan.notes
+    return recipe, trials, notes
+
+
+def estimate_phase(tune: TuneRecipe, tune_path: Path, state: StudyState, command: list[str], parallel: int) -> Estimate:
+    """The phase's trial count (its grid, or n_trials) and the step time of its representative recipe."""
+    cfg = tune.tune
+    recipe, trials, notes = _representative(tune, tune_path, state)
     if cfg.prune:
         notes.append("pruning will stop some trials early")
     estimate = Estimate(cfg.phase, trials, recipe.train.epochs, recipe.train.max_steps, parallel, notes=notes)

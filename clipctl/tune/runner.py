@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from clipctl.errors import InterruptedRun, UsageError
+from clipctl.errors import EXIT_DATA, EXIT_USAGE, ClipctlError, DataError, InterruptedRun, UsageError
 from clipctl.report.console import info
 from clipctl.tune.phases import PhasePlan
 from clipctl.tune.session import PhaseSession
@@ -203,6 +203,14 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def _set_aside_unresumable(run_dir: Path, starts: int) -> None:
+    """A re-run trial whose earlier attempt left files but no resumable state starts fresh: its files are
+    kept beside it as `.tNNN.attempt-K` (`--resume auto` refuses such a folder rather than train over it)."""
+    if starts > 1 and run_dir.is_dir() and not (run_dir / "state" / "last.pt").is_file() and any(
+            p.name != ".lock" for p in run_dir.iterdir()):
+        os.replace(run_dir, run_dir.with_name(f".{run_dir.name}.attempt-{starts - 1}"))
+
+
 class PhaseWorker:
     """One worker on one phase: fills `parallel` slots with proposed or orphaned trials until the
     phase's budget is handed out and its own trials have finished."""
@@ -212,6 +220,12 @@ class PhaseWorker:
         self.study, self.plan, self.runner = study, plan, runner
         self.parallel, self.log, self.should_stop = parallel, log, should_stop
         self.active: dict[int, _Active] = {}
+
+    @staticmethod
+    def retry_failed(study: Study, plan: PhasePlan) -> list[TrialRecord]:
+        """Mark the phase's failed trials for re-running; the workers then claim them like orphans."""
+        with study.worker() as lease:
+            return PhaseSession(study, plan, lease.id).retry_failed()
 
     def run(self) -> PhaseState:
         with self.study.worker() as lease:
@@ -226,6 +240,9 @@ class PhaseWorker:
                 stopped = self._stop_all()
                 raise InterruptedRun(f"tune interrupted: {stopped} running trial(s) stopped; run the same command "
                                      f"again to resume them (study {self.study.root})") from None
+            except ClipctlError:  # a trial's usage or data error is the study's: stop the others, report it
+                self._stop_all()
+                raise
             return self.session.refresh()
 
     def _loop(self) -> None:
@@ -267,6 +284,7 @@ class PhaseWorker:
             return
         header = f"# clipctl tune: phase {self.plan.phase} trial {record.name}: {describe_params(record.params)}\n"
         atomic_write_text(launch.recipe, header + recipe.to_toml())
+        _set_aside_unresumable(launch.run_dir, record.starts)
         process = self.runner.start(launch, slot)
         self.active[record.trial] = _Active(record, launch, process, slot, time.monotonic())
         devices = self.runner.devices(slot)
@@ -315,6 +333,11 @@ class PhaseWorker:
         name, trial = active.record.name, active.record.trial
         if active.verdict == "pruned":
             return
+        if active.verdict == "continue" and code in (EXIT_USAGE, EXIT_DATA):
+            line = _last_line(active.launch.log).removeprefix("clipctl: error: ") or f"exit code {code}"
+            error = UsageError if code == EXIT_USAGE else DataError
+            raise error(f"phase {self.plan.phase} {name}: {line}; the study stopped without a result for this trial "
+                        f"(fix it and run the same command: the trial is re-run)")
         if active.verdict == "diverged":
             raw, reason = None, f"diverged: {self.plan.objective} is NaN at epoch {active.verdict_epoch}"
         else:

@@ -5,6 +5,8 @@ applies the events other workers appended (`sync`), then appends its own. So the
 all workers form one sequence, the journal's order, and a fresh process that replays the journal makes
 exactly the same calls: ask groups are re-asked with the same pending points, finished trials are told
 their recorded value. The optimizer is never told NaN/inf: failures get `PhaseState.penalty()`.
+A failed trial retried (`--retry-failed`) is not told its penalty on replay; its new result is told instead,
+so asks recorded before the retry may replay differently (expected, and not warned about).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class PhaseSession:
         self._asks = 0
         self._queue: list[tuple[Any, ...]] = []  # optimizer calls not yet replayed, in journal order
         self._warned_divergence = False
+        self._retried = False  # a retry rewrote the history of tells: earlier asks may replay differently
 
     # ------------------------------------------------------------------ replay
 
@@ -63,7 +66,7 @@ class PhaseSession:
             replayed = self.search.ask(len(group), pending)
             recorded = [e.get("proposed", e["point"]) for e in group]
             same = len(replayed) == len(recorded) and all(same_point(a, b) for a, b in zip(replayed, recorded))
-            if not same and not self._warned_divergence:
+            if not same and not self._warned_divergence and not self._retried:
                 self._warned_divergence = True
                 sys.stderr.write(
                     f"clipctl: warning: {self.study.journal.path}: replaying phase {self.plan.phase} proposed other "
@@ -77,7 +80,10 @@ class PhaseSession:
         if event["event"] in FINISHED:
             record = self.state.trials.get(event["trial"])
             if record is not None:
-                self._queue.append(("tell", record.point, event["value"]))
+                self._queue.append(("tell", record.point, event["value"], record.trial))
+        elif event["event"] == "trial_retried":
+            self._retried = True
+            self._queue = [op for op in self._queue if not (op[0] == "tell" and op[3] == event["trial"])]
 
     def _pending(self) -> list[dict[str, Any]]:
         return [t.point for t in self.state.running()]
@@ -119,6 +125,15 @@ class PhaseSession:
                                           params=params, loss=loss, optimizer=optimizer))
             self._write(events)
             return [self.state.trials[e["trial"]] for e in events]
+
+    def retry_failed(self) -> list[TrialRecord]:
+        """Mark the phase's failed trials (runtime failures told a penalty) to be run again by the next worker."""
+        with self.study.journal.locked():
+            self.sync()
+            failed = [t for t in self.state.finished() if t.status == "failed"]
+            if failed:
+                self._write([self._event("trial_retried", t.trial) for t in failed])
+            return failed
 
     def claim_orphans(self, n: int) -> list[TrialRecord]:
         """Up to n trials whose worker died mid-run; they are re-run (the trainer resumes their state)."""

@@ -106,7 +106,7 @@ class Journal:
             if raw.strip():
                 try:
                     event = json.loads(raw)
-                    if not isinstance(event, dict) or "event" not in event:
+                    if not _well_formed(event):
                         raise ValueError("not an event object")
                     events.append(event)
                 except ValueError:
@@ -115,6 +115,21 @@ class Journal:
                         sys.stderr.write(f"clipctl: warning: {self.path}: skipping an unreadable line at byte {position}\n")
             position += len(raw) + 1
         return events, offset + end
+
+
+def _well_formed(event: Any) -> bool:
+    """An event the replay can apply: trial events carry an integer trial id, every event its phase."""
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        return False
+    if not isinstance(event.get("phase"), int) or isinstance(event.get("phase"), bool):
+        return False
+    if event["event"] == "phase_closed":
+        return True
+    trial = event.get("trial")
+    if not isinstance(trial, int) or isinstance(trial, bool):
+        return False
+    return event["event"] != "trial_started" or event.get("rerun") or (
+        isinstance(event.get("point"), dict) and isinstance(event.get("params"), dict))
 
 
 @dataclass
@@ -167,6 +182,10 @@ class PhaseState:
                 )
             else:
                 record.status, record.worker, record.starts = "running", event.get("worker", ""), record.starts + 1
+            self.closed = None
+        elif kind == "trial_retried" and event["trial"] in self.trials:
+            record = self.trials[event["trial"]]  # running with no live worker: the next worker claims it
+            record.status, record.worker, record.epochs = "running", "", {}
             self.closed = None
         elif kind == "epoch_reported" and event["trial"] in self.trials:
             self.trials[event["trial"]].epochs[int(event["epoch"])] = event.get("value")
