@@ -33,3 +33,9 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+def without_warnings(err: str) -> str:
+    """stderr less its `warning:` lines (advice printed before a run, e.g. the ρ ≥ log(B−1) warning), so a test
+    can check that the error itself is one line."""
+    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith("warning: "))

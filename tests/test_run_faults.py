@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import without_warnings
 import torch
 
 from clipctl.errors import ClipctlError, DataError, InterruptedRun, StorageError
@@ -48,6 +50,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 def one_line(err: str) -> None:
+    err = without_warnings(err)
     assert err.count("\n") == 1 and err.startswith("clipctl: error: ") and "Traceback" not in err, err
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import without_warnings
+
 from clipctl.errors import DataError
 from clipctl.tune.store import Study
 from trainkit import make_tiny_shapes
@@ -36,6 +38,7 @@ def events(study: Path) -> list[dict]:
 
 
 def one_line(err: str) -> None:
+    err = without_warnings(err)
     assert err.count("\n") == 1 and err.startswith("clipctl: error: ") and "Traceback" not in err, err
 
 
