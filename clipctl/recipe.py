@@ -194,6 +194,7 @@ class TrainConfig(Section):
     early_stop_patience: int = Field(0, ge=0)  # epochs without improvement; 0: off
     save_every_steps: int = Field(0, ge=0)  # also write resumable state mid-epoch; 0: per epoch only
     deterministic: bool = False
+    dist_timeout_s: int = Field(7200, ge=60)  # collective timeout: the other ranks wait while rank 0 evaluates
     reset_loss_state: bool = False  # allow loading state saved for another dataset size
 
 

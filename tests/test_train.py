@@ -175,3 +175,47 @@ def test_loss_diagnostics_are_logged_in_metrics(shapes, tmp_path):
             assert record[f"tau_{side}_std"] >= 0.0
         assert (record["stale_I"] is None) == (record["epoch"] == 0)
     assert all(r["stale_I"] > 0 and r["stale_T"] > 0 for r in train_records if r["epoch"] == 1)
+
+
+def test_rng_state_is_per_rank_and_survives_another_process_count():
+    """Each rank's RNG goes into the state; a resume picks its own rank's, or keeps its seeded stream when the
+    state came from fewer ranks (and never indexes devices it does not have)."""
+    from clipctl.train.checkpoint import rank_rng_state, rng_state, set_rng_state
+
+    torch.manual_seed(1)
+    first = rng_state()
+    torch.manual_seed(2)
+    second = rng_state()
+    saved = [first, second]
+    assert rank_rng_state(saved, 0, 2) is first and rank_rng_state(saved, 1, 2) is second
+    assert rank_rng_state(saved, 0, 1) is first  # 2 processes -> 1
+    assert rank_rng_state(saved, 2, 4) is None  # 2 -> 4: ranks 2, 3 keep their own seeded RNG
+    assert rank_rng_state(first, 0, 1) is first  # an older state with one dict
+    set_rng_state(rank_rng_state(saved, 1, 2))
+    expected = torch.rand(3)
+    torch.manual_seed(2)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_state_holds_one_rng_entry_per_rank_and_model_is_on_device_before_the_optimizer(shapes, tmp_path, monkeypatch):
+    from clipctl.train import trainer as trainer_module
+
+    devices = []
+    real = trainer_module.build_optimizer
+    monkeypatch.setattr(trainer_module, "build_optimizer",
+                        lambda model, *a, **k: devices.append({p.device for p in model.parameters()}) or real(model, *a, **k))
+    run(shapes, tmp_path, "rng", **{"train.epochs": 1})
+    state = load_state(tmp_path / "rng" / "state" / "last.pt")
+    assert isinstance(state["rng"], list) and len(state["rng"]) == 1 and "torch" in state["rng"][0]
+    assert devices == [{torch.device("cpu")}]
+
+
+def test_process_group_timeout_is_a_recipe_key_and_not_tracked_for_resume():
+    from clipctl.recipe import TrainConfig
+    from clipctl.train.devices import build_accelerator
+    from clipctl.train.trainer import _recipe_difference
+
+    accelerator = build_accelerator(TrainConfig(device="cpu", precision="no", dist_timeout_s=1234))
+    assert accelerator.init_handler.timeout.total_seconds() == 1234
+    assert TrainConfig().dist_timeout_s == 7200
+    assert _recipe_difference({"train": {"dist_timeout_s": 600}}, {"train": {"dist_timeout_s": 7200}}) == ""

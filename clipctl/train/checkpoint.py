@@ -21,7 +21,7 @@ CKPT_FIELDS: dict[str, type | tuple[type, ...]] = {"model": dict, "recipe_toml":
                                                    "tokenizer_max_len": int, "metrics": dict, "epoch": int}
 STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "recipe_sha256": str, "recipe": dict, "num_samples": int, "model": dict, "optimizer": dict, "scheduler": dict,
-    "scaler": dict, "loss": dict, "rng": dict, "progress": dict, "tokenizer_json": str,
+    "scaler": dict, "loss": dict, "rng": (list, dict), "progress": dict, "tokenizer_json": str,
     "subset_indices": (list, type(None)),
 }
 
@@ -82,7 +82,8 @@ def safe_torch_load(path: Path, what: str) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG the run draws from, in weights-only-safe containers."""
+    """Every RNG this process draws from, in weights-only-safe containers (CUDA: the current device's only,
+    so a state saved on a machine with 8 GPUs restores on one with fewer)."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -90,7 +91,7 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -99,8 +100,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        # one device's state; older checkpoints kept every device's (a list): take the first
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)
+
+
+def rank_rng_state(saved: Any, rank: int, world: int) -> dict[str, Any] | None:
+    """This rank's RNG state from a training state's `rng` (one entry per rank), or None when the state was
+    saved with fewer ranks than this one (that rank then keeps its freshly seeded RNG). Older states hold one
+    dict: rank 0's."""
+    states = saved if isinstance(saved, list) else [saved]
+    return states[rank] if rank < len(states) else None
 
 
 def _as_tuple(value: Any) -> Any:

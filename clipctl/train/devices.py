@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from clipctl.errors import UsageError
 from clipctl.recipe import TrainConfig
@@ -43,4 +44,6 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         cpu=use_cpu,
         mixed_precision=precision,
         dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
+        # rank 0 evaluates while the others wait in a collective; NCCL's 10-minute default can abort them all
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
     )

@@ -27,8 +27,8 @@ from clipctl.errors import (ClipctlError, InterruptedRun, ResumeError, RunConfli
                             os_error_message)
 from clipctl.recipe import Recipe
 from clipctl.report.console import ProgressReporter, info
-from clipctl.train.checkpoint import (FORMAT_VERSION, STATE_FORMAT, atomic_torch_save, load_checkpoint, load_state, rng_state,
-                                      save_checkpoint, set_rng_state)
+from clipctl.train.checkpoint import (FORMAT_VERSION, STATE_FORMAT, atomic_torch_save, load_checkpoint, load_state,
+                                      rank_rng_state, rng_state, save_checkpoint, set_rng_state)
 from clipctl.train.components import Components, build_components
 from clipctl.train.devices import build_accelerator
 from clipctl.train.interrupt import ForcedStop, StopRequest
@@ -38,6 +38,7 @@ from clipctl.train.optim import build_optimizer
 
 TRACKED_FOR_RESUME = ("data", "model", "loss", "optim", "sched", "train")
 TRACKED_RUN_KEYS = ("seed",)  # run.name and run.out_dir may change (a moved run); the seed changes results
+UNTRACKED_KEYS = {("train", "dist_timeout_s")}  # how long ranks wait for each other changes no result
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _recipe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
         a, b = saved.get(section, {}), current.get(section, {})
         keys = TRACKED_RUN_KEYS if section == "run" else sorted(set(a) | set(b))
         for key in keys:
-            if a.get(key) != b.get(key):
+            if a.get(key) != b.get(key) and (section, key) not in UNTRACKED_KEYS:
                 diffs.append(f"{section}.{key}: state {a.get(key)!r} vs recipe {b.get(key)!r}")
     return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
 
@@ -174,6 +175,8 @@ class Trainer:
         set_seed(recipe.run.seed, deterministic=recipe.train.deterministic)
         self.parts: Components = build_components(recipe, self.accelerator, self.state, prepare_data=self.main)
         _refuse_single_sample_batchnorm(self.parts.model, self.parts.micro_batch)
+        # on the training device before the optimizer exists: fused optimizers (fusedadam) refuse CPU parameters
+        self.parts.model.to(self.accelerator.device)
         self.optimizer = build_optimizer(self.parts.model, self.parts.loss.param_groups(recipe.optim.lr), recipe.optim)
         self.steps_per_epoch = self.parts.steps_per_epoch
         if self.steps_per_epoch < 1:
@@ -209,7 +212,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else {},
             "loss": self.parts.loss.state_dict(),
-            "rng": rng_state(),
+            "rng": self._rng_states(),
             "progress": vars(self.progress).copy(),
             "tokenizer_json": self.parts.tokenizer.to_json(),
             "subset_indices": self.parts.subset_indices,
@@ -223,7 +226,21 @@ class Trainer:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.parts.loss.load_state_dict(state["loss"], reset=self.recipe.train.reset_loss_state)
         self.progress = Progress(**state["progress"])
-        set_rng_state(state["rng"])
+        mine = rank_rng_state(state["rng"], self.accelerator.process_index, self.world)
+        if mine is not None:
+            set_rng_state(mine)
+        else:
+            info(f"rank {self.accelerator.process_index}: the state was saved by fewer processes; this rank's dropout "
+                 "and other random streams start from the seed, so the resumed run is not identical to an uninterrupted one")
+
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state, in rank order: each rank draws its own dropout masks, and resuming one from
+        rank 0's stream would replay masks it already used."""
+        if self.world == 1:
+            return [rng_state()]
+        from accelerate.utils import gather_object
+
+        return gather_object([rng_state()])
 
     def save_state(self) -> None:
         payload = self._state_payload()  # every rank builds it (collectives inside), the main process writes
