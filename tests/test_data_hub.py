@@ -5,46 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 
 import pytest
-from PIL import Image
 
 from clipctl.data import registry
 from clipctl.data.registry import RemoteFile
 from conftest import REPO_ROOT
+from fake_files import jpeg_bytes, tar_bytes
 from hub_server import serve_hub, start_hub
 
 CC3M = registry.REGISTRY["cc3m-100k"]
 IMAGENET = registry.REGISTRY["imagenet-val"]
 
 
-def _jpeg(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _tar(members: dict[str, bytes], gz: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _shard(first: int, colours: list[tuple[int, int, int]]) -> bytes:
     members = {}
     for k, colour in enumerate(colours, first):
-        members[f"{k:09d}.jpg"], members[f"{k:09d}.txt"] = _jpeg(colour), f"caption {k}".encode()
-    return _tar(members)
+        members[f"{k:09d}.jpg"], members[f"{k:09d}.txt"] = jpeg_bytes(colour), f"caption {k}".encode()
+    return tar_bytes(members)
 
 
 SHARDS = {"cc3m-train-0000.tar": _shard(0, [(200, 0, 0), (0, 200, 0)]),
@@ -128,11 +110,11 @@ def test_imagenet_hub_copy_through_snapshot_download(monkeypatch, tmp_path, data
     hub_gen = serve_hub(monkeypatch, tmp_path, IMAGENET.hub_repo, IMAGENET.hub_revision)
     hub = next(hub_gen)
     wnids = ["n01000001", "n02000002", "n03000003"]
-    members = {f"ILSVRC2012_val_{i:08d}_{wnids[i % 3]}.JPEG": _jpeg((i * 30, 0, 0)) for i in range(1, 7)}
+    members = {f"ILSVRC2012_val_{i:08d}_{wnids[i % 3]}.JPEG": jpeg_bytes((i * 30, 0, 0)) for i in range(1, 7)}
     hub.files.update({
         "classes.py": ('IMAGENET2012_CLASSES = OrderedDict({"n01000001": "cat, true cat", '
                        '"n02000002": "dog", "n03000003": "bird"})\n').encode(),
-        "data/val_images.tar.gz": _tar(members, gz=True),
+        "data/val_images.tar.gz": tar_bytes(members, gz=True),
         "data/train_images_0.tar.gz": b"not wanted: allow_patterns keeps it out",
     })
     hub.lfs.update({"data/val_images.tar.gz", "data/train_images_0.tar.gz"})

@@ -6,39 +6,22 @@ import dataclasses
 import hashlib
 import io
 import json
-import tarfile
 import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from clipctl.data import registry
 from clipctl.data.datasets import ClassificationDataset, PairsDataset
 from clipctl.data.registry import resolve
 from clipctl.data.transforms import eval_transform
 from data_server import serve_mirror
+from fake_files import jpeg_bytes, tar_bytes
 
 
 @pytest.fixture
 def server(monkeypatch):
     yield from serve_mirror(monkeypatch, retries=2)
-
-
-def _jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _tar(members: dict[str, bytes], gz: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _devkit(truth: list[int]) -> bytes:
@@ -49,7 +32,7 @@ def _devkit(truth: list[int]) -> bytes:
                         (3, "n03000003", "bird", 0), (4, "n00000000", "animal", 3)], dtype=dtype)
     meta = io.BytesIO()
     savemat(meta, {"synsets": synsets})
-    return _tar({"ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
+    return tar_bytes({"ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
                  "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": "".join(f"{t}\n" for t in truth).encode()},
                 gz=True)
 
@@ -68,7 +51,7 @@ def _patch_imagenet(monkeypatch, files: dict[str, bytes]) -> None:
 
 def test_imagenet_from_local_tar_and_devkit(tmp_path, data_root, run_cli, monkeypatch):
     colours = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0), (0, 200, 200), (200, 0, 200)]
-    val = _tar({f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(c) for i, c in enumerate(colours, 1)})
+    val = tar_bytes({f"ILSVRC2012_val_{i:08d}.JPEG": jpeg_bytes(c) for i, c in enumerate(colours, 1)})
     files = {"ILSVRC2012_img_val.tar": val, "ILSVRC2012_devkit_t12.tar.gz": _devkit(TRUTH)}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -86,7 +69,7 @@ def test_imagenet_from_local_tar_and_devkit(tmp_path, data_root, run_cli, monkey
 
 
 def test_imagenet_local_file_with_wrong_md5_is_left_in_place(tmp_path, data_root, run_cli, monkeypatch):
-    files = {"ILSVRC2012_img_val.tar": _tar({"ILSVRC2012_val_00000001.JPEG": _jpeg((1, 2, 3))}),
+    files = {"ILSVRC2012_img_val.tar": tar_bytes({"ILSVRC2012_val_00000001.JPEG": jpeg_bytes((1, 2, 3))}),
              "ILSVRC2012_devkit_t12.tar.gz": _devkit(TRUTH)}
     _patch_imagenet(monkeypatch, files)
     (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(files["ILSVRC2012_img_val.tar"][:-512] + b"\1" * 512)
@@ -99,10 +82,10 @@ def test_imagenet_local_file_with_wrong_md5_is_left_in_place(tmp_path, data_root
 
 def test_imagenet_from_hub_layout_via_mirror(server, data_root, run_cli, monkeypatch):
     monkeypatch.delenv("CLIPCTL_IMAGENET_DIR", raising=False)
-    members = {f"ILSVRC2012_val_{i:08d}_{WNID[t]}.JPEG": _jpeg((i * 30, 0, 0)) for i, t in enumerate(TRUTH, 1)}
+    members = {f"ILSVRC2012_val_{i:08d}_{WNID[t]}.JPEG": jpeg_bytes((i * 30, 0, 0)) for i, t in enumerate(TRUTH, 1)}
     classes = ('IMAGENET2012_CLASSES = OrderedDict(\n    {\n        "n01000001": "cat, true cat",\n'
                '        "n02000002": "dog, domestic dog",\n        "n03000003": "bird",\n    }\n)\n').encode()
-    server.files["/imagenet-val/val_images.tar.gz"] = _tar(members, gz=True)
+    server.files["/imagenet-val/val_images.tar.gz"] = tar_bytes(members, gz=True)
     server.files["/imagenet-val/classes.py"] = classes
     _patch_imagenet(monkeypatch, {})
     code, _, err = run_cli("data", "fetch", "imagenet-val")
@@ -120,17 +103,17 @@ def _wds_shard(samples: list[tuple[str, bytes, str]]) -> bytes:
     members = {}
     for key, image, caption in samples:
         members[f"{key}.jpg"], members[f"{key}.txt"] = image, caption.encode()
-    return _tar(members)
+    return tar_bytes(members)
 
 
 def test_cc3m_from_hub_shards_via_mirror(server, data_root, run_cli, monkeypatch):
     monkeypatch.delenv("CLIPCTL_CC3M_ARCHIVE", raising=False)
     monkeypatch.delenv("CLIPCTL_CC3M_TSV", raising=False)
     server.files["/cc3m-100k/cc3m-train-0000.tar"] = _wds_shard(
-        [("000000000", _jpeg((255, 0, 0), (400, 300)), "a big red image"), ("000000001", b"broken", "dropped"),
-         ("000000002", _jpeg((0, 255, 0)), "green")])
+        [("000000000", jpeg_bytes((255, 0, 0), (400, 300)), "a big red image"), ("000000001", b"broken", "dropped"),
+         ("000000002", jpeg_bytes((0, 255, 0)), "green")])
     server.files["/cc3m-100k/cc3m-train-0001.tar"] = _wds_shard(
-        [("000000003", _jpeg((0, 0, 255)), "blue"), ("000000004", _jpeg((9, 9, 9)), "dark"), ("000000005", _jpeg((1, 1, 1)), "unused")])
+        [("000000003", jpeg_bytes((0, 0, 255)), "blue"), ("000000004", jpeg_bytes((9, 9, 9)), "dark"), ("000000005", jpeg_bytes((1, 1, 1)), "unused")])
     _patch_cc3m(monkeypatch, 4)
     code, _, err = run_cli("data", "fetch", "cc3m-100k")
     assert code == 0, err
@@ -150,7 +133,7 @@ def test_cc3m_from_a_local_archive(tmp_path, data_root, run_cli, monkeypatch):
     archive = tmp_path / "cc3m_subset.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for i in range(3):
-            zf.writestr(f"course/cc3m_subset_100k/{i}.jpg", _jpeg((i * 60, 10, 10)))
+            zf.writestr(f"course/cc3m_subset_100k/{i}.jpg", jpeg_bytes((i * 60, 10, 10)))
         zf.writestr("course/clip_train/cc3m_train_subset.json", json.dumps(
             [{"image": f"cc3m_subset_100k/{i}.jpg", "caption": f"Caption {i}.", "image_id": i} for i in range(3)]))
         zf.writestr("course/notes.json", json.dumps({"not": "pairs"}))
@@ -167,7 +150,7 @@ def test_cc3m_from_a_tsv_skips_dead_links(server, tmp_path, data_root, run_cli, 
     monkeypatch.delenv("CLIPCTL_CC3M_ARCHIVE", raising=False)
     for i in range(5):
         if i != 1:
-            server.files[f"/img/{i}.jpg"] = _jpeg((i * 40, 0, 0))
+            server.files[f"/img/{i}.jpg"] = jpeg_bytes((i * 40, 0, 0))
     server.files["/img/3.jpg"] = b"<html>not an image</html>"
     tsv = tmp_path / "cc3m.tsv"
     tsv.write_text("".join(f"caption number {i}\t{server.url}/img/{i}.jpg\n" for i in range(5)))

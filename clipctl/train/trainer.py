@@ -166,6 +166,13 @@ class Trainer:
                 return
         self._build(recipe, options)
 
+    def release(self) -> None:
+        """Let the datasets this run read be regenerated from now on (nothing was held when a completed run
+        was only reported)."""
+        parts: Components | None = getattr(self, "parts", None)
+        if parts is not None:
+            parts.release()
+
     def _build(self, recipe: Recipe, options: TrainOptions) -> None:
         """Pick the state to resume, then build data, model, loss, optimizer and schedule."""
         self.resume_from = None if options.dry_run else _state_path_to_resume(self.run, options.resume)
@@ -568,4 +575,4 @@ def train(recipe: Recipe, options: TrainOptions) -> dict[str, Any]:
             return dry_run(trainer)
         return trainer.fit()
     finally:
-        trainer.parts.release()  # the datasets it read may be regenerated from now on
+        trainer.release()
