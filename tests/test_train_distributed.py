@@ -41,3 +41,4 @@ def test_two_process_run_matches_one_process(tmp_path):
         # The shift b is in units of 1/τ (≈100): float32 rounding of the similarities scales with it.
         torch.testing.assert_close(double[key], value, atol=1e-5, rtol=1e-4)
     assert one["progress"]["step"] == two["progress"]["step"]
+    assert len(one["rng"]) == 1 and len(two["rng"]) == 2  # every rank's own RNG state, in rank order

@@ -9,6 +9,7 @@ Evaluation runs on the main process only; the others wait at a barrier.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import platform
 import subprocess
@@ -247,7 +248,10 @@ class Trainer:
             return [rng_state()]
         from accelerate.utils import gather_object
 
-        return gather_object([rng_state()])
+        # as torch.save bytes: all_gather_object cannot unpickle raw RNG tensors
+        buffer = io.BytesIO()
+        torch.save(rng_state(), buffer)
+        return [torch.load(io.BytesIO(blob), weights_only=True) for blob in gather_object([buffer.getvalue()])]
 
     def save_state(self) -> None:
         payload = self._state_payload()  # every rank builds it (collectives inside), the main process writes
