@@ -23,7 +23,8 @@ from clipctl.data.transforms import eval_transform
 from clipctl.evaluate.imagenet import imagenet_classnames, imagenet_templates, imagenet_wnids
 from clipctl.recipe import load_recipe, load_tune_recipe
 from rundirs import COCO_IMAGENET, make_run
-from test_data_sources import TRUTH, WNID, _devkit, _jpeg, _patch_imagenet
+from fake_files import jpeg_bytes
+from test_data_sources import TRUTH, WNID, _devkit, _patch_imagenet
 from trainkit import make_tiny_shapes, tiny_overrides, tiny_recipe
 
 # ------------------------------------------------------------------------------ selection honesty
@@ -145,7 +146,7 @@ def test_flat_val_files_plus_devkit_fetch(tmp_path, data_root, run_cli, monkeypa
     folder = tmp_path / "flat"
     folder.mkdir()
     for i in range(1, 7):
-        (folder / f"ILSVRC2012_val_{i:08d}.JPEG").write_bytes(_jpeg((i * 40, 0, 0)))
+        (folder / f"ILSVRC2012_val_{i:08d}.JPEG").write_bytes(jpeg_bytes((i * 40, 0, 0)))
     devkit = _devkit(TRUTH)
     (folder / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(devkit)
     _patch_imagenet(monkeypatch, {"ILSVRC2012_devkit_t12.tar.gz": devkit})
@@ -178,7 +179,7 @@ def test_an_unknown_imagenet_folder_is_one_line_naming_found_and_expected(conten
 
 def test_foreign_class_folders_are_refused(tmp_path, data_root, run_cli, monkeypatch):
     (tmp_path / "val" / "n99999999").mkdir(parents=True)
-    (tmp_path / "val" / "n99999999" / "ILSVRC2012_val_00000001.JPEG").write_bytes(_jpeg((1, 1, 1)))
+    (tmp_path / "val" / "n99999999" / "ILSVRC2012_val_00000001.JPEG").write_bytes(jpeg_bytes((1, 1, 1)))
     monkeypatch.setenv("CLIPCTL_IMAGENET_DIR", str(tmp_path))
     code, _, err = run_cli("data", "fetch", "imagenet-val")
     assert code == 3 and "not ILSVRC2012 wnids (first: n99999999)" in err
@@ -247,7 +248,7 @@ def course(tmp_path) -> tuple[Path, Path]:
     entries = []
     for i in range(64):
         name = f"{i:06d}.jpg"
-        (images / name).write_bytes(_jpeg((i * 4 % 256, 80, 160 - i)))
+        (images / name).write_bytes(jpeg_bytes((i * 4 % 256, 80, 160 - i)))
         entries.append({"image": name, "caption": f"a photo of thing number {i % 8}", "image_id": i})
     annotations = tmp_path / "course" / "clip_train" / "cc3m_train_subset.json"
     annotations.parent.mkdir()
@@ -297,7 +298,7 @@ def test_course_json_and_images_fetch_in_place_and_train(course, tmp_path, data_
     shapes = make_tiny_shapes(tmp_path / "shapes-root")
     summary = _train_tiny(shapes, tmp_path / "runs", **{"data.train": "cc3m-100k"})
     assert summary["status"] == "completed" and summary["train_subset"] == manifest["subset"]
-    (images / "000003.jpg").write_bytes(_jpeg((1, 2, 3)))  # the referenced folder changed: verify notices
+    (images / "000003.jpg").write_bytes(jpeg_bytes((1, 2, 3)))  # the referenced folder changed: verify notices
     assert run_cli("data", "verify", "cc3m-100k")[0] == 3
 
 
