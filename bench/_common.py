@@ -18,7 +18,7 @@ RESULTS = Path(os.environ.get("CLIPCTL_BENCH_RESULTS") or ROOT / "bench" / "resu
 sys.path.insert(0, str(ROOT))
 
 from clipctl.atomic import atomic_write_json  # noqa: E402
-from clipctl.report.console import info  # noqa: E402
+from clipctl.console import info  # noqa: E402
 
 _COMPARE = {"<=": operator.le, ">=": operator.ge}
 

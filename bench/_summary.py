@@ -14,7 +14,7 @@ from typing import Any
 
 from _common import RESULTS, ROOT
 
-from clipctl.report.console import console, table
+from clipctl.console import console, table
 
 
 def benchmark_names() -> list[str]:

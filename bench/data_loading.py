@@ -32,7 +32,7 @@ from clipctl.data.loader import build_train_loader
 from clipctl.data.shapes import ShapesConfig, generate_shapes
 from clipctl.data.text import train_wordpiece
 from clipctl.data.transforms import train_transform
-from clipctl.report.console import info, print_table
+from clipctl.console import info, print_table
 
 
 DATASETS = {"shapes": "shapes 64px png", "jpeg": "jpeg 256px"}

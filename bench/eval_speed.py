@@ -35,7 +35,7 @@ from _common import check, write_result
 
 from clipctl.evaluate import retrieval_metrics
 from clipctl.evaluate.exact import count_true
-from clipctl.report.console import info, print_table
+from clipctl.console import info, print_table
 
 VARIANTS = ("chunked", "unchunked", "naive", "textbook")
 KS = (1, 5, 10)

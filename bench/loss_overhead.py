@@ -26,7 +26,7 @@ from _common import check, write_result
 
 from clipctl.losses import build_loss
 from clipctl.recipe import LOSS_NAMES
-from clipctl.report.console import info, print_table
+from clipctl.console import info, print_table
 
 DIM = 256
 TARGET_B, TARGET_RATIO = 512, 1.5

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from _common import check, write_result
 
-from clipctl.report.console import info, print_table
-from clipctl.tune.optimizer import SkoptSearch
+from clipctl.console import info, print_table
+from clipctl.tune.strategies import SkoptSearch
 from clipctl.tune.space import SearchSpace
 from clipctl.tune.store import Journal
 

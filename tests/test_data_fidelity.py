@@ -20,7 +20,7 @@ from clipctl.data.datasets import ClassificationDataset
 from clipctl.data.imagenet import selection_split
 from clipctl.data.registry import resolve
 from clipctl.data.transforms import eval_transform
-from clipctl.evaluate.imagenet import imagenet_classnames, imagenet_templates, imagenet_wnids
+from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
 from clipctl.recipe import load_recipe, load_tune_recipe
 from rundirs import COCO_IMAGENET, make_run
 from fake_files import jpeg_bytes

@@ -165,7 +165,7 @@ def test_cc3m_from_a_tsv_skips_dead_links(server, tmp_path, data_root, run_cli, 
 
 def test_imagenet_class_text_uses_the_vendored_openai_names_for_the_real_classes():
     from clipctl.data.imagenet import class_text
-    from clipctl.evaluate.imagenet import imagenet_wnids
+    from clipctl.data.imagenet_classes import imagenet_wnids
 
     names, templates = class_text(list(imagenet_wnids()), {})
     assert len(names) == 1000 and names[0] == "tench" and len(templates) == 80

@@ -7,7 +7,7 @@ from importlib.resources import files
 
 import pytest
 
-from clipctl.evaluate import imagenet_classnames, imagenet_templates, imagenet_wnids
+from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
 
 SHA256 = {
     "imagenet_classnames.txt": "8800e39242cbed4c6889376e20a49cfdaf4f84a773a6686d15c3b39972ef94c4",
@@ -18,7 +18,7 @@ SHA256 = {
 
 @pytest.mark.parametrize("name", sorted(SHA256))
 def test_vendored_files_are_unchanged(name: str) -> None:
-    data = files("clipctl.evaluate").joinpath("metadata", name).read_bytes()
+    data = files("clipctl.data").joinpath("metadata", name).read_bytes()
     assert hashlib.sha256(data).hexdigest() == SHA256[name]
     assert data.endswith(b"\n") and b"\r" not in data
 

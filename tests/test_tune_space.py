@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clipctl.errors import UsageError
-from clipctl.tune.optimizer import GridSearch, SkoptSearch
+from clipctl.tune.strategies import GridSearch, SkoptSearch
 from clipctl.tune.space import CatDim, IntDim, RealDim, SearchSpace
 from tune_fakes import write_recipes
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from clipctl.errors import UsageError
 from clipctl.report.compare import DEFAULT_BASELINES, DEFAULT_METRICS, METRIC_TITLES, build_comparison
-from clipctl.report.console import console, emit_json, info
+from clipctl.console import console, emit_json, info
 from clipctl.report.render import rich_tables, to_csv, to_json, to_markdown
 from clipctl.report.runs import scan_runs
 

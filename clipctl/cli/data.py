@@ -7,7 +7,7 @@ import typer
 
 from clipctl.errors import UsageError
 from clipctl.paths import data_root
-from clipctl.report.console import emit_json, info, print_table, warn
+from clipctl.console import emit_json, info, print_table, warn
 
 app = typer.Typer(help="Datasets: list, fetch (or generate) and verify.\n\nExample: clipctl data fetch shapes",
                   no_args_is_help=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 
 from clipctl.doctor import doctor_report
-from clipctl.report.console import emit_json, print_table
+from clipctl.console import emit_json, print_table
 
 
 def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable report on stdout.")) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from clipctl.report.console import emit_json, info, print_table
+from clipctl.console import emit_json, info, print_table
 
 COLUMNS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "acc@1", "acc@5", "objective")
 

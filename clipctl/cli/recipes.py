@@ -10,7 +10,7 @@ import typer
 from clipctl import recipe as recipes_lib
 from clipctl.atomic import atomic_write_text
 from clipctl.errors import UsageError
-from clipctl.report.console import console, emit_json, info, print_table, warn
+from clipctl.console import console, emit_json, info, print_table, warn
 
 app = typer.Typer(help="List, show, copy and validate recipes.\n\nExample: clipctl recipes validate recipes/*.toml", no_args_is_help=True)
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from clipctl.recipe import load_recipe, recipe_warnings
-from clipctl.report.console import emit_json, info, print_table, warn
+from clipctl.console import emit_json, info, print_table, warn
 
 
 def train(

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from clipctl.errors import UsageError
-from clipctl.report.console import emit_json, format_duration, info, print_table, warn
+from clipctl.console import emit_json, format_duration, info, print_table, warn
 
 DEFAULT_STUDY = Path("runs/tune")
 

@@ -40,7 +40,7 @@ from clipctl.data.manifest import check_hashes, files_digest, read_manifest, sha
 from clipctl.data.registry import (CC3M_ARCHIVE_ENV, CC3M_IMAGES_ENV, CC3M_TSV_ENV, MIRROR_ENV, DatasetSpec, RemoteFile,
                                    dataset_dir, source_url)
 from clipctl.errors import DataError
-from clipctl.report.console import ProgressReporter, info, warn
+from clipctl.console import ProgressReporter, info, warn
 
 PREPARE_SIZE = 256  # the shorter side of a prepared image (img2dataset's resize_mode="keep_ratio")
 COURSE_JSON = "cc3m_train_subset.json"  # the course's annotation file: its 100k pairs are the published subset

@@ -18,7 +18,7 @@ from clipctl.atomic import atomic_write_json
 from clipctl.data.manifest import check_hashes, files_digest, sha256_file
 from clipctl.data.registry import DatasetSpec, RemoteFile, dataset_dir, source_url
 from clipctl.errors import DataError
-from clipctl.report.console import ProgressReporter, info
+from clipctl.console import ProgressReporter, info
 
 IMAGE_WORKERS = 8
 UNVERIFIED_WHY = ("no published checksum (per-image downloads or a local copy): checked as complete, decodable "

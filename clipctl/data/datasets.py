@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from clipctl.data.text import TextTokenizer, clean_caption
 from clipctl.errors import DataError, UsageError
-from clipctl.report.console import warn
+from clipctl.console import warn
 
 OnBadImage = Literal["skip", "error"]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")

@@ -25,7 +25,7 @@ from clipctl.data.lock import replacing
 from clipctl.data.manifest import hash_file, read_manifest, write_manifest
 from clipctl.data.registry import REGISTRY, DatasetSpec, RemoteFile, get_spec
 from clipctl.errors import DataError
-from clipctl.report.console import ProgressReporter, info, warn
+from clipctl.console import ProgressReporter, info, warn
 
 PREPARERS = {"coco-karpathy-test": "clipctl.data.coco", "coco-val-5k": "clipctl.data.coco",
              "imagenet-val": "clipctl.data.imagenet", "cc3m-100k": "clipctl.data.cc3m"}

@@ -7,7 +7,7 @@ two tars in `<root>/downloads/`; else the gated Hugging Face copy (`ILSVRC/image
 huggingface_hub: its cache, the token from `$HF_TOKEN` or the hub login, only `classes.py` and the val tar by
 `allow_patterns`, sha256-checked). `select.txt`/`test.txt` list the `imagenet-val:select`/`:test` splits
 (`selection_split`).
-`classnames.txt`/`templates.txt` hold the vendored OpenAI names and 80 templates (`clipctl.evaluate.imagenet`)
+`classnames.txt`/`templates.txt` hold the vendored OpenAI names and 80 templates (`clipctl.data.imagenet_classes`)
 when the classes are the 1,000 ILSVRC2012 wnids, else the first WordNet synonym and one template.
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ from clipctl.data.fetch import download, verify_file
 from clipctl.atomic import atomic_write_bytes, replace_dir
 from clipctl.data.manifest import check_hashes, sha256_file, tree_digest
 from clipctl.data.hub import hub_snapshot
+from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
 from clipctl.data.registry import IMAGENET_ENV, MIRROR_ENV, DatasetSpec, dataset_dir, source_url
 from clipctl.errors import DataError
-from clipctl.report.console import ProgressReporter, info
+from clipctl.console import ProgressReporter, info
 
 VAL_TAR, DEVKIT = "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 HUB_TAR, HUB_CLASSES = "val_images.tar.gz", "classes.py"
@@ -117,8 +118,6 @@ def _link_folders(source: Path, tmp: Path, expected: int) -> int:
 
 def _folder_words(wnids: list[str], source: Path) -> dict[str, str]:
     """Extracted folders carry no class names: they must be ILSVRC2012 wnids, named from the vendored list."""
-    from clipctl.evaluate.imagenet import imagenet_classnames, imagenet_wnids
-
     unknown = sorted(set(wnids) - set(imagenet_wnids()))
     if unknown:
         raise DataError(f"{source}: {len(unknown)} class folders are not ILSVRC2012 wnids (first: {unknown[0]}); "
@@ -177,8 +176,6 @@ def parse_hub_classes(text: str) -> dict[str, str]:
 def class_text(wnids: list[str], words: dict[str, str]) -> tuple[list[str], list[str]]:
     """Class names and templates: OpenAI's for the real 1,000 classes (comparable zero-shot numbers), else the
     first WordNet synonym of each class from the source's metadata."""
-    from clipctl.evaluate.imagenet import imagenet_classnames, imagenet_templates, imagenet_wnids
-
     if wnids == list(imagenet_wnids()):
         return list(imagenet_classnames()), list(imagenet_templates())
     missing = [w for w in wnids if w not in words]

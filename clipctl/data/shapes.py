@@ -33,7 +33,7 @@ from clipctl.atomic import atomic_write_bytes, replace_dir
 from clipctl.data.lock import replacing
 from clipctl.data.manifest import check_hashes, read_manifest, sha256_file, tree_digest, write_manifest
 from clipctl.errors import DataError, UsageError
-from clipctl.report.console import ProgressReporter, info
+from clipctl.console import ProgressReporter, info
 
 DATASET_ID = "shapes"
 GENERATOR_VERSION = 1

@@ -17,7 +17,7 @@ from clipctl.data.registry import resolve
 from clipctl.data.text import TextTokenizer
 from clipctl.data.transforms import eval_transform
 from clipctl.errors import UsageError
-from clipctl.evaluate.hooks import evaluate_split
+from clipctl.evaluate.splits import evaluate_split
 from clipctl.evaluate.objective import objective
 from clipctl.model import build_model
 from clipctl.paths import data_root

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 import torch
 
 from clipctl.errors import DataError, UsageError
-from clipctl.report.console import ProgressReporter
+from clipctl.console import ProgressReporter
 
 Precision = Literal["no", "auto", "bf16", "fp16"]
 PRECISIONS = ("no", "auto", "bf16", "fp16")

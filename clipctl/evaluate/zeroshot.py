@@ -9,7 +9,7 @@ from clipctl.errors import DataError
 from clipctl.evaluate import exact
 from clipctl.evaluate.encode import Precision, iter_text_features, model_device
 from clipctl.evaluate.retrieval import check_chunk_size, check_ks
-from clipctl.report.console import ProgressReporter
+from clipctl.console import ProgressReporter
 
 
 def fill_templates(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:

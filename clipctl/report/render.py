@@ -14,7 +14,7 @@ from rich.table import Table
 
 from clipctl.report import baselines as pub
 from clipctl.report.compare import METRIC_TITLES, Comparison, Delta, Group, Stat
-from clipctl.report.console import format_duration, table
+from clipctl.console import format_duration, table
 
 DASH = "—"
 

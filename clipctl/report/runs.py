@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 from clipctl.errors import ClipctlError, UsageError
 from clipctl.recipe import read_toml, validate_recipe
-from clipctl.report.console import warn
+from clipctl.console import warn
 
 RUN_MARKERS = ("recipe.toml", "summary.json")
 TRAINER_STATUSES = ("completed", "failed", "interrupted", "running")

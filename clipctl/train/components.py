@@ -17,13 +17,13 @@ from clipctl.data.shapes import ShapesConfig, ensure_shapes, shapes_present
 from clipctl.data.text import TextTokenizer, build_tokenizer
 from clipctl.data.transforms import eval_transform, train_transform
 from clipctl.errors import DataError, UsageError
-from clipctl.evaluate.hooks import evaluate_split
+from clipctl.evaluate.splits import evaluate_split
 from clipctl.losses import build_loss
 from clipctl.model import CLIPModel, build_model
 from clipctl.model.clip import ProjectionHeads
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe
-from clipctl.report.console import info
+from clipctl.console import info
 from clipctl.train.checkpoint import load_checkpoint
 
 

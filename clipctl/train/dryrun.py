@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from clipctl.report.console import format_duration
+from clipctl.console import format_duration
 
 if TYPE_CHECKING:
     from clipctl.train.trainer import Trainer

@@ -11,7 +11,7 @@ from typing import Any
 
 from clipctl.atomic import atomic_write_bytes, atomic_write_json
 from clipctl.errors import ResumeError, RunConflictError, StorageError, UsageError
-from clipctl.report.console import warn
+from clipctl.console import warn
 
 LOCK_NAME = ".lock"
 MAX_NAME_BYTES = 255  # one path component on every common file system

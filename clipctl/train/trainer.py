@@ -27,7 +27,7 @@ from clipctl.doctor import package_versions
 from clipctl.errors import (ClipctlError, InterruptedRun, ResumeError, RunConflictError, StorageError, UsageError,
                             os_error_message)
 from clipctl.recipe import Recipe
-from clipctl.report.console import ProgressReporter, info
+from clipctl.console import ProgressReporter, info
 from clipctl.train.checkpoint import (FORMAT_VERSION, STATE_FORMAT, atomic_torch_save, load_checkpoint, load_state,
                                       rank_rng_state, rng_state, save_checkpoint, set_rng_state)
 from clipctl.train.components import Components, build_components

@@ -78,7 +78,7 @@ class PhasePlan:
         return validate_recipe(raw, f"{self.source} (phase {self.phase} trial {name})", explicit_loss_keys=set())
 
     def make_search(self) -> Any:
-        from clipctl.tune.optimizer import make_search
+        from clipctl.tune.strategies import make_search
 
         return make_search(self.strategy, self.space, self.grid, n_initial=self.n_initial, acq=self.acq,
                            initial_point_generator=self.initial_point_generator, seed=self.seed)

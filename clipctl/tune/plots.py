@@ -86,7 +86,7 @@ def importance_bars(plan: PhasePlan, trials: list[TrialRecord], title: str, path
 
 def phase_plots(plan: PhasePlan, state: PhaseState, out_dir: Path) -> list[Path]:
     """Every figure the phase's finished trials allow; returns the files written."""
-    from clipctl.tune.optimizer import save_skopt_plots
+    from clipctl.tune.strategies import save_skopt_plots
 
     finished = state.finished()
     if not finished:

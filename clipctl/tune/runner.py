@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from clipctl.errors import EXIT_DATA, EXIT_USAGE, ClipctlError, DataError, InterruptedRun, UsageError
-from clipctl.report.console import info
+from clipctl.console import info
 from clipctl.tune.phases import PhasePlan
 from clipctl.tune.session import PhaseSession
 from clipctl.atomic import atomic_write_text

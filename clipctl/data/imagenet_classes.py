@@ -17,7 +17,7 @@ _EXPECTED = {"imagenet_classnames.txt": 1000, "imagenet_templates.txt": 80, "ima
 
 @lru_cache(maxsize=None)
 def _read(name: str) -> tuple[str, ...]:
-    path = files("clipctl.evaluate").joinpath("metadata", name)
+    path = files("clipctl.data").joinpath("metadata", name)
     lines = tuple(path.read_text(encoding="utf-8").splitlines())
     if len(lines) != _EXPECTED[name]:
         raise ClipctlError(
