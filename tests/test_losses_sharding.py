@@ -11,8 +11,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from clipctl.errors import ResumeError
+from clipctl.errors import ResumeError, UsageError
 from clipctl.losses import build_loss
+from clipctl.recipe import validate_recipe
+from clipctl.train.trainer import _recipe_difference
 from test_losses_distributed import CONFIGS, DIM, TwoTowers, check
 
 N, GLOBAL_B = 18, 8  # N not divisible by 4: two of four shards keep a padding row
@@ -140,6 +142,24 @@ def test_one_process_sharded_is_the_replicated_state(name, reference):
     assert got["loss"] == reference[name]["loss"]
     assert torch.equal(got["state"]["values"], reference[name]["state"]["values"])
     assert got["shard"].shape[0] == N
+
+
+def test_recipe_key_and_resume_across_layouts():
+    assert validate_recipe({"loss": {"name": "isogclr_new"}}).loss.state_sharding == "replicated"
+    with pytest.raises(UsageError, match="loss.state_sharding: not used by loss 'clip'"):
+        validate_recipe({"loss": {"name": "clip", "state_sharding": "sharded"}})
+    with pytest.raises(UsageError, match="loss.state_sharding = 'shard'"):
+        validate_recipe({"loss": {"name": "sogclr", "state_sharding": "shard"}})
+    # one checkpoint format: a state saved before the key existed, or under the other layout, resumes
+    current = validate_recipe({"loss": {"name": "sogclr", "state_sharding": "sharded"}}).to_dict()
+
+    def saved(**loss: object) -> dict:
+        keys = {k: v for k, v in current["loss"].items() if k != "state_sharding"}
+        return {**current, "loss": {**keys, **loss}}
+
+    assert _recipe_difference(saved(), current) == ""
+    assert _recipe_difference(saved(state_sharding="replicated"), current) == ""
+    assert _recipe_difference(saved(gamma=0.5), current) == "loss.gamma: state 0.5 vs recipe 0.8"
 
 
 @pytest.mark.slow
