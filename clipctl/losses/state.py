@@ -22,8 +22,8 @@ A sharded step, with b = B/K local rows and k columns:
    owns. Per rank about b·(K−1)/K·k·4 bytes go out and as many come in (its own rows are a local copy).
 3. Write-back adds nothing: the loss already all-gathers the step's B updated rows with its other
    per-row results (loss value and stats need them on every rank); each owner keeps the rows it owns.
-So sharding adds about b·k·4 bytes per rank per step, O(B) and independent of N, and saves
-(N − ceil(N/K))·k·4 bytes on every rank.
+So sharding adds under b·k·4 bytes each way per rank per step, O(B) and independent of N, and saves
+(N − ceil(N/K))·k·4 bytes on every rank (bench/state_sharding.py measures both).
 
 Checkpoint: `payload()` holds the full (N, k) matrix in sample order, the replicated format, so a state
 saved under any K and either layout resumes under any other. A sharded state is gathered onto rank 0
