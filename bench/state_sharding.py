@@ -72,9 +72,13 @@ def counting(tally: dict[str, int], calls: list, world: int, me: int) -> Callabl
             return fn(*args, **kwargs)
         return counted
 
+    def undo() -> None:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+
     for name, fn in originals.items():
         setattr(dist, name, wrap(name, fn))
-    return lambda: [setattr(dist, n, fn) for n, fn in originals.items()]
+    return undo
 
 
 def measure(loss_name: str, mode: str, rank: int, world: int, args: argparse.Namespace) -> dict[str, Any]:
