@@ -14,7 +14,6 @@ import torch.multiprocessing as mp
 from clipctl.errors import ResumeError, UsageError
 from clipctl.losses import build_loss
 from clipctl.recipe import validate_recipe
-from clipctl.train.trainer import _recipe_difference
 from test_losses_distributed import CONFIGS, DIM, TwoTowers, check
 
 N, GLOBAL_B = 18, 8  # N not divisible by 4: two of four shards keep a padding row
@@ -145,6 +144,8 @@ def test_one_process_sharded_is_the_replicated_state(name, reference):
 
 
 def test_recipe_key_and_resume_across_layouts():
+    from clipctl.train.trainer import _recipe_difference  # here: the spawned workers import this module
+
     assert validate_recipe({"loss": {"name": "isogclr_new"}}).loss.state_sharding == "replicated"
     with pytest.raises(UsageError, match="loss.state_sharding: not used by loss 'clip'"):
         validate_recipe({"loss": {"name": "clip", "state_sharding": "sharded"}})
