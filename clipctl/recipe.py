@@ -50,6 +50,7 @@ LOSS_KEY_USERS: dict[str, tuple[str, ...]] = {
     "gamma_decay_epochs": _GCL,
     "eps": _GCL,
     "state_device": _GCL,
+    "state_sharding": _GCL,
     "tau_init": _ISOG,
     "tau_min": _ISOG + ("fastclip_v3",),
     "tau_max": _ISOG + ("fastclip_v3",),
@@ -153,6 +154,9 @@ class LossConfig(Section):
     dro_lambda: float = Field(1.0, gt=0)
     lr_tau: Optional[float] = Field(None, gt=0)  # None: optim.lr
     state_device: Literal["auto", "cpu"] = "auto"
+    state_sharding: Literal["replicated", "sharded"] = Field(
+        "replicated", description="per-sample state on every rank, or sample i on rank i mod K only (ceil(N/K) rows per rank)"
+    )
 
     @model_validator(mode="after")
     def _fill_loss_defaults(self) -> "LossConfig":

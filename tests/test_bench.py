@@ -24,6 +24,7 @@ TINY_ARGS = {
     "eval_speed": ["--images", "300", "--captions", "1500", "--dim", "32", "--chunk-size", "128", "--repeats", "1",
                    "--scenarios", "random"],
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
+    "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
     "train_throughput": ["--models", "quickstart", "--batch", "8", "--steps", "1", "--rounds", "1", "--matmul-size", "256"],
     "tune_overhead": ["--observed", "13", "--repeats", "1"],
 }

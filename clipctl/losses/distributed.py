@@ -104,3 +104,24 @@ def broadcast_parameters(params: list[torch.nn.Parameter]) -> None:
         return
     for p in params:
         dist.broadcast(p.data, src=0)
+
+
+@torch.no_grad()
+def exchange(send: Tensor, send_counts: list[int], recv_counts: list[int]) -> Tensor:
+    """All-to-all of rows: the first send_counts[0] rows of `send` go to rank 0, the next to rank 1, ...;
+    returns the rows received, grouped by sending rank (recv_counts[q] from rank q).
+
+    One `all_to_all_single`: NCCL and gloo (torch ≥ 2.x) both implement it, unlike the list form
+    `all_to_all`, so the sharded per-sample state has one code path on CPU and GPU.
+    """
+    recv = send.new_empty((sum(recv_counts), *send.shape[1:]))
+    dist.all_to_all_single(recv, send.contiguous(), output_split_sizes=recv_counts, input_split_sizes=send_counts)
+    return recv
+
+
+@torch.no_grad()
+def gather_to_rank0(tensor: Tensor) -> list[Tensor] | None:
+    """Every rank's equally shaped tensor, in rank order, on rank 0 only (None elsewhere)."""
+    parts = [torch.empty_like(tensor) for _ in range(world_size())] if rank() == 0 else None
+    dist.gather(tensor.contiguous(), parts, dst=0)
+    return parts

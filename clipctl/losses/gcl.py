@@ -152,7 +152,9 @@ class GlobalContrastiveLoss(ContrastiveLoss):
     def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.eps = float(cfg.eps)
-        self.state = PerSampleState(self.num_samples, self._column_init(), self._scalar_init(), cfg.state_device)
+        self.state = PerSampleState(
+            self.num_samples, self._column_init(), self._scalar_init(), cfg.state_device, cfg.state_sharding
+        )
 
     def _column_init(self) -> dict[str, float]:
         return {name: 0.0 for name in self.state_columns}
@@ -186,7 +188,7 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         self._check_index(batch.index_all)
         device, dtype = batch.x.device, batch.x.dtype
         self.state.place(device)
-        old = self.state.read(batch.index, dtype, device)
+        old = self.state.read(batch.index, batch.index_all, dtype, device)
         tau_I, tau_T = self._anchor_taus(batch, old)
         step = Step(batch, epoch, self.gamma_at(epoch), old, tau_I, tau_T)
         B, scale = batch.global_size, 1.0 / (batch.global_size * (batch.global_size - 1))

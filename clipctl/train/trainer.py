@@ -39,7 +39,7 @@ from clipctl.train.optim import build_optimizer
 
 TRACKED_FOR_RESUME = ("data", "model", "loss", "optim", "sched", "train")
 TRACKED_RUN_KEYS = ("seed",)  # run.name and run.out_dir may change (a moved run); the seed changes results
-UNTRACKED_KEYS = {("train", "dist_timeout_s")}  # how long ranks wait for each other changes no result
+UNTRACKED_KEYS = {("train", "dist_timeout_s"), ("loss", "state_sharding")}  # change no result: how long ranks wait, where the state lives
 
 
 @dataclass
