@@ -1,8 +1,7 @@
 """clipctl.run: the run-directory contract — status values a real run writes, reader against writer, the
-claim, the torch files, and the package's place in the import order."""
+claim and the torch files."""
 from __future__ import annotations
 
-import ast
 import json
 import math
 import subprocess
@@ -22,7 +21,6 @@ from clipctl.run.writer import RunClaim, append_metrics, build_meta, build_summa
 from clipctl.train.trainer import Progress, TrainOptions, train
 from trainkit import make_tiny_shapes, tiny_recipe
 
-PACKAGE = Path(__file__).resolve().parent.parent / "clipctl"
 QUICK = {"train.epochs": 1, "train.max_steps": 2}
 
 
@@ -139,20 +137,3 @@ def test_checkpoint_and_state_round_trip_with_their_format_tags(tmp_path):
     with pytest.raises(ClipctlError, match="not a clipctl checkpoint"):
         load_checkpoint(tmp_path / "state" / "last.pt")
 
-
-def imported_packages(folder: Path) -> set[str]:
-    """The clipctl sub-packages/modules the files of `folder` import (clipctl.X -> X)."""
-    names: set[str] = set()
-    for path in folder.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("clipctl."):
-                names.add(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("clipctl."))
-    return names
-
-
-def test_run_and_evaluate_import_nothing_above_them():
-    above_run = {"train", "evaluate", "report", "tune", "cli"}
-    assert not imported_packages(PACKAGE / "run") & above_run
-    assert not imported_packages(PACKAGE / "evaluate") & (above_run - {"evaluate"})

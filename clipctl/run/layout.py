@@ -102,4 +102,5 @@ class RunDir:
         return self.root.is_dir() and any(p.name != LOCK_NAME for p in self.root.iterdir())
 
     def is_run(self) -> bool:
+        """The folder holds a run's recipe or summary (what compare and tune look for)."""
         return any((self.root / marker).is_file() for marker in RUN_MARKERS)

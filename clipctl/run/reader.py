@@ -47,6 +47,7 @@ def parse_metrics(text: str, source: Path) -> list[dict[str, Any]]:
 
 
 def read_metrics(run: RunDir) -> list[dict[str, Any]]:
+    """Every record of the run's metrics.jsonl (none before the first append)."""
     if not run.metrics.is_file():
         return []
     return parse_metrics(run.metrics.read_text(encoding="utf-8"), run.metrics)
@@ -113,6 +114,7 @@ def finite_number(value: Any) -> float | None:
 
 
 def int_or_none(value: Any) -> int | None:
+    """A JSON integer, not a bool (JSON's true would pass as 1)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
