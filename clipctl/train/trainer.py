@@ -232,6 +232,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ run
     def _start_run_dir(self) -> None:
+        """Recipe, meta and the metrics log of this start (main process); TensorBoard when enabled."""
         if not self.main:
             return
         meta = build_meta(self.recipe, self.world, str(self.accelerator.device), self.accelerator.mixed_precision)
@@ -244,6 +245,7 @@ class Trainer:
 
     def _write_summary(self, status: RunStatus, error: str | None = None,
                        test: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every rank builds the summary (`train` returns it); the main process writes it."""
         summary = build_summary(status, self.recipe, self.progress, world_size=self.world,
                                 train_subset=self.parts.train_subset, error=error, test=test)
         if self.main:
