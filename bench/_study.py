@@ -31,6 +31,7 @@ from _common import ROOT, info
 
 from clipctl.atomic import atomic_write_json
 from clipctl.recipe import load_recipe
+from clipctl.run.layout import RunDir, RunStatus
 
 DIAGNOSTICS = ("loss", "tau_I_mean", "tau_I_std", "tau_I_at_min", "tau_I_at_max", "tau_grad_I_pos", "stale_I", "stale_T")
 
@@ -53,7 +54,8 @@ class Job:
 
 
 def train(job: Job, threads: int) -> Path:
-    if (job.run_dir / "summary.json").is_file() and json.loads((job.run_dir / "summary.json").read_text())["status"] == "completed":
+    summary = RunDir(job.run_dir).summary
+    if summary.is_file() and json.loads(summary.read_text())["status"] == RunStatus.COMPLETED:
         return job.run_dir
     logs = job.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -83,7 +85,7 @@ def grid_values(recipe: Path, key: str, values: list[str] | None, factors: list[
 
 
 def last_train_record(run_dir: Path) -> dict[str, Any]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line.strip()]
     train_records = [r for r in records if r.get("type") == "train"]
     return {k: train_records[-1].get(k) for k in DIAGNOSTICS if train_records and k in train_records[-1]}
 
@@ -91,7 +93,7 @@ def last_train_record(run_dir: Path) -> dict[str, Any]:
 def grid_rows(jobs: list[Job], runs: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for job, run_dir in zip(jobs, runs):
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = json.loads(RunDir(run_dir).summary.read_text())
         rows.append({"recipe": job.recipe.stem, "value": job.value, "run": job.name, "best_epoch": summary["best_epoch"],
                      "val_objective": summary["best"]["val/objective"], "last_train": last_train_record(run_dir)})
     return rows

@@ -12,7 +12,8 @@ from clipctl.errors import UsageError
 from clipctl.report import baselines as pub
 from clipctl.report.compare import build_comparison, group_runs
 from clipctl.report.render import to_csv, to_json, to_markdown
-from clipctl.report.runs import find_run_dirs, load_run, scan_runs
+from clipctl.report.runs import load_run, scan_runs
+from clipctl.run.reader import find_run_dirs
 from rundirs import COCO_IMAGENET, make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -19,10 +19,10 @@ import pytest
 from conftest import without_warnings
 import torch
 
-from clipctl.errors import ClipctlError, DataError, InterruptedRun, StorageError
+from clipctl.errors import DataError, InterruptedRun, StorageError
 from clipctl.train import trainer as trainer_module
-from clipctl.train.checkpoint import CKPT_FORMAT, FORMAT_VERSION, load_state
-from clipctl.train.rundir import RunDir
+from clipctl.run.checkpoint import CKPT_FORMAT, FORMAT_VERSION, load_state
+from clipctl.run.layout import RunDir
 from clipctl.train.trainer import TrainOptions, train
 from rundirs import make_run
 from trainkit import make_tiny_shapes, stable_metrics, tiny_overrides, tiny_recipe
@@ -322,17 +322,6 @@ def test_torn_summary_and_meta_on_resume(shapes, straight, tmp_path, run_cli, ca
     assert code == 5 and "summary.json" in err and "torn" in err
     one_line(err)
     assert snapshot(tmp_path) == before
-
-
-def test_torn_last_metrics_line_is_tolerated_and_said(tmp_path, capsys):
-    run = RunDir(tmp_path)
-    run.metrics.write_text('{"type": "train", "step": 2}\n{"type": "eval", "st')
-    assert run.read_metrics() == [{"type": "train", "step": 2}]
-    assert "torn last line" in capsys.readouterr().err
-    run.metrics.write_text('{"type": "train", "step": 2}\nnot json\n{"type": "train", "step": 4}\n')
-    with pytest.raises(ClipctlError) as info:
-        run.read_metrics()
-    assert info.value.exit_code == 5 and "line 2" in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------- signals

@@ -14,8 +14,8 @@ import torch
 
 from clipctl.errors import ClipctlError, InterruptedRun
 from clipctl.recipe import tomllib
-from clipctl.train import checkpoint as checkpoint_module
-from clipctl.train.checkpoint import load_checkpoint, load_state
+from clipctl.run import checkpoint as checkpoint_module
+from clipctl.run.checkpoint import load_checkpoint, load_state
 from clipctl.train.trainer import TrainOptions, train
 from trainkit import make_tiny_shapes, stable_metrics, state_tensors, tiny_overrides, tiny_recipe
 
@@ -180,7 +180,7 @@ def test_loss_diagnostics_are_logged_in_metrics(shapes, tmp_path):
 def test_rng_state_is_per_rank_and_survives_another_process_count():
     """Each rank's RNG goes into the state; a resume picks its own rank's, or keeps its seeded stream when the
     state came from fewer ranks (and never indexes devices it does not have)."""
-    from clipctl.train.checkpoint import rank_rng_state, rng_state, set_rng_state
+    from clipctl.train.rng import rank_rng_state, rng_state, set_rng_state
 
     torch.manual_seed(1)
     first = rng_state()

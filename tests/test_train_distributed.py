@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipctl.train.checkpoint import load_state
+from clipctl.run.checkpoint import load_state
 from clipctl.train.trainer import TrainOptions, train
 from trainkit import make_tiny_shapes, state_tensors, tiny_overrides, tiny_recipe
 

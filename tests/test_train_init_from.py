@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from clipctl.errors import UsageError
-from clipctl.train.checkpoint import load_checkpoint
+from clipctl.run.checkpoint import load_checkpoint
 from clipctl.train.components import build_components
 from clipctl.train.trainer import TrainOptions, train
 from trainkit import make_tiny_shapes, tiny_recipe

@@ -15,6 +15,7 @@ from clipctl.report.compare import DEFAULT_BASELINES, DEFAULT_METRICS, METRIC_TI
 from clipctl.console import console, emit_json, info
 from clipctl.report.render import rich_tables, to_csv, to_json, to_markdown
 from clipctl.report.runs import scan_runs
+from clipctl.run.layout import RUN_MARKERS
 
 
 def _print_unwrapped(table: Table) -> None:
@@ -60,7 +61,7 @@ def compare(
     found = scan_runs(roots)
     if not found:
         where = " ".join(str(r) for r in roots)
-        raise UsageError(f"no run directories under {where} (a run directory holds recipe.toml or summary.json); "
+        raise UsageError(f"no run directories under {where} (a run directory holds {' or '.join(RUN_MARKERS)}); "
                          "train one with clipctl train quickstart")
     comparison = build_comparison(found, metric, baseline)
     if as_json:

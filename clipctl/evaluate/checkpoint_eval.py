@@ -22,7 +22,8 @@ from clipctl.evaluate.objective import objective
 from clipctl.model import build_model
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe, validate_recipe
-from clipctl.train.checkpoint import load_checkpoint
+from clipctl.run.checkpoint import load_checkpoint
+from clipctl.run.layout import EVAL_DIR
 
 try:
     import tomllib
@@ -106,7 +107,7 @@ def evaluate_checkpoint(path: Path, benchmarks: list[str], *, device: torch.devi
         )
         metrics.update(checkpoint=str(path), epoch=loaded.epoch, retrieval_source=BENCHMARKS[name][0],
                        zeroshot_source=BENCHMARKS[name][1])
-        atomic_write_json(path.parent / "eval" / f"{name}.json", metrics, indent=2)
+        atomic_write_json(path.parent / EVAL_DIR / f"{name}.json", metrics, indent=2)
         results[name] = metrics
     if "coco" in results and "imagenet" in results:
         coco, imagenet = results["coco"], results["imagenet"]

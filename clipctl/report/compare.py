@@ -22,6 +22,7 @@ from clipctl.errors import UsageError
 from clipctl.recipe import LOSS_NAMES
 from clipctl.report import baselines as pub
 from clipctl.report.runs import Run
+from clipctl.run.layout import RunStatus
 
 METRIC_TITLES = {
     "tr@1": "TR@1", "tr@5": "TR@5", "tr@10": "TR@10",
@@ -92,7 +93,7 @@ class Group:
 
     @property
     def status(self) -> str:
-        counts: dict[str, int] = {"completed": len(self.runs)}
+        counts: dict[str, int] = {RunStatus.COMPLETED.value: len(self.runs)}
         for run in self.others:
             counts[run.status] = counts.get(run.status, 0) + 1
         return ", ".join(f"{n} {status}" for status, n in counts.items())

@@ -24,7 +24,8 @@ from clipctl.model.clip import ProjectionHeads
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe
 from clipctl.console import info
-from clipctl.train.checkpoint import load_checkpoint
+from clipctl.run.checkpoint import load_checkpoint
+from clipctl.run.layout import RunDir
 
 
 def ensure_local_data(recipe: Recipe, root: Path) -> DatasetLease:
@@ -198,7 +199,7 @@ def initial_checkpoint(recipe: Recipe) -> dict[str, Any] | None:
     if not recipe.model.init_from:
         return None
     path = Path(recipe.model.init_from)
-    path = path / "ckpt.pt" if path.is_dir() else path
+    path = RunDir(path).checkpoint if path.is_dir() else path
     if not path.is_file():
         raise UsageError(f"model.init_from = {recipe.model.init_from}: no checkpoint at {path}; pass runs/<run>/ckpt.pt")
     return load_checkpoint(path)

@@ -1,41 +1,44 @@
-"""`clipctl train --dry-run`: what would run, and how long, measured on five real updates; writes nothing."""
+"""`clipctl train --dry-run`: what would run, and how long, measured on five real updates; writes nothing.
+
+The trainer performs the updates (`Trainer.dry_run`); this module times them and writes the plan.
+"""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from clipctl.console import format_duration
-
-if TYPE_CHECKING:
-    from clipctl.train.trainer import Trainer
+from clipctl.recipe import Recipe
 
 MEASURED_STEPS = 5
 
 
-def dry_run(trainer: "Trainer") -> dict[str, Any]:
-    """Time a few updates (the first is warm-up and not counted) and extrapolate to the whole recipe."""
-    recipe = trainer.recipe
-    loader = iter(trainer.parts.train_loader(0, start_batch=0))
-    accum = recipe.train.grad_accum
-    steps = min(MEASURED_STEPS + 1, trainer.steps_per_epoch)
+def time_updates(update: Callable[[list[Any]], object], loader: Iterator[Any], accum: int, steps: int) -> list[float]:
+    """Seconds of each of `steps` updates, each over `accum` micro-batches drawn from `loader`."""
     durations = []
     for _ in range(steps):
         start = time.perf_counter()
-        batches = [next(loader) for _ in range(accum)]
-        trainer._update(batches, epoch=0)
+        update([next(loader) for _ in range(accum)])
         durations.append(time.perf_counter() - start)
+    return durations
+
+
+def dry_run_plan(recipe: Recipe, durations: list[float], *, run_dir: Path, world_size: int, device: str,
+                 precision: str, num_samples: int, steps_per_epoch: int) -> dict[str, Any]:
+    """Extrapolate the timed updates (the first is warm-up and not counted) to the whole recipe."""
     timed = durations[1:] or durations
     seconds_per_step = sum(timed) / len(timed)
-    total_steps = trainer.steps_per_epoch * recipe.train.epochs
+    total_steps = steps_per_epoch * recipe.train.epochs
     if recipe.train.max_steps:
         total_steps = min(total_steps, recipe.train.max_steps)
     return {
-        "run_dir": str(trainer.run.root),
-        "world_size": trainer.world,
-        "device": str(trainer.accelerator.device),
-        "precision": trainer.accelerator.mixed_precision,
-        "num_samples": trainer.parts.num_samples,
-        "steps_per_epoch": trainer.steps_per_epoch,
+        "run_dir": str(run_dir),
+        "world_size": world_size,
+        "device": device,
+        "precision": precision,
+        "num_samples": num_samples,
+        "steps_per_epoch": steps_per_epoch,
         "epochs": recipe.train.epochs,
         "total_steps": total_steps,
         "seconds_per_step": seconds_per_step,

@@ -11,29 +11,28 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from accelerate.utils import set_seed
 
-from clipctl.atomic import atomic_write_text
-from clipctl.doctor import package_versions
 from clipctl.errors import (ClipctlError, InterruptedRun, ResumeError, RunConflictError, StorageError, UsageError,
                             os_error_message)
 from clipctl.recipe import Recipe
 from clipctl.console import ProgressReporter, info
-from clipctl.train.checkpoint import (FORMAT_VERSION, STATE_FORMAT, atomic_torch_save, load_checkpoint, load_state,
-                                      rank_rng_state, rng_state, save_checkpoint, set_rng_state)
+from clipctl.run.checkpoint import FORMAT_VERSION, load_checkpoint, load_state, save_checkpoint, save_state
+from clipctl.run.layout import SUMMARY_FILE, RunDir, RunStatus, check_run_name
+from clipctl.run.reader import completed_summary, read_json
+from clipctl.run.writer import (RunClaim, append_metrics, build_meta, build_summary, remove_stale_temps, start_run,
+                                write_summary)
 from clipctl.train.components import Components, build_components
 from clipctl.train.devices import build_accelerator
+from clipctl.train.dryrun import MEASURED_STEPS, dry_run_plan, time_updates
 from clipctl.train.interrupt import ForcedStop, StopRequest
-from clipctl.train.rundir import RunClaim, RunDir, check_run_name, read_json, write_json
+from clipctl.train.rng import rank_rng_state, rng_state, set_rng_state
 from clipctl.train.schedule import build_scheduler
 from clipctl.train.optim import build_optimizer
 
@@ -75,14 +74,6 @@ def resolve_run_dir(recipe: Recipe, options: TrainOptions) -> RunDir:
     return RunDir(Path(options.out_dir or recipe.run.out_dir) / name)
 
 
-def completed_summary(run: RunDir) -> dict[str, Any] | None:
-    """The stored summary of a completed run; a torn summary.json is refused (exit 5), never trained over."""
-    if not run.summary.is_file():
-        return None
-    summary = read_json(run.summary, "summary.json")
-    return summary if summary.get("status") == "completed" else None
-
-
 def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
     """The state to resume from, or None for a fresh start; refuses to clobber an existing run."""
     if resume in (None, "never"):
@@ -97,7 +88,7 @@ def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
         raise ResumeError(f"{run.root}: has run files but no {run.last_state.relative_to(run.root)} to resume from; "
                           f"move it aside or choose --name/--out for a new run")
     path = Path(resume)
-    path = path / "state" / "last.pt" if path.is_dir() else path
+    path = RunDir(path).last_state if path.is_dir() else path
     if not path.is_file():
         raise ResumeError(f"--resume {resume}: no resumable state at {path}")
     return path
@@ -112,24 +103,6 @@ def _recipe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
             if a.get(key) != b.get(key) and (section, key) not in UNTRACKED_KEYS:
                 diffs.append(f"{section}.{key}: state {a.get(key)!r} vs recipe {b.get(key)!r}")
     return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
-
-
-def _meta(recipe: Recipe, world_size: int, device: str, precision: str) -> dict[str, Any]:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {
-        "versions": package_versions(),
-        "git_sha": sha,
-        "world_size": world_size,
-        "device": device,
-        "precision": precision,
-        "host": platform.node(),
-        "recipe_sha256": recipe.sha256(),
-        "start": datetime.now(timezone.utc).isoformat(),
-        "end": None,
-    }
 
 
 COUNT_SUFFIXES = ("_per_s", "_scored", "_total")  # validation keys that are not percentages
@@ -160,7 +133,7 @@ class Trainer:
         """Claim the run directory; unless it holds a completed run, build what training needs."""
         if self.claim is not None:
             self.claim.acquire()
-            self.run.remove_stale_temps()
+            remove_stale_temps(self.run)
         if not options.dry_run and options.resume not in (None, "never") and not self.run.last_state.is_file():
             self.finished = completed_summary(self.run)  # every rank decides alike: nothing to build or train
             if self.finished is not None:
@@ -210,8 +183,6 @@ class Trainer:
     def _state_payload(self) -> dict[str, Any]:
         unwrapped = self.parts.model
         return {
-            "format": STATE_FORMAT,
-            "version": FORMAT_VERSION,
             "recipe_sha256": self.recipe.sha256(),
             "recipe": self.recipe.to_dict(),
             "num_samples": self.parts.num_samples,
@@ -256,69 +227,29 @@ class Trainer:
     def save_state(self) -> None:
         payload = self._state_payload()  # every rank builds it (collectives inside), the main process writes
         if self.main:
-            atomic_torch_save(payload, self.run.last_state)
+            save_state(self.run.last_state, payload)
         self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------ run
     def _start_run_dir(self) -> None:
+        """Recipe, meta and the metrics log of this start (main process); TensorBoard when enabled."""
         if not self.main:
             return
-        self.run.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run.recipe, f"# resolved recipe; sha256 {self.recipe.sha256()}\n{self.recipe.to_toml()}")
-        meta = _meta(self.recipe, self.world, str(self.accelerator.device), self.accelerator.mixed_precision)
-        if self.state is not None and self.run.meta.is_file():
-            meta = {**self._stored_meta(meta), "resumed_at_step": self.progress.step, "end": None}
-        write_json(self.run.meta, meta)
-        if self.state is not None:
-            self.run.truncate_metrics(self.progress.step, self.progress.epoch)
-        elif self.run.metrics.exists():
-            self.run.metrics.unlink()
+        meta = build_meta(self.recipe, self.world, str(self.accelerator.device), self.accelerator.mixed_precision)
+        resumed_at = (self.progress.step, self.progress.epoch) if self.state is not None else None
+        start_run(self.run, self.recipe, meta, resumed_at=resumed_at)
         if self.recipe.tracking.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run.tensorboard))
 
-    def _stored_meta(self, fresh: dict[str, Any]) -> dict[str, Any]:
-        """meta.json of the run being resumed; a torn one (kill mid-write by an old version) is rebuilt."""
-        try:
-            return read_json(self.run.meta, "meta.json")
-        except ResumeError as err:
-            info(f"{err}; writing a new one")
-            return fresh
-
-    def _summary(self, status: str, error: str | None = None, test: dict[str, Any] | None = None) -> dict[str, Any]:
-        p = self.progress
-        summary = {
-            "status": status,
-            "name": self.recipe.run.name,
-            "recipe_sha256": self.recipe.sha256(),
-            "seed": self.recipe.run.seed,
-            "loss": self.recipe.loss.name,
-            "optimizer": self.recipe.optim.name,
-            "epochs_planned": self.recipe.train.epochs,
-            "epochs_completed": p.epoch,
-            "steps": p.step,
-            "best_epoch": p.best_epoch,
-            "best": p.best_metrics,
-            "wall_time_s": p.train_seconds,
-            "samples_per_s": p.samples_seen / p.train_seconds if p.train_seconds > 0 else None,
-            "world_size": self.world,
-            "selected_on": self.recipe.eval.select_on,
-            "train_subset": self.parts.train_subset,
-            "error": error,
-        }
-        if test is not None:
-            summary["test"] = test
-        return summary
-
-    def _write_summary(self, status: str, error: str | None = None, test: dict[str, Any] | None = None) -> dict[str, Any]:
-        summary = self._summary(status, error, test)
-        if self.main and self.run.root.is_dir():
-            write_json(self.run.summary, summary)
-            if status != "running" and self.run.meta.is_file():
-                meta = self._stored_meta({})
-                meta["end"] = datetime.now(timezone.utc).isoformat()
-                write_json(self.run.meta, meta)
+    def _write_summary(self, status: RunStatus, error: str | None = None,
+                       test: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every rank builds the summary (`train` returns it); the main process writes it."""
+        summary = build_summary(status, self.recipe, self.progress, world_size=self.world,
+                                train_subset=self.parts.train_subset, error=error, test=test)
+        if self.main:
+            write_summary(self.run, summary)
         return summary
 
     def _finished_summary(self) -> dict[str, Any] | None:
@@ -328,11 +259,11 @@ class Trainer:
         if self.state is None or not self.run.summary.is_file():
             return None
         try:
-            summary = read_json(self.run.summary, "summary.json")
+            summary = read_json(self.run.summary, SUMMARY_FILE)
         except ResumeError as err:  # the state is intact: resuming rewrites the summary
             info(f"{err}; resuming from the state")
             return None
-        done = summary.get("status") == "completed" and summary.get("recipe_sha256") == self.recipe.sha256()
+        done = summary.get("status") == RunStatus.COMPLETED and summary.get("recipe_sha256") == self.recipe.sha256()
         return summary if done else None
 
     def fit(self) -> dict[str, Any]:
@@ -351,7 +282,7 @@ class Trainer:
             self._restore(self.state)
             info(f"resuming {self.run.root} at epoch {self.progress.epoch}, update {self.progress.step}")
         self._start_run_dir()
-        self._write_summary("running")
+        self._write_summary(RunStatus.RUNNING)
         try:
             with StopRequest() as stop:
                 self._loop(stop)
@@ -360,21 +291,21 @@ class Trainer:
             raise
         except ForcedStop as forced:
             message = f"stopped at once by a second {forced.signal_name} at update {self.progress.step}"
-            self._write_summary_safely("interrupted", message)
+            self._write_summary_safely(RunStatus.INTERRUPTED, message)
             raise InterruptedRun(f"{message}; the last saved state is in {self.run.state_dir} "
                                  f"(resume with --resume auto)") from None
         except ClipctlError as err:
-            self._write_summary_safely("failed", str(err))
+            self._write_summary_safely(RunStatus.FAILED, str(err))
             raise
         except OSError as err:
-            self._write_summary_safely("failed", os_error_message(err))
+            self._write_summary_safely(RunStatus.FAILED, os_error_message(err))
             raise StorageError.from_os_error(err) from None
         except Exception as err:
-            self._write_summary_safely("failed", f"{type(err).__name__}: {err}")
+            self._write_summary_safely(RunStatus.FAILED, f"{type(err).__name__}: {err}")
             raise
-        return self._write_summary("completed", test=test)
+        return self._write_summary(RunStatus.COMPLETED, test=test)
 
-    def _write_summary_safely(self, status: str, error: str) -> None:
+    def _write_summary_safely(self, status: RunStatus, error: str) -> None:
         """Record a failure; when the disk itself is the failure, the original error is what gets reported."""
         try:
             self._write_summary(status, error)
@@ -405,7 +336,7 @@ class Trainer:
 
     def _interrupt(self, stop: StopRequest) -> None:
         self.save_state()
-        self._write_summary("interrupted", f"stopped by {stop.signal_name or 'request'} at update {self.progress.step}")
+        self._write_summary(RunStatus.INTERRUPTED, f"stopped by {stop.signal_name or 'request'} at update {self.progress.step}")
         raise InterruptedRun(f"interrupted at epoch {self.progress.epoch}, update {self.progress.step}; state saved in {self.run.state_dir} (resume with --resume auto)")
 
     def _train_epoch(self, epoch: int, stop: StopRequest) -> None:
@@ -466,6 +397,15 @@ class Trainer:
         if reporter is not None:
             reporter.close()
 
+    def dry_run(self) -> dict[str, Any]:
+        """`--dry-run`: time a few real updates and extrapolate them to the whole recipe; writes nothing."""
+        loader = iter(self.parts.train_loader(0, start_batch=0))
+        steps = min(MEASURED_STEPS + 1, self.steps_per_epoch)
+        durations = time_updates(lambda batches: self._update(batches, epoch=0), loader, self.recipe.train.grad_accum, steps)
+        return dry_run_plan(self.recipe, durations, run_dir=self.run.root, world_size=self.world,
+                            device=str(self.accelerator.device), precision=self.accelerator.mixed_precision,
+                            num_samples=self.parts.num_samples, steps_per_epoch=self.steps_per_epoch)
+
     def _update(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int) -> dict[str, float]:
         """One optimizer update over `grad_accum` micro-batches; returns logging stats."""
         device = self.accelerator.device
@@ -500,7 +440,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.main:
             return
-        self.run.append_metrics(record)
+        append_metrics(self.run, record)
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):
@@ -574,9 +514,7 @@ def train(recipe: Recipe, options: TrainOptions) -> dict[str, Any]:
     trainer = Trainer(recipe, options)
     try:
         if options.dry_run:
-            from clipctl.train.dryrun import dry_run
-
-            return dry_run(trainer)
+            return trainer.dry_run()
         return trainer.fit()
     finally:
         trainer.release()

@@ -10,7 +10,6 @@ interface (`TrialRunner`): tests pass one that starts a fake trainer.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shlex
 import shutil
@@ -24,6 +23,8 @@ from typing import Callable, Protocol
 
 from clipctl.errors import EXIT_DATA, EXIT_USAGE, ClipctlError, DataError, InterruptedRun, UsageError
 from clipctl.console import info
+from clipctl.run.layout import SUMMARY_FILE, RunDir, RunStatus
+from clipctl.run.reader import MetricsFollower, read_summary
 from clipctl.tune.phases import PhasePlan
 from clipctl.tune.session import PhaseSession
 from clipctl.atomic import atomic_write_text
@@ -162,7 +163,7 @@ class _Active:
     process: TrialProcess
     slot: int
     started: float
-    offset: int = 0
+    metrics: MetricsFollower
     verdict: str = "continue"
     verdict_epoch: int | None = None
     stop_sent: float | None = None
@@ -176,22 +177,18 @@ def describe_params(params: dict[str, object]) -> str:
 
 def read_outcome(run_dir: Path, log: Path, objective: str, returncode: int) -> tuple[float | None, str]:
     """(objective, "") for a completed run with a finite best objective, else (maybe None, why it failed)."""
-    summary = None
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    if isinstance(summary, dict) and returncode == 0 and summary.get("status") == "completed":
+    summary = read_summary(run_dir)[0]
+    if summary is not None and returncode == 0 and summary.get("status") == RunStatus.COMPLETED:
         best = summary.get("best") or {}
         value = finite(best.get(objective))
         if value is None:
-            return None, f"diverged: summary.json best[{objective!r}] = {best.get(objective)!r}"
+            return None, f"diverged: {SUMMARY_FILE} best[{objective!r}] = {best.get(objective)!r}"
         return value, ""
-    if isinstance(summary, dict) and summary.get("error"):
+    if summary is not None and summary.get("error"):
         return None, f"exit code {returncode}: {summary['error']}"
     if returncode == 0:
-        status = summary.get("status") if isinstance(summary, dict) else "missing"
-        return None, f"exit code 0 but summary.json status is {status!r}"
+        status = summary.get("status") if summary is not None else "missing"
+        return None, f"exit code 0 but {SUMMARY_FILE} status is {status!r}"
     return None, f"exit code {returncode}: {_last_line(log) or 'no output'} (log: {log})"
 
 
@@ -206,8 +203,8 @@ def _last_line(path: Path) -> str:
 def _set_aside_unresumable(run_dir: Path, starts: int) -> None:
     """A re-run trial whose earlier attempt left files but no resumable state starts fresh: its files are
     kept beside it as `.tNNN.attempt-K` (`--resume auto` refuses such a folder rather than train over it)."""
-    if starts > 1 and run_dir.is_dir() and not (run_dir / "state" / "last.pt").is_file() and any(
-            p.name != ".lock" for p in run_dir.iterdir()):
+    run = RunDir(run_dir)
+    if starts > 1 and run.has_content() and not run.last_state.is_file():
         os.replace(run_dir, run_dir.with_name(f".{run_dir.name}.attempt-{starts - 1}"))
 
 
@@ -286,7 +283,8 @@ class PhaseWorker:
         atomic_write_text(launch.recipe, header + recipe.to_toml())
         _set_aside_unresumable(launch.run_dir, record.starts)
         process = self.runner.start(launch, slot)
-        self.active[record.trial] = _Active(record, launch, process, slot, time.monotonic())
+        self.active[record.trial] = _Active(record, launch, process, slot, time.monotonic(),
+                                            MetricsFollower(RunDir(launch.run_dir).metrics))
         devices = self.runner.devices(slot)
         where = f" [GPU {','.join(devices)}]" if devices else ""
         again = " (re-run)" if record.starts > 1 else ""
@@ -295,24 +293,10 @@ class PhaseWorker:
     def _watch(self, active: _Active) -> bool:
         """Report new per-epoch objectives from metrics.jsonl; stop the trial if pruned or diverged.
         Returns whether anything new was read."""
-        path = active.launch.run_dir / "metrics.jsonl"
-        try:
-            if path.stat().st_size < active.offset:  # a resumed trainer rewrote its log
-                active.offset = 0
-            with open(path, "rb") as handle:
-                handle.seek(active.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return False
-        end = data.rfind(b"\n") + 1
-        active.offset += end
+        records, advanced = active.metrics.read_new()
         objective = self.plan.objective
-        for line in data[:end].splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(record, dict) or record.get("type") != "eval" or objective not in record:
+        for record in records:
+            if record.get("type") != "eval" or objective not in record:
                 continue
             if active.verdict != "continue":
                 continue
@@ -325,7 +309,7 @@ class PhaseWorker:
                 active.stop_sent = time.monotonic()
                 what = "pruned (below the median)" if verdict == "pruned" else f"diverged ({objective} is NaN)"
                 self.log(f"phase {self.plan.phase} {active.record.name} {what} at epoch {epoch}; stopping it")
-        return end > 0
+        return advanced
 
     def _finalise(self, active: _Active, code: int) -> None:
         self._watch(active)

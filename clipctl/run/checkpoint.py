@@ -1,11 +1,10 @@
-"""Atomic, weights-only-safe persistence: resumable training state and the self-contained `ckpt.pt`."""
+"""The run directory's torch files, atomic and weights-only-safe: the self-contained `ckpt.pt` that
+`clipctl eval` and `model.init_from` load, and the resumable training state under `state/`."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
 from clipctl.atomic import atomic_write
@@ -81,43 +80,6 @@ def safe_torch_load(path: Path, what: str) -> dict[str, Any]:
     return obj
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG this process draws from, in weights-only-safe containers (CUDA: the current device's only,
-    so a state saved on a machine with 8 GPUs restores on one with fewer)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        # one device's state; older checkpoints kept every device's (a list): take the first
-        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)
-
-
-def rank_rng_state(saved: Any, rank: int, world: int) -> dict[str, Any] | None:
-    """This rank's RNG state from a training state's `rng` (one entry per rank), or None when the state was
-    saved with fewer ranks than this one (that rank then keeps its freshly seeded RNG). Older states hold one
-    dict: rank 0's."""
-    states = saved if isinstance(saved, list) else [saved]
-    return states[rank] if rank < len(states) else None
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def save_checkpoint(path: Path, *, model_state: dict[str, torch.Tensor], recipe_toml: str, tokenizer_json: str,
                     tokenizer_max_len: int, metrics: dict[str, Any], epoch: int) -> None:
     """The self-contained model file `clipctl eval` needs: weights, recipe, tokenizer, metrics."""
@@ -144,6 +106,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {FORMAT_VERSION})")
     check_fields(ckpt, CKPT_FIELDS, path, "checkpoint")
     return ckpt
+
+
+def save_state(path: Path, fields: dict[str, Any]) -> None:
+    """The resumable training state (STATE_FIELDS and whatever else the trainer keeps), format-tagged."""
+    atomic_torch_save({"format": STATE_FORMAT, "version": FORMAT_VERSION, **fields}, path)
 
 
 def load_state(path: Path) -> dict[str, Any]:
