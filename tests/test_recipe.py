@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from clipctl.errors import UsageError
-from clipctl.recipe import (builtin_recipe_names, load_recipe, load_tune_recipe, parse_override, recipe_warnings, tomllib,
-                            validate_recipe)
+from clipctl.recipe import builtin_recipe_names, load_recipe, parse_override, recipe_warnings, tomllib, validate_recipe
+from clipctl.tune.recipe import load_tune_recipe
 
 
 def write(path: Path, text: str) -> Path:

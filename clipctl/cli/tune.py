@@ -31,17 +31,6 @@ def _check_study(study: Path) -> Path:
     return study
 
 
-def _load(phase: Optional[int], recipe: Optional[str]) -> tuple[Any, Path]:
-    from clipctl.recipe import load_tune_recipe
-
-    if phase is not None and phase not in (1, 2, 3):
-        raise UsageError(f"--phase {phase}: expected 1, 2 or 3")
-    tune, path = load_tune_recipe(recipe or f"tune/phase{phase or 1}")
-    if phase is not None and tune.tune.phase != phase:
-        raise UsageError(f"{path}: tune.phase = {tune.tune.phase} but --phase {phase}; drop --phase or use the phase's recipe")
-    return tune, path
-
-
 @app.callback()
 def tune(
     ctx: typer.Context,
@@ -76,12 +65,14 @@ def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel:
     from clipctl.tune.estimate import estimate_phase
     from clipctl.tune.store import Study
 
+    from clipctl.tune.recipe import load_phase_recipe, tune_phases
+
     state = Study(study).state()
-    phases = [phase] if (phase is not None or recipe) else [1, 2, 3]
+    phases = [phase] if (phase is not None or recipe) else tune_phases()
     rows, notes = [], []
     total = 0.0
     for number in phases:
-        tune_recipe, path = _load(number, recipe)
+        tune_recipe, path = load_phase_recipe(number, recipe)
         info(f"phase {tune_recipe.tune.phase}: measuring the step time of a trial recipe ({path})...")
         est = estimate_phase(tune_recipe, path, state, command, parallel)
         seconds = est.seconds
@@ -103,10 +94,11 @@ def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel:
     from clipctl.train.interrupt import StopRequest
     from clipctl.tune.estimate import preflight
     from clipctl.tune.phases import open_phase
+    from clipctl.tune.recipe import load_phase_recipe
     from clipctl.tune.runner import PhaseWorker, SubprocessRunner
     from clipctl.tune.store import Study
 
-    tune_recipe, path = _load(phase, recipe)
+    tune_recipe, path = load_phase_recipe(phase, recipe)
     study = Study(study_dir)
     if retry_failed and study.frozen_phase(tune_recipe.tune.phase) is None:
         raise UsageError(f"--retry-failed: phase {tune_recipe.tune.phase} has not started in {study.root}; "

@@ -17,16 +17,8 @@ from typing import Any
 import tomli_w
 
 from clipctl.errors import UsageError
-from clipctl.recipe import (
-    Recipe,
-    TuneRecipe,
-    apply_overrides,
-    fixed_overrides,
-    load_raw,
-    tomllib,
-    tune_base_path,
-    validate_recipe,
-)
+from clipctl.recipe import Recipe, load_raw, merge_values, tomllib, validate_recipe
+from clipctl.tune.recipe import TuneRecipe, fixed_base, parse_space, tune_base_path
 from clipctl.tune.space import CatDim, SearchSpace, applies
 from clipctl.tune.store import PhaseState, Study, StudyState
 
@@ -73,7 +65,7 @@ class PhasePlan:
 
     def trial_recipe(self, params: dict[str, Any], name: str, out_dir: Path | str) -> Recipe:
         """base <- fixed <- the trial's parameters, validated; loss keys the trial's loss ignores are dropped."""
-        raw = apply_overrides(self.base, fixed_overrides(self.fixed) + fixed_overrides(params))
+        raw = merge_values(merge_values(self.base, self.fixed), params)
         raw["run"] = {**raw.get("run", {}), "name": name, "out_dir": str(out_dir)}
         return validate_recipe(raw, f"{self.source} (phase {self.phase} trial {name})", explicit_loss_keys=set())
 
@@ -111,9 +103,7 @@ class PhasePlan:
 def recipe_identity(tune: TuneRecipe, tune_path: Path) -> dict[str, Any]:
     """The parts of a tune recipe a running study depends on, normalised through TOML for comparison."""
     cfg = tune.tune
-    base_path = tune_base_path(tune, tune_path)
-    probe = validate_recipe(apply_overrides(load_raw(base_path), fixed_overrides(cfg.fixed)),
-                            f"{tune_path} (tune.fixed over {base_path.name})", explicit_loss_keys=set())
+    _, probe = fixed_base(tune, tune_path)
     identity = {k: getattr(cfg, k) for k in _IDENTITY_KEYS}
     identity.update(space=cfg.space, fixed=cfg.fixed, base_sha256=probe.sha256())
     return tomllib.loads(tomli_w.dumps(identity))
@@ -177,8 +167,8 @@ def build_plan(tune: TuneRecipe, tune_path: Path, state: StudyState) -> PhasePla
     fixed = dict(cfg.fixed)
     handover: dict[str, Any] = {}
     notes: list[str] = []
-    combos_grid = cfg.strategy == "grid" and cfg.from_phase > 0
-    space = SearchSpace.from_toml(cfg.space, source) if (cfg.space or not combos_grid) else SearchSpace([])
+    combos_grid = cfg.grids_handover
+    space = parse_space(cfg, source)
 
     if cfg.from_phase:
         if cfg.from_phase >= cfg.phase:
@@ -215,7 +205,7 @@ def build_plan(tune: TuneRecipe, tune_path: Path, state: StudyState) -> PhasePla
     else:
         grid = space.grid(source) if cfg.strategy == "grid" else None
 
-    probe = validate_recipe(apply_overrides(base, fixed_overrides(fixed)), f"{source} (tune.fixed)", explicit_loss_keys=set())
+    probe = validate_recipe(merge_values(base, fixed), f"{source} (tune.fixed)", explicit_loss_keys=set())
     if "loss.name" not in space.names:
         unused = {n for n in space.names if not applies(n, probe.loss.name)}
         if unused:
