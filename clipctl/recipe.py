@@ -11,7 +11,7 @@ import hashlib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import tomli_w
 from pydantic import Field, ValidationError, model_validator
@@ -25,15 +25,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the `tomli` backport (a dependency there) has the same API
     import tomli as tomllib
 
-OPTIMIZER_NAMES = (
-    "adam", "adamw", "radam", "novograd", "nvnovograd", "rmsprop", "momentum", "sgd",
-    "fusedadam", "fusedlamb", "fusednovograd", "lamb", "adan", "lion",
-)
-
+# The optimizer names a recipe accepts (the report's, and a few more); what each one takes comes from timm's
+# optimizer registry (train/optim.py), so this is the only list.
 OptimizerName = Literal[
     "adam", "adamw", "radam", "novograd", "nvnovograd", "rmsprop", "momentum", "sgd",
     "fusedadam", "fusedlamb", "fusednovograd", "lamb", "adan", "lion",
 ]
+OPTIMIZER_NAMES: tuple[str, ...] = get_args(OptimizerName)
 SchedulerName = Literal["cosine", "tanh", "step", "const"]
 
 
