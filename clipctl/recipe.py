@@ -241,18 +241,19 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: invalid TOML: {err}") from None
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any], whole: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`update` over `base`, table by table; a table named in `whole` replaces its base's instead."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("fixed", "space"):
-            merged[key] = deep_merge(merged[key], value)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in whole:
+            merged[key] = deep_merge(merged[key], value, whole)
         else:
             merged[key] = value
     return merged
 
 
-def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The file's tables with its `extends` chain merged underneath (base first)."""
+def load_raw(path: Path, whole: tuple[str, ...] = (), _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's tables with its `extends` chain merged underneath (base first); see `deep_merge`."""
     resolved = path.resolve()
     if resolved in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, resolved))
@@ -266,7 +267,7 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
     if not parent_path.is_file():
         raise UsageError(f"{path}: extends = {parent!r}: no such file {parent_path}")
-    return deep_merge(load_raw(parent_path, (*_chain, resolved)), data)
+    return deep_merge(load_raw(parent_path, whole, (*_chain, resolved)), data, whole)
 
 
 _KEY = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"

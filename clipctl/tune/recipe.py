@@ -21,6 +21,8 @@ from clipctl.tune.space import SearchSpace
 from clipctl.tune.strategies import STRATEGIES
 
 _PHASE_FILE = re.compile(r"phase(\d+)\.toml")
+# Through `extends`, a child's [tune.fixed] and [tune.space] replace the parent's: a space is never a mix of two.
+_WHOLE_TABLES = ("fixed", "space")
 
 
 class TuneConfig(Section):
@@ -66,7 +68,7 @@ def validate_tune_recipe(raw: dict[str, Any], source: str) -> TuneRecipe:
 def load_tune_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> tuple[TuneRecipe, Path]:
     """A tune recipe plus the path its `base` is relative to; the base recipe is validated too."""
     path = find_recipe(name_or_path)
-    raw = apply_overrides(load_raw(path), overrides or [])
+    raw = apply_overrides(load_raw(path, _WHOLE_TABLES), overrides or [])
     if "tune" not in raw:
         raise UsageError(f"{path}: not a tune recipe (no [tune] table); see recipes/tune/phase1.toml")
     tune = validate_tune_recipe(raw, str(path))
