@@ -63,9 +63,8 @@ def tune(
 
 def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel: int, command: list[str]) -> None:
     from clipctl.tune.estimate import estimate_phase
-    from clipctl.tune.store import Study
-
     from clipctl.tune.recipe import load_phase_recipe, tune_phases
+    from clipctl.tune.store import Study
 
     state = Study(study).state()
     phases = [phase] if (phase is not None or recipe) else tune_phases()

@@ -20,10 +20,10 @@ from clipctl.schema import format_validation_error, tagged_union
 
 DEFAULT_LOSS = "sogclr"
 
-_LOSSES: dict[str, tuple[type[LossConfig], Any]] = {}  # name -> (config model, class or "module:Class")
+_LOSSES: dict[str, tuple[type[LossConfig], type | str]] = {}  # name -> (config model, class or "module:Class")
 
 
-def register_loss(config: type[LossConfig], loss: Any) -> None:
+def register_loss(config: type[LossConfig], loss: type | str) -> None:
     """Make a loss available to recipes and `build_loss`; its name is the default of `config.name`."""
     name = config.model_fields["name"].default
     if not isinstance(name, str) or not name:
