@@ -20,14 +20,14 @@ from pathlib import Path
 from _common import check, info, write_result
 
 from clipctl.data.shapes import ShapesConfig, generate_shapes
-from clipctl.recipe import fixed_overrides, load_recipe
+from clipctl.recipe import load_recipe, override_args
 from clipctl.train.trainer import TrainOptions, train
 
 TARGET_SPEEDUP = 5.0
 
 
 def one_run(shapes: Path, out: Path, name: str, cached: bool, batch: int) -> dict[str, float]:
-    overrides = fixed_overrides({
+    overrides = override_args({
         "data.train": str(shapes / "train.json"), "eval.val_retrieval": str(shapes / "val.json"),
         "eval.val_zeroshot": str(shapes / "zeroshot_val"), "eval.test_retrieval": str(shapes / "test.json"),
         "eval.test_zeroshot": str(shapes / "zeroshot"), "train.epochs": 1, "train.batch_size": batch,

@@ -1,88 +1,38 @@
-"""Recipe schema: typed, strict TOML with `extends`, dotted command-line overrides and validation.
+"""Recipe loading: TOML with `extends`, dotted command-line overrides, and the top-level `Recipe` schema.
 
 A recipe is data, never code. Loading merges the `extends` chain (base first), applies overrides
-(`key.sub=value`, parsed as TOML values), then validates the result against the schema below. Every
-failure is a `UsageError` whose message is one line naming the file, the key, the value and the fix.
+(`key.sub=value`, parsed as TOML values), then validates the result against `Recipe`, which composes the
+sections; the `[loss]` table is the chosen loss's own model (`clipctl.losses.config`). Every failure is a
+`UsageError` whose message is one line naming the file, the key, the value and the fix.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, get_args
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from clipctl.errors import UsageError
+from clipctl.losses.registry import LossSection, check_loss_keys, default_loss_config
+from clipctl.schema import Section, closest, format_validation_error, known_keys
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the `tomli` backport (a dependency there) has the same API
     import tomli as tomllib
 
-LOSS_NAMES = ("clip", "sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3")
-OPTIMIZER_NAMES = (
-    "adam", "adamw", "radam", "novograd", "nvnovograd", "rmsprop", "momentum", "sgd",
-    "fusedadam", "fusedlamb", "fusednovograd", "lamb", "adan", "lion",
-)
-SCHEDULER_NAMES = ("cosine", "tanh", "step", "const")
-
-LossName = Literal["clip", "sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3"]
+# The optimizer names a recipe accepts (the report's, and a few more); what each one takes comes from timm's
+# optimizer registry (train/optim.py), so this is the only list.
 OptimizerName = Literal[
     "adam", "adamw", "radam", "novograd", "nvnovograd", "rmsprop", "momentum", "sgd",
     "fusedadam", "fusedlamb", "fusednovograd", "lamb", "adan", "lion",
 ]
+OPTIMIZER_NAMES: tuple[str, ...] = get_args(OptimizerName)
 SchedulerName = Literal["cosine", "tanh", "step", "const"]
-
-_GCL = ("sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3")
-_ISOG = ("isogclr", "isogclr_new", "isogclr_new_v2")
-
-# Which losses read each loss key (specs/losses.md, "Recipe keys"); `name` is read by all.
-LOSS_KEY_USERS: dict[str, tuple[str, ...]] = {
-    "temperature": ("clip", "sogclr", "fastclip_v3"),
-    "learnable_temp": ("clip",),
-    "gamma": _GCL,
-    "gamma_schedule": _GCL,
-    "gamma_min": _GCL,
-    "gamma_decay_epochs": _GCL,
-    "eps": _GCL,
-    "state_device": _GCL,
-    "state_sharding": _GCL,
-    "tau_init": _ISOG,
-    "tau_min": _ISOG + ("fastclip_v3",),
-    "tau_max": _ISOG + ("fastclip_v3",),
-    "rho_I": _ISOG + ("fastclip_v3",),
-    "rho_T": _ISOG + ("fastclip_v3",),
-    "eta_init": _ISOG,
-    "eta_schedule": _ISOG,
-    "beta_u": _ISOG,
-    "tau_grad_clip": _ISOG,
-    "temp_net": ("isogclr_new",),
-    "temp_net_prototypes": ("isogclr_new",),
-    "lr_temp_net": ("isogclr_new",),
-    "wd_temp_net": ("isogclr_new",),
-    "dro_lambda": ("isogclr_new_v2",),
-    "lr_tau": ("clip", "fastclip_v3"),
-}
-
-# Defaults that differ by loss; `None` in the schema means "take the row for the chosen loss".
-LOSS_DEFAULTS: dict[str, dict[str, float]] = {
-    "isogclr": dict(tau_min=0.005, tau_max=0.05, rho_I=8.0, rho_T=8.0, eta_init=0.03, beta_u=0.9, tau_grad_clip=5.0),
-    "isogclr_new": dict(tau_min=0.005, tau_max=0.05, rho_I=8.0, rho_T=8.0, eta_init=1e-5, beta_u=0.5, tau_grad_clip=5.0),
-    "isogclr_new_v2": dict(tau_min=0.005, tau_max=1.0, rho_I=6.0, rho_T=6.0, eta_init=0.01, beta_u=0.9, tau_grad_clip=0.0),
-    "fastclip_v3": dict(tau_min=0.01, tau_max=1.0, rho_I=8.0, rho_T=8.0),
-}
-
-Positive = Field(gt=0)
-
-
-class Section(BaseModel):
-    """Base of every recipe table: unknown keys and silent type coercion are errors."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
 class RunConfig(Section):
@@ -127,45 +77,6 @@ class ModelConfig(Section):
     init_from: str = ""  # a clipctl ckpt.pt (or its run directory): start both towers from its weights
     init_projections: bool = False  # with init_from: start the projections from it too
     cache_locked_features: bool = True  # both towers locked: compute each sample's tower features once
-
-
-class LossConfig(Section):
-    name: LossName = "sogclr"
-    temperature: float = Field(0.01, gt=0, le=10)
-    learnable_temp: bool = False
-    gamma: float = Field(0.8, gt=0, le=1)
-    gamma_schedule: Literal["constant", "cosine"] = "constant"
-    gamma_min: float = Field(0.2, gt=0, le=1)
-    gamma_decay_epochs: int = Field(15, ge=1)
-    eps: float = Field(1e-8, ge=0, le=1)
-    tau_init: float = Field(0.01, gt=0, le=10)
-    tau_min: Optional[float] = Field(None, gt=0, le=10)
-    tau_max: Optional[float] = Field(None, gt=0, le=10)
-    rho_I: Optional[float] = Field(None, ge=0, le=100)
-    rho_T: Optional[float] = Field(None, ge=0, le=100)
-    eta_init: Optional[float] = Field(None, ge=0, le=10)
-    eta_schedule: Literal["const", "cosine", "exp"] = "const"
-    beta_u: Optional[float] = Field(None, gt=0, le=1)
-    tau_grad_clip: Optional[float] = Field(None, ge=0)
-    temp_net: bool = False
-    temp_net_prototypes: int = Field(256, ge=1, le=65_536)
-    lr_temp_net: Optional[float] = Field(None, gt=0)  # None: optim.lr / 10
-    wd_temp_net: float = Field(1e-3, ge=0)
-    dro_lambda: float = Field(1.0, gt=0)
-    lr_tau: Optional[float] = Field(None, gt=0)  # None: optim.lr
-    state_device: Literal["auto", "cpu"] = "auto"
-    state_sharding: Literal["replicated", "sharded"] = Field(
-        "replicated", description="per-sample state on every rank, or sample i on rank i mod K only (ceil(N/K) rows per rank)"
-    )
-
-    @model_validator(mode="after")
-    def _fill_loss_defaults(self) -> "LossConfig":
-        for key, value in LOSS_DEFAULTS.get(self.name, {}).items():
-            if getattr(self, key) is None:
-                object.__setattr__(self, key, value)
-        if self.tau_min is not None and self.tau_max is not None and self.tau_min > self.tau_max:
-            raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
-        return self
 
 
 class OptimConfig(Section):
@@ -250,7 +161,7 @@ class Recipe(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
+    loss: LossSection = Field(default_factory=default_loss_config)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     sched: SchedConfig = Field(default_factory=SchedConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -259,10 +170,7 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _fill_cross_section_defaults(self) -> "Recipe":
-        if self.loss.lr_temp_net is None and self.loss.name == "isogclr_new":
-            object.__setattr__(self.loss, "lr_temp_net", self.optim.lr / 10)
-        if self.loss.lr_tau is None and self.loss.name in LOSS_KEY_USERS["lr_tau"]:
-            object.__setattr__(self.loss, "lr_tau", self.optim.lr)
+        self.loss.fill_optim_defaults(self.optim.lr)
         warmup = self.sched.warmup_epochs
         if not math.isfinite(warmup) or warmup >= self.train.epochs:
             raise ValueError(f"sched.warmup_epochs ({warmup:g}) must be shorter than train.epochs "
@@ -274,55 +182,14 @@ class Recipe(Section):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every applicable key (loss keys the chosen loss ignores are left out)."""
-        data = self.model_dump()
-        data["loss"] = {k: v for k, v in data["loss"].items() if k == "name" or self.loss.name in LOSS_KEY_USERS[k]}
-        return _drop_none(data)
+        """Plain dict of every key (the [loss] table holds the keys of the chosen loss)."""
+        return _drop_none(self.model_dump())
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_toml().encode()).hexdigest()
-
-
-class TuneParam(Section):
-    """One dimension of a search space: a range (`low`/`high`) or, as a TOML list, categories."""
-
-    low: float
-    high: float
-    prior: Literal["uniform", "log-uniform"] = "uniform"
-    type: Literal["real", "int"] = "real"
-
-    @model_validator(mode="after")
-    def _check_bounds(self) -> "TuneParam":
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.prior == "log-uniform" and self.low <= 0:
-            raise ValueError(f"a log-uniform range needs low > 0 (got {self.low})")
-        return self
-
-
-class TuneConfig(Section):
-    base: str
-    phase: int = Field(1, ge=1, le=3)
-    strategy: Literal["gp", "grid", "random"] = "gp"
-    n_trials: int = Field(20, ge=1)
-    n_initial: int = Field(8, ge=1)
-    acq: Literal["gp_hedge", "EI", "PI", "LCB"] = "gp_hedge"
-    initial_point_generator: Literal["random", "lhs", "sobol", "halton", "hammersly"] = "lhs"
-    seed: int = Field(0, ge=0)
-    objective: str = "val/objective"
-    prune: bool = False
-    prune_grace_epochs: int = Field(2, ge=0)
-    from_phase: int = Field(0, ge=0, le=2)  # 0: none; else read that phase's results for hand-over
-    top_k: int = Field(3, ge=1)
-    fixed: dict[str, Any] = Field(default_factory=dict)
-    space: dict[str, Any] = Field(default_factory=dict)
-
-
-class TuneRecipe(Section):
-    tune: TuneConfig
 
 
 def _drop_none(value: Any) -> Any:
@@ -356,8 +223,8 @@ def find_recipe(name_or_path: str | Path) -> Path:
     builtin = builtin_recipes_dir() / f"{Path(str(name_or_path)).with_suffix('').as_posix()}.toml"
     if not path.suffix and builtin.is_file():
         return builtin
-    hint = difflib.get_close_matches(str(name_or_path), builtin_recipe_names(), n=1)
-    extra = f"; did you mean {hint[0]}?" if hint else "; `clipctl recipes ls` lists the built-ins"
+    hint = closest(str(name_or_path), builtin_recipe_names())
+    extra = f"; did you mean {hint}?" if hint else "; `clipctl recipes ls` lists the built-ins"
     raise UsageError(f"{name_or_path}: no such recipe file{extra}")
 
 
@@ -374,18 +241,19 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: invalid TOML: {err}") from None
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any], whole: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`update` over `base`, table by table; a table named in `whole` replaces its base's instead."""
     merged = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("fixed", "space"):
-            merged[key] = deep_merge(merged[key], value)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in whole:
+            merged[key] = deep_merge(merged[key], value, whole)
         else:
             merged[key] = value
     return merged
 
 
-def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The file's tables with its `extends` chain merged underneath (base first)."""
+def load_raw(path: Path, whole: tuple[str, ...] = (), _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's tables with its `extends` chain merged underneath (base first); see `deep_merge`."""
     resolved = path.resolve()
     if resolved in _chain:
         cycle = " -> ".join(p.name for p in (*_chain, resolved))
@@ -399,18 +267,22 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
     if not parent_path.is_file():
         raise UsageError(f"{path}: extends = {parent!r}: no such file {parent_path}")
-    return deep_merge(load_raw(parent_path, (*_chain, resolved)), data)
+    return deep_merge(load_raw(parent_path, whole, (*_chain, resolved)), data, whole)
 
 
-_OVERRIDE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+)=(.*)$", re.S)
+_KEY = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"
+_OVERRIDE = re.compile(rf"^({_KEY})=(.*)$", re.S)
+_DOTTED_KEY = re.compile(_KEY)
 _BARE = re.compile(r"^[A-Za-z0-9_./:+@-]+$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_SYNTAX = "expected table.key=value, e.g. optim.lr=3e-4 or loss.name=sogclr"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`optim.lr=3e-4` -> (["optim", "lr"], 0.0003); bare words become strings (`loss.name=sogclr`)."""
     match = _OVERRIDE.match(text.strip())
     if not match:
-        raise UsageError(f"override {text!r}: expected table.key=value, e.g. optim.lr=3e-4 or loss.name=sogclr")
+        raise UsageError(f"override {text!r}: {_SYNTAX}")
     key, raw = match.group(1), match.group(2).strip()
     if raw == "":
         raise UsageError(f"override {text!r}: missing value after '='")
@@ -423,106 +295,72 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _set_dotted(data: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    """Set one value in place, copying each table on the way (the caller's tables are never changed)."""
+    node = data
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"override {text!r}: {'.'.join(path[: i + 1])} is a value, not a table")
+        node[part] = child = dict(child)
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Command-line overrides (`table.key=value`) applied in order over the tables."""
     merged = dict(data)
     for text in overrides:
         path, value = parse_override(text)
-        node = merged
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part, {})
-            if not isinstance(child, dict):
-                raise UsageError(f"override {text!r}: {'.'.join(path[: i + 1])} is a value, not a table")
-            node[part] = child = dict(child)
-            node = child
-        node[path[-1]] = value
+        _set_dotted(merged, path, value, text)
     return merged
 
 
-def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.append(prefix + name)
-            keys += _known_keys(annotation, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
+def merge_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """`{"optim.lr": 3e-4}` merged over the tables as data: the result of the overrides `override_args(values)`,
+    without writing the values as text and parsing them back."""
+    merged = dict(data)
+    for key, value in values.items():
+        text = override_arg(key, value)
+        if not _DOTTED_KEY.fullmatch(key.lstrip()):
+            raise UsageError(f"override {text!r}: {_SYNTAX}")
+        _set_dotted(merged, key.lstrip().split("."), value, text)
+    return merged
 
 
-def _format_validation_error(source: str, err: ValidationError, model: type[BaseModel]) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        known = _known_keys(model)
-        hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        if not hint:
-            section = key.rsplit(".", 1)[0] if "." in key else ""
-            siblings = [k for k in known if k.startswith(section + ".")] if section else [k for k in known if "." not in k]
-            hint = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
-        suggestion = f"; did you mean {hint[0]}?" if hint else ""
-        return f"{source}: {key}: unknown key{suggestion}"
-    message = first["msg"].removeprefix("Value error, ")
-    if kind == "missing":
-        return f"{source}: {key}: required key is missing"
-    if "input" in first and not isinstance(first["input"], dict) and key:
-        return f"{source}: {key} = {first['input']!r}: {message}"
-    return f"{source}: {key + ': ' if key else ''}{message}"
+def _toml_literal(value: Any) -> str:
+    """One TOML value on one line (tables become inline tables), as a command-line override needs."""
+    if isinstance(value, dict):
+        items = (f"{k if _BARE_KEY.match(k) else tomli_w.dumps({'v': k})[4:].strip()} = {_toml_literal(v)}" for k, v in value.items())
+        return "{ " + ", ".join(items) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value})[4:].strip()
 
 
-def _check_loss_keys(source: str, raw: dict[str, Any], explicit: set[str] | None = None) -> None:
-    """Reject loss keys the chosen loss does not read; `explicit` limits the check to keys the user wrote
-    in this file or on the command line (keys inherited through `extends` from another loss are dropped)."""
-    loss = raw.get("loss")
-    if not isinstance(loss, dict):
-        return
-    name = loss.get("name", LossConfig.model_fields["name"].default)
-    if name not in LOSS_NAMES:
-        return  # the schema reports the bad name with the valid ones
-    inherited = set()
-    for key in loss:
-        users = LOSS_KEY_USERS.get(key)
-        if users is None or name in users:
-            continue
-        if explicit is not None and key not in explicit:
-            inherited.add(key)
-            continue
-        raise UsageError(
-            f"{source}: loss.{key}: not used by loss {name!r} (used by {', '.join(users)}); "
-            f"remove it or change loss.name"
-        )
-    raw["loss"] = {k: v for k, v in loss.items() if k not in inherited}
+def override_arg(key: str, value: Any) -> str:
+    """`("optim.lr", 3e-4)` -> `"optim.lr=0.0003"`: the command-line override that sets this value."""
+    return f"{key}={_toml_literal(value)}"
+
+
+def override_args(values: dict[str, Any]) -> list[str]:
+    """Dotted-key values as the command-line overrides that set them (to start `clipctl train` with them)."""
+    return [override_arg(key, value) for key, value in values.items()]
 
 
 def recipe_warnings(recipe: Recipe) -> list[str]:
-    """Valid settings that defeat their purpose: one line each, printed at validation, never an error.
-
-    The iSogCLR τ-gradient is G_i = H(p_i) − log(B−1) + ρ ≥ ρ − log(B−1) (H, the entropy of the anchor's
-    softmax over its B−1 negatives, is ≥ 0), so with ρ ≥ log(B−1) every τ can only fall.
-    """
-    if recipe.loss.name not in _ISOG:
-        return []
-    contrast = recipe.train.batch_size // recipe.train.grad_accum
-    bound = math.log(max(contrast - 1, 1))
-    high = [f"loss.{key} = {getattr(recipe.loss, key):g}" for key in ("rho_I", "rho_T") if getattr(recipe.loss, key) >= bound]
-    if not high:
-        return []
-    return [
-        f"{' and '.join(high)} >= log(B-1) = {bound:.2f} for the contrast batch B = {contrast} (train.batch_size / "
-        f"train.grad_accum): every τ-gradient is positive, so every temperature of {recipe.loss.name} can only fall; "
-        f"use rho < {bound:.2f} for temperatures that can also rise"
-    ]
+    """Valid settings that defeat their purpose: one line each, printed at validation, never an error."""
+    return recipe.loss.warnings(recipe.train.batch_size // recipe.train.grad_accum)
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "recipe", explicit_loss_keys: set[str] | None = None) -> Recipe:
     if "tune" in raw:
         raise UsageError(f"{source}: this is a tune recipe ([tune] table); use `clipctl tune --recipe {source}`")
-    _check_loss_keys(source, raw, explicit_loss_keys)
+    check_loss_keys(source, raw, explicit_loss_keys)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise UsageError(_format_validation_error(source, err, Recipe)) from None
+        raise UsageError(format_validation_error(source, err, known_keys(Recipe))) from None
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -543,81 +381,6 @@ def explicit_loss_keys(path: Path, overrides: list[str]) -> set[str]:
     overridden = {parts[1] for parts, _ in map(parse_override, overrides) if parts[0] == "loss" and len(parts) == 2}
     # A loss chosen on the command line makes the file's loss keys inherited: those it ignores are dropped.
     return overridden if "name" in overridden else keys | overridden
-
-
-def validate_tune_recipe(raw: dict[str, Any], source: str) -> TuneRecipe:
-    try:
-        return TuneRecipe.model_validate(raw)
-    except ValidationError as err:
-        raise UsageError(_format_validation_error(source, err, TuneRecipe)) from None
-
-
-def load_tune_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> tuple[TuneRecipe, Path]:
-    """A tune recipe plus the path its `base` is relative to; the base recipe is validated too."""
-    path = find_recipe(name_or_path)
-    raw = apply_overrides(load_raw(path), overrides or [])
-    if "tune" not in raw:
-        raise UsageError(f"{path}: not a tune recipe (no [tune] table); see recipes/tune/phase1.toml")
-    tune = validate_tune_recipe(raw, str(path))
-    base_path = tune_base_path(tune, path)
-    base_raw = load_raw(base_path)
-    probe = apply_overrides(base_raw, fixed_overrides(tune.tune.fixed))
-    validate_recipe(probe, f"{path} (tune.fixed over {base_path.name})", explicit_loss_keys=set())
-    _check_space(tune, probe, str(path))
-    return tune, path
-
-
-def tune_base_path(tune: TuneRecipe, tune_path: Path) -> Path:
-    base = Path(tune.tune.base)
-    resolved = base if base.is_absolute() else tune_path.parent / base
-    if not resolved.is_file():
-        raise UsageError(f"{tune_path}: tune.base = {tune.tune.base!r}: no such file {resolved}")
-    return resolved
-
-
-def _toml_literal(value: Any) -> str:
-    """One TOML value on one line (tables become inline tables), as a command-line override needs."""
-    if isinstance(value, dict):
-        items = (f"{k if _BARE_KEY.match(k) else tomli_w.dumps({'v': k})[4:].strip()} = {_toml_literal(v)}" for k, v in value.items())
-        return "{ " + ", ".join(items) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
-    return tomli_w.dumps({"v": value})[4:].strip()
-
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def fixed_overrides(values: dict[str, Any]) -> list[str]:
-    """`{"optim.lr": 3e-4}` -> `["optim.lr=0.0003"]`: tune parameters as command-line overrides."""
-    return [f"{key}={_toml_literal(value)}" for key, value in values.items()]
-
-
-def _check_space(tune: TuneRecipe, base_raw: dict[str, Any], source: str) -> None:
-    """Every space key must be a recipe key, and each bound or category must validate there."""
-    space = tune.tune.space
-    if not space and tune.tune.phase != 2:
-        raise UsageError(f"{source}: [tune.space] is empty; add at least one parameter, e.g. \"optim.lr\" = {{ low = 1e-4, high = 1e-2 }}")
-    known = set(_known_keys(Recipe))
-    for key, spec in space.items():
-        if key not in known:
-            hint = difflib.get_close_matches(key, sorted(known), n=1)
-            raise UsageError(f"{source}: tune.space.{key}: not a recipe key" + (f"; did you mean {hint[0]}?" if hint else ""))
-        if isinstance(spec, list):
-            if not spec:
-                raise UsageError(f"{source}: tune.space.{key}: empty list; give at least one value")
-            candidates = spec
-        elif isinstance(spec, dict):
-            try:
-                param = TuneParam.model_validate(spec)
-            except ValidationError as err:
-                raise UsageError(_format_validation_error(f"{source}: tune.space.{key}", err, TuneParam)) from None
-            candidates = [int(param.low), int(param.high)] if param.type == "int" else [param.low, param.high]
-        else:
-            raise UsageError(f"{source}: tune.space.{key} = {spec!r}: expected a list of values or {{ low, high }}")
-        for value in candidates:
-            probe = apply_overrides(base_raw, [f"{key}={_toml_literal(value)}"])
-            validate_recipe(probe, f"{source}: tune.space", explicit_loss_keys=set())
 
 
 def describe(path: Path) -> str:

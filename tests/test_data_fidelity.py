@@ -21,7 +21,8 @@ from clipctl.data.imagenet import selection_split
 from clipctl.data.registry import resolve
 from clipctl.data.transforms import eval_transform
 from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
-from clipctl.recipe import load_recipe, load_tune_recipe
+from clipctl.recipe import load_recipe
+from clipctl.tune.recipe import load_tune_recipe
 from rundirs import COCO_IMAGENET, make_run
 from fake_files import jpeg_bytes
 from test_data_sources import TRUTH, WNID, _devkit, _patch_imagenet
@@ -369,7 +370,7 @@ def _shrunk_quick_recipe(phase: int, folder: Path, shapes: Path) -> Path:
     """recipes/tune/quick/phaseN.toml with overrides that cut trials, steps and data (the demo in seconds)."""
     import tomli_w
 
-    from clipctl.recipe import apply_overrides, builtin_recipes_dir, fixed_overrides, find_recipe, load_raw
+    from clipctl.recipe import apply_overrides, builtin_recipes_dir, find_recipe, load_raw, override_arg
 
     raw = load_raw(find_recipe(f"tune/quick/phase{phase}"))
     tiny = {"data.train": str(shapes / "train.json"), "eval.val_retrieval": str(shapes / "val.json"),
@@ -379,7 +380,7 @@ def _shrunk_quick_recipe(phase: int, folder: Path, shapes: Path) -> Path:
     cuts = {1: ["tune.n_trials=2", "tune.n_initial=2"],
             2: ["tune.top_k=1", 'tune.space={ "optim.lr" = [1e-3] }'],
             3: ["tune.n_trials=1", "tune.n_initial=1"]}[phase]
-    fixed = fixed_overrides({"v": {**raw["tune"]["fixed"], **tiny}})[0].removeprefix("v=")
+    fixed = override_arg("v", {**raw["tune"]["fixed"], **tiny}).removeprefix("v=")
     base = json.dumps(str(builtin_recipes_dir() / "quickstart.toml"))
     raw = apply_overrides(raw, [*cuts, f"tune.fixed={fixed}", f"tune.base={base}"])
     path = folder / f"phase{phase}.toml"

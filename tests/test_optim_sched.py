@@ -6,7 +6,7 @@ import torch
 
 from clipctl.errors import UsageError
 from clipctl.recipe import OPTIMIZER_NAMES, load_recipe
-from clipctl.train.optim import build_optimizer, parameter_groups
+from clipctl.train.optim import build_optimizer, optimizer_info, optimizer_kwargs, parameter_groups
 from clipctl.train.schedule import build_scheduler
 
 
@@ -36,6 +36,17 @@ def test_every_optimizer_builds_and_steps_or_explains(name):
     model.norm(model.linear(torch.randn(8, 4))).pow(2).sum().backward()
     optimizer.step()
     assert not torch.equal(before, model.linear.weight)
+
+
+def test_every_name_is_in_timms_registry_and_gets_only_what_it_accepts():
+    from timm.optim import list_optimizers
+
+    for name in OPTIMIZER_NAMES:
+        info = optimizer_info(name)
+        assert info.name in list_optimizers()
+        kwargs = optimizer_kwargs(load_recipe("quickstart", [f"optim.name={name}"]).optim)
+        assert ("eps" in kwargs) == info.has_eps and ("momentum" in kwargs) == info.has_momentum, name
+        assert "betas" not in kwargs or (info.has_betas and info.num_betas == 2), name
 
 
 def test_no_weight_decay_on_biases_norms_and_temperatures():

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from clipctl.errors import UsageError
-from clipctl.recipe import (builtin_recipe_names, load_recipe, load_tune_recipe, parse_override, recipe_warnings, tomllib,
-                            validate_recipe)
+from clipctl.recipe import (apply_overrides, builtin_recipe_names, load_recipe, merge_values, override_args, parse_override,
+                            recipe_warnings, tomllib, validate_recipe)
+from clipctl.tune.recipe import load_tune_recipe, tune_phases
 
 
 def write(path: Path, text: str) -> Path:
@@ -84,6 +85,25 @@ def test_override_precedence_file_over_extends_and_cli_over_file(tmp_path):
 ])
 def test_parse_override(text, expected):
     assert parse_override(text) == expected
+
+
+def test_values_merge_as_data_exactly_as_their_overrides_would():
+    raw = {"optim": {"lr": 0.1}, "model": {"text_config": {"dim": 8, "n_layers": 2}}}
+    values = {"optim.lr": 3e-4, "loss.name": "sogclr", "optim.betas": [0.9, 0.98], "train.deterministic": True,
+              "model.text_config": {"dim": 64, "odd key": "x"}, "model.text_config.n_heads": 4}
+    assert merge_values(raw, values) == apply_overrides(raw, override_args(values))
+    assert raw["optim"]["lr"] == 0.1  # the caller's tables are not changed
+    def error(call) -> str:
+        with pytest.raises(UsageError) as info:
+            call()
+        return str(info.value)
+
+    for bad in ({"train": 3}, {"optim.lr.x": 1}):  # not table.key; a value, not a table
+        assert error(lambda: merge_values(raw, bad)) == error(lambda: apply_overrides(raw, override_args(bad)))
+
+
+def test_tune_phases_are_the_builtin_phase_files():
+    assert tune_phases() == [1, 2, 3]
 
 
 @pytest.mark.parametrize("bad", ["optim.lr", "lr=3", "optim..lr=3", "=3", "optim.lr=", "optim.lr=3 e"])

@@ -56,6 +56,8 @@ def test_usage_errors_exit_2(tmp_path, run_cli):
     assert code == 2 and "tune.phase = 1 but --phase 2" in err
     code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--launcher", "no-such-launcher --x")
     assert code == 2 and "not found on PATH" in err
+    code, _, err = run_cli("tune", "--phase", "4", "--study", tmp_path / "s")
+    assert code == 2 and "--phase 4: expected 1, 2 or 3" in err  # the phases are recipes/tune/phaseN.toml
     code, _, err = run_cli("tune", "status", "--study", tmp_path / "nothing")
     assert code == 2 and "no study here" in err
     assert not (tmp_path / "s").exists()

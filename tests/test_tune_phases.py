@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from clipctl.recipe import load_recipe, load_tune_recipe
+from clipctl.recipe import load_recipe
 from clipctl.tune.phases import build_plan, top_combos
+from clipctl.tune.recipe import load_tune_recipe
 from clipctl.tune.store import Study
 from tune_fakes import launcher, write_recipes
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from clipctl.errors import InterruptedRun
-from clipctl.recipe import load_tune_recipe
+from clipctl.tune.recipe import load_tune_recipe
 from clipctl.tune.phases import open_phase
 from clipctl.tune.runner import PhaseWorker, SubprocessRunner, TrialLaunch
 from clipctl.tune.store import Study

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from clipctl.data.shapes import ShapesConfig, generate_shapes
-from clipctl.recipe import Recipe, fixed_overrides, load_recipe
+from clipctl.recipe import Recipe, load_recipe, override_args
 
 TINY_SHAPES = ShapesConfig(seed=0, train_size=256, image_size=32, eval_images=48, zeroshot_val_per_class=1, zeroshot_per_class=1)
 
@@ -37,7 +37,7 @@ def tiny_overrides(shapes: Path, **extra: Any) -> list[str]:
         "eval.batch_size": 64,
     }
     values.update(extra)
-    return fixed_overrides(values)
+    return override_args(values)
 
 
 def tiny_recipe(shapes: Path, **extra: Any) -> Recipe:

@@ -113,7 +113,7 @@ def launcher() -> str:
 
 def run_worker(study_dir: str, tune_path: str, parallel: int = 1) -> None:
     """Run one worker on a phase with the fake trainer (used in-process and by subprocess workers)."""
-    from clipctl.recipe import load_tune_recipe
+    from clipctl.tune.recipe import load_tune_recipe
     from clipctl.tune.phases import open_phase
     from clipctl.tune.runner import PhaseWorker, SubprocessRunner
     from clipctl.tune.store import Study

@@ -39,7 +39,9 @@ def show(
         return
     raw = recipes_lib.apply_overrides(recipes_lib.load_raw(path), overrides or [])
     if "tune" in raw:
-        tune, _ = recipes_lib.load_tune_recipe(path, overrides or [])
+        from clipctl.tune.recipe import load_tune_recipe
+
+        tune, _ = load_tune_recipe(path, overrides or [])
         typer.echo(tomli_w.dumps(tune.model_dump()), nl=False)
         return
     recipe = recipes_lib.load_recipe(path, overrides or [])
@@ -80,7 +82,9 @@ def validate(
     for item in files:
         path = recipes_lib.find_recipe(item)
         if "tune" in recipes_lib.read_toml(path):
-            recipes_lib.load_tune_recipe(path, overrides)
+            from clipctl.tune.recipe import load_tune_recipe
+
+            load_tune_recipe(path, overrides)
             kind = "tune recipe"
         else:
             for message in recipes_lib.recipe_warnings(recipes_lib.load_recipe(path, overrides)):

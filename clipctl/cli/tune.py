@@ -31,17 +31,6 @@ def _check_study(study: Path) -> Path:
     return study
 
 
-def _load(phase: Optional[int], recipe: Optional[str]) -> tuple[Any, Path]:
-    from clipctl.recipe import load_tune_recipe
-
-    if phase is not None and phase not in (1, 2, 3):
-        raise UsageError(f"--phase {phase}: expected 1, 2 or 3")
-    tune, path = load_tune_recipe(recipe or f"tune/phase{phase or 1}")
-    if phase is not None and tune.tune.phase != phase:
-        raise UsageError(f"{path}: tune.phase = {tune.tune.phase} but --phase {phase}; drop --phase or use the phase's recipe")
-    return tune, path
-
-
 @app.callback()
 def tune(
     ctx: typer.Context,
@@ -74,14 +63,15 @@ def tune(
 
 def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel: int, command: list[str]) -> None:
     from clipctl.tune.estimate import estimate_phase
+    from clipctl.tune.recipe import load_phase_recipe, tune_phases
     from clipctl.tune.store import Study
 
     state = Study(study).state()
-    phases = [phase] if (phase is not None or recipe) else [1, 2, 3]
+    phases = [phase] if (phase is not None or recipe) else tune_phases()
     rows, notes = [], []
     total = 0.0
     for number in phases:
-        tune_recipe, path = _load(number, recipe)
+        tune_recipe, path = load_phase_recipe(number, recipe)
         info(f"phase {tune_recipe.tune.phase}: measuring the step time of a trial recipe ({path})...")
         est = estimate_phase(tune_recipe, path, state, command, parallel)
         seconds = est.seconds
@@ -103,10 +93,11 @@ def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel:
     from clipctl.train.interrupt import StopRequest
     from clipctl.tune.estimate import preflight
     from clipctl.tune.phases import open_phase
+    from clipctl.tune.recipe import load_phase_recipe
     from clipctl.tune.runner import PhaseWorker, SubprocessRunner
     from clipctl.tune.store import Study
 
-    tune_recipe, path = _load(phase, recipe)
+    tune_recipe, path = load_phase_recipe(phase, recipe)
     study = Study(study_dir)
     if retry_failed and study.frozen_phase(tune_recipe.tune.phase) is None:
         raise UsageError(f"--retry-failed: phase {tune_recipe.tune.phase} has not started in {study.root}; "
@@ -127,8 +118,7 @@ def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel:
         state = PhaseWorker(study, plan, SubprocessRunner(command, parallel=parallel), parallel=parallel,
                             should_stop=lambda: stop.requested).run()
     best = state.best()
-    counts = {s: sum(t.status == s for t in state.trials.values()) for s in ("completed", "failed", "pruned", "running")}
-    info(f"phase {plan.phase}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    info(f"phase {plan.phase}: " + ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
          + (f"; best {plan.objective} = {best.value:.4f} ({best.name})" if best else "; no trial completed"))
     if state.running():
         info("trials still running belong to other workers (or are orphaned: run the same command to resume them)")
@@ -160,33 +150,25 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable status on stdout."),
 ) -> None:
     """Phases, trials (running/failed/pruned), best so far and lineage.  Example: clipctl tune status --phase 1"""
-    from clipctl.tune.phases import load_plan, phase_correlation
-    from clipctl.tune.store import Study
+    from clipctl.tune.phases import load_plan
+    from clipctl.tune.status import study_status
+    from clipctl.tune.store import Study, trial_name
 
     store = Study(_study_dir(ctx, study)).require()
-    state = store.state()
-    rows, payload = [], []
-    for number in store.frozen_phases():
-        plan, ps = load_plan(store, number), state.phase(number)
-        best = ps.best()
-        counts = {s: sum(t.status == s for t in ps.trials.values()) for s in ("completed", "failed", "pruned", "running")}
-        lineage = _lineage(plan.handover)
-        rows.append((number, plan.strategy, f"{len(ps.finished())}/{plan.planned_trials()}", counts["running"],
-                     counts["failed"], counts["pruned"], f"{best.value:.4f}" if best else "-", best.name if best else "-",
-                     "closed" if ps.closed else "open"))
-        payload.append({"phase": number, "strategy": plan.strategy, "planned": plan.planned_trials(), **counts,
-                        "best_trial": best.trial if best else None, "best_value": best.value if best else None,
-                        "closed": ps.closed is not None, "lineage": lineage,
-                        "trials": [_trial_json(t) for t in ps.trials.values()]})
+    report = study_status(store)
     if as_json:
-        emit_json({"study": str(store.root), "phases": payload,
-                   "correlation_1_2": phase_correlation(state, 1, 2) if {1, 2} <= set(state.phases) else None})
+        emit_json(report)
         return
+    rows = [(p["phase"], p["strategy"], f"{p['completed'] + p['failed'] + p['pruned']}/{p['planned']}", p["running"],
+             p["failed"], p["pruned"], f"{p['best_value']:.4f}" if p["best_trial"] is not None else "-",
+             trial_name(p["best_trial"]) if p["best_trial"] is not None else "-", "closed" if p["closed"] else "open")
+            for p in report["phases"]]
     print_table(f"study {store.root}", ["phase", "strategy", "finished", "running", "failed", "pruned", "best",
                                         "trial", "state"], rows)
-    for entry in payload:
+    for entry in report["phases"]:
         if entry["lineage"] != "-":
             info(f"phase {entry['phase']} lineage: {entry['lineage']}")
+    state = store.state()
     if phase is not None:
         plan, ps = load_plan(store, phase), state.phase(phase)
         trial_rows = [(t.name, t.status + (" (penalty)" if t.flagged else ""), _fmt(t.value) if t.value is not None else "-",
@@ -195,29 +177,6 @@ def status(
         print_table(f"phase {phase} trials ({plan.objective})", ["trial", "status", "value", "epochs", "params", "note"], trial_rows)
     if {1, 2} <= set(state.phases) and state.phase(2).measured():
         _print_correlation(store, 1, 2)
-
-
-def _lineage(handover: dict[str, Any]) -> str:
-    if handover.get("kind") == "top_k":
-        combos = ", ".join(f"{l}+{o}" for l, o, _ in handover["combos"])
-        return f"top-{len(handover['combos'])} of phase {handover['from_phase']}: {combos}"
-    if handover.get("kind") == "best":
-        return f"from phase {handover['from_phase']} t{handover['trial']:03d} ({handover['value']:.4f})"
-    return "-"
-
-
-def _trial_json(t: Any) -> dict[str, Any]:
-    return {"trial": t.trial, "status": t.status, "value": t.value, "raw": t.raw, "flagged": t.flagged,
-            "params": t.params, "loss": t.loss, "optimizer": t.optimizer, "epochs": t.epochs, "reason": t.reason}
-
-
-def _best_phase(store: Any, state: Any, phase: Optional[int]) -> int:
-    if phase is not None:
-        return phase
-    with_results = [n for n in store.frozen_phases() if state.phase(n).measured()]
-    if not with_results:
-        raise UsageError(f"{store.root}: no completed trial yet; see `clipctl tune status`")
-    return with_results[-1]
 
 
 @app.command("best")
@@ -230,24 +189,14 @@ def best(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
 ) -> None:
     """The best trial so far, optionally as a recipe.  Example: clipctl tune best --export best.toml"""
-    from clipctl.tune.phases import load_plan
-    from clipctl.atomic import atomic_write_text
+    from clipctl.tune.status import best_trial, export_best
     from clipctl.tune.store import Study
 
     store = Study(_study_dir(ctx, study)).require()
-    state = store.state()
-    number = _best_phase(store, state, phase)
-    plan, record = load_plan(store, number), state.phase(number).best()
-    if record is None:
-        raise UsageError(f"{store.root}: phase {number} has no completed trial yet; see `clipctl tune status`")
+    number, plan, record = best_trial(store, phase)
     run_dir = store.phase_dir(number) / record.name
     if export is not None:
-        if export.exists() and not force:
-            raise UsageError(f"{export}: already exists; choose another path or add --force")
-        recipe = plan.trial_recipe(record.params, "", "runs")
-        header = (f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {record.value:.4f}) "
-                  f"from study {store.root}.\n# Train it with: clipctl train {export}\n")
-        atomic_write_text(export, header + recipe.to_toml())
+        export_best(store, number, plan, record, export, force)
     if as_json:
         emit_json({"phase": number, "trial": record.trial, "value": record.value, "params": record.params,
                    "loss": record.loss, "optimizer": record.optimizer, "run_dir": str(run_dir),
@@ -270,11 +219,12 @@ def importance(
     """Random-forest importance and Spearman correlation per parameter.  Example: clipctl tune importance --phase 1"""
     from clipctl.tune.importance import importance as compute
     from clipctl.tune.phases import load_plan
+    from clipctl.tune.status import results_phase
     from clipctl.tune.store import Study
 
     store = Study(_study_dir(ctx, study)).require()
     state = store.state()
-    number = _best_phase(store, state, phase)
+    number = results_phase(store, state, phase)
     plan = load_plan(store, number)
     rows = compute(plan.space, state.phase(number).measured(), seed=plan.seed)
     if as_json:

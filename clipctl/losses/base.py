@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from clipctl.errors import ClipctlError, ResumeError, UsageError
 from clipctl.losses import distributed as D
-from clipctl.recipe import LossConfig
+from clipctl.losses.config import LossConfig
 
 
 @dataclass

@@ -14,7 +14,7 @@ from torch import nn
 
 from clipctl.losses import distributed as D
 from clipctl.losses.base import Batch, ContrastiveLoss, LossOutput
-from clipctl.recipe import LossConfig
+from clipctl.losses.config import CLIPConfig
 
 THETA_MAX = math.log(100.0)
 
@@ -22,7 +22,7 @@ THETA_MAX = math.log(100.0)
 class CLIPLoss(ContrastiveLoss):
     name = "clip"
 
-    def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(self, cfg: CLIPConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.learnable = bool(cfg.learnable_temp)
         theta = min(max(-math.log(cfg.temperature), 0.0), THETA_MAX) if self.learnable else -math.log(cfg.temperature)

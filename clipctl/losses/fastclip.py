@@ -24,13 +24,13 @@ from torch import Tensor, nn
 from clipctl.errors import UsageError
 from clipctl.losses.base import Batch
 from clipctl.losses.gcl import GlobalContrastiveLoss, Step, Table
-from clipctl.recipe import LossConfig
+from clipctl.losses.config import FastCLIPv3Config
 
 
 class FastCLIPv3Loss(GlobalContrastiveLoss):
     name = "fastclip_v3"
 
-    def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(self, cfg: FastCLIPv3Config, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.tau_min, self.tau_max = float(cfg.tau_min), float(cfg.tau_max)
         if not self.tau_min <= cfg.temperature <= self.tau_max:

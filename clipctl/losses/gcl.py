@@ -28,7 +28,7 @@ from clipctl.losses import distributed as D
 from clipctl.losses.base import Batch, ContrastiveLoss, LossOutput
 from clipctl.losses.schedules import gamma_at
 from clipctl.losses.state import PerSampleState
-from clipctl.recipe import LossConfig
+from clipctl.losses.config import GCLConfig
 
 
 @dataclass
@@ -149,7 +149,7 @@ class GlobalContrastiveLoss(ContrastiveLoss):
     state_columns: tuple[str, ...] = ("s_I", "b_I", "s_T", "b_T")
     relative_negatives: bool = True  # negatives contrasted on h = S_ij − S_ii (False: on raw S_ij)
 
-    def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(self, cfg: GCLConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.eps = float(cfg.eps)
         self.state = PerSampleState(

@@ -17,7 +17,7 @@ from clipctl.losses.base import Batch
 from clipctl.losses.gcl import GlobalContrastiveLoss, Step, Table, positives
 from clipctl.losses.schedules import eta_at
 from clipctl.losses.tempnet import TemperatureNet
-from clipctl.recipe import LossConfig
+from clipctl.losses.config import IndividualTempConfig, ISogCLRNewConfig
 
 
 class ISogCLRLoss(GlobalContrastiveLoss):
@@ -26,7 +26,7 @@ class ISogCLRLoss(GlobalContrastiveLoss):
     name = "isogclr"
     state_columns = ("s_I", "b_I", "s_T", "b_T", "tau_I", "m_I", "tau_T", "m_T")
 
-    def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(self, cfg: IndividualTempConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.rho = {"I": float(cfg.rho_I), "T": float(cfg.rho_T)}
         self.tau_min, self.tau_max = float(cfg.tau_min), float(cfg.tau_max)
@@ -93,7 +93,7 @@ class ISogCLRNewLoss(ISogCLRLoss):
 
     name = "isogclr_new"
 
-    def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(self, cfg: ISogCLRNewConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
         self.use_temp_net = bool(cfg.temp_net)
         if self.use_temp_net:
             self.state_columns = GlobalContrastiveLoss.state_columns

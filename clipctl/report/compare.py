@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from clipctl.errors import UsageError
-from clipctl.recipe import LOSS_NAMES
+from clipctl.losses.registry import loss_names
 from clipctl.report import baselines as pub
 from clipctl.report.runs import Run
 from clipctl.run.layout import RunStatus
@@ -143,10 +143,10 @@ def check_baselines(names: Sequence[str] | None) -> list[str]:
     """The --baseline values: loss names (a measured group with that loss, or its published row)."""
     chosen = [n.strip().lower() for n in (names or DEFAULT_BASELINES)]
     for name in chosen:
-        if name not in LOSS_NAMES:
-            hint = difflib.get_close_matches(name, LOSS_NAMES, n=1)
+        if name not in loss_names():
+            hint = difflib.get_close_matches(name, loss_names(), n=1)
             extra = f"did you mean {hint[0]}? " if hint else ""
-            raise UsageError(f"--baseline {name}: not a loss name; {extra}choose from {', '.join(LOSS_NAMES)}")
+            raise UsageError(f"--baseline {name}: not a loss name; {extra}choose from {', '.join(loss_names())}")
     return list(dict.fromkeys(chosen))
 
 

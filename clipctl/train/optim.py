@@ -1,23 +1,44 @@
-"""Optimizers through timm's factory, with the report's ten names and no weight decay where it hurts."""
+"""Optimizers through timm's registry: the report's names, and only the arguments each optimizer accepts.
+
+What an optimizer takes (eps, betas, momentum) and whether it is an NVIDIA apex kernel comes from timm's
+`OptimInfo` (`timm.optim.get_optimizer_info`); the recipe-level names are `recipe.OptimizerName`.
+"""
 from __future__ import annotations
 
 import importlib.util
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.optim import OptimInfo, create_optimizer_v2, get_optimizer_info, param_groups_weight_decay
 
 from clipctl.errors import UsageError
 from clipctl.recipe import OptimConfig
 
-# The report's fused names: NVIDIA apex kernels when present (CUDA only), else torch's own fused kernel
-# where one exists. No silent substitution of a different algorithm.
-_FUSED_FALLBACK = {"fusedadam": "torch-fused-adam", "fusedlamb": None, "fusednovograd": None}
+# Recipe names timm registers under another name: timm's "novograd" is NVIDIA's NovoGrad (NvNovoGrad); the report
+# lists both names, which are one algorithm now.
+_TIMM_NAMES = {"nvnovograd": "novograd"}
+# NovoGrad keeps its own betas (0.95, 0.98): the recipe's `optim.betas` default is Adam's (0.9, 0.999), and the
+# report's NovoGrad runs used NovoGrad's defaults.
+_OWN_BETAS = ("novograd", "nvnovograd", "fusednovograd")
+# Apex kernels that torch has a fused kernel of its own for, used when apex is not there. No silent substitution
+# of a different algorithm: the others are refused, naming their unfused equivalent.
+_TORCH_FUSED = ("fusedadam",)
 _UNFUSED_ALTERNATIVE = {"fusedlamb": "lamb", "fusednovograd": "novograd"}
 
 
 def _apex_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("apex") is not None
+
+
+def optimizer_info(name: str) -> OptimInfo:
+    """timm's record of a recipe-level optimizer name."""
+    return get_optimizer_info(_TIMM_NAMES.get(name, name))
+
+
+def _needs_apex(name: str) -> bool:
+    """timm registers the apex kernels by import path (`apex.optimizers.FusedLAMB`), not as a class."""
+    opt_class = optimizer_info(name).opt_class
+    return isinstance(opt_class, str) and opt_class.startswith("apex.")
 
 
 def unavailable_optimizers(names: list[str]) -> list[str]:
@@ -27,12 +48,20 @@ def unavailable_optimizers(names: list[str]) -> list[str]:
     """
     if _apex_available():
         return []
-    return [name for name in names if name in _FUSED_FALLBACK and _FUSED_FALLBACK[name] is None]
+    return [name for name in names if _needs_apex(name) and name not in _TORCH_FUSED]
 
 
-def _timm_name(name: str) -> str:
-    # timm's "novograd" is NVIDIA's NovoGrad (NvNovoGrad); the report lists both names, which are one algorithm now.
-    return {"nvnovograd": "novograd"}.get(name, name)
+def optimizer_kwargs(cfg: OptimConfig) -> dict[str, Any]:
+    """lr and weight decay, plus eps, betas and momentum where the optimizer takes them (timm's OptimInfo)."""
+    info = optimizer_info(cfg.name)
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if info.has_eps:
+        kwargs["eps"] = cfg.eps
+    if info.has_betas and info.num_betas == len(cfg.betas) and cfg.name not in _OWN_BETAS:
+        kwargs["betas"] = tuple(cfg.betas)
+    if info.has_momentum:
+        kwargs["momentum"] = cfg.momentum
+    return kwargs
 
 
 def parameter_groups(model: torch.nn.Module, loss_groups: list[dict[str, Any]], weight_decay: float) -> list[dict[str, Any]]:
@@ -47,18 +76,11 @@ def parameter_groups(model: torch.nn.Module, loss_groups: list[dict[str, Any]], 
 def build_optimizer(model: torch.nn.Module, loss_groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = parameter_groups(model, loss_groups, cfg.weight_decay)
     name = cfg.name
-    kwargs: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if name in ("adam", "adamw", "radam", "novograd", "nvnovograd", "lamb", "adan", "fusedadam", "fusedlamb", "fusednovograd"):
-        kwargs["eps"] = cfg.eps
-    if name in ("adam", "adamw", "radam", "lamb", "lion", "fusedadam", "fusedlamb"):
-        kwargs["betas"] = tuple(cfg.betas)
-    if name in ("momentum", "sgd", "rmsprop"):
-        kwargs["momentum"] = cfg.momentum
-    if name in _FUSED_FALLBACK and not _apex_available():
-        if _FUSED_FALLBACK[name] is None:
+    if _needs_apex(name) and not _apex_available():
+        if name not in _TORCH_FUSED:
             raise UsageError(
                 f"optim.name = {name!r}: needs NVIDIA apex on a CUDA device, not available here; "
                 f"use optim.name = {_UNFUSED_ALTERNATIVE[name]!r} (same update rule, unfused) or 'fusedadam'"
             )
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True)
-    return create_optimizer_v2(groups, opt=_timm_name(name), **kwargs)
+    return create_optimizer_v2(groups, opt=_TIMM_NAMES.get(name, name), **optimizer_kwargs(cfg))

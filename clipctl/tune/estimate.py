@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from clipctl.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from clipctl.recipe import (Recipe, TuneRecipe, apply_overrides, fixed_overrides, load_raw, tune_base_path,
-                            validate_recipe)
+from clipctl.recipe import Recipe, load_raw, merge_values, validate_recipe
+from clipctl.tune.recipe import TuneRecipe, tune_base_path
 from clipctl.tune.phases import build_plan
 from clipctl.tune.store import StudyState
 
@@ -127,7 +127,7 @@ def _representative(tune: TuneRecipe, tune_path: Path, state: StudyState) -> tup
             trials = cfg.n_trials
             notes.append(f"phase {cfg.from_phase} has no results yet: step time measured on the base recipe")
         base = load_raw(tune_base_path(tune, tune_path))
-        raw = apply_overrides(base, fixed_overrides(cfg.fixed))
+        raw = merge_values(base, cfg.fixed)
         raw["run"] = {**raw.get("run", {}), "name": "dry-run"}
         recipe = validate_recipe(raw, f"{tune_path} (tune.fixed)", explicit_loss_keys=set())
     else:

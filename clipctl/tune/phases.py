@@ -17,16 +17,8 @@ from typing import Any
 import tomli_w
 
 from clipctl.errors import UsageError
-from clipctl.recipe import (
-    Recipe,
-    TuneRecipe,
-    apply_overrides,
-    fixed_overrides,
-    load_raw,
-    tomllib,
-    tune_base_path,
-    validate_recipe,
-)
+from clipctl.recipe import Recipe, load_raw, merge_values, tomllib, validate_recipe
+from clipctl.tune.recipe import TuneConfig, TuneRecipe, fixed_base, parse_space, tune_base_path
 from clipctl.tune.space import CatDim, SearchSpace, applies
 from clipctl.tune.store import PhaseState, Study, StudyState
 
@@ -73,7 +65,7 @@ class PhasePlan:
 
     def trial_recipe(self, params: dict[str, Any], name: str, out_dir: Path | str) -> Recipe:
         """base <- fixed <- the trial's parameters, validated; loss keys the trial's loss ignores are dropped."""
-        raw = apply_overrides(self.base, fixed_overrides(self.fixed) + fixed_overrides(params))
+        raw = merge_values(merge_values(self.base, self.fixed), params)
         raw["run"] = {**raw.get("run", {}), "name": name, "out_dir": str(out_dir)}
         return validate_recipe(raw, f"{self.source} (phase {self.phase} trial {name})", explicit_loss_keys=set())
 
@@ -111,9 +103,7 @@ class PhasePlan:
 def recipe_identity(tune: TuneRecipe, tune_path: Path) -> dict[str, Any]:
     """The parts of a tune recipe a running study depends on, normalised through TOML for comparison."""
     cfg = tune.tune
-    base_path = tune_base_path(tune, tune_path)
-    probe = validate_recipe(apply_overrides(load_raw(base_path), fixed_overrides(cfg.fixed)),
-                            f"{tune_path} (tune.fixed over {base_path.name})", explicit_loss_keys=set())
+    _, probe = fixed_base(tune, tune_path)
     identity = {k: getattr(cfg, k) for k in _IDENTITY_KEYS}
     identity.update(space=cfg.space, fixed=cfg.fixed, base_sha256=probe.sha256())
     return tomllib.loads(tomli_w.dumps(identity))
@@ -169,53 +159,54 @@ def phase_correlation(state: StudyState, first: int, second: int) -> dict[str, A
             "rho": None if math.isnan(rho) else float(rho), "p": None if math.isnan(p) else float(p), "configs": rows}
 
 
+def _handover(cfg: TuneConfig, source: str, state: StudyState, space: SearchSpace,
+              notes: list[str]) -> tuple[SearchSpace, list[dict[str, Any]] | None, dict[str, Any], dict[str, Any]]:
+    """(space, grid, hand-over record, fixed values) of a phase that starts from an earlier phase's trials."""
+    if cfg.from_phase >= cfg.phase:
+        raise UsageError(f"{source}: tune.from_phase = {cfg.from_phase} must name an earlier phase than tune.phase = {cfg.phase}")
+    previous = state.phase(cfg.from_phase)
+    if not previous.measured():
+        raise UsageError(f"{source}: phase {cfg.phase} hands over from phase {cfg.from_phase}, which has no completed "
+                         f"trials in this study; run `clipctl tune --phase {cfg.from_phase}` first")
+    if previous.running() or previous.closed is None:
+        notes.append(f"phase {cfg.from_phase} is not finished ({len(previous.running())} running); "
+                     f"handing over from its {len(previous.measured())} completed trials")
+    if not cfg.grids_handover:
+        best = previous.best()
+        assert best is not None
+        handover = {"from_phase": cfg.from_phase, "kind": "best", "trial": best.trial, "value": best.value,
+                    "params": best.params}
+        return space, None, handover, {**best.params, **cfg.fixed}
+    for key in ("loss.name", "optim.name"):
+        if key in space.names:
+            raise UsageError(f"{source}: tune.space.{key}: set by phase {cfg.from_phase}'s top-{cfg.top_k} "
+                             f"combinations (tune.from_phase); remove it from the space")
+    combos = top_combos(previous, cfg.top_k)
+    if len(combos) < cfg.top_k:
+        notes.append(f"phase {cfg.from_phase} has only {len(combos)} (loss, optimizer) combinations; tune.top_k = {cfg.top_k}")
+    handover = {"from_phase": cfg.from_phase, "kind": "top_k", "combos": [[l, o, v] for l, o, v in combos]}
+    losses = list(dict.fromkeys(l for l, _, _ in combos))
+    optims = list(dict.fromkeys(o for _, o, _ in combos))
+    inner = space.grid(source) if len(space) else [{}]
+    space = SearchSpace([CatDim("loss.name", tuple(losses)), CatDim("optim.name", tuple(optims)), *space.dims])
+    grid = [{"loss.name": l, "optim.name": o, **g} for l, o, _ in combos for g in inner]
+    return space, grid, handover, dict(cfg.fixed)
+
+
 def build_plan(tune: TuneRecipe, tune_path: Path, state: StudyState) -> PhasePlan:
     """Resolve a tune recipe into a plan (no side effects); hand-over reads the earlier phase's trials."""
     cfg = tune.tune
     source = str(tune_path)
     base = load_raw(tune_base_path(tune, tune_path))
-    fixed = dict(cfg.fixed)
-    handover: dict[str, Any] = {}
     notes: list[str] = []
-    combos_grid = cfg.strategy == "grid" and cfg.from_phase > 0
-    space = SearchSpace.from_toml(cfg.space, source) if (cfg.space or not combos_grid) else SearchSpace([])
-
+    combos_grid = cfg.grids_handover
+    space = parse_space(cfg, source)
     if cfg.from_phase:
-        if cfg.from_phase >= cfg.phase:
-            raise UsageError(f"{source}: tune.from_phase = {cfg.from_phase} must name an earlier phase than tune.phase = {cfg.phase}")
-        previous = state.phase(cfg.from_phase)
-        if not previous.measured():
-            raise UsageError(f"{source}: phase {cfg.phase} hands over from phase {cfg.from_phase}, which has no completed "
-                             f"trials in this study; run `clipctl tune --phase {cfg.from_phase}` first")
-        if previous.running() or previous.closed is None:
-            notes.append(f"phase {cfg.from_phase} is not finished ({len(previous.running())} running); "
-                         f"handing over from its {len(previous.measured())} completed trials")
-        if combos_grid:
-            for key in ("loss.name", "optim.name"):
-                if key in space.names:
-                    raise UsageError(f"{source}: tune.space.{key}: set by phase {cfg.from_phase}'s top-{cfg.top_k} "
-                                     f"combinations (tune.from_phase); remove it from the space")
-            combos = top_combos(previous, cfg.top_k)
-            if len(combos) < cfg.top_k:
-                notes.append(f"phase {cfg.from_phase} has only {len(combos)} (loss, optimizer) combinations; tune.top_k = {cfg.top_k}")
-            handover = {"from_phase": cfg.from_phase, "kind": "top_k",
-                        "combos": [[l, o, v] for l, o, v in combos]}
-            losses = list(dict.fromkeys(l for l, _, _ in combos))
-            optims = list(dict.fromkeys(o for _, o, _ in combos))
-            inner = space.grid(source) if len(space) else [{}]
-            space = SearchSpace([CatDim("loss.name", tuple(losses)), CatDim("optim.name", tuple(optims)), *space.dims])
-            grid = [{"loss.name": l, "optim.name": o, **g} for l, o, _ in combos for g in inner]
-        else:
-            best = previous.best()
-            assert best is not None
-            handover = {"from_phase": cfg.from_phase, "kind": "best", "trial": best.trial, "value": best.value,
-                        "params": best.params}
-            fixed = {**best.params, **cfg.fixed}
-            grid = None
+        space, grid, handover, fixed = _handover(cfg, source, state, space, notes)
     else:
-        grid = space.grid(source) if cfg.strategy == "grid" else None
+        grid, handover, fixed = space.grid(source) if cfg.strategy == "grid" else None, {}, dict(cfg.fixed)
 
-    probe = validate_recipe(apply_overrides(base, fixed_overrides(fixed)), f"{source} (tune.fixed)", explicit_loss_keys=set())
+    probe = validate_recipe(merge_values(base, fixed), f"{source} (tune.fixed)", explicit_loss_keys=set())
     if "loss.name" not in space.names:
         unused = {n for n in space.names if not applies(n, probe.loss.name)}
         if unused:

@@ -195,7 +195,8 @@ class PhaseSession:
         if state.closed is not None or state.running() or len(state.trials) < self.plan.planned_trials():
             return
         best = state.best()
-        counts = {s: sum(t.status == s for t in state.trials.values()) for s in ("completed", "failed", "pruned")}
+        counts = state.counts()
+        del counts["running"]  # none: the phase closes only when every trial has finished
         fields: dict[str, Any] = {"trials": len(state.trials), **counts}
         if best is not None:
             fields.update(best_trial=best.trial, best_value=best.value)

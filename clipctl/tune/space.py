@@ -11,14 +11,32 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Literal, Union
 
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
 from clipctl.errors import UsageError
-from clipctl.recipe import LOSS_KEY_USERS, TuneParam
+from clipctl.losses.registry import key_users
+from clipctl.schema import Section, format_validation_error, known_keys
 
 Scalar = Union[str, int, float, bool]
+
+
+class TuneParam(Section):
+    """One range dimension of a search space (`{ low, high, prior, type }`); a TOML list is categories."""
+
+    low: float
+    high: float
+    prior: Literal["uniform", "log-uniform"] = "uniform"
+    type: Literal["real", "int"] = "real"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "TuneParam":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.prior == "log-uniform" and self.low <= 0:
+            raise ValueError(f"a log-uniform range needs low > 0 (got {self.low})")
+        return self
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,7 @@ def applies(key: str, loss_name: str) -> bool:
     section, _, leaf = key.partition(".")
     if section != "loss" or leaf == "name":
         return True
-    users = LOSS_KEY_USERS.get(leaf)
+    users = key_users().get(leaf)
     return users is None or loss_name in users
 
 
@@ -108,7 +126,8 @@ class SearchSpace:
 
     @classmethod
     def from_toml(cls, table: dict[str, Any], source: str) -> "SearchSpace":
-        """Parse `[tune.space]`; an empty or malformed space is a UsageError naming the key."""
+        """Parse `[tune.space]` (a recipe's, or the frozen copy in study.toml); an empty or malformed space is a
+        UsageError naming the key. `tune.recipe.check_space` then checks the values against the base recipe."""
         if not table:
             raise UsageError(f"{source}: [tune.space] is empty; add at least one parameter, e.g. \"optim.lr\" = {{ low = 1e-4, high = 1e-2 }}")
         dims: list[Dim] = []
@@ -127,9 +146,7 @@ class SearchSpace:
                 try:
                     param = TuneParam.model_validate(spec)
                 except ValidationError as err:
-                    first = err.errors()[0]
-                    field = ".".join(str(p) for p in first["loc"])
-                    raise UsageError(f"{where}: {field + ': ' if field else ''}{first['msg'].removeprefix('Value error, ')}") from None
+                    raise UsageError(format_validation_error(where, err, known_keys(TuneParam))) from None
                 if param.type == "int":
                     if param.prior == "log-uniform":
                         raise UsageError(f"{where}: type = \"int\" takes no prior; use a list of values for a log-spaced integer grid")
@@ -144,6 +161,10 @@ class SearchSpace:
 
     def to_toml(self) -> dict[str, Any]:
         return {d.name: d.to_toml() for d in self.dims}
+
+    def bounds(self) -> dict[str, list[Any]]:
+        """The values a dimension can take at its extremes: its categories, or its low and high."""
+        return {d.name: list(d.categories) if isinstance(d, CatDim) else [d.low, d.high] for d in self.dims}
 
     def point(self, values: Iterable[Any]) -> dict[str, Any]:
         """skopt's list (numpy scalars) -> a point dict of Python values."""

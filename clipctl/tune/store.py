@@ -34,6 +34,7 @@ JOURNAL_FILE = "journal.jsonl"
 LOCK_FILE = "journal.lock"
 WORKERS_DIR = "workers"
 FINISHED = ("trial_completed", "trial_failed", "trial_pruned")
+STATUSES = ("completed", "failed", "pruned", "running")
 STUDY_VERSION = 1
 
 
@@ -203,6 +204,10 @@ class PhaseState:
 
     def finished(self) -> list[TrialRecord]:
         return [t for _, t in sorted(self.trials.items()) if t.status != "running"]
+
+    def counts(self) -> dict[str, int]:
+        """Trials per status, in the order status tables and JSON list them."""
+        return {s: sum(t.status == s for t in self.trials.values()) for s in STATUSES}
 
     def measured(self) -> list[TrialRecord]:
         """Completed trials with a real (unpenalised) objective."""

@@ -1,6 +1,8 @@
-"""The search strategies behind a phase: a thin wrapper over `skopt.Optimizer` (gp, random) and a grid.
+"""The search strategies behind a phase (`STRATEGIES`: gp, grid, random): `skopt.Optimizer`, a seeded design
+plus random draws, and a frozen grid.
 
-This is the only module that imports scikit-optimize. Every strategy has the same two calls, `ask(n,
+This is the only module that imports scikit-optimize, and only when a strategy is built (reading a tune
+recipe needs the names, not skopt). Every strategy has the same two calls, `ask(n,
 pending)` and `tell(point, value)`, on point dicts and *maximised* values (skopt minimises, so values are
 negated here). An optimizer's state is a pure function of its constructor arguments and the sequence of
 those calls, which is what makes journal replay exact: rebuild with the same `random_state`, repeat the
@@ -11,15 +13,15 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import numpy as np
-from skopt import Optimizer
-from skopt.space import Categorical, Dimension, Integer, Real, Space
-from skopt.utils import cook_initial_point_generator, create_result
 from threadpoolctl import threadpool_limits
 
 from clipctl.tune.space import IntDim, RealDim, SearchSpace
+
+if TYPE_CHECKING:
+    from skopt.space import Dimension
 
 
 class Search(Protocol):
@@ -29,6 +31,8 @@ class Search(Protocol):
 
 
 def skopt_dimensions(space: SearchSpace) -> list[Dimension]:
+    from skopt.space import Categorical, Integer, Real
+
     dims: list[Dimension] = []
     for d in space.dims:
         if isinstance(d, RealDim):
@@ -45,6 +49,8 @@ class SkoptSearch:
 
     def __init__(self, space: SearchSpace, *, n_initial: int = 8, acq: str = "gp_hedge",
                  initial_point_generator: str = "lhs", seed: int = 0) -> None:
+        from skopt import Optimizer
+
         self.space = space
         self._opt = Optimizer(
             skopt_dimensions(space),
@@ -93,6 +99,9 @@ class RandomSearch:
 
     def __init__(self, space: SearchSpace, *, n_initial: int = 8, initial_point_generator: str = "lhs",
                  seed: int = 0) -> None:
+        from skopt.space import Space
+        from skopt.utils import cook_initial_point_generator
+
         self.space = space
         self._space = Space(skopt_dimensions(space))
         self._rng = np.random.RandomState(seed)
@@ -131,13 +140,26 @@ class GridSearch:
         return None
 
 
+def _gp(space: SearchSpace, grid: list[dict[str, Any]] | None, **options: Any) -> Search:
+    return SkoptSearch(space, **options)
+
+
+def _grid(space: SearchSpace, grid: list[dict[str, Any]] | None, **options: Any) -> Search:
+    return GridSearch(grid or [])
+
+
+def _random(space: SearchSpace, grid: list[dict[str, Any]] | None, *, acq: str, **options: Any) -> Search:
+    return RandomSearch(space, **options)
+
+
+# name -> factory(space, grid, n_initial=, acq=, initial_point_generator=, seed=); the names a tune recipe accepts.
+STRATEGIES: dict[str, Callable[..., Search]] = {"gp": _gp, "grid": _grid, "random": _random}
+
+
 def make_search(strategy: str, space: SearchSpace, grid: list[dict[str, Any]] | None, *, n_initial: int, acq: str,
                 initial_point_generator: str, seed: int) -> Search:
-    if strategy == "grid":
-        return GridSearch(grid or [])
-    if strategy == "random":
-        return RandomSearch(space, n_initial=n_initial, initial_point_generator=initial_point_generator, seed=seed)
-    return SkoptSearch(space, n_initial=n_initial, acq=acq, initial_point_generator=initial_point_generator, seed=seed)
+    return STRATEGIES[strategy](space, grid, n_initial=n_initial, acq=acq,
+                                initial_point_generator=initial_point_generator, seed=seed)
 
 
 def save_skopt_plots(space: SearchSpace, points: list[dict[str, Any]], values: list[float], out_dir: Path,
@@ -145,7 +167,10 @@ def save_skopt_plots(space: SearchSpace, points: list[dict[str, Any]], values: l
     """skopt's convergence plot and its partial-dependence objective plot (a GP fitted on the observed
     points, so grid and random phases get one too), as PNGs; returns the files written."""
     import matplotlib.pyplot as plt
+    from skopt import Optimizer
     from skopt.plots import plot_convergence, plot_objective
+    from skopt.space import Space
+    from skopt.utils import create_result
 
     written: list[Path] = []
     result = create_result([space.as_list(p) for p in points], [-v for v in values], space=Space(skopt_dimensions(space)))

@@ -1,0 +1,73 @@
+"""What a study holds, as plain data for `clipctl tune status | best` and for scripts: each phase's
+counts, best trial and lineage, and the best trial written out as a runnable recipe."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clipctl.atomic import atomic_write_text
+from clipctl.errors import UsageError
+from clipctl.tune.phases import PhasePlan, load_plan, phase_correlation
+from clipctl.tune.store import Study, StudyState, TrialRecord
+
+
+def lineage(handover: dict[str, Any]) -> str:
+    """Where a phase's search came from, in words ("-" for a phase that starts from scratch)."""
+    if handover.get("kind") == "top_k":
+        combos = ", ".join(f"{l}+{o}" for l, o, _ in handover["combos"])
+        return f"top-{len(handover['combos'])} of phase {handover['from_phase']}: {combos}"
+    if handover.get("kind") == "best":
+        return f"from phase {handover['from_phase']} t{handover['trial']:03d} ({handover['value']:.4f})"
+    return "-"
+
+
+def trial_json(t: TrialRecord) -> dict[str, Any]:
+    return {"trial": t.trial, "status": t.status, "value": t.value, "raw": t.raw, "flagged": t.flagged,
+            "params": t.params, "loss": t.loss, "optimizer": t.optimizer, "epochs": t.epochs, "reason": t.reason}
+
+
+def phase_status(study: Study, state: StudyState, number: int) -> dict[str, Any]:
+    """One phase of a study: plan, trial counts, best trial, lineage and every trial."""
+    plan, ps = load_plan(study, number), state.phase(number)
+    best = ps.best()
+    return {"phase": number, "strategy": plan.strategy, "planned": plan.planned_trials(), **ps.counts(),
+            "best_trial": best.trial if best else None, "best_value": best.value if best else None,
+            "closed": ps.closed is not None, "lineage": lineage(plan.handover),
+            "trials": [trial_json(t) for t in ps.trials.values()]}
+
+
+def study_status(study: Study) -> dict[str, Any]:
+    """Every started phase, and the phase 1 -> 2 rank correlation when both exist."""
+    state = study.state()
+    return {"study": str(study.root), "phases": [phase_status(study, state, n) for n in study.frozen_phases()],
+            "correlation_1_2": phase_correlation(state, 1, 2) if {1, 2} <= set(state.phases) else None}
+
+
+def results_phase(study: Study, state: StudyState, phase: int | None) -> int:
+    """`phase`, or else the latest phase with a completed trial."""
+    if phase is not None:
+        return phase
+    with_results = [n for n in study.frozen_phases() if state.phase(n).measured()]
+    if not with_results:
+        raise UsageError(f"{study.root}: no completed trial yet; see `clipctl tune status`")
+    return with_results[-1]
+
+
+def best_trial(study: Study, phase: int | None) -> tuple[int, PhasePlan, TrialRecord]:
+    """(phase, its plan, its best trial) of `phase` or the latest phase with results."""
+    state = study.state()
+    number = results_phase(study, state, phase)
+    plan, record = load_plan(study, number), state.phase(number).best()
+    if record is None:
+        raise UsageError(f"{study.root}: phase {number} has no completed trial yet; see `clipctl tune status`")
+    return number, plan, record
+
+
+def export_best(study: Study, number: int, plan: PhasePlan, record: TrialRecord, path: Path, force: bool = False) -> None:
+    """Write a trial as a recipe `clipctl train` runs as is (run name and folder left to the user)."""
+    if path.exists() and not force:
+        raise UsageError(f"{path}: already exists; choose another path or add --force")
+    recipe = plan.trial_recipe(record.params, "", "runs")
+    header = (f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {record.value:.4f}) "
+              f"from study {study.root}.\n# Train it with: clipctl train {path}\n")
+    atomic_write_text(path, header + recipe.to_toml())
