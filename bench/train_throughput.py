@@ -21,13 +21,12 @@ import time
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from _common import check, write_result
+from torch.utils.flop_counter import FlopCounterMode
 
 from clipctl.doctor import package_versions
 from clipctl.losses import build_loss
-from clipctl.model import build_model
+from clipctl.model.clip import build_model
 from clipctl.recipe import load_recipe
 
 LOSSES = ("clip", "sogclr", "isogclr_new")

@@ -12,10 +12,16 @@ from PIL import Image
 
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.registry import resolve
-from clipctl.data.text import TextTokenizer, build_tokenizer, clean_caption, load_hf_tokenizer, train_wordpiece
+from clipctl.data.text import (
+    TextTokenizer,
+    build_tokenizer,
+    clean_caption,
+    load_hf_tokenizer,
+    train_wordpiece,
+)
 from clipctl.data.transforms import CLIP_MEAN, CLIP_STD, eval_transform, train_transform
 from clipctl.errors import DataError, UsageError
-from clipctl.recipe import ModelConfig
+from clipctl.model.config import ModelConfig
 
 SIZE = 32
 

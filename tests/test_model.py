@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from clipctl.errors import EXIT_USAGE, UsageError
-from clipctl.model import CLIPModel, build_model
-from clipctl.recipe import ModelConfig, load_recipe
+from clipctl.model.clip import CLIPModel, build_model
+from clipctl.model.config import ModelConfig
+from clipctl.recipe import load_recipe
 
 VOCAB, PAD, MAX_LEN = 1000, 0, 32
 

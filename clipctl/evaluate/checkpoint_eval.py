@@ -17,9 +17,9 @@ from clipctl.data.registry import resolve
 from clipctl.data.text import TextTokenizer
 from clipctl.data.transforms import eval_transform
 from clipctl.errors import UsageError
-from clipctl.evaluate.splits import evaluate_split
 from clipctl.evaluate.objective import objective
-from clipctl.model import build_model
+from clipctl.evaluate.splits import evaluate_split
+from clipctl.model.clip import build_model
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe, validate_recipe
 from clipctl.run.checkpoint import load_checkpoint

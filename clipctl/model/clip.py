@@ -15,7 +15,7 @@ from torch import nn
 from clipctl.errors import UsageError
 from clipctl.model.image import build_image_tower
 from clipctl.model.text import TextTower, build_text_tower
-from clipctl.recipe import ModelConfig
+from clipctl.model.config import ModelConfig
 
 
 class CLIPModel(nn.Module):

@@ -16,7 +16,7 @@ from torch import nn
 
 from clipctl.errors import UsageError
 from clipctl.model.util import first_line
-from clipctl.recipe import ModelConfig
+from clipctl.model.config import ModelConfig
 
 # create_model arguments that other recipe keys own; setting them through image_kwargs would fight those keys.
 _RESERVED_KWARGS = {

@@ -17,7 +17,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from clipctl.errors import UsageError
 from clipctl.model.util import first_line
-from clipctl.recipe import ModelConfig
+from clipctl.model.config import ModelConfig
 
 # Hub names whose architecture is built offline: model type + the fields where that model's published
 # config.json differs from the config class defaults (vocab size and pad id come from the tokenizer).

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from clipctl.console import info
 from clipctl.data.cc3m import check_prepare_size, training_subset
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
@@ -19,11 +20,9 @@ from clipctl.data.transforms import eval_transform, train_transform
 from clipctl.errors import DataError, UsageError
 from clipctl.evaluate.splits import evaluate_split
 from clipctl.losses import build_loss
-from clipctl.model import CLIPModel, build_model
-from clipctl.model.clip import ProjectionHeads
+from clipctl.model.clip import CLIPModel, ProjectionHeads, build_model
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe
-from clipctl.console import info
 from clipctl.run.checkpoint import load_checkpoint
 from clipctl.run.layout import RunDir
 
