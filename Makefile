@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]" $(TORCH_PINS)
 	touch $(STAMP)
 
+# Lint and format check (ruff, configured in pyproject.toml), then the whole suite.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # Generates shapes (once), trains the quickstart, prints its test metrics; rerunning prints the finished run's.

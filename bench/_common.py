@@ -3,6 +3,7 @@
 Every benchmark records its targets as `checks` in its JSON, so `bench/_summary.py` can print one table of
 all of them without knowing any benchmark's layout. Files starting with `_` are helpers, not benchmarks.
 """
+
 from __future__ import annotations
 
 import operator

@@ -14,6 +14,7 @@ run), the other seeds are trained there, then `clipctl compare` writes `compare.
 `grid.json` (every grid run's validation objective and last logged loss diagnostics). Finished runs are kept, so
 a rerun only completes what is missing. `--jobs K` trains K runs at a time with the torch threads split.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,16 @@ from clipctl.atomic import atomic_write_json
 from clipctl.recipe import load_recipe
 from clipctl.run.layout import RunDir, RunStatus
 
-DIAGNOSTICS = ("loss", "tau_I_mean", "tau_I_std", "tau_I_at_min", "tau_I_at_max", "tau_grad_I_pos", "stale_I", "stale_T")
+DIAGNOSTICS = (
+    "loss",
+    "tau_I_mean",
+    "tau_I_std",
+    "tau_I_at_min",
+    "tau_I_at_max",
+    "tau_grad_I_pos",
+    "stale_I",
+    "stale_T",
+)
 
 
 @dataclass(frozen=True)
@@ -59,11 +69,25 @@ def train(job: Job, threads: int) -> Path:
         return job.run_dir
     logs = job.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "clipctl", "train", str(job.recipe), f"{job.key}={job.value}", f"run.seed={job.seed}",
-               "--name", job.name, "--out", str(job.out), "--resume", "auto"]
+    command = [
+        sys.executable,
+        "-m",
+        "clipctl",
+        "train",
+        str(job.recipe),
+        f"{job.key}={job.value}",
+        f"run.seed={job.seed}",
+        "--name",
+        job.name,
+        "--out",
+        str(job.out),
+        "--resume",
+        "auto",
+    ]
     with open(logs / f"{job.name}.log", "ab") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                              env={**os.environ, "OMP_NUM_THREADS": str(threads)}).returncode
+        code = subprocess.run(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
+        ).returncode
     if code != 0:
         raise SystemExit(f"study: {job.name} failed (exit {code}); see {logs / (job.name + '.log')}")
     info(f"study: {job.name} done")
@@ -94,15 +118,28 @@ def grid_rows(jobs: list[Job], runs: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for job, run_dir in zip(jobs, runs):
         summary = json.loads(RunDir(run_dir).summary.read_text())
-        rows.append({"recipe": job.recipe.stem, "value": job.value, "run": job.name, "best_epoch": summary["best_epoch"],
-                     "val_objective": summary["best"]["val/objective"], "last_train": last_train_record(run_dir)})
+        rows.append(
+            {
+                "recipe": job.recipe.stem,
+                "value": job.value,
+                "run": job.name,
+                "best_epoch": summary["best_epoch"],
+                "val_objective": summary["best"]["val/objective"],
+                "last_train": last_train_record(run_dir),
+            }
+        )
     return rows
 
 
 def compare(out: Path, results: Path) -> None:
     clipctl = [sys.executable, "-m", "clipctl", "compare", str(out)]
-    markdown = subprocess.run([*clipctl, "--markdown", "--plot", str(results / "compare.png")], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout
+    markdown = subprocess.run(
+        [*clipctl, "--markdown", "--plot", str(results / "compare.png")],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     machine = subprocess.run([*clipctl, "--json"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     (results / "compare.md").write_text(markdown)
     (results / "compare.json").write_text(machine)
@@ -122,7 +159,11 @@ def main() -> None:
     args = parser.parse_args()
     recipes = sorted(args.recipes.glob("*.toml")) if args.recipes.is_dir() else [args.recipes]
     recipes = [r for r in recipes if not r.stem.startswith("base")]
-    grid = [Job(r, args.key, v, 0, args.grid_out) for r in recipes for v in grid_values(r, args.key, args.values, args.factors)]
+    grid = [
+        Job(r, args.key, v, 0, args.grid_out)
+        for r in recipes
+        for v in grid_values(r, args.key, args.values, args.factors)
+    ]
     rows = grid_rows(grid, run_all(grid, args.jobs))
     chosen = {}
     for recipe in recipes:
@@ -131,9 +172,17 @@ def main() -> None:
         scores = ", ".join(f"{row['value']}: {100 * row['val_objective']:.2f}" for row in candidates)
         info(f"{recipe.stem}: {args.key} = {chosen[recipe.stem]} chosen on validation ({scores})")
     args.results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.results / "grid.json", {
-        "key": args.key, "selected_on": "validation split (best epoch's val/objective), seed 0", "rows": rows,
-        "chosen": chosen, "load": Path("/proc/loadavg").read_text().split()[:3]}, indent=2)
+    atomic_write_json(
+        args.results / "grid.json",
+        {
+            "key": args.key,
+            "selected_on": "validation split (best epoch's val/objective), seed 0",
+            "rows": rows,
+            "chosen": chosen,
+            "load": Path("/proc/loadavg").read_text().split()[:3],
+        },
+        indent=2,
+    )
     if args.out is None:
         return
     final = []

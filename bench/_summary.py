@@ -5,6 +5,7 @@
 A benchmark script without a result file, or with one from before targets were recorded, shows as 'not run'.
 GPU results with targets (bench/results/gpu/, from bench/gpu_check.sh) are included when present.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,16 @@ def summary_rows(results: Path) -> list[list[Any]]:
             continue
         for item in checks:
             target = f"{item['op']} {format_value(item['target'], item['unit'])}"
-            rows.append([name, item["measure"], format_value(item["value"], item["unit"]), target, item["status"],
-                         payload.get("measured_at", "-")])
+            rows.append(
+                [
+                    name,
+                    item["measure"],
+                    format_value(item["value"], item["unit"]),
+                    target,
+                    item["status"],
+                    payload.get("measured_at", "-"),
+                ]
+            )
     return rows
 
 
@@ -59,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     # Wide enough for one line per check even off a terminal (make bench piped to a log).
     out = console()
     out.width = max(out.width, 110)
-    out.print(table(f"benchmark targets ({args.results})", ["benchmark", "measure", "value", "target", "status"],
-                    [row[:5] for row in rows]))
+    out.print(
+        table(
+            f"benchmark targets ({args.results})",
+            ["benchmark", "measure", "value", "target", "status"],
+            [row[:5] for row in rows],
+        )
+    )
     times = sorted(row[5] for row in rows if row[5] != "-")
     if times:
         print(f"measured {times[0]} to {times[-1]}")

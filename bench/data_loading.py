@@ -9,6 +9,7 @@ workers a GPU run on CC3M needs to keep its accelerator busy. Target: the shapes
 one worker delivers at least as many images/s as the quickstart's training step consumes, measured here in
 the same run (with augmentation on, which is stricter than the quickstart's `augment = false`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,18 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from _common import check, write_result
+from PIL import Image
 from train_throughput import MODELS, build, make_batches, step
 
+from clipctl.console import info, print_table
 from clipctl.data.datasets import PairsDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.shapes import ShapesConfig, generate_shapes
 from clipctl.data.text import train_wordpiece
 from clipctl.data.transforms import train_transform
-from clipctl.console import info, print_table
-
 
 DATASETS = {"shapes": "shapes 64px png", "jpeg": "jpeg 256px"}
 
@@ -85,7 +84,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    parser.add_argument("--against", type=Path, help="a train_throughput JSON: compare the JPEG loader with its paper step")
+    parser.add_argument(
+        "--against", type=Path, help="a train_throughput JSON: compare the JPEG loader with its paper step"
+    )
     parser.add_argument("--name", default="data_loading", help="result file name under bench/results/")
     args = parser.parse_args()
     if args.images < (args.batches + 1) * args.batch_size:
@@ -97,8 +98,10 @@ def main() -> None:
         root = Path(tmp)
         datasets = {}
         if "shapes" in args.datasets:
-            generate_shapes(root, ShapesConfig(train_size=args.images, eval_images=10, zeroshot_val_per_class=1,
-                                               zeroshot_per_class=1))
+            generate_shapes(
+                root,
+                ShapesConfig(train_size=args.images, eval_images=10, zeroshot_val_per_class=1, zeroshot_per_class=1),
+            )
             datasets[DATASETS["shapes"]] = (root / "shapes" / "train.json", 64)
         if "jpeg" in args.datasets:
             datasets[DATASETS["jpeg"]] = (make_jpegs(root / "jpeg256", args.images), 224)
@@ -112,15 +115,25 @@ def main() -> None:
     base = {r["dataset"]: r["images_per_s"] for r in results if r["workers"] == args.workers[0]}
     for r in results:
         r["ratio_vs_workers_" + str(args.workers[0])] = round(r["images_per_s"] / base[r["dataset"]], 2)
-    print_table("training loader throughput (train transform, seeded per-sample augmentation)",
-                ["dataset", "px out", "workers", "images/s", f"x vs {args.workers[0]} workers"],
-                [(r["dataset"], r["output_px"], r["workers"], r["images_per_s"], r[f"ratio_vs_workers_{args.workers[0]}"]) for r in results])
+    print_table(
+        "training loader throughput (train transform, seeded per-sample augmentation)",
+        ["dataset", "px out", "workers", "images/s", f"x vs {args.workers[0]} workers"],
+        [
+            (r["dataset"], r["output_px"], r["workers"], r["images_per_s"], r[f"ratio_vs_workers_{args.workers[0]}"])
+            for r in results
+        ],
+    )
     torch.set_num_threads(training_threads)
     payload: dict = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+        },
         "settings": {"images": args.images, "batch_size": args.batch_size, "batches": args.batches},
-        "results": results, "load": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
+        "results": results,
+        "load": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None,
     }
     checks = []
     if len(datasets) == 2:
@@ -130,7 +143,9 @@ def main() -> None:
         payload["shapes_over_jpeg_best"] = round(shapes_best / jpeg_best, 2)
     if DATASETS["shapes"] in datasets:
         training = training_samples_per_s()
-        one_worker = next((r["images_per_s"] for r in results if r["dataset"] == DATASETS["shapes"] and r["workers"] == 1), None)
+        one_worker = next(
+            (r["images_per_s"] for r in results if r["dataset"] == DATASETS["shapes"] and r["workers"] == 1), None
+        )
         ratio = None if one_worker is None else round(one_worker / training, 2)
         info(f"quickstart training step: {training:.0f} samples/s; shapes loader with 1 worker: {one_worker} images/s")
         payload.update(quickstart_training_samples_per_s=round(training, 1), loader_1_worker_over_training=ratio)
@@ -144,12 +159,21 @@ def data_wait(payload: dict, results: list[dict], throughput: dict) -> list[dict
     """Share of the paper-model step spent waiting for 256 px JPEGs: 1 − loader rate / step rate when the loader is
     the slower (0 when it keeps up), per worker count; the target is at most 5% with the best worker count."""
     step_rate = max(throughput["models"]["paper"]["samples_per_s"].values())
-    waits = {r["workers"]: max(0.0, 1.0 - r["images_per_s"] / step_rate) for r in results if r["dataset"] == DATASETS["jpeg"]}
+    waits = {
+        r["workers"]: max(0.0, 1.0 - r["images_per_s"] / step_rate) for r in results if r["dataset"] == DATASETS["jpeg"]
+    }
     for workers, wait in waits.items():
-        info(f"jpeg 256px with {workers} workers: data wait {100 * wait:.1f}% of the paper step ({step_rate:.0f} samples/s, "
-             f"{throughput['device']} {throughput['precision']})")
-    payload.update(paper_step_samples_per_s=step_rate, data_wait_share=waits, step_device=throughput["device"],
-                   step_precision=throughput["precision"])
+        info(
+            f"jpeg 256px with {workers} workers: data wait {100 * wait:.1f}% of the paper step "
+            f"({step_rate:.0f} samples/s, "
+            f"{throughput['device']} {throughput['precision']})"
+        )
+    payload.update(
+        paper_step_samples_per_s=step_rate,
+        data_wait_share=waits,
+        step_device=throughput["device"],
+        step_precision=throughput["precision"],
+    )
     best = min(waits, key=waits.get)
     return [check(f"data wait / paper step, jpeg 256px, {best} workers", waits[best], "<=", 0.05, unit="fraction")]
 

@@ -18,6 +18,7 @@ Scenarios: `random` (independent random unit vectors, as the issue specifies: ra
 Targets: chunked <= 1 GB extra memory, and not slower than naive (median over the repeats). On a shared machine
 pass `--threads 1`: other processes' load then cannot stall the intra-op thread barriers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import check, write_result
 
+from clipctl.console import info, print_table
 from clipctl.evaluate import retrieval_metrics
 from clipctl.evaluate.exact import count_true
-from clipctl.console import info, print_table
 
 VARIANTS = ("chunked", "unchunked", "naive", "textbook")
 KS = (1, 5, 10)
@@ -95,14 +95,37 @@ def worker(args: argparse.Namespace) -> None:
         metrics = retrieval_metrics(images, texts, t2i, ks=KS, chunk_size=chunk)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     peak = _status_kb("VmHWM")
-    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_extra_mb": (peak - before) / 1024,
-                      "metrics": metrics}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "peak_extra_mb": (peak - before) / 1024,
+                "metrics": metrics,
+            }
+        )
+    )
 
 
 def run_worker(args: argparse.Namespace, scenario: str, variant: str) -> dict:
-    command = [sys.executable, __file__, "--worker", variant, "--scenario", scenario, "--images", str(args.images),
-               "--captions", str(args.captions), "--dim", str(args.dim), "--chunk-size", str(args.chunk_size),
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        variant,
+        "--scenario",
+        scenario,
+        "--images",
+        str(args.images),
+        "--captions",
+        str(args.captions),
+        "--dim",
+        str(args.dim),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"eval_speed: the {variant} worker failed:\n{done.stderr}")
@@ -154,16 +177,19 @@ def main() -> None:
             for variant in VARIANTS:
                 runs[variant].append(run_worker(args, scenario, variant))
                 last = runs[variant][-1]
-                info(f"{scenario} {variant} repeat {repeat + 1}/{args.repeats}: {last['seconds']:.2f} s wall, "
-                     f"{last['cpu_seconds']:.2f} s cpu, {last['peak_extra_mb']:.0f} MB extra")
+                info(
+                    f"{scenario} {variant} repeat {repeat + 1}/{args.repeats}: {last['seconds']:.2f} s wall, "
+                    f"{last['cpu_seconds']:.2f} s cpu, {last['peak_extra_mb']:.0f} MB extra"
+                )
         variants = {v: summarize(r) for v, r in runs.items()}
         chunked, naive = variants["chunked"], variants["naive"]
         results[scenario] = {
             "variants": variants,
             "chunked_equals_unchunked": chunked["metrics"] == variants["unchunked"]["metrics"],
             "chunked_equals_naive": chunked["metrics"] == naive["metrics"] == variants["textbook"]["metrics"],
-            "naive_differences": {k: [chunked["metrics"][k], v] for k, v in naive["metrics"].items()
-                                  if chunked["metrics"][k] != v},
+            "naive_differences": {
+                k: [chunked["metrics"][k], v] for k, v in naive["metrics"].items() if chunked["metrics"][k] != v
+            },
             "naive_over_chunked_wall": round(naive["median_s"] / chunked["median_s"], 3),
             "naive_over_chunked_cpu": round(naive["median_cpu_s"] / chunked["median_cpu_s"], 3),
             "textbook_over_chunked_wall": round(variants["textbook"]["median_s"] / chunked["median_s"], 3),
@@ -174,16 +200,26 @@ def main() -> None:
     exact = all(r["chunked_equals_unchunked"] for r in results.values())
     checks = [
         check("chunked retrieval, peak extra memory", chunked_memory, "<=", 1024, unit="MB"),
-        check("naive / chunked retrieval CPU time",
-              min(r["naive_over_chunked_cpu"] for r in results.values()), ">=", 1.0),
+        check(
+            "naive / chunked retrieval CPU time", min(r["naive_over_chunked_cpu"] for r in results.values()), ">=", 1.0
+        ),
     ]
     payload = {
-        "config": {"images": args.images, "captions": args.captions, "dim": args.dim, "chunk_size": args.chunk_size,
-                   "repeats": args.repeats, "threads": args.threads or torch.get_num_threads(),
-                   "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-                   "machine": platform.machine(), "memory": "VmHWM - VmRSS per fresh process (Linux /proc)",
-                   "time": "seconds of the call: wall and process CPU, median of the repeats (CPU time is the "
-                           "fairer comparison on a shared machine; with --threads 1 the two agree when it is idle)"},
+        "config": {
+            "images": args.images,
+            "captions": args.captions,
+            "dim": args.dim,
+            "chunk_size": args.chunk_size,
+            "repeats": args.repeats,
+            "threads": args.threads or torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "memory": "VmHWM - VmRSS per fresh process (Linux /proc)",
+            "time": "seconds of the call: wall and process CPU, median of the repeats (CPU time is the "
+            "fairer comparison on a shared machine; with --threads 1 the two agree when it is idle)",
+        },
         "scenarios": results,
         "chunked_equals_unchunked": exact,
     }
@@ -193,15 +229,30 @@ def main() -> None:
     for scenario, result in results.items():
         for variant, v in result["variants"].items():
             m = v["metrics"]
-            rows.append([scenario, variant, v["median_s"], v["median_cpu_s"], v["peak_extra_mb"],
-                         round(m["tr@1"], 4), round(m["ir@1"], 4), round(m["r_mean"], 4)])
-    print_table(f"Retrieval {args.images} x {args.captions}, d={args.dim} (fresh process per run, medians)",
-                ["scenario", "variant", "wall s", "cpu s", "extra MB", "tr@1", "ir@1", "r_mean"], rows)
+            rows.append(
+                [
+                    scenario,
+                    variant,
+                    v["median_s"],
+                    v["median_cpu_s"],
+                    v["peak_extra_mb"],
+                    round(m["tr@1"], 4),
+                    round(m["ir@1"], 4),
+                    round(m["r_mean"], 4),
+                ]
+            )
+    print_table(
+        f"Retrieval {args.images} x {args.captions}, d={args.dim} (fresh process per run, medians)",
+        ["scenario", "variant", "wall s", "cpu s", "extra MB", "tr@1", "ir@1", "r_mean"],
+        rows,
+    )
     for scenario, result in results.items():
-        info(f"{scenario}: naive/chunked wall {result['naive_over_chunked_wall']}x, cpu "
-             f"{result['naive_over_chunked_cpu']}x, textbook/chunked wall {result['textbook_over_chunked_wall']}x, "
-             f"memory {result['naive_over_chunked_memory']}x; chunked == unchunked: "
-             f"{result['chunked_equals_unchunked']}; chunked == naive: {result['chunked_equals_naive']}")
+        info(
+            f"{scenario}: naive/chunked wall {result['naive_over_chunked_wall']}x, cpu "
+            f"{result['naive_over_chunked_cpu']}x, textbook/chunked wall {result['textbook_over_chunked_wall']}x, "
+            f"memory {result['naive_over_chunked_memory']}x; chunked == unchunked: "
+            f"{result['chunked_equals_unchunked']}; chunked == naive: {result['chunked_equals_naive']}"
+        )
     info(f"chunked == unchunked in every scenario: {exact}")
 
 

@@ -12,6 +12,7 @@ their thread barriers whenever another process holds a core, which swamps the ra
 noise (observed: clip at B=512 taking 4x longer with 2 threads than with 1 on a loaded 2-core box).
 `--threads 0` uses torch's default instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _common import check, write_result
 
+from clipctl.console import info, print_table
 from clipctl.losses import build_loss
 from clipctl.losses.registry import loss_names
-from clipctl.console import info, print_table
 
 DIM = 256
 TARGET_B, TARGET_RATIO = 512, 1.5
@@ -85,8 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         info(f"B = {B}: {repeats} interleaved repeats")
         results[str(B)] = bench_size(B, repeats)
     names = list(VARIANTS)
-    rows = [[name] + [f"{results[str(B)][name]['median_ms']:.2f} ms ({results[str(B)][name]['ratio']:.2f}x)" for B in args.sizes] for name in names]
-    print_table(f"loss forward+backward, float32 CPU, d={DIM}, {torch.get_num_threads()} threads", ["loss"] + [f"B={B}" for B in args.sizes], rows)
+    rows = [
+        [name]
+        + [f"{results[str(B)][name]['median_ms']:.2f} ms ({results[str(B)][name]['ratio']:.2f}x)" for B in args.sizes]
+        for name in names
+    ]
+    print_table(
+        f"loss forward+backward, float32 CPU, d={DIM}, {torch.get_num_threads()} threads",
+        ["loss"] + [f"B={B}" for B in args.sizes],
+        rows,
+    )
     payload = {
         "dim": DIM,
         "dtype": "float32",
@@ -103,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         at_target = results[str(TARGET_B)]
         worst = max((n for n in at_target if n in loss_names()), key=lambda n: at_target[n]["ratio"])
         payload["over_target"] = [n for n, r in at_target.items() if r["ratio"] > TARGET_RATIO]
-        checks.append(check(f"loss / clip fwd+bwd, B={TARGET_B} (worst: {worst})", at_target[worst]["ratio"],
-                            "<=", TARGET_RATIO))
-        info(f"B = {TARGET_B}: worst loss {worst} at {at_target[worst]['ratio']:.2f}x clip (target <= {TARGET_RATIO}x)"
-             + (f"; over {TARGET_RATIO}x: {', '.join(payload['over_target'])}" if payload["over_target"] else ""))
+        checks.append(
+            check(f"loss / clip fwd+bwd, B={TARGET_B} (worst: {worst})", at_target[worst]["ratio"], "<=", TARGET_RATIO)
+        )
+        info(
+            f"B = {TARGET_B}: worst loss {worst} at {at_target[worst]['ratio']:.2f}x clip (target <= {TARGET_RATIO}x)"
+            + (f"; over {TARGET_RATIO}x: {', '.join(payload['over_target'])}" if payload["over_target"] else "")
+        )
     write_result("loss_overhead", payload, checks)
     return 0
 

@@ -15,6 +15,7 @@ bytes a loss step sends at d = 256. Writes bench/results/state_sharding.json.
 
     python bench/state_sharding.py [--samples 10000] [--batch 256] [--steps 4] [--worlds 2 4] [--local-batch 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,14 @@ import math
 import platform
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
 from _common import check, info, write_result
 
 from clipctl.console import print_table
@@ -70,6 +71,7 @@ def counting(tally: dict[str, int], calls: list, world: int, me: int) -> Callabl
             shape = tuple(args[1].shape) if name in ("all_gather", "all_to_all_single") else tuple(args[0].shape)
             calls.append([name, list(shape), sent])
             return fn(*args, **kwargs)
+
         return counted
 
     def undo() -> None:
@@ -106,8 +108,11 @@ def measure(loss_name: str, mode: str, rank: int, world: int, args: argparse.Nam
         undo()
     state = loss_fn.state
     return {
-        "rows": state.rows, "state_bytes": state.values.nbytes + sum(t.nbytes for t in state.scalars.values()),
-        "sent_per_step": per_step, "sent_per_step_total": sum(per_step.values()), "calls_per_step": step_calls,
+        "rows": state.rows,
+        "state_bytes": state.values.nbytes + sum(t.nbytes for t in state.scalars.values()),
+        "sent_per_step": per_step,
+        "sent_per_step_total": sum(per_step.values()),
+        "calls_per_step": step_calls,
         "checkpoint_gather_sent": tally["gather"],
     }
 
@@ -136,14 +141,19 @@ def measured(world: int, args: argparse.Namespace) -> dict[str, Any]:
                 "rows_per_rank": [p["rows"] for p in per_rank],
                 "state_bytes_per_rank_max": max(p["state_bytes"] for p in per_rank),
                 "sent_per_step_mean": sum(p["sent_per_step_total"] for p in per_rank) / world,
-                "fetch_sent_per_step_mean": sum(p["sent_per_step"].get("all_to_all_single", 0) for p in per_rank) / world,
+                "fetch_sent_per_step_mean": sum(p["sent_per_step"].get("all_to_all_single", 0) for p in per_rank)
+                / world,
                 "checkpoint_gather_received_by_rank0": sum(p["checkpoint_gather_sent"] for p in per_rank),
                 "calls_per_step_rank0": per_rank[0]["calls_per_step"],
             }
         b = args.batch // world
         out[loss]["fetch_expected_per_step"] = (world - 1) / world * b * k * 4
-        out[loss]["sent_ratio"] = out[loss]["sharded"]["sent_per_step_mean"] / out[loss]["replicated"]["sent_per_step_mean"]
-        out[loss]["memory_ratio"] = out[loss]["sharded"]["state_bytes_per_rank_max"] / out[loss]["replicated"]["state_bytes_per_rank_max"]
+        out[loss]["sent_ratio"] = (
+            out[loss]["sharded"]["sent_per_step_mean"] / out[loss]["replicated"]["sent_per_step_mean"]
+        )
+        out[loss]["memory_ratio"] = (
+            out[loss]["sharded"]["state_bytes_per_rank_max"] / out[loss]["replicated"]["state_bytes_per_rank_max"]
+        )
     return out
 
 
@@ -154,13 +164,21 @@ def computed(local_batch: int) -> list[dict[str, Any]]:
         for world in COMPUTED_K:
             for loss, k in LOSSES.items():
                 in_table = (world - 1) * local_batch * k * 4
-                rows.append({
-                    "data": data, "N": n, "K": world, "loss": loss, "floats_per_sample": k, "local_batch": local_batch,
-                    "state_bytes_replicated": n * k * 4, "state_bytes_sharded": math.ceil(n / world) * k * 4,
-                    "state_sent_per_step_replicated": in_table,
-                    "state_sent_per_step_sharded": in_table + (world - 1) / world * local_batch * k * 4,
-                    "checkpoint_gather_received_by_rank0": (world - 1) * math.ceil(n / world) * k * 4,
-                })
+                rows.append(
+                    {
+                        "data": data,
+                        "N": n,
+                        "K": world,
+                        "loss": loss,
+                        "floats_per_sample": k,
+                        "local_batch": local_batch,
+                        "state_bytes_replicated": n * k * 4,
+                        "state_bytes_sharded": math.ceil(n / world) * k * 4,
+                        "state_sent_per_step_replicated": in_table,
+                        "state_sent_per_step_sharded": in_table + (world - 1) / world * local_batch * k * 4,
+                        "checkpoint_gather_received_by_rank0": (world - 1) * math.ceil(n / world) * k * 4,
+                    }
+                )
     return rows
 
 
@@ -176,16 +194,41 @@ def report(measures: dict[int, Any], table: list[dict[str, Any]], args: argparse
     for world, losses in measures.items():
         for loss, m in losses.items():
             rep, sh = m["replicated"], m["sharded"]
-            rows.append([f"K={world}", loss, human(rep["state_bytes_per_rank_max"]), human(sh["state_bytes_per_rank_max"]),
-                         f"{m['memory_ratio']:.3f}x", human(rep["sent_per_step_mean"]), human(sh["sent_per_step_mean"]),
-                         f"{m['sent_ratio']:.4f}x", human(sh["fetch_sent_per_step_mean"])])
-    print_table(f"measured, gloo CPU, N={args.samples}, B={args.batch}, d={DIM} (per rank)",
-                ["K", "loss", "state repl.", "state shard.", "ratio", "step sent repl.", "step sent shard.", "ratio", "fetch"], rows)
-    print_table(f"computed, local batch b={args.local_batch} (per rank)",
-                ["data", "K", "loss", "state repl.", "state shard.", "state sent/step repl.", "shard.", "ckpt gather"],
-                [[r["data"], r["K"], r["loss"], human(r["state_bytes_replicated"]), human(r["state_bytes_sharded"]),
-                  human(r["state_sent_per_step_replicated"]), human(r["state_sent_per_step_sharded"]),
-                  human(r["checkpoint_gather_received_by_rank0"])] for r in table])
+            rows.append(
+                [
+                    f"K={world}",
+                    loss,
+                    human(rep["state_bytes_per_rank_max"]),
+                    human(sh["state_bytes_per_rank_max"]),
+                    f"{m['memory_ratio']:.3f}x",
+                    human(rep["sent_per_step_mean"]),
+                    human(sh["sent_per_step_mean"]),
+                    f"{m['sent_ratio']:.4f}x",
+                    human(sh["fetch_sent_per_step_mean"]),
+                ]
+            )
+    print_table(
+        f"measured, gloo CPU, N={args.samples}, B={args.batch}, d={DIM} (per rank)",
+        ["K", "loss", "state repl.", "state shard.", "ratio", "step sent repl.", "step sent shard.", "ratio", "fetch"],
+        rows,
+    )
+    print_table(
+        f"computed, local batch b={args.local_batch} (per rank)",
+        ["data", "K", "loss", "state repl.", "state shard.", "state sent/step repl.", "shard.", "ckpt gather"],
+        [
+            [
+                r["data"],
+                r["K"],
+                r["loss"],
+                human(r["state_bytes_replicated"]),
+                human(r["state_bytes_sharded"]),
+                human(r["state_sent_per_step_replicated"]),
+                human(r["state_sent_per_step_sharded"]),
+                human(r["checkpoint_gather_received_by_rank0"]),
+            ]
+            for r in table
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,13 +247,24 @@ def main(argv: list[str] | None = None) -> int:
     worst_sent = max(m["sent_ratio"] for m in measures[top].values())
     checks = [
         check(f"sharded / replicated state per rank, K={top}", worst_memory, "<=", MEMORY_SLACK / top),
-        check(f"sharded / replicated bytes sent per loss step, K={top}, d={DIM}", worst_sent, "<=", TARGET_EXTRA_TRAFFIC),
+        check(
+            f"sharded / replicated bytes sent per loss step, K={top}, d={DIM}", worst_sent, "<=", TARGET_EXTRA_TRAFFIC
+        ),
     ]
     info(f"K = {top}: state per rank {worst_memory:.3f}x of replicated, bytes sent per step {worst_sent:.4f}x")
     payload = {
-        "samples": args.samples, "batch": args.batch, "dim": DIM, "steps": args.steps, "backend": "gloo", "device": "cpu",
-        "floats_per_sample": LOSSES, "measured": {str(k): v for k, v in measures.items()}, "computed": table,
-        "torch": torch.__version__, "machine": platform.machine(), "load": Path("/proc/loadavg").read_text().split()[:3],
+        "samples": args.samples,
+        "batch": args.batch,
+        "dim": DIM,
+        "steps": args.steps,
+        "backend": "gloo",
+        "device": "cpu",
+        "floats_per_sample": LOSSES,
+        "measured": {str(k): v for k, v in measures.items()},
+        "computed": table,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "load": Path("/proc/loadavg").read_text().split()[:3],
     }
     write_result("state_sharding", payload, checks)
     return 0

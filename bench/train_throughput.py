@@ -11,6 +11,7 @@ with `--device cuda --precision bf16 --batch 128`, where peak memory per loss is
                                      [--device cpu|cuda] [--precision fp32|bf16] [--batch N] [--image-size PX]
                                      [--steps 2] [--rounds 7]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,11 @@ TARGET_GCL_OVER_CLIP = 1.03
 TARGET_MFU = 0.30
 MODELS = {
     "quickstart": ("quickstart", [], 128),
-    "paper": ("isogclr_radam", ["model.image_pretrained=false", "model.text_pretrained=false", "data.image_size=224"], 8),
+    "paper": (
+        "isogclr_radam",
+        ["model.image_pretrained=false", "model.text_pretrained=false", "data.image_size=224"],
+        8,
+    ),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -62,25 +67,42 @@ def matmul_rate(device: torch.device, precision: str, size: int = 2048, repeats:
     return 2 * size**3 / statistics.median(times)
 
 
-def build(kind: str, loss_name: str, num_samples: int, device: torch.device = torch.device("cpu"),
-          image_size: int | None = None):
+def build(
+    kind: str,
+    loss_name: str,
+    num_samples: int,
+    device: torch.device = torch.device("cpu"),
+    image_size: int | None = None,
+):
     name, overrides, batch = MODELS[kind]
     resized = [f"data.image_size={image_size}"] if image_size else []
     recipe = load_recipe(name, [*overrides, *resized, f"loss.name={loss_name}"])
     torch.manual_seed(0)
     model = build_model(recipe.model, vocab_size=1000 if kind == "quickstart" else 30522, pad_id=0, load_weights=False)
-    loss = build_loss(recipe.loss, num_samples=num_samples, total_epochs=recipe.train.epochs, embed_dim=recipe.model.embed_dim)
+    loss = build_loss(
+        recipe.loss, num_samples=num_samples, total_epochs=recipe.train.epochs, embed_dim=recipe.model.embed_dim
+    )
     model, loss = model.to(device), loss.to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return recipe, model, loss, optimizer, batch
 
 
-def make_batches(recipe, batch: int, count: int, device: torch.device = torch.device("cpu")) -> list[tuple[torch.Tensor, ...]]:
+def make_batches(
+    recipe, batch: int, count: int, device: torch.device = torch.device("cpu")
+) -> list[tuple[torch.Tensor, ...]]:
     size, length = recipe.data.image_size, recipe.data.max_text_len
     generator = torch.Generator().manual_seed(0)
-    return [tuple(t.to(device) for t in (torch.randn(batch, 3, size, size, generator=generator),
-                                         torch.randint(1, 999, (batch, length), generator=generator),
-                                         torch.arange(i * batch, (i + 1) * batch))) for i in range(count)]
+    return [
+        tuple(
+            t.to(device)
+            for t in (
+                torch.randn(batch, 3, size, size, generator=generator),
+                torch.randint(1, 999, (batch, length), generator=generator),
+                torch.arange(i * batch, (i + 1) * batch),
+            )
+        )
+        for i in range(count)
+    ]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -109,8 +131,16 @@ def flops_per_sample(model, batch) -> float:
     return counter.get_total_flops() / images.shape[0]
 
 
-def measure(kind: str, losses: list[str], steps: int, rounds: int, device: torch.device, precision: str,
-            batch: int | None = None, image_size: int | None = None) -> dict[str, Any]:
+def measure(
+    kind: str,
+    losses: list[str],
+    steps: int,
+    rounds: int,
+    device: torch.device,
+    precision: str,
+    batch: int | None = None,
+    image_size: int | None = None,
+) -> dict[str, Any]:
     batch = batch or MODELS[kind][2]
     setups = {name: build(kind, name, steps * batch, device, image_size) for name in losses}
     recipe = next(iter(setups.values()))[0]
@@ -165,12 +195,19 @@ def throughput_checks(models: dict[str, dict[str, Any]], precision: str) -> list
     gcl = [n for n in ("sogclr", "isogclr_new") if n in paper["ratio_vs_clip"]] if paper else []
     if gcl:
         worst = max(gcl, key=lambda n: paper["ratio_vs_clip"][n])
-        checks.append(check(f"GCL / CLIP step, paper b{paper['batch']} {precision} (worst: {worst})",
-                            paper["ratio_vs_clip"][worst], "<=", TARGET_GCL_OVER_CLIP))
+        checks.append(
+            check(
+                f"GCL / CLIP step, paper b{paper['batch']} {precision} (worst: {worst})",
+                paper["ratio_vs_clip"][worst],
+                "<=",
+                TARGET_GCL_OVER_CLIP,
+            )
+        )
     for kind, result in models.items():
         name = "clip" if "clip" in result["mfu"] else next(iter(result["mfu"]))
-        checks.append(check(f"MFU, {kind} towers, {name} {precision}",
-                            result["mfu"][name], ">=", TARGET_MFU, unit="fraction"))
+        checks.append(
+            check(f"MFU, {kind} towers, {name} {precision}", result["mfu"][name], ">=", TARGET_MFU, unit="fraction")
+        )
     return checks
 
 
@@ -184,28 +221,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=list(DTYPES))
     parser.add_argument("--batch", type=int, help="batch size for every model (default: quickstart 128, paper 8)")
     parser.add_argument("--image-size", type=int, help="image side for every model (default: quickstart 64, paper 224)")
-    parser.add_argument("--matmul-size", type=int, default=2048, help="side of the square matmul that sets the MFU scale")
+    parser.add_argument(
+        "--matmul-size", type=int, default=2048, help="side of the square matmul that sets the MFU scale"
+    )
     parser.add_argument("--name", default="train_throughput", help="result file name under bench/results/")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     rate = matmul_rate(device, args.precision, args.matmul_size)
     results: dict[str, Any] = {
-        "machine": platform.machine(), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "precision": args.precision, "torch": torch.__version__,
+        "machine": platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "precision": args.precision,
+        "torch": torch.__version__,
         "versions": package_versions(),
-        f"{args.precision}_matmul_flops": rate, "models": {},
+        f"{args.precision}_matmul_flops": rate,
+        "models": {},
     }
     for kind in args.models:
-        result = measure(kind, args.losses, args.steps, args.rounds, device, args.precision, args.batch,
-                         args.image_size)
-        result["mfu"] = {name: result["model_flops_per_sample"] * sps / rate for name, sps in result["samples_per_s"].items()}
+        result = measure(
+            kind, args.losses, args.steps, args.rounds, device, args.precision, args.batch, args.image_size
+        )
+        result["mfu"] = {
+            name: result["model_flops_per_sample"] * sps / rate for name, sps in result["samples_per_s"].items()
+        }
         results["models"][kind] = result
         ratios = " ".join(f"{n}={r:.3f}x" for n, r in result["ratio_vs_clip"].items())
         memory = " ".join(f"{n}={m:.1f}GiB" for n, m in result["step_peak_over_resident_gib"].items() if m is not None)
-        print(f"{kind}: batch {result['batch']} @ {result['image_size']}px {args.precision}  samples/s "
-              + " ".join(f"{n}={s:.1f}" for n, s in result["samples_per_s"].items())
-              + f"  step time vs clip: {ratios}  MFU: "
-              + " ".join(f"{n}={100 * m:.1f}%" for n, m in result["mfu"].items()) + (f"  step memory: {memory}" if memory else ""))
+        print(
+            f"{kind}: batch {result['batch']} @ {result['image_size']}px {args.precision}  samples/s "
+            + " ".join(f"{n}={s:.1f}" for n, s in result["samples_per_s"].items())
+            + f"  step time vs clip: {ratios}  MFU: "
+            + " ".join(f"{n}={100 * m:.1f}%" for n, m in result["mfu"].items())
+            + (f"  step memory: {memory}" if memory else "")
+        )
     checks = throughput_checks(results["models"], args.precision)
     write_result(args.name, results, checks)
     for item in checks:

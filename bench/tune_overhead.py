@@ -10,6 +10,7 @@ bench/results/tune_overhead.json.
 
     python bench/tune_overhead.py [--observed 100] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,24 @@ from pathlib import Path
 from _common import check, write_result
 
 from clipctl.console import info, print_table
-from clipctl.tune.strategies import SkoptSearch
 from clipctl.tune.space import SearchSpace
 from clipctl.tune.store import Journal
+from clipctl.tune.strategies import SkoptSearch
 
 SPACE = {
     "loss.name": ["sogclr", "isogclr_new", "isogclr_new_v2"],
-    "optim.name": ["adam", "adamw", "radam", "novograd", "fusedadam", "fusedlamb", "fusednovograd", "rmsprop",
-                   "momentum", "nvnovograd"],
+    "optim.name": [
+        "adam",
+        "adamw",
+        "radam",
+        "novograd",
+        "fusedadam",
+        "fusedlamb",
+        "fusednovograd",
+        "rmsprop",
+        "momentum",
+        "nvnovograd",
+    ],
     "optim.lr": {"low": 1e-4, "high": 1e-2, "prior": "log-uniform"},
     "optim.weight_decay": {"low": 1e-6, "high": 1e-1, "prior": "log-uniform"},
 }
@@ -97,25 +108,33 @@ def main() -> None:
         "journal_append_fsync_s_per_event": append_s,
         "journal_read_s_per_event": read_s,
         "repeats": args.repeats,
-        "versions": {"python": platform.python_version(), "scikit-optimize": version("scikit-optimize"),
-                     "scikit-learn": version("scikit-learn"), "numpy": version("numpy")},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_avg_1m": os.getloadavg()[0]},
+        "versions": {
+            "python": platform.python_version(),
+            "scikit-optimize": version("scikit-optimize"),
+            "scikit-learn": version("scikit-learn"),
+            "numpy": version("numpy"),
+        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_1m": os.getloadavg()[0]},
     }
-    print_table(f"tune overhead at {args.observed} observed points", ["measure", "seconds"], [
-        ("ask (median)", f"{result['ask_s_median']:.4f}"),
-        ("tell = GP refit + acquisition (median)", f"{result['tell_s_median']:.3f}"),
-        ("ask + tell (median)", f"{result['ask_tell_s_median']:.3f}"),
-        ("ask 4 points, 1 pending (--parallel)", f"{batch_s:.3f}"),
-        (f"replay of {args.observed} trials (resume)", f"{replay_s:.1f}"),
-        ("journal append + fsync, per event", f"{append_s:.5f}"),
-        ("journal read, per event", f"{read_s:.6f}"),
-    ])
+    print_table(
+        f"tune overhead at {args.observed} observed points",
+        ["measure", "seconds"],
+        [
+            ("ask (median)", f"{result['ask_s_median']:.4f}"),
+            ("tell = GP refit + acquisition (median)", f"{result['tell_s_median']:.3f}"),
+            ("ask + tell (median)", f"{result['ask_tell_s_median']:.3f}"),
+            ("ask 4 points, 1 pending (--parallel)", f"{batch_s:.3f}"),
+            (f"replay of {args.observed} trials (resume)", f"{replay_s:.1f}"),
+            ("journal append + fsync, per event", f"{append_s:.5f}"),
+            ("journal read, per event", f"{read_s:.6f}"),
+        ],
+    )
     share = result["ask_tell_s_median"] / REFERENCE_TRIAL_S
-    info(f"ask+tell is {100 * share:.3f}% of a 10-minute trial; resuming a {args.observed}-trial study replays in "
-         f"{replay_s:.0f} s")
-    checks = [check(f"ask+tell at {args.observed} points / 10-min trial", share, "<=", TARGET_SHARE,
-                    unit="fraction")]
+    info(
+        f"ask+tell is {100 * share:.3f}% of a 10-minute trial; resuming a {args.observed}-trial study replays in "
+        f"{replay_s:.0f} s"
+    )
+    checks = [check(f"ask+tell at {args.observed} points / 10-min trial", share, "<=", TARGET_SHARE, unit="fraction")]
     write_result("tune_overhead", result, checks)
 
 

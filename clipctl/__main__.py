@@ -1,4 +1,5 @@
 """`python -m clipctl` runs the same CLI as the `clipctl` console script."""
+
 import sys
 
 from clipctl.cli import main

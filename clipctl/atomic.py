@@ -2,14 +2,16 @@
 
 A reader (or a process killed mid-write) sees either the old file or the new one, never a torn one.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 
 def _umask_mode() -> int:

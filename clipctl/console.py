@@ -1,4 +1,5 @@
 """Console helpers shared by every command: humans read stderr (Rich on a TTY), machines read stdout (--json)."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -30,8 +32,9 @@ def console() -> Console:
     global _stderr
     if _stderr is None or _stderr.file is not sys.stderr:
         width = None if sys.stderr.isatty() else OFF_TERMINAL_WIDTH
-        _stderr = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True,
-                          width=width)
+        _stderr = Console(
+            stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True, width=width
+        )
     return _stderr
 
 
@@ -85,8 +88,15 @@ class ProgressReporter:
     `fields` passed to `update` (loss, lr, τ, ...) are shown after the bar or at the end of the line.
     """
 
-    def __init__(self, description: str, total: float | None, unit: str = "it", *, bytes_mode: bool = False,
-                 every_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        description: str,
+        total: float | None,
+        unit: str = "it",
+        *,
+        bytes_mode: bool = False,
+        every_seconds: float = 10.0,
+    ) -> None:
         self.description, self.total, self.unit = description, total, unit
         self.every_seconds = every_seconds
         self.completed = 0.0
@@ -96,7 +106,11 @@ class ProgressReporter:
         self._rich: Progress | None = None
         if interactive():
             columns = [TextColumn("[bold]{task.description}"), BarColumn()]
-            columns += [DownloadColumn(), TransferSpeedColumn()] if bytes_mode else [MofNCompleteColumn(), TaskProgressColumn()]
+            columns += (
+                [DownloadColumn(), TransferSpeedColumn()]
+                if bytes_mode
+                else [MofNCompleteColumn(), TaskProgressColumn()]
+            )
             columns += [TimeRemainingColumn(), TextColumn("{task.fields[extra]}")]
             self._rich = Progress(*columns, console=console(), transient=False)
             self._rich.start()
@@ -118,7 +132,9 @@ class ProgressReporter:
         rate = self.completed / elapsed if elapsed > 0 else 0.0
         parts = [f"{self.description}:"]
         if self.total:
-            parts.append(f"{self.completed:.0f}/{self.total:.0f} {self.unit} ({100 * self.completed / self.total:.1f}%)")
+            parts.append(
+                f"{self.completed:.0f}/{self.total:.0f} {self.unit} ({100 * self.completed / self.total:.1f}%)"
+            )
             eta = (self.total - self.completed) / rate if rate > 0 else float("inf")
             parts.append(f"{rate:.1f} {self.unit}/s ETA {format_duration(eta)}")
         else:
@@ -129,6 +145,7 @@ class ProgressReporter:
     def _fields_text(self) -> str:
         def fmt(value: Any) -> str:
             return f"{value:.4g}" if isinstance(value, float) else str(value)
+
         return " ".join(f"{k}={fmt(v)}" for k, v in self.fields.items())
 
     def close(self) -> None:
@@ -138,7 +155,7 @@ class ProgressReporter:
         else:
             info(self.line())
 
-    def __enter__(self) -> "ProgressReporter":
+    def __enter__(self) -> ProgressReporter:
         return self
 
     def __exit__(self, *exc: object) -> None:

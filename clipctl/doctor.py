@@ -1,4 +1,5 @@
 """Environment report for `clipctl doctor`: versions, devices, precision support, data and cache paths."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -8,7 +9,18 @@ from typing import Any
 from clipctl import __version__
 from clipctl.paths import data_root, hf_cache_dir, torch_hub_dir
 
-PACKAGES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "accelerate", "scikit-optimize", "safetensors", "typer", "rich")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "scikit-optimize",
+    "safetensors",
+    "typer",
+    "rich",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -31,12 +43,15 @@ def device_report() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "cpu_bf16": True,
         "fp16_mixed_precision": torch.cuda.is_available(),
-        "bf16_mixed_precision": (torch.cuda.is_available() and torch.cuda.is_bf16_supported()) or not torch.cuda.is_available(),
+        "bf16_mixed_precision": (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        or not torch.cuda.is_available(),
         "distributed_backends": [b for b in ("nccl", "gloo") if getattr(torch.distributed, f"is_{b}_available")()],
     }
     for i in range(torch.cuda.device_count() if report["cuda_available"] else 0):
         props = torch.cuda.get_device_properties(i)
-        report["cuda_devices"].append({"index": i, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)})
+        report["cuda_devices"].append(
+            {"index": i, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1)}
+        )
     report["default_device"] = "cuda" if report["cuda_available"] else ("mps" if report["mps_available"] else "cpu")
     return report
 

@@ -1,4 +1,5 @@
 """One error type for the whole project: a message for humans plus the exit code of specs/cli.md."""
+
 from __future__ import annotations
 
 import errno
@@ -20,7 +21,7 @@ def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = limit * 2 // 3
-    return f"{text[:head]} … {text[len(text) - (limit - head - 3):]}"
+    return f"{text[:head]} … {text[len(text) - (limit - head - 3) :]}"
 
 
 def shorten(text: str) -> str:
@@ -92,7 +93,7 @@ class StorageError(ClipctlError):
     """Writing failed: disk full, read-only or forbidden output (exit 1)."""
 
     @classmethod
-    def from_os_error(cls, err: OSError) -> "StorageError":
+    def from_os_error(cls, err: OSError) -> StorageError:
         return cls(os_error_message(err))
 
 

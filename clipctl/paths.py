@@ -1,4 +1,5 @@
 """Where data and caches live; one place so every command agrees."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ A recipe is data, never code. Loading merges the `extends` chain (base first), a
 sections; the `[loss]` table is the chosen loss's own model (`clipctl.losses.config`). Every failure is a
 `UsageError` whose message is one line naming the file, the key, the value and the fix.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,20 @@ except ModuleNotFoundError:  # Python 3.10: the `tomli` backport (a dependency t
 # The optimizer names a recipe accepts (the report's, and a few more); what each one takes comes from timm's
 # optimizer registry (train/optim.py), so this is the only list.
 OptimizerName = Literal[
-    "adam", "adamw", "radam", "novograd", "nvnovograd", "rmsprop", "momentum", "sgd",
-    "fusedadam", "fusedlamb", "fusednovograd", "lamb", "adan", "lion",
+    "adam",
+    "adamw",
+    "radam",
+    "novograd",
+    "nvnovograd",
+    "rmsprop",
+    "momentum",
+    "sgd",
+    "fusedadam",
+    "fusedlamb",
+    "fusednovograd",
+    "lamb",
+    "adan",
+    "lion",
 ]
 OPTIMIZER_NAMES: tuple[str, ...] = get_args(OptimizerName)
 SchedulerName = Literal["cosine", "tanh", "step", "const"]
@@ -107,20 +120,23 @@ class EvalConfig(Section):
     allow_test_selection: bool = False  # select on (part of) the reported split, knowingly
 
     @model_validator(mode="after")
-    def _check_selection_is_honest(self) -> "EvalConfig":
+    def _check_selection_is_honest(self) -> EvalConfig:
         """Model selection, early stopping and tuning must not maximise the number that is then reported."""
         if self.allow_test_selection:
             return self
         if self.select_on == "test":
-            raise ValueError("eval.select_on = \"test\" selects the model on the reported split; use \"val\" "
-                             "or set eval.allow_test_selection = true")
+            raise ValueError(
+                'eval.select_on = "test" selects the model on the reported split; use "val" '
+                "or set eval.allow_test_selection = true"
+            )
         for kind in ("retrieval", "zeroshot"):
             val, test = getattr(self, f"val_{kind}"), getattr(self, f"test_{kind}")
             if _overlapping_refs(val, test):
                 raise ValueError(
                     f"eval.val_{kind} = {val!r} and eval.test_{kind} = {test!r} overlap, so the model would be "
                     f"selected on the split it is reported on; validate on a held-out split (coco-val-5k, "
-                    f"imagenet-val:select) or set eval.allow_test_selection = true")
+                    f"imagenet-val:select) or set eval.allow_test_selection = true"
+                )
         return self
 
 
@@ -149,15 +165,18 @@ class Recipe(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
-    def _fill_cross_section_defaults(self) -> "Recipe":
+    def _fill_cross_section_defaults(self) -> Recipe:
         self.loss.fill_optim_defaults(self.optim.lr)
         warmup = self.sched.warmup_epochs
         if not math.isfinite(warmup) or warmup >= self.train.epochs:
-            raise ValueError(f"sched.warmup_epochs ({warmup:g}) must be shorter than train.epochs "
-                             f"({self.train.epochs}), or the learning rate never leaves warmup; lower it")
+            raise ValueError(
+                f"sched.warmup_epochs ({warmup:g}) must be shorter than train.epochs "
+                f"({self.train.epochs}), or the learning rate never leaves warmup; lower it"
+            )
         if self.train.batch_size % self.train.grad_accum:
             raise ValueError(
-                f"train.batch_size ({self.train.batch_size}) must be divisible by train.grad_accum ({self.train.grad_accum})"
+                f"train.batch_size ({self.train.batch_size}) must be divisible by train.grad_accum "
+                f"({self.train.grad_accum})"
             )
         return self
 
@@ -270,7 +289,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         if not _BARE.match(raw):
-            raise UsageError(f"override {text!r}: value {raw!r} is not a TOML value; quote strings: {key}=\"{raw}\"") from None
+            raise UsageError(
+                f'override {text!r}: value {raw!r} is not a TOML value; quote strings: {key}="{raw}"'
+            ) from None
         value = raw
     return key.split("."), value
 
@@ -311,7 +332,10 @@ def merge_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]
 def _toml_literal(value: Any) -> str:
     """One TOML value on one line (tables become inline tables), as a command-line override needs."""
     if isinstance(value, dict):
-        items = (f"{k if _BARE_KEY.match(k) else tomli_w.dumps({'v': k})[4:].strip()} = {_toml_literal(v)}" for k, v in value.items())
+        items = (
+            f"{k if _BARE_KEY.match(k) else tomli_w.dumps({'v': k})[4:].strip()} = {_toml_literal(v)}"
+            for k, v in value.items()
+        )
         return "{ " + ", ".join(items) + " }"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_literal(v) for v in value) + "]"

@@ -5,11 +5,13 @@ errors. `format_validation_error` turns pydantic's report into the one line user
 mean" for unknown keys. `tagged_union` makes a table whose model is picked by one of its keys among
 models registered at run time (the `[loss]` table: `name` picks the loss's own model).
 """
+
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Annotated, Callable, Iterable, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SerializeAsAny, ValidationError, create_model
 
@@ -47,8 +49,9 @@ class Variants:
         return members[chosen].model_validate(value)
 
 
-def tagged_union(base: type[BaseModel], members: Callable[[], Mapping[str, type[BaseModel]]], tag: str,
-                 default: str) -> Any:
+def tagged_union(
+    base: type[BaseModel], members: Callable[[], Mapping[str, type[BaseModel]]], tag: str, default: str
+) -> Any:
     """The annotation of a table whose model is chosen by its `tag` key; it serialises with all of the chosen
     model's keys (not only the base's)."""
     variants = Variants(members, tag, default)
@@ -82,7 +85,9 @@ def format_validation_error(source: str, err: ValidationError, known: list[str])
         hint = closest(key, known)
         if not hint:
             section = key.rsplit(".", 1)[0] if "." in key else ""
-            siblings = [k for k in known if k.startswith(section + ".")] if section else [k for k in known if "." not in k]
+            siblings = (
+                [k for k in known if k.startswith(section + ".")] if section else [k for k in known if "." not in k]
+            )
             hint = closest(key, siblings, cutoff=0.0)
         suggestion = f"; did you mean {hint}?" if hint else ""
         return f"{source}: {key}: unknown key{suggestion}"

@@ -1,4 +1,5 @@
 """Shared test setup: offline hub, isolated data root, CLI runner."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Python's `http.server` serves whole files only; downloads must be tested against partial content,
 redirects, auth failures, 5xx bursts, truncated bodies and wrong content, so this handler scripts them.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,7 +72,7 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
             else:
                 self.send_response(200)
-            chunk = body[start:end + 1]
+            chunk = body[start : end + 1]
             if not step.get("no_length"):
                 self.send_header("Content-Length", str(len(chunk)))
             if "content_type" in step:

@@ -1,7 +1,8 @@
 """Tiny stand-ins for the tokenizer, model and datasets of the data/model contracts, for the evaluation tests."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -1,4 +1,5 @@
 """Bytes of small real files for the data tests: JPEG images and (gzipped) tar archives built in memory."""
+
 from __future__ import annotations
 
 import io

@@ -6,6 +6,7 @@ It answers what `huggingface_hub` asks for a dataset repo at a commit: HEAD/GET 
 real client code runs: cache, revision pinning, token header. `claims[path]` overrides the hash the hub
 publishes (a hub copy whose bytes do not match its own record), `gated = True` answers 401 GatedRepo.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,12 +69,18 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if hub.gated:
                 self._answer(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"}, b"{}", head)
             elif path.startswith(resolve):
-                self._file(path[len(resolve):], head)
+                self._file(path[len(resolve) :], head)
             elif path.rstrip("/") == tree and not head:
-                listing = [{"type": "file", "path": p, "size": len(d), "oid": git_blob_id(d),
-                            **({"lfs": {"oid": hub.etag(p), "size": len(d), "pointerSize": 134}}
-                               if p in hub.lfs else {})}
-                           for p, d in sorted(hub.files.items())]
+                listing = [
+                    {
+                        "type": "file",
+                        "path": p,
+                        "size": len(d),
+                        "oid": git_blob_id(d),
+                        **({"lfs": {"oid": hub.etag(p), "size": len(d), "pointerSize": 134}} if p in hub.lfs else {}),
+                    }
+                    for p, d in sorted(hub.files.items())
+                ]
                 self._answer(200, {"Content-Type": "application/json"}, json.dumps(listing).encode())
             else:
                 self._answer(404, {"X-Error-Code": "RepoNotFound"}, b"{}", head)

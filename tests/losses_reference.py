@@ -4,6 +4,7 @@ Gradients are checked against autograd of objectives written here: the TRUE obje
 epoch 0 and, at later steps, the objective whose gradient the spec prescribes (g replaced by the
 tracked s·e^b, everything forming a weight held constant).
 """
+
 from __future__ import annotations
 
 import math
@@ -54,14 +55,18 @@ def shift_and_average(H: torch.Tensor, tau: torch.Tensor, s_old, b_old, gamma: f
     return s_new, b_new
 
 
-def linearized_objective(H: torch.Tensor, tau: torch.Tensor, s: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+def linearized_objective(
+    H: torch.Tensor, tau: torch.Tensor, s: torch.Tensor, b: torch.Tensor, eps: float
+) -> torch.Tensor:
     """mean_i τ_i·(1/(B−1)) Σ_j exp(h_ij/τ_i − b_i)/(s_i+ε): its gradient is mean_i mean_j w_ij ∇h_ij."""
     B = H.shape[0]
     e = torch.exp(H / tau.unsqueeze(1) - b.unsqueeze(1)) * offdiag(B)
     return (tau * e.sum(1) / (B - 1) / (s + eps)).mean()
 
 
-def tau_gradient(H: torch.Tensor, tau: torch.Tensor, s: torch.Tensor, b: torch.Tensor, rho: float, eps: float) -> torch.Tensor:
+def tau_gradient(
+    H: torch.Tensor, tau: torch.Tensor, s: torch.Tensor, b: torch.Tensor, rho: float, eps: float
+) -> torch.Tensor:
     """∂/∂τ_i [τ_i(log g_i(τ_i) + ρ)] with g replaced by s·e^b: log(s+ε) + b + ρ + τ·g'(τ)·e^{−b}/(s+ε),
     g' by autograd of the exact batch g."""
     tau_leaf = tau.detach().clone().requires_grad_(True)
@@ -69,7 +74,9 @@ def tau_gradient(H: torch.Tensor, tau: torch.Tensor, s: torch.Tensor, b: torch.T
     return torch.log(s + eps) + b + rho + tau * dg * torch.exp(-b) / (s + eps)
 
 
-def isogclr_new_v2_objective(S: torch.Tensor, tau_I: torch.Tensor, tau_T: torch.Tensor, rho: float, lam: float) -> torch.Tensor:
+def isogclr_new_v2_objective(
+    S: torch.Tensor, tau_I: torch.Tensor, tau_T: torch.Tensor, rho: float, lam: float
+) -> torch.Tensor:
     """F of specs/losses.md `isogclr_new_v2`, transcribed as written (the course's iSogCLR_New_v2):
 
     F = mean_i [τ_I,i log mean_{j≠i} e^{S_ij/τ_I,i} + τ_T,i log mean_{j≠i} e^{S_ji/τ_T,i} + ρ(τ_I,i + τ_T,i)]

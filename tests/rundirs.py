@@ -1,9 +1,11 @@
 """Fabricate run directories as the trainer writes them (DESIGN.md run-directory contract), for tests of readers."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from clipctl.recipe import load_recipe
 
@@ -28,35 +30,75 @@ def make_run(
     summary_extra: dict[str, Any] | None = None,
 ) -> Path:
     """One run dir: resolved recipe.toml, metrics.jsonl (train + eval lines), summary.json (unless status is None)."""
-    recipe = load_recipe("quickstart", [f"loss.name={loss}", f"run.seed={seed}", f"run.name={name}",
-                                        f"run.out_dir={json.dumps(str(root))}", *overrides])
+    recipe = load_recipe(
+        "quickstart",
+        [
+            f"loss.name={loss}",
+            f"run.seed={seed}",
+            f"run.name={name}",
+            f"run.out_dir={json.dumps(str(root))}",
+            *overrides,
+        ],
+    )
     run = root / name
     run.mkdir(parents=True)
     (run / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
     done = epochs if status == "completed" else max(epochs - 2, 1)
-    curve = list(curve) if curve is not None else [(tr1 + ir1 + acc1) / 3 * (0.6 + 0.4 * (e + 1) / epochs) for e in range(epochs)]
+    curve = (
+        list(curve)
+        if curve is not None
+        else [(tr1 + ir1 + acc1) / 3 * (0.6 + 0.4 * (e + 1) / epochs) for e in range(epochs)]
+    )
     lines = []
     for epoch in range(done):
         step = (epoch + 1) * 156
         lines.append({"type": "train", "epoch": epoch, "step": step, "loss": 3.0 - epoch * 0.3, "lr": 1e-3})
         objective = curve[epoch]
-        lines.append({"type": "eval", "epoch": epoch, "step": step, "split": "val", "val/tr@1": tr1, "val/ir@1": ir1,
-                      "val/acc@1": acc1, "val/objective": objective})
+        lines.append(
+            {
+                "type": "eval",
+                "epoch": epoch,
+                "step": step,
+                "split": "val",
+                "val/tr@1": tr1,
+                "val/ir@1": ir1,
+                "val/acc@1": acc1,
+                "val/objective": objective,
+            }
+        )
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     if status is None:
         return run
     summary: dict[str, Any] = {
-        "status": status, "name": name, "recipe_sha256": recipe.sha256(), "seed": seed, "loss": loss,
-        "optimizer": recipe.optim.name, "epochs_planned": epochs, "epochs_completed": done, "steps": done * 156,
-        "best_epoch": done - 1, "best": {"val/objective": curve[done - 1]},
-        "wall_time_s": wall_time_s, "samples_per_s": samples_per_s, "error": None,
+        "status": status,
+        "name": name,
+        "recipe_sha256": recipe.sha256(),
+        "seed": seed,
+        "loss": loss,
+        "optimizer": recipe.optim.name,
+        "epochs_planned": epochs,
+        "epochs_completed": done,
+        "steps": done * 156,
+        "best_epoch": done - 1,
+        "best": {"val/objective": curve[done - 1]},
+        "wall_time_s": wall_time_s,
+        "samples_per_s": samples_per_s,
+        "error": None,
     }
     if status == "completed":
         summary["test"] = {
-            "tr@1": tr1, "tr@5": min(1.0, tr1 * 2), "tr@10": min(1.0, tr1 * 2.5), "ir@1": ir1, "ir@5": min(1.0, ir1 * 2),
-            "ir@10": min(1.0, ir1 * 2.5), "r_mean": 0.4, "acc@1": acc1, "acc@5": min(1.0, acc1 * 1.5),
+            "tr@1": tr1,
+            "tr@5": min(1.0, tr1 * 2),
+            "tr@10": min(1.0, tr1 * 2.5),
+            "ir@1": ir1,
+            "ir@5": min(1.0, ir1 * 2),
+            "ir@10": min(1.0, ir1 * 2.5),
+            "r_mean": 0.4,
+            "acc@1": acc1,
+            "acc@5": min(1.0, acc1 * 1.5),
             "objective": (tr1 + ir1 + acc1) / 3,
-            "retrieval_source": recipe.eval.test_retrieval, "zeroshot_source": recipe.eval.test_zeroshot,
+            "retrieval_source": recipe.eval.test_retrieval,
+            "zeroshot_source": recipe.eval.test_zeroshot,
         }
     if status == "failed":
         summary["error"] = "RuntimeError: loss is NaN at step 212\n  (lower optim.lr)"

@@ -1,4 +1,5 @@
 """Atomic writes: all-or-nothing replacement, no temp files left behind, the usual file mode."""
+
 from __future__ import annotations
 
 import os

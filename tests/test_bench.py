@@ -1,4 +1,5 @@
 """The benchmark tooling: target checks, the `make bench` summary, every script in a tiny run, the GPU check."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 BENCH = REPO_ROOT / "bench"
@@ -21,36 +21,80 @@ from _summary import benchmark_names, summary_rows  # noqa: E402
 TINY_ARGS = {
     "cached_features": ["--train-size", "256", "--batch", "32", "--rounds", "1"],
     "data_loading": ["--images", "320", "--batch-size", "32", "--batches", "2", "--workers", "0", "1"],
-    "eval_speed": ["--images", "300", "--captions", "1500", "--dim", "32", "--chunk-size", "128", "--repeats", "1",
-                   "--scenarios", "random"],
+    "eval_speed": [
+        "--images",
+        "300",
+        "--captions",
+        "1500",
+        "--dim",
+        "32",
+        "--chunk-size",
+        "128",
+        "--repeats",
+        "1",
+        "--scenarios",
+        "random",
+    ],
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
     "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
-    "train_throughput": ["--models", "quickstart", "--batch", "8", "--steps", "1", "--rounds", "1", "--matmul-size", "256"],
+    "train_throughput": [
+        "--models",
+        "quickstart",
+        "--batch",
+        "8",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--matmul-size",
+        "256",
+    ],
     "tune_overhead": ["--observed", "13", "--repeats", "1"],
 }
 
 
 def run_script(script: Path, args: list[str], results: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "CLIPCTL_BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([str(script), *args] if script.suffix == ".sh" else [sys.executable, str(script), *args],
-                          cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=400, check=False)
+    return subprocess.run(
+        [str(script), *args] if script.suffix == ".sh" else [sys.executable, str(script), *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize(("value", "op", "target", "status"), [
-    (1.2, "<=", 1.5, "met"), (1.5, "<=", 1.5, "met"), (1.6, "<=", 1.5, "missed"),
-    (0.4, ">=", 0.3, "met"), (0.2, ">=", 0.3, "missed"), (None, ">=", 0.3, "not run"),
-])
+@pytest.mark.parametrize(
+    ("value", "op", "target", "status"),
+    [
+        (1.2, "<=", 1.5, "met"),
+        (1.5, "<=", 1.5, "met"),
+        (1.6, "<=", 1.5, "missed"),
+        (0.4, ">=", 0.3, "met"),
+        (0.2, ">=", 0.3, "missed"),
+        (None, ">=", 0.3, "not run"),
+    ],
+)
 def test_check_status(value, op, target, status):
     assert check("m", value, op, target)["status"] == status
 
 
 def test_summary_reads_checks_and_flags_missing_results(tmp_path):
-    (tmp_path / "loss_overhead.json").write_text(json.dumps({
-        "measured_at": "2026-11-29T00:00:00+00:00",
-        "checks": [check("loss / clip", 1.4, "<=", 1.5), check("memory", 2048.0, "<=", 1024, unit="MB")]}))
+    (tmp_path / "loss_overhead.json").write_text(
+        json.dumps(
+            {
+                "measured_at": "2026-11-29T00:00:00+00:00",
+                "checks": [check("loss / clip", 1.4, "<=", 1.5), check("memory", 2048.0, "<=", 1024, unit="MB")],
+            }
+        )
+    )
     (tmp_path / "eval_speed.json").write_text(json.dumps({"targets": {"old": True}}))  # written before checks existed
     (tmp_path / "gpu").mkdir()
-    (tmp_path / "gpu" / "train_throughput.json").write_text(json.dumps({"checks": [check("MFU", 0.45, ">=", 0.3, unit="fraction")]}))
+    (tmp_path / "gpu" / "train_throughput.json").write_text(
+        json.dumps({"checks": [check("MFU", 0.45, ">=", 0.3, unit="fraction")]})
+    )
     (tmp_path / "gpu" / "quickstart.json").write_text(json.dumps({"status": "completed"}))  # a run summary: no targets
     rows = {(row[0], row[1]): row for row in summary_rows(tmp_path)}
     assert rows["loss_overhead", "loss / clip"][2:5] == ["1.40x", "<= 1.50x", "met"]
@@ -62,7 +106,9 @@ def test_summary_reads_checks_and_flags_missing_results(tmp_path):
 
 
 def test_summary_script_prints_the_table(tmp_path):
-    (tmp_path / "tune_overhead.json").write_text(json.dumps({"checks": [check("ask + tell", 0.002, "<=", 0.01, unit="fraction")]}))
+    (tmp_path / "tune_overhead.json").write_text(
+        json.dumps({"checks": [check("ask + tell", 0.002, "<=", 0.01, unit="fraction")]})
+    )
     done = run_script(BENCH / "_summary.py", ["--results", str(tmp_path)], tmp_path, COLUMNS="200")
     assert done.returncode == 0, done.stderr
     assert "ask + tell" in done.stderr and "0.2%" in done.stderr

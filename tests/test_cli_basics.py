@@ -1,4 +1,5 @@
 """The CLI shell: help, version, recipes commands, doctor, error rendering and exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ def test_recipes_ls_lists_builtins_with_descriptions(run_cli):
 
 def test_recipes_validate_all_builtins(run_cli):
     import glob
+
     files = sorted(glob.glob("recipes/*.toml") + glob.glob("recipes/tune/*.toml"))
     code, _, err = run_cli("recipes", "validate", *files)
     assert code == 0 and err.count("ok ") == len(files)
@@ -35,6 +37,7 @@ def test_recipes_show_resolved(run_cli):
     code, out, _ = run_cli("recipes", "show", "isogclr_radam", "--resolved", "train.epochs=7")
     assert code == 0
     from clipctl.recipe import tomllib
+
     data = tomllib.loads(out)
     assert data["train"]["epochs"] == 7 and data["optim"]["lr"] == 1.64e-4 and data["sched"]["name"] == "tanh"
 
@@ -53,12 +56,18 @@ def test_invalid_recipe_is_one_line_exit_2_no_traceback(tmp_path):
     bad.write_text("[optim]\nlrr = 1\n")
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("CLIPCTL_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "clipctl", "recipes", "validate", str(bad)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipctl", "recipes", "validate", str(bad)], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "did you mean optim.lr?" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "clipctl", "recipes", "validate", str(bad)], capture_output=True, text=True,
-                          env={**env, "CLIPCTL_DEBUG": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipctl", "recipes", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**env, "CLIPCTL_DEBUG": "1"},
+    )
     assert proc.returncode == 2 and "Traceback" in proc.stderr
 
 

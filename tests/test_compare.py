@@ -1,4 +1,5 @@
 """clipctl.report: reading run directories, seed groups, baselines and deltas, output formats, the plot."""
+
 from __future__ import annotations
 
 import csv
@@ -7,6 +8,7 @@ import json
 import statistics
 
 import pytest
+from rundirs import COCO_IMAGENET, make_run
 
 from clipctl.errors import UsageError
 from clipctl.report import baselines as pub
@@ -14,7 +16,6 @@ from clipctl.report.compare import build_comparison, group_runs
 from clipctl.report.render import to_csv, to_json, to_markdown
 from clipctl.report.runs import load_run, scan_runs
 from clipctl.run.reader import find_run_dirs
-from rundirs import COCO_IMAGENET, make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -45,9 +46,19 @@ def test_scan_classifies_every_kind_of_run_dir(tmp_path):
     runs = _by_label(scan_runs([root]))
     status = {name: run.status for name, run in runs.items()}
     assert status == {
-        "done": "completed", "t001": "completed", "failed": "failed", "stopped": "interrupted", "live": "running",
-        "nosummary": "incomplete", "badjson": "corrupt", "notobject": "corrupt", "weird": "corrupt",
-        "notest": "corrupt", "badmetric": "corrupt", "norecipe": "corrupt", "badrecipe": "corrupt",
+        "done": "completed",
+        "t001": "completed",
+        "failed": "failed",
+        "stopped": "interrupted",
+        "live": "running",
+        "nosummary": "incomplete",
+        "badjson": "corrupt",
+        "notobject": "corrupt",
+        "weird": "corrupt",
+        "notest": "corrupt",
+        "badmetric": "corrupt",
+        "norecipe": "corrupt",
+        "badrecipe": "corrupt",
     }
     reason = {name: run.reason for name, run in runs.items()}
     assert "not valid JSON" in reason["badjson"] and "list" in reason["notobject"]
@@ -90,7 +101,9 @@ def test_groups_differ_only_by_seed_with_mean_and_sample_std(tmp_path):
     group = groups[0]
     assert group.seeds == [0, 1, 2] and len(group.runs) == 3
     tr = group.stat("tr@1")
-    assert tr.n == 3 and tr.mean == pytest.approx(0.32) and tr.std == pytest.approx(statistics.stdev([0.30, 0.34, 0.32]))
+    assert (
+        tr.n == 3 and tr.mean == pytest.approx(0.32) and tr.std == pytest.approx(statistics.stdev([0.30, 0.34, 0.32]))
+    )
     avg = group.stat("average")
     assert avg.mean == pytest.approx(statistics.fmean(sum(v) / 3 for v in values))
     single = groups[1].stat("tr@1")
@@ -125,7 +138,11 @@ def test_measured_baselines_on_the_same_data_win_over_published(tmp_path):
     assert clip.percent["tr@1"] == pytest.approx(25.0) and clip.percent["ir@1"] == pytest.approx(25.0)
     assert clip.percent["average"] == pytest.approx((1.0 / 3 - 0.8 / 3) / (0.8 / 3) * 100)
     sog = deltas["sogclr"]
-    assert sog.kind == "measured" and sog.percent["tr@1"] == pytest.approx(20.0) and sog.percent["ir@1"] == pytest.approx(0.0)
+    assert (
+        sog.kind == "measured"
+        and sog.percent["tr@1"] == pytest.approx(20.0)
+        and sog.percent["ir@1"] == pytest.approx(0.0)
+    )
     assert "optim.lr" in sog.note  # the measured baseline's other differences are stated
     clip_group = next(g for g in c.groups if g.label == "clip")
     assert {d.baseline: d.kind for d in c.deltas[clip_group.key]} == {"clip": "self", "sogclr": "measured"}
@@ -163,7 +180,11 @@ def test_published_deltas_only_where_the_test_data_match(tmp_path):
     assert shapes.kind == "none" and all(v is None for v in shapes.percent.values())
     assert "not comparable" in shapes.note and "loss.name=clip" in shapes.note
     own = deltas["coco-clip"]["clip"]  # a measured CLIP reproduction is set against the published CLIP row
-    assert own.kind == "published" and own.percent["tr@1"] == pytest.approx(-50.0) and "this group is the measured clip" in own.note
+    assert (
+        own.kind == "published"
+        and own.percent["tr@1"] == pytest.approx(-50.0)
+        and "this group is the measured clip" in own.note
+    )
     partial = deltas["coco-retrieval-only"]["clip"].percent
     assert partial["tr@1"] == pytest.approx(25.0) and partial["acc@1"] is None and partial["average"] is None
     assert any("shapes:test / shapes:zeroshot" in n and "not meaningful" in n for n in c.notes)
@@ -183,7 +204,11 @@ def test_a_baseline_without_measured_or_published_row_says_so(tmp_path):
 
 def test_published_rows_and_typo_footnote(tmp_path):
     rows = {row.key: row for row in pub.PUBLISHED}
-    assert [(r.tr1, r.ir1, r.acc1) for r in rows.values()] == [(12.00, 9.32, 21.35), (14.38, 10.73, 24.54), (15.00, 11.52, 28.54)]
+    assert [(r.tr1, r.ir1, r.acc1) for r in rows.values()] == [
+        (12.00, 9.32, 21.35),
+        (14.38, 10.73, 24.54),
+        (15.00, 11.52, 28.54),
+    ]
     assert [round(r.metric("average"), 2) for r in rows.values()] == [14.22, 16.55, 18.35]
     note = rows["isogclr_new"].footnote
     assert "26.63" in note and "28.54" in note and "18.33" in note and "Table 2" in note
@@ -225,17 +250,28 @@ def test_json_csv_markdown_parse(tmp_path):
     data = json.loads(json.dumps(to_json(c)))
     assert [g["label"] for g in data["groups"]] == ["clip-s0", "isog"]
     isog = data["groups"][1]
-    assert isog["n"] == 3 and isog["metrics"]["tr@1"]["mean"] == pytest.approx(0.31) and isog["metrics"]["tr@1"]["std"] == pytest.approx(0.01)
-    assert isog["deltas_pct"]["clip"]["reference"] == "measured" and isog["deltas_pct"]["clip"]["values"]["tr@1"] == pytest.approx(24.0)
+    assert (
+        isog["n"] == 3
+        and isog["metrics"]["tr@1"]["mean"] == pytest.approx(0.31)
+        and isog["metrics"]["tr@1"]["std"] == pytest.approx(0.01)
+    )
+    assert isog["deltas_pct"]["clip"]["reference"] == "measured" and isog["deltas_pct"]["clip"]["values"][
+        "tr@1"
+    ] == pytest.approx(24.0)
     assert isog["deltas_pct"]["sogclr"]["reference"] == "none"
     assert {r["status"] for r in data["not_counted"]} == {"incomplete", "corrupt"}
 
     rows = list(csv.DictReader(io.StringIO(to_csv(c))))
     assert [r["kind"] for r in rows] == ["measured"] * 2 + ["published"] * 3 + ["not_counted"] * 2
-    assert float(rows[1]["tr@1_mean_pct"]) == pytest.approx(31.0) and float(rows[1]["tr@1_std_pct"]) == pytest.approx(1.0)
+    assert float(rows[1]["tr@1_mean_pct"]) == pytest.approx(31.0) and float(rows[1]["tr@1_std_pct"]) == pytest.approx(
+        1.0
+    )
     assert float(rows[1]["delta_clip_tr@1_pct"]) == pytest.approx(24.0) and rows[1]["delta_sogclr_tr@1_pct"] == ""
     assert rows[2]["acc@1_mean_pct"] == "21.35"
-    assert {(r["label"].rsplit("/", 1)[-1], r["status"]) for r in rows[5:]} == {("broken", "incomplete"), ("corrupt", "corrupt")}
+    assert {(r["label"].rsplit("/", 1)[-1], r["status"]) for r in rows[5:]} == {
+        ("broken", "incomplete"),
+        ("corrupt", "corrupt"),
+    }
 
     md = to_markdown(c)
     table = []
@@ -252,6 +288,7 @@ def test_json_csv_markdown_parse(tmp_path):
 
 def test_plot_writes_a_png(tmp_path):
     from clipctl.report.plots import write_plot
+
     _fabricate(tmp_path / "runs")
     make_run(tmp_path / "runs", "coco", overrides=COCO_IMAGENET)
     c = build_comparison(scan_runs([tmp_path / "runs"]))

@@ -1,4 +1,5 @@
 """`clipctl compare`: formats on stdout, tables on stderr, --plot, exit codes."""
+
 from __future__ import annotations
 
 import csv
@@ -89,6 +90,7 @@ def test_help_has_an_example(run_cli):
 def test_no_traceback_from_the_console_script(tmp_path):
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("CLIPCTL_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "clipctl", "compare", str(tmp_path / "nothing")],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipctl", "compare", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

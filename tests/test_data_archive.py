@@ -1,6 +1,7 @@
 """Hostile archives, built here: `..`, absolute paths, links out, hard links, chained links and the
 PATH_MAX symlink chain of CVE-2025-4517. Each is refused with one line and exit 3, and nothing outside the
 target (nor anything already present) changes, through `extract` and through `clipctl data fetch cc3m-100k`."""
+
 from __future__ import annotations
 
 import io
@@ -68,8 +69,16 @@ CASES = {
     "hardlink-to-missing": ([_link("fine/hard", "fine/nothing.txt", tarfile.LNKTYPE)], "not a regular file"),
     "hardlink-to-link": ([_link("fine/s", "ok.txt"), _link("fine/h", "fine/s", tarfile.LNKTYPE)], "links to links"),
     # each link alone is lexically inside; followed in order, fine/l3 lands one level above the target
-    "chained-links": ([_dir("fine/sub"), _link("l1", "fine"), _link("l2", "l1/.."), _link("fine/l3", "../l2/.."),
-                       _file("fine/l3/outside/victim.txt")], "links to links"),
+    "chained-links": (
+        [
+            _dir("fine/sub"),
+            _link("l1", "fine"),
+            _link("l2", "l1/.."),
+            _link("fine/l3", "../l2/.."),
+            _file("fine/l3/outside/victim.txt"),
+        ],
+        "links to links",
+    ),
     "link-twice": ([_link("fine/t", "ok.txt"), _link("fine/t", "../../outside")], "appears more than once"),
     "path-max-chain": (_path_max_chain(outside_levels=2), "goes through the link"),
 }
@@ -116,8 +125,9 @@ def test_hostile_tar_is_refused_and_nothing_changes(scene, case):
     assert _snapshot(scene) == before  # no target, no temp folder, the victim untouched
 
 
-@pytest.mark.parametrize("case", ["path-max-chain", "chained-links", "symlink-out", "hardlink-out", "dotdot",
-                                  "absolute"])
+@pytest.mark.parametrize(
+    "case", ["path-max-chain", "chained-links", "symlink-out", "hardlink-out", "dotdot", "absolute"]
+)
 def test_hostile_cc3m_archive_via_cli(scene, case, data_root, run_cli, monkeypatch):
     archive = _build(scene, case)
     (data_root / "downloads").mkdir()
@@ -132,9 +142,15 @@ def test_hostile_cc3m_archive_via_cli(scene, case, data_root, run_cli, monkeypat
 
 
 def test_links_inside_the_archive_still_extract(tmp_path):
-    archive = _tar(tmp_path / "good.tar", [_dir("fine/sub"), _link("fine/alias.txt", "ok.txt"),
-                                            _link("fine/sub/up", "../ok.txt"),
-                                            _link("copy.txt", "fine/ok.txt", tarfile.LNKTYPE)])
+    archive = _tar(
+        tmp_path / "good.tar",
+        [
+            _dir("fine/sub"),
+            _link("fine/alias.txt", "ok.txt"),
+            _link("fine/sub/up", "../ok.txt"),
+            _link("copy.txt", "fine/ok.txt", tarfile.LNKTYPE),
+        ],
+    )
     names = extract(archive, tmp_path / "out")
     out = tmp_path / "out"
     assert names == ["fine/ok.txt"]

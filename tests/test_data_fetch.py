@@ -1,5 +1,6 @@
 """Downloads against a local HTTP server (CLIPCTL_MIRROR): resume, redirects, retries, truncation,
 checksums and quarantine, gated sources, no network, safe extraction, and a COCO-shaped fetch end to end."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from data_server import serve_mirror
 from PIL import Image
 
 from clipctl.data import fetch, registry
@@ -19,7 +21,6 @@ from clipctl.data.archive import extract
 from clipctl.data.fetch import FetchPolicy, download
 from clipctl.data.registry import RemoteFile
 from clipctl.errors import DataError
-from data_server import serve_mirror
 
 
 @pytest.fixture
@@ -88,7 +89,11 @@ def test_truncated_body_is_resumed(server, tmp_path):
     dest = tmp_path / "blob.bin"
     download(f"{server.url}/ds/blob.bin", dest, _remote("blob.bin", BLOB), dataset_id="ds")
     assert dest.read_bytes() == BLOB
-    assert server.log[0] == ("/ds/blob.bin", None) and server.log[1][1] is not None and server.log[1][1].startswith("bytes=")
+    assert (
+        server.log[0] == ("/ds/blob.bin", None)
+        and server.log[1][1] is not None
+        and server.log[1][1].startswith("bytes=")
+    )
 
 
 def test_truncated_every_time_keeps_the_part_and_says_resume(server, tmp_path):
@@ -128,8 +133,13 @@ def test_wrong_hash_is_quarantined_with_a_clear_message(server, tmp_path):
 def test_gated_answer_names_what_to_provide(server, tmp_path, status):
     server.script["/ds/blob.bin"] = [{"status": status}]
     with pytest.raises(DataError) as err:
-        download(f"{server.url}/ds/blob.bin", tmp_path / "blob.bin", _remote("blob.bin", BLOB), dataset_id="ds",
-                 access_hint="set HF_TOKEN or put the file in $CLIPCTL_X")
+        download(
+            f"{server.url}/ds/blob.bin",
+            tmp_path / "blob.bin",
+            _remote("blob.bin", BLOB),
+            dataset_id="ds",
+            access_hint="set HF_TOKEN or put the file in $CLIPCTL_X",
+        )
     assert f"answered {status}" in str(err.value) and "HF_TOKEN" in str(err.value) and "gated" in str(err.value)
 
 
@@ -183,14 +193,17 @@ def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarI
     return info
 
 
-@pytest.mark.parametrize("member, reason", [
-    (_file("../escape.txt"), "'..' in path"),
-    (_file("/tmp/abs-escape.txt"), "absolute path"),
-    (_file("fine/../../escape.txt"), "'..' in path"),
-    (_link("fine/link", "../../escape.txt"), "outside the target"),
-    (_link("fine/abs-link", "/etc/passwd"), "outside the target"),
-    (_link("fine/hard", "../escape.txt", tarfile.LNKTYPE), "outside the target"),
-])
+@pytest.mark.parametrize(
+    "member, reason",
+    [
+        (_file("../escape.txt"), "'..' in path"),
+        (_file("/tmp/abs-escape.txt"), "absolute path"),
+        (_file("fine/../../escape.txt"), "'..' in path"),
+        (_link("fine/link", "../../escape.txt"), "outside the target"),
+        (_link("fine/abs-link", "/etc/passwd"), "outside the target"),
+        (_link("fine/hard", "../escape.txt", tarfile.LNKTYPE), "outside the target"),
+    ],
+)
 def test_unsafe_tar_members_are_refused_and_nothing_is_written(tmp_path, member, reason):
     archive = _tar_with(tmp_path, [member])
     target = tmp_path / "work" / "out"
@@ -229,8 +242,10 @@ def coco_fixture(server, monkeypatch):
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
     names = [f"val2014/COCO_val2014_{i:012d}.jpg" for i in range(1, 5)]
     images = {name: _jpeg(c) for name, c in zip(names, colours)}
-    annotations = [{"image": name, "caption": [f"A photo, number {i}; caption {k}!" for k in range(5)], "image_id": i}
-                   for i, name in enumerate(names)]
+    annotations = [
+        {"image": name, "caption": [f"A photo, number {i}; caption {k}!" for k in range(5)], "image_id": i}
+        for i, name in enumerate(names)
+    ]
     ann_bytes = json.dumps(annotations).encode()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
@@ -244,7 +259,8 @@ def coco_fixture(server, monkeypatch):
         server.files[f"/coco-karpathy-test/{name}"] = data
     spec = registry.REGISTRY["coco-karpathy-test"]
     fixture_spec = dataclasses.replace(
-        spec, expect={"images": 4, "captions_min": 20},
+        spec,
+        expect={"images": 4, "captions_min": 20},
         files=(_remote("coco_karpathy_test.json", ann_bytes), _remote("val2014.zip", zip_bytes)),
     )
     monkeypatch.setitem(registry.REGISTRY, "coco-karpathy-test", fixture_spec)

@@ -1,5 +1,6 @@
 """Issue 15: honest ImageNet selection (select/test splits, the recipe check), the user's ImageNet layouts,
 the course's CC3M layout referenced in place, shorter-side preparation and the training-subset identity."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,35 +11,38 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import without_warnings
+from fake_files import jpeg_bytes
 from PIL import Image
+from rundirs import COCO_IMAGENET, make_run
+from test_data_sources import TRUTH, WNID, _devkit, _patch_imagenet
+from trainkit import make_tiny_shapes, tiny_overrides, tiny_recipe
 
 from clipctl.data import registry
 from clipctl.data.cc3m import resize_jpeg
 from clipctl.data.datasets import ClassificationDataset
 from clipctl.data.imagenet import selection_split
+from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
 from clipctl.data.registry import resolve
 from clipctl.data.transforms import eval_transform
-from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
 from clipctl.recipe import load_recipe
 from clipctl.tune.recipe import load_tune_recipe
-from rundirs import COCO_IMAGENET, make_run
-from fake_files import jpeg_bytes
-from test_data_sources import TRUTH, WNID, _devkit, _patch_imagenet
-from trainkit import make_tiny_shapes, tiny_overrides, tiny_recipe
 
 # ------------------------------------------------------------------------------ selection honesty
 
 
-@pytest.mark.parametrize("kind, val, test", [
-    ("zeroshot", "imagenet-val", "imagenet-val"),
-    ("zeroshot", "imagenet-val:select", "imagenet-val"),  # the full 50k holds the selection fifth
-    ("retrieval", "coco-karpathy-test", "coco-karpathy-test"),
-])
+@pytest.mark.parametrize(
+    "kind, val, test",
+    [
+        ("zeroshot", "imagenet-val", "imagenet-val"),
+        ("zeroshot", "imagenet-val:select", "imagenet-val"),  # the full 50k holds the selection fifth
+        ("retrieval", "coco-karpathy-test", "coco-karpathy-test"),
+    ],
+)
 def test_equal_validation_and_test_splits_exit_2_naming_both_keys(kind, val, test, run_cli, tmp_path):
-    code, _, err = run_cli("train", "quickstart", f"eval.val_{kind}={val}", f"eval.test_{kind}={test}",
-                           "--dry-run", "--out", tmp_path)
+    code, _, err = run_cli(
+        "train", "quickstart", f"eval.val_{kind}={val}", f"eval.test_{kind}={test}", "--dry-run", "--out", tmp_path
+    )
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert f"eval.val_{kind} = {val!r}" in err and f"eval.test_{kind} = {test!r}" in err
     assert "eval.allow_test_selection = true" in err
@@ -50,8 +54,12 @@ def test_selecting_on_test_needs_the_explicit_switch():
         load_recipe("quickstart", ["eval.select_on=test"])
     same = ["eval.val_zeroshot=imagenet-val", "eval.test_zeroshot=imagenet-val", "eval.allow_test_selection=true"]
     assert load_recipe("quickstart", same).eval.allow_test_selection
-    assert load_recipe("quickstart", ["eval.val_zeroshot=imagenet-val:select",
-                                      "eval.test_zeroshot=imagenet-val:test"]).eval.test_zeroshot == "imagenet-val:test"
+    assert (
+        load_recipe(
+            "quickstart", ["eval.val_zeroshot=imagenet-val:select", "eval.test_zeroshot=imagenet-val:test"]
+        ).eval.test_zeroshot
+        == "imagenet-val:test"
+    )
 
 
 @pytest.mark.parametrize("name", ["clip_adamw", "sogclr_adamw", "isogclr_radam"])
@@ -62,8 +70,9 @@ def test_builtin_recipes_select_on_held_out_splits_and_report_the_test_splits(na
     assert ev.select_on == "val" and not ev.allow_test_selection
 
 
-@pytest.mark.parametrize("name", ["tune/phase1", "tune/phase2", "tune/phase3",
-                                  "tune/quick/phase1", "tune/quick/phase2", "tune/quick/phase3"])
+@pytest.mark.parametrize(
+    "name", ["tune/phase1", "tune/phase2", "tune/phase3", "tune/quick/phase1", "tune/quick/phase2", "tune/quick/phase3"]
+)
 def test_tune_recipes_pass_the_selection_check(name):
     tune, path = load_tune_recipe(name)  # validates base + fixed, and every space bound
     assert tune.tune.objective == "val/objective"
@@ -76,7 +85,7 @@ WNIDS3 = ("n01440764", "n01443537", "n01484850")
 
 
 def _class_folders(root: Path, names: list[str]) -> Path:
-    for k, name in enumerate(names):
+    for name in names:
         folder = root / WNIDS3[int(name[15:23]) % 3]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(b"")
@@ -156,14 +165,16 @@ def test_flat_val_files_plus_devkit_fetch(tmp_path, data_root, run_cli, monkeypa
     assert code == 0, err
     ds = ClassificationDataset(resolve("imagenet-val", data_root), eval_transform(16))
     assert {p.name: ds.class_ids[label] for p, label in ds.samples} == {
-        f"ILSVRC2012_val_{i:08d}.JPEG": WNID[t] for i, t in enumerate(TRUTH, 1)}
+        f"ILSVRC2012_val_{i:08d}.JPEG": WNID[t] for i, t in enumerate(TRUTH, 1)
+    }
     # 2 images per class: the first (by name) selects, the second tests.
     assert len(ClassificationDataset(resolve("imagenet-val:select", data_root), eval_transform(16))) == 3
 
 
 @pytest.mark.parametrize("content", ["nothing", "stray"])
-def test_an_unknown_imagenet_folder_is_one_line_naming_found_and_expected(content, tmp_path, data_root, run_cli,
-                                                                         monkeypatch):
+def test_an_unknown_imagenet_folder_is_one_line_naming_found_and_expected(
+    content, tmp_path, data_root, run_cli, monkeypatch
+):
     folder = tmp_path / "mine"
     folder.mkdir()
     if content == "stray":
@@ -200,8 +211,10 @@ def test_fake_imagenet_evaluates_on_test_and_full(extracted_val, tmp_path, run_c
     code, _, err = run_cli("eval", ckpt, "--imagenet", "--imagenet-full")
     assert code == 0, err
     assert "imagenet: zero-shot on imagenet-val:test" in err and "imagenet-full: zero-shot on all 50k" in err
-    result = {name: json.loads((tmp_path / "r" / "eval" / f"{name}.json").read_text())
-              for name in ("imagenet", "imagenet-full")}
+    result = {
+        name: json.loads((tmp_path / "r" / "eval" / f"{name}.json").read_text())
+        for name in ("imagenet", "imagenet-full")
+    }
     assert result["imagenet"]["zeroshot_source"] == "imagenet-val:test"
     assert result["imagenet-full"]["zeroshot_source"] == "imagenet-val"
     assert 0 <= result["imagenet"]["acc@1"] <= result["imagenet"]["acc@5"] <= 1
@@ -274,8 +287,9 @@ def test_course_json_trains_through_data_image_root(course, tmp_path):
 
 def test_missing_image_root_is_one_line(course, tmp_path, data_root, run_cli, capsys):
     annotations, _ = course
-    overrides = tiny_overrides(make_tiny_shapes(data_root), **{"data.train": str(annotations),
-                                                              "data.image_root": str(tmp_path / "nowhere")})
+    overrides = tiny_overrides(
+        make_tiny_shapes(data_root), **{"data.train": str(annotations), "data.image_root": str(tmp_path / "nowhere")}
+    )
     capsys.readouterr()
     code, _, err = run_cli("train", "quickstart", *overrides, "--out", tmp_path / "runs")
     assert code == 3 and "data.image_root = " in err and without_warnings(err).count("\n") == 1
@@ -320,8 +334,12 @@ def test_compare_marks_a_different_training_subset_and_the_zeroshot_split(tmp_pa
     cc3m = [*COCO_IMAGENET[:1], "eval.test_zeroshot=imagenet-val:test", "data.train=cc3m-100k"]
     make_run(tmp_path, "hub", overrides=cc3m, summary_extra={"train_subset": subset})
     course = [*cc3m[:2], "data.train=/course/clip_train/cc3m_train_subset.json"]
-    make_run(tmp_path, "course", overrides=course, summary_extra={"train_subset": {**subset, "source": "course-json",
-                                                                                   "course": True}})
+    make_run(
+        tmp_path,
+        "course",
+        overrides=course,
+        summary_extra={"train_subset": {**subset, "source": "course-json", "course": True}},
+    )
     code, out, err = run_cli("compare", tmp_path, "--markdown")
     assert code == 0, err
     notes = {line.split("|")[1].strip(): line for line in out.splitlines() if "| clip |" in line}
@@ -338,7 +356,9 @@ def test_a_tune_plan_without_apex_drops_the_apex_optimizers(tmp_path, run_cli, m
     from tune_fakes import launcher, write_recipes
 
     monkeypatch.setattr("clipctl.train.optim._apex_available", lambda: False)
-    tune = write_recipes(tmp_path, """\
+    tune = write_recipes(
+        tmp_path,
+        """\
 [tune]
 base = "base.toml"
 phase = 1
@@ -348,7 +368,8 @@ n_initial = 3
 [tune.space]
 "optim.name" = ["adamw", "fusedlamb", "radam", "fusednovograd"]
 "optim.lr" = { low = 1e-4, high = 1e-2, prior = "log-uniform" }
-""")
+""",
+    )
     code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "study", "--launcher", launcher())
     assert code == 0, err
     lines = [line for line in err.splitlines() if "dropped" in line]
@@ -373,13 +394,23 @@ def _shrunk_quick_recipe(phase: int, folder: Path, shapes: Path) -> Path:
     from clipctl.recipe import apply_overrides, builtin_recipes_dir, find_recipe, load_raw, override_arg
 
     raw = load_raw(find_recipe(f"tune/quick/phase{phase}"))
-    tiny = {"data.train": str(shapes / "train.json"), "eval.val_retrieval": str(shapes / "val.json"),
-            "eval.val_zeroshot": str(shapes / "zeroshot_val"), "eval.test_retrieval": str(shapes / "test.json"),
-            "eval.test_zeroshot": str(shapes / "zeroshot"), "data.image_size": 32, "data.num_workers": 0,
-            "train.batch_size": 32, "train.max_steps": 2, "data.train_fraction": 0.5}
-    cuts = {1: ["tune.n_trials=2", "tune.n_initial=2"],
-            2: ["tune.top_k=1", 'tune.space={ "optim.lr" = [1e-3] }'],
-            3: ["tune.n_trials=1", "tune.n_initial=1"]}[phase]
+    tiny = {
+        "data.train": str(shapes / "train.json"),
+        "eval.val_retrieval": str(shapes / "val.json"),
+        "eval.val_zeroshot": str(shapes / "zeroshot_val"),
+        "eval.test_retrieval": str(shapes / "test.json"),
+        "eval.test_zeroshot": str(shapes / "zeroshot"),
+        "data.image_size": 32,
+        "data.num_workers": 0,
+        "train.batch_size": 32,
+        "train.max_steps": 2,
+        "data.train_fraction": 0.5,
+    }
+    cuts = {
+        1: ["tune.n_trials=2", "tune.n_initial=2"],
+        2: ["tune.top_k=1", 'tune.space={ "optim.lr" = [1e-3] }'],
+        3: ["tune.n_trials=1", "tune.n_initial=1"],
+    }[phase]
     fixed = override_arg("v", {**raw["tune"]["fixed"], **tiny}).removeprefix("v=")
     base = json.dumps(str(builtin_recipes_dir() / "quickstart.toml"))
     raw = apply_overrides(raw, [*cuts, f"tune.fixed={fixed}", f"tune.base={base}"])

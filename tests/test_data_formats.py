@@ -1,5 +1,6 @@
 """The three on-disk formats, the index contract, train_fraction, bad images, captions, WebDataset
 shards, tokenisation and transforms."""
+
 from __future__ import annotations
 
 import io
@@ -78,7 +79,11 @@ def test_pairs_json_skip_mode_index_contract(pairs_json, tokenizer, capsys):
     err = capsys.readouterr().err
     assert len(ds) == 3 and ds.skipped == 3 and ds.subset_indices == [0, 1, 5]
     assert "skipped 1 pairs whose caption is empty" in err and "skipped 2 of 5 unreadable images" in err
-    assert ds.captions[0] == "a red circle" and len(ds.captions[1].split()) == 30 and ds.captions[1].startswith("word0 word1")
+    assert (
+        ds.captions[0] == "a red circle"
+        and len(ds.captions[1].split()) == 30
+        and ds.captions[1].startswith("word0 word1")
+    )
     for i in range(len(ds)):
         image, tokens, index = ds[i]
         assert image.shape == (3, SIZE, SIZE) and tokens.shape == (16,) and tokens.dtype == torch.long and index == i
@@ -98,7 +103,9 @@ def test_decode_time_failure_blank_in_skip_mode_and_error_mode(tmp_path, tokeniz
     full = buffer.getvalue()
     (tmp_path / "cut.jpg").write_bytes(full[: len(full) * 2 // 3])  # header parses, pixels do not
     (tmp_path / "ok.jpg").write_bytes(full)
-    (tmp_path / "p.json").write_text(json.dumps([{"image": "cut.jpg", "caption": "cut"}, {"image": "ok.jpg", "caption": "ok"}]))
+    (tmp_path / "p.json").write_text(
+        json.dumps([{"image": "cut.jpg", "caption": "cut"}, {"image": "ok.jpg", "caption": "ok"}])
+    )
     ds = PairsDataset(tmp_path / "p.json", eval_transform(SIZE), tokenizer, on_bad_image="skip")
     image, _, index = ds[0]
     assert index == 0 and image.shape == (3, SIZE, SIZE) and ds.decode_failures == 1
@@ -110,7 +117,9 @@ def test_decode_time_failure_blank_in_skip_mode_and_error_mode(tmp_path, tokeniz
 
 def test_train_fraction_seeded_subset_reindexed(tmp_path, tokenizer):
     (tmp_path / "a.png").write_bytes(_png((1, 2, 3)))
-    (tmp_path / "p.json").write_text(json.dumps([{"image": "a.png", "caption": f"caption {i}", "image_id": i} for i in range(100)]))
+    (tmp_path / "p.json").write_text(
+        json.dumps([{"image": "a.png", "caption": f"caption {i}", "image_id": i} for i in range(100)])
+    )
     make = lambda **kw: PairsDataset(tmp_path / "p.json", eval_transform(SIZE), tokenizer, **kw)  # noqa: E731
     full = make()
     assert full.subset_indices is None and len(full) == 100
@@ -144,8 +153,14 @@ def test_webdataset_shards(tmp_path, tokenizer):
     for shard, items in samples.items():
         with wds.TarWriter(str(folder / shard), encoder=False) as sink:
             for key, caption in items:
-                sink.write({"__key__": f"s{key:04d}", "jpg": _jpeg(colours[key]), "txt": caption.encode(),
-                            "json": json.dumps({"key": key}).encode()})
+                sink.write(
+                    {
+                        "__key__": f"s{key:04d}",
+                        "jpg": _jpeg(colours[key]),
+                        "txt": caption.encode(),
+                        "json": json.dumps({"key": key}).encode(),
+                    }
+                )
             sink.write({"__key__": "orphan", "jpg": _jpeg((0, 0, 0))})  # no caption: skipped
     ds = PairsDataset(folder, eval_transform(SIZE), tokenizer)
     assert ds.captions == ["one", "three", "seven", "ten", "twenty"]  # ordered by the integer key
@@ -160,10 +175,12 @@ def test_retrieval_format(tmp_path):
     for i in range(3):
         (tmp_path / f"{i}.png").write_bytes(_png((i * 80, 0, 0)))
     (tmp_path / "bad.png").write_bytes(b"nope")
-    entries = [{"image": "0.png", "caption": ["First one.", "!!!", "Second caption"]},
-               {"image": "bad.png", "caption": ["gone"]},
-               {"image": "1.png", "caption": "single string caption"},
-               {"image": "2.png", "caption": ["x", "y", "z"]}]
+    entries = [
+        {"image": "0.png", "caption": ["First one.", "!!!", "Second caption"]},
+        {"image": "bad.png", "caption": ["gone"]},
+        {"image": "1.png", "caption": "single string caption"},
+        {"image": "2.png", "caption": ["x", "y", "z"]},
+    ]
     (tmp_path / "r.json").write_text(json.dumps(entries))
     ds = RetrievalDataset(tmp_path / "r.json", eval_transform(SIZE))
     assert [p.name for p in ds.images] == ["0.png", "1.png", "2.png"]
@@ -220,7 +237,9 @@ def test_wordpiece_round_trip(tokenizer):
     assert torch.equal(clone.encode(text), ids) and clone.vocab_size == tokenizer.vocab_size and clone.pad_id == 0
     short = TextTokenizer.from_json(tokenizer.to_json(), 5)
     assert short.encode(text).shape == (2, 5)
-    again = train_wordpiece(["a red circle", "a blue square on the left", "green star", "photo of a ring"] * 20, 200, 16)
+    again = train_wordpiece(
+        ["a red circle", "a blue square on the left", "green star", "photo of a ring"] * 20, 200, 16
+    )
     assert again.to_json() == tokenizer.to_json()  # deterministic training
     with pytest.raises(UsageError, match="tokenizer JSON is invalid"):
         TextTokenizer.from_json("{not json", 16)
@@ -252,7 +271,9 @@ def test_transforms_shapes_and_normalisation():
     expected = torch.tensor([(1 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
     assert torch.allclose(plain[:, 0, 0], expected, atol=1e-4)
     imagenet = eval_transform(SIZE, "imagenet")(image)
-    assert torch.allclose(imagenet[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]), atol=1e-4)
+    assert torch.allclose(
+        imagenet[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]), atol=1e-4
+    )
     assert torch.equal(train_transform(SIZE, augment=False)(image), plain)
     with pytest.raises(UsageError, match="normalize"):
         eval_transform(SIZE, "nope")  # type: ignore[arg-type]

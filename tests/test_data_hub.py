@@ -1,6 +1,7 @@
 """Hub files (the CC3M shards, the HF ImageNet copy) go through huggingface_hub against a local fake hub
 (`HF_ENDPOINT` at 127.0.0.1): pinned revision, its cache, the token, `allow_patterns`; then the sha256 is
 checked (the registry's, else the hub's own) and a wrong one is refused, one line, exit 3."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,12 @@ import subprocess
 import sys
 
 import pytest
-
-from clipctl.data import registry
-from clipctl.data.registry import RemoteFile
 from conftest import REPO_ROOT
 from fake_files import jpeg_bytes, tar_bytes
 from hub_server import serve_hub, start_hub
+
+from clipctl.data import registry
+from clipctl.data.registry import RemoteFile
 
 CC3M = registry.REGISTRY["cc3m-100k"]
 IMAGENET = registry.REGISTRY["imagenet-val"]
@@ -29,9 +30,11 @@ def _shard(first: int, colours: list[tuple[int, int, int]]) -> bytes:
     return tar_bytes(members)
 
 
-SHARDS = {"cc3m-train-0000.tar": _shard(0, [(200, 0, 0), (0, 200, 0)]),
-          "cc3m-train-0001.tar": _shard(2, [(0, 0, 200), (90, 90, 90)]),
-          "cc3m-train-0002.tar": _shard(4, [(9, 9, 9)])}
+SHARDS = {
+    "cc3m-train-0000.tar": _shard(0, [(200, 0, 0), (0, 200, 0)]),
+    "cc3m-train-0001.tar": _shard(2, [(0, 0, 200), (90, 90, 90)]),
+    "cc3m-train-0002.tar": _shard(4, [(9, 9, 9)]),
+}
 
 
 @pytest.fixture
@@ -111,17 +114,22 @@ def test_imagenet_hub_copy_through_snapshot_download(monkeypatch, tmp_path, data
     hub = next(hub_gen)
     wnids = ["n01000001", "n02000002", "n03000003"]
     members = {f"ILSVRC2012_val_{i:08d}_{wnids[i % 3]}.JPEG": jpeg_bytes((i * 30, 0, 0)) for i in range(1, 7)}
-    hub.files.update({
-        "classes.py": ('IMAGENET2012_CLASSES = OrderedDict({"n01000001": "cat, true cat", '
-                       '"n02000002": "dog", "n03000003": "bird"})\n').encode(),
-        "data/val_images.tar.gz": tar_bytes(members, gz=True),
-        "data/train_images_0.tar.gz": b"not wanted: allow_patterns keeps it out",
-    })
+    hub.files.update(
+        {
+            "classes.py": (
+                b'IMAGENET2012_CLASSES = OrderedDict({"n01000001": "cat, true cat", '
+                b'"n02000002": "dog", "n03000003": "bird"})\n'
+            ),
+            "data/val_images.tar.gz": tar_bytes(members, gz=True),
+            "data/train_images_0.tar.gz": b"not wanted: allow_patterns keeps it out",
+        }
+    )
     hub.lfs.update({"data/val_images.tar.gz", "data/train_images_0.tar.gz"})
     monkeypatch.delenv("CLIPCTL_IMAGENET_DIR", raising=False)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
-    monkeypatch.setitem(registry.REGISTRY, "imagenet-val",
-                        dataclasses.replace(IMAGENET, expect={"classes": 3, "images": 6}))
+    monkeypatch.setitem(
+        registry.REGISTRY, "imagenet-val", dataclasses.replace(IMAGENET, expect={"classes": 3, "images": 6})
+    )
     code, _, err = run_cli("data", "fetch", "imagenet-val")
     assert code == 0, err
     prefix = f"/datasets/{IMAGENET.hub_repo}/resolve/{IMAGENET.hub_revision}/"
@@ -155,8 +163,14 @@ def test_hf_endpoint_from_the_environment_alone(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPCTL_", "HF_"))}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="0", NO_COLOR="1")
     try:
-        result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "data")], cwd=REPO_ROOT, env=env,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "data")],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -1,5 +1,6 @@
 """Downloads without a published hash (COCO's per-image fallback) are checked for what they claim to be and
 recorded as unverified; a manifest that lacks `files` is one line, exit 3."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,11 +8,11 @@ import io
 import json
 
 import pytest
+from data_server import serve_mirror
 from PIL import Image
 
 from clipctl.data import registry
 from clipctl.data.registry import RemoteFile
-from data_server import serve_mirror
 
 
 @pytest.fixture
@@ -33,19 +34,27 @@ HTML = b"<!DOCTYPE html><html><body>503 Service Temporarily Unavailable</body></
 @pytest.fixture
 def coco(server, monkeypatch):
     """A 3-image Karpathy-test look-alike whose zip is gone: the images come one by one, without hashes."""
-    annotations = json.dumps([{"image": n, "caption": [f"picture {i} caption {k}" for k in range(5)]}
-                              for i, n in enumerate(NAMES)]).encode()
+    annotations = json.dumps(
+        [{"image": n, "caption": [f"picture {i} caption {k}" for k in range(5)]} for i, n in enumerate(NAMES)]
+    ).encode()
     server.files["/coco-karpathy-test/coco_karpathy_test.json"] = annotations
     for name, data in IMAGES.items():
         server.files[f"/coco-karpathy-test/{name}"] = data
     spec = registry.REGISTRY["coco-karpathy-test"]
     import hashlib
 
-    ann = RemoteFile("coco_karpathy_test.json", "https://example.invalid/a.json", size=len(annotations),
-                     md5=hashlib.md5(annotations).hexdigest())
+    ann = RemoteFile(
+        "coco_karpathy_test.json",
+        "https://example.invalid/a.json",
+        size=len(annotations),
+        md5=hashlib.md5(annotations).hexdigest(),
+    )
     zip_file = RemoteFile("val2014.zip", "https://example.invalid/val2014.zip", size=10, md5="0" * 32)
-    monkeypatch.setitem(registry.REGISTRY, "coco-karpathy-test", dataclasses.replace(
-        spec, expect={"images": 3, "captions_min": 15}, files=(ann, zip_file)))
+    monkeypatch.setitem(
+        registry.REGISTRY,
+        "coco-karpathy-test",
+        dataclasses.replace(spec, expect={"images": 3, "captions_min": 15}, files=(ann, zip_file)),
+    )
     return server
 
 
@@ -66,11 +75,14 @@ def test_per_image_downloads_are_recorded_unverified_and_verify_says_so(coco, da
     assert rows["coco-karpathy-test"]["unverified"]["images"] == 3
 
 
-@pytest.mark.parametrize("step, reason", [
-    ({"body": HTML, "content_type": "text/html; charset=utf-8"}, "an HTML page"),
-    ({"body": HTML}, "an HTML page"),  # no Content-Type to go by: sniffed
-    ({"no_length": True, "truncate": 300}, "not a decodable image"),  # cut short, nothing says how long it was
-])
+@pytest.mark.parametrize(
+    "step, reason",
+    [
+        ({"body": HTML, "content_type": "text/html; charset=utf-8"}, "an HTML page"),
+        ({"body": HTML}, "an HTML page"),  # no Content-Type to go by: sniffed
+        ({"no_length": True, "truncate": 300}, "not a decodable image"),  # cut short, nothing says how long it was
+    ],
+)
 def test_a_bad_body_without_a_hash_is_refused(coco, data_root, run_cli, step, reason):
     coco.script[f"/coco-karpathy-test/{NAMES[1]}"] = [dict(step) for _ in range(10)]
     code, _, err = run_cli("data", "fetch", "coco-karpathy-test")

@@ -1,5 +1,6 @@
 """The resumable sampler and the training loader: seeded epochs, exact mid-epoch resume, K-process slicing,
 augmentation independent of workers."""
+
 from __future__ import annotations
 
 import io
@@ -37,7 +38,9 @@ def test_resume_mid_epoch_gives_the_remaining_batches():
     resumed.load_state_dict(ResumableBatchSampler(200, 16, seed=7, epoch=2).state_dict(batches_done=5))
     assert list(resumed) == full[5:] and len(resumed) == len(full) - 5
     with pytest.raises(UsageError, match="same data"):
-        ResumableBatchSampler(201, 16).load_state_dict({"epoch": 0, "start_batch": 0, "seed": 0, "num_samples": 200, "batch_size": 16})
+        ResumableBatchSampler(201, 16).load_state_dict(
+            {"epoch": 0, "start_batch": 0, "seed": 0, "num_samples": 200, "batch_size": 16}
+        )
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -47,7 +50,10 @@ def test_k_rank_slices_equal_the_single_process_global_batches(world):
     for k, batch in enumerate(single):
         assert all(len(ranks[r][k]) == 32 // world for r in range(world))
         assert [i for r in range(world) for i in ranks[r][k]] == batch  # rank r holds the r-th contiguous slice
-    resumed = [list(ResumableBatchSampler(500, 32, seed=1, epoch=3, world_size=world, rank=r, start_batch=4)) for r in range(world)]
+    resumed = [
+        list(ResumableBatchSampler(500, 32, seed=1, epoch=3, world_size=world, rank=r, start_batch=4))
+        for r in range(world)
+    ]
     assert [[i for r in range(world) for i in resumed[r][k]] for k in range(len(resumed[0]))] == single[4:]
 
 

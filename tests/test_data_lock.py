@@ -1,5 +1,6 @@
 """A dataset in use is not replaced under a live run: a run holds its datasets shared; regenerating `shapes`
 with other settings (or fetching a dataset again) needs them exclusive and refuses, exit 3, changing nothing."""
+
 from __future__ import annotations
 
 import os
@@ -40,9 +41,14 @@ def test_replacing_refuses_while_a_lease_is_held_and_a_lease_waits_for_a_replace
 
 
 def _snapshot(folder) -> dict[str, tuple[int, int]]:
-    return {os.path.relpath(os.path.join(base, name), folder): (os.stat(os.path.join(base, name)).st_size,
-                                                                 os.stat(os.path.join(base, name)).st_mtime_ns)
-            for base, _, files in os.walk(folder) for name in files}
+    return {
+        os.path.relpath(os.path.join(base, name), folder): (
+            os.stat(os.path.join(base, name)).st_size,
+            os.stat(os.path.join(base, name)).st_mtime_ns,
+        )
+        for base, _, files in os.walk(folder)
+        for name in files
+    }
 
 
 def _recipe(train_size: int):

@@ -1,4 +1,5 @@
 """The `shapes` benchmark: determinism, content, long tail, caption noise, CLI fetch/verify, speed."""
+
 from __future__ import annotations
 
 import collections
@@ -40,8 +41,16 @@ def test_same_seed_gives_byte_identical_files(small, tmp_path):
 
 def test_manifest_records_annotation_hashes(small):
     manifest = json.loads((small / "manifests" / "shapes.json").read_text())
-    assert set(manifest["files"]) == {"train.json", "train_labels.json", "val.json", "test.json", "zeroshot_val/classnames.txt",
-                                      "zeroshot_val/templates.txt", "zeroshot/classnames.txt", "zeroshot/templates.txt"}
+    assert set(manifest["files"]) == {
+        "train.json",
+        "train_labels.json",
+        "val.json",
+        "test.json",
+        "zeroshot_val/classnames.txt",
+        "zeroshot_val/templates.txt",
+        "zeroshot/classnames.txt",
+        "zeroshot/templates.txt",
+    }
     assert manifest["params"]["seed"] == 3 and manifest["images"]["count"] == 120 + 40 + 64 * 3
     shapes.verify_shapes(small)
 
@@ -49,7 +58,11 @@ def test_manifest_records_annotation_hashes(small):
 def test_formats_and_content(small):
     root = small / "shapes"
     pairs = json.loads((root / "train.json").read_text())
-    assert len(pairs) == 120 and pairs[7] == {"image": "train/000007.png", "caption": pairs[7]["caption"], "image_id": 7}
+    assert len(pairs) == 120 and pairs[7] == {
+        "image": "train/000007.png",
+        "caption": pairs[7]["caption"],
+        "image_id": 7,
+    }
     image = Image.open(root / pairs[0]["image"])
     assert image.size == (64, 64) and image.mode == "RGB"
     for split in ("val", "test"):
@@ -74,7 +87,9 @@ def test_long_tail_noise_and_partial_captions():
     ranked.sort(reverse=True)
     assert len(counts) >= 60 and ranked[0] > 15 * max(ranked[-8], 1)  # Zipf(1): head ~64x the tail
     probs = shapes.zipf_probabilities(0, 1.0)
-    assert max(probs) / min(probs) == pytest.approx(64.0) and sorted(probs) != probs  # a seeded permutation, not class order
+    assert (
+        max(probs) / min(probs) == pytest.approx(64.0) and sorted(probs) != probs
+    )  # a seeded permutation, not class order
     assert shapes.zipf_probabilities(1, 1.0) != probs
     clean = ShapesConfig(**{**config.__dict__, "noise_fraction": 0.0})
     _, clean_annotations = shapes._plan(clean)
@@ -85,7 +100,9 @@ def test_long_tail_noise_and_partial_captions():
     assert set(changed) <= set(noisy_ids) and len(changed) >= 250
     assert sorted(noisy_pairs[i]["caption"] for i in noisy_ids) == sorted(clean_pairs[i]["caption"] for i in noisy_ids)
     multi = [i for i in range(3000) if len(labels["classes"][i]) > 1 and i not in set(noisy_ids)]
-    partial = [i for i in multi if sum(clean_pairs[i]["caption"].count(s) for s in shapes.SHAPES) < len(labels["classes"][i])]
+    partial = [
+        i for i in multi if sum(clean_pairs[i]["caption"].count(s) for s in shapes.SHAPES) < len(labels["classes"][i])
+    ]
     assert 0.2 < len(partial) / len(multi) < 0.6  # web-like captions mention only some objects
 
 

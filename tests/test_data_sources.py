@@ -1,5 +1,6 @@
 """Real-dataset preparation on tiny look-alikes: ImageNet from a local tar + devkit and from the hub layout,
 CC3M from hub shards, from a local archive and from a TSV of URLs (dead links skipped)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,13 +11,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from data_server import serve_mirror
+from fake_files import jpeg_bytes, tar_bytes
 
 from clipctl.data import registry
 from clipctl.data.datasets import ClassificationDataset, PairsDataset
 from clipctl.data.registry import resolve
 from clipctl.data.transforms import eval_transform
-from data_server import serve_mirror
-from fake_files import jpeg_bytes, tar_bytes
 
 
 @pytest.fixture
@@ -28,13 +29,26 @@ def _devkit(truth: list[int]) -> bytes:
     from scipy.io import savemat
 
     dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
-    synsets = np.array([(1, "n02000002", "dog, domestic dog", 0), (2, "n01000001", "cat, true cat", 0),
-                        (3, "n03000003", "bird", 0), (4, "n00000000", "animal", 3)], dtype=dtype)
+    synsets = np.array(
+        [
+            (1, "n02000002", "dog, domestic dog", 0),
+            (2, "n01000001", "cat, true cat", 0),
+            (3, "n03000003", "bird", 0),
+            (4, "n00000000", "animal", 3),
+        ],
+        dtype=dtype,
+    )
     meta = io.BytesIO()
     savemat(meta, {"synsets": synsets})
-    return tar_bytes({"ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
-                 "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": "".join(f"{t}\n" for t in truth).encode()},
-                gz=True)
+    return tar_bytes(
+        {
+            "ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
+            "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": "".join(
+                f"{t}\n" for t in truth
+            ).encode(),
+        },
+        gz=True,
+    )
 
 
 TRUTH = [2, 1, 3, 1, 2, 3]  # ILSVRC2012 ids of val images 1..6
@@ -43,10 +57,17 @@ WNID = {1: "n02000002", 2: "n01000001", 3: "n03000003"}
 
 def _patch_imagenet(monkeypatch, files: dict[str, bytes]) -> None:
     spec = registry.REGISTRY["imagenet-val"]
-    remote = tuple(dataclasses.replace(f, size=len(files[f.name]) if f.name in files else None,
-                                       md5=hashlib.md5(files[f.name]).hexdigest() if f.name in files else None)
-                   for f in spec.files)
-    monkeypatch.setitem(registry.REGISTRY, "imagenet-val", dataclasses.replace(spec, files=remote, expect={"classes": 3, "images": 6}))
+    remote = tuple(
+        dataclasses.replace(
+            f,
+            size=len(files[f.name]) if f.name in files else None,
+            md5=hashlib.md5(files[f.name]).hexdigest() if f.name in files else None,
+        )
+        for f in spec.files
+    )
+    monkeypatch.setitem(
+        registry.REGISTRY, "imagenet-val", dataclasses.replace(spec, files=remote, expect={"classes": 3, "images": 6})
+    )
 
 
 def test_imagenet_from_local_tar_and_devkit(tmp_path, data_root, run_cli, monkeypatch):
@@ -69,8 +90,10 @@ def test_imagenet_from_local_tar_and_devkit(tmp_path, data_root, run_cli, monkey
 
 
 def test_imagenet_local_file_with_wrong_md5_is_left_in_place(tmp_path, data_root, run_cli, monkeypatch):
-    files = {"ILSVRC2012_img_val.tar": tar_bytes({"ILSVRC2012_val_00000001.JPEG": jpeg_bytes((1, 2, 3))}),
-             "ILSVRC2012_devkit_t12.tar.gz": _devkit(TRUTH)}
+    files = {
+        "ILSVRC2012_img_val.tar": tar_bytes({"ILSVRC2012_val_00000001.JPEG": jpeg_bytes((1, 2, 3))}),
+        "ILSVRC2012_devkit_t12.tar.gz": _devkit(TRUTH),
+    }
     _patch_imagenet(monkeypatch, files)
     (tmp_path / "ILSVRC2012_img_val.tar").write_bytes(files["ILSVRC2012_img_val.tar"][:-512] + b"\1" * 512)
     (tmp_path / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(files["ILSVRC2012_devkit_t12.tar.gz"])
@@ -83,8 +106,10 @@ def test_imagenet_local_file_with_wrong_md5_is_left_in_place(tmp_path, data_root
 def test_imagenet_from_hub_layout_via_mirror(server, data_root, run_cli, monkeypatch):
     monkeypatch.delenv("CLIPCTL_IMAGENET_DIR", raising=False)
     members = {f"ILSVRC2012_val_{i:08d}_{WNID[t]}.JPEG": jpeg_bytes((i * 30, 0, 0)) for i, t in enumerate(TRUTH, 1)}
-    classes = ('IMAGENET2012_CLASSES = OrderedDict(\n    {\n        "n01000001": "cat, true cat",\n'
-               '        "n02000002": "dog, domestic dog",\n        "n03000003": "bird",\n    }\n)\n').encode()
+    classes = (
+        b'IMAGENET2012_CLASSES = OrderedDict(\n    {\n        "n01000001": "cat, true cat",\n'
+        b'        "n02000002": "dog, domestic dog",\n        "n03000003": "bird",\n    }\n)\n'
+    )
     server.files["/imagenet-val/val_images.tar.gz"] = tar_bytes(members, gz=True)
     server.files["/imagenet-val/classes.py"] = classes
     _patch_imagenet(monkeypatch, {})
@@ -110,10 +135,19 @@ def test_cc3m_from_hub_shards_via_mirror(server, data_root, run_cli, monkeypatch
     monkeypatch.delenv("CLIPCTL_CC3M_ARCHIVE", raising=False)
     monkeypatch.delenv("CLIPCTL_CC3M_TSV", raising=False)
     server.files["/cc3m-100k/cc3m-train-0000.tar"] = _wds_shard(
-        [("000000000", jpeg_bytes((255, 0, 0), (400, 300)), "a big red image"), ("000000001", b"broken", "dropped"),
-         ("000000002", jpeg_bytes((0, 255, 0)), "green")])
+        [
+            ("000000000", jpeg_bytes((255, 0, 0), (400, 300)), "a big red image"),
+            ("000000001", b"broken", "dropped"),
+            ("000000002", jpeg_bytes((0, 255, 0)), "green"),
+        ]
+    )
     server.files["/cc3m-100k/cc3m-train-0001.tar"] = _wds_shard(
-        [("000000003", jpeg_bytes((0, 0, 255)), "blue"), ("000000004", jpeg_bytes((9, 9, 9)), "dark"), ("000000005", jpeg_bytes((1, 1, 1)), "unused")])
+        [
+            ("000000003", jpeg_bytes((0, 0, 255)), "blue"),
+            ("000000004", jpeg_bytes((9, 9, 9)), "dark"),
+            ("000000005", jpeg_bytes((1, 1, 1)), "unused"),
+        ]
+    )
     _patch_cc3m(monkeypatch, 4)
     code, _, err = run_cli("data", "fetch", "cc3m-100k")
     assert code == 0, err
@@ -124,7 +158,10 @@ def test_cc3m_from_hub_shards_via_mirror(server, data_root, run_cli, monkeypatch
     assert path.name == "shards" and ds.captions == ["a big red image", "green", "blue", "dark"]
     assert ds.image(0).size == (341, 256)  # ratio kept, shorter side set to 256
     manifest = json.loads((data_root / "manifests" / "cc3m-100k.json").read_text())
-    assert manifest["counts"]["pairs"] == 4 and set(manifest["downloads"]) == {"cc3m-train-0000.tar", "cc3m-train-0001.tar"}
+    assert manifest["counts"]["pairs"] == 4 and set(manifest["downloads"]) == {
+        "cc3m-train-0000.tar",
+        "cc3m-train-0001.tar",
+    }
     assert manifest["unverified"]["files"] == 2  # a plain mirror publishes no checksums
     assert run_cli("data", "verify", "cc3m-100k")[0] == 0
 
@@ -134,8 +171,12 @@ def test_cc3m_from_a_local_archive(tmp_path, data_root, run_cli, monkeypatch):
     with zipfile.ZipFile(archive, "w") as zf:
         for i in range(3):
             zf.writestr(f"course/cc3m_subset_100k/{i}.jpg", jpeg_bytes((i * 60, 10, 10)))
-        zf.writestr("course/clip_train/cc3m_train_subset.json", json.dumps(
-            [{"image": f"cc3m_subset_100k/{i}.jpg", "caption": f"Caption {i}.", "image_id": i} for i in range(3)]))
+        zf.writestr(
+            "course/clip_train/cc3m_train_subset.json",
+            json.dumps(
+                [{"image": f"cc3m_subset_100k/{i}.jpg", "caption": f"Caption {i}.", "image_id": i} for i in range(3)]
+            ),
+        )
         zf.writestr("course/notes.json", json.dumps({"not": "pairs"}))
     monkeypatch.setenv("CLIPCTL_CC3M_ARCHIVE", str(archive))
     _patch_cc3m(monkeypatch, 3)
@@ -160,7 +201,6 @@ def test_cc3m_from_a_tsv_skips_dead_links(server, tmp_path, data_root, run_cli, 
     assert code == 0, err
     ds = PairsDataset(resolve("cc3m-100k", data_root), eval_transform(16))
     assert ds.captions == ["caption number 0", "caption number 2", "caption number 4"]
-
 
 
 def test_imagenet_class_text_uses_the_vendored_openai_names_for_the_real_classes():

@@ -1,4 +1,5 @@
 """`clipctl eval` on a real (briefly trained) checkpoint, and its bad-input paths."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainkit import TINY_SHAPES, make_tiny_shapes, tiny_recipe
 
 from clipctl.train.trainer import TrainOptions, train
-from trainkit import TINY_SHAPES, make_tiny_shapes, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,18 @@ def test_eval_shapes_writes_json_beside_checkpoint(trained, run_cli, monkeypatch
     code, out, err = run_cli("eval", ckpt, "--shapes", "--json")
     assert code == 0, err
     result = json.loads(out)["shapes"]
-    assert set(result) >= {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "acc@1", "acc@5", "objective", "images_per_s"}
+    assert set(result) >= {
+        "tr@1",
+        "tr@5",
+        "tr@10",
+        "ir@1",
+        "ir@5",
+        "ir@10",
+        "acc@1",
+        "acc@5",
+        "objective",
+        "images_per_s",
+    }
     assert result["objective"] == pytest.approx((result["tr@1"] + result["ir@1"] + result["acc@1"]) / 3)
     written = json.loads((ckpt.parent / "eval" / "shapes.json").read_text())
     assert written["tr@1"] == result["tr@1"]
@@ -72,8 +84,13 @@ def test_bad_checkpoints_are_one_line_exit_2(kind, tmp_path, run_cli, monkeypatc
 
 def test_off_a_terminal_the_table_keeps_its_width_and_each_message_its_line(trained):
     ckpt, root = trained
-    done = subprocess.run([sys.executable, "-m", "clipctl", "eval", str(ckpt), "--shapes"], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "CLIPCTL_DATA": str(root), "NO_COLOR": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "clipctl", "eval", str(ckpt), "--shapes"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CLIPCTL_DATA": str(root), "NO_COLOR": "1"},
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     header = next(line for line in lines if "benchmark" in line)

@@ -1,4 +1,5 @@
 """The vendored ImageNet protocol data: OpenAI CLIP class names and templates, sorted wnids."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,15 @@ def test_templates() -> None:
     assert all(t.count("{}") == 1 for t in templates)
     assert templates[0] == "a bad photo of a {}." and templates[-1] == "a tattoo of the {}."
     # OpenAI's 7-template subset is part of the 80
-    assert {"itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
-            "a {} in a video game.", "art of the {}.", "a photo of the small {}."} <= set(templates)
+    assert {
+        "itap of a {}.",
+        "a bad photo of the {}.",
+        "a origami {}.",
+        "a photo of the large {}.",
+        "a {} in a video game.",
+        "art of the {}.",
+        "a photo of the small {}.",
+    } <= set(templates)
 
 
 def test_wnids() -> None:

@@ -1,4 +1,5 @@
 """The selection objective: the mean of TR@1, IR@1 and ACC@1."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The float32 guard of exact evaluation works whichever API enabled TF32, and restores it."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Retrieval recall@k against brute-force references written here with plain Python loops."""
+
 from __future__ import annotations
 
 import math
@@ -97,8 +98,10 @@ def test_any_caption_rule_for_text_retrieval() -> None:
 def test_lattice_features_all_ties_exact() -> None:
     """Features whose scores are multiples of 1/4: ties everywhere, all arithmetic exact in both implementations."""
     rng = random.Random(5)
-    pool = [[s * 0.5 for s in signs] for signs in
-            ([a, b, c, d] for a in (1, -1) for b in (1, -1) for c in (1, -1) for d in (1, -1))]
+    pool = [
+        [s * 0.5 for s in signs]
+        for signs in ([a, b, c, d] for a in (1, -1) for b in (1, -1) for c in (1, -1) for d in (1, -1))
+    ]
     pool += [[1.0 if k == i else 0.0 for k in range(4)] for i in range(4)]
     images = torch.tensor([rng.choice(pool) for _ in range(9)])
     t2i = list(range(9)) + [rng.randrange(9) for _ in range(20)]
@@ -180,8 +183,11 @@ def test_respects_trainer_tf32_setting_and_restores_it() -> None:
         (lambda i, t, m: (i, t, torch.where(m == 0, 99, m)), DataError, "text_to_image["),
         (lambda i, t, m: (i, t, torch.where(m == 2, 1, m)), DataError, "image 2 has no caption"),
         (lambda i, t, m: (i * 3, t, m), DataError, "L2 norm"),
-        (lambda i, t, m: (i, torch.where(torch.arange(len(t))[:, None] == 3, float("nan"), t), m), DataError,
-         "row 3 is not finite"),
+        (
+            lambda i, t, m: (i, torch.where(torch.arange(len(t))[:, None] == 3, float("nan"), t), m),
+            DataError,
+            "row 3 is not finite",
+        ),
         (lambda i, t, m: (i, t, m.float()), DataError, "integer"),
         (lambda i, t, m: (i[:0], t, m), DataError, "empty"),
         (lambda i, t, m: (i[0], t, m), DataError, "(n, d)"),
@@ -195,8 +201,9 @@ def test_bad_input_is_one_clear_line(mutate, error, fragment) -> None:
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("kwargs", [{"ks": ()}, {"ks": (0, 1)}, {"ks": (1, 1)}, {"ks": (1.5,)}, {"chunk_size": 0},
-                                    {"chunk_size": True}])
+@pytest.mark.parametrize(
+    "kwargs", [{"ks": ()}, {"ks": (0, 1)}, {"ks": (1, 1)}, {"ks": (1.5,)}, {"chunk_size": 0}, {"chunk_size": True}]
+)
 def test_bad_arguments_are_usage_errors(kwargs) -> None:
     images, texts, t2i = _data_with_ties(0)
     with pytest.raises(UsageError):

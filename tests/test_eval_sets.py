@@ -1,5 +1,6 @@
 """Evaluation sets are built once per run and reused every epoch; evaluation says how many images it scored
 out of how many and refuses (exit 3) when more than `eval.max_missing` are missing or unreadable."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from trainkit import TINY_SHAPES, make_tiny_shapes, tiny_recipe
 
 from clipctl.data.datasets import ClassificationDataset, RetrievalDataset
 from clipctl.train import components
 from clipctl.train.trainer import TrainOptions, train
-from trainkit import TINY_SHAPES, make_tiny_shapes, tiny_recipe
 
 pytestmark = pytest.mark.slow  # one short training for the module
 BUILT: Counter = Counter()
@@ -49,8 +50,12 @@ def test_eval_sets_are_built_once_over_a_two_epoch_run(run):
     records = [json.loads(line) for line in (run[0] / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["type"] == "eval"]
     assert len(evals) == 2  # both epochs validated ...
-    assert dict(BUILT) == {("retrieval", "val.json"): 1, ("classification", "zeroshot_val"): 1,  # ... on one build
-                           ("retrieval", "test.json"): 1, ("classification", "zeroshot"): 1}
+    assert dict(BUILT) == {
+        ("retrieval", "val.json"): 1,
+        ("classification", "zeroshot_val"): 1,  # ... on one build
+        ("retrieval", "test.json"): 1,
+        ("classification", "zeroshot"): 1,
+    }
     for record in evals:
         assert record["val/retrieval_scored"] == record["val/retrieval_total"] == TINY_SHAPES.eval_images
         assert record["val/zeroshot_scored"] == record["val/zeroshot_total"] == 64 * TINY_SHAPES.zeroshot_val_per_class

@@ -1,4 +1,5 @@
 """Encoding and the per-epoch evaluation hook, with fake datasets and a fake model that follow the contracts."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,8 +46,9 @@ def _setup(seed: int = 0):
 def test_evaluate_split_equals_the_metric_functions_on_the_same_features() -> None:
     model, tokenizer, retrieval, classification = _setup()
     model.train()
-    got = evaluate_split(model, tokenizer, retrieval, classification, batch_size=3, chunk_size=4, num_workers=0,
-                         device="cpu")
+    got = evaluate_split(
+        model, tokenizer, retrieval, classification, batch_size=3, chunk_size=4, num_workers=0, device="cpu"
+    )
     assert set(got) == {f"val/{k}" for k in METRIC_KEYS} | {"val/images_per_s", "val/captions_per_s"} | COUNT_KEYS
     assert got["val/images_per_s"] > 0 and got["val/captions_per_s"] > 0
     assert (got["val/retrieval_scored"], got["val/retrieval_total"], got["val/zeroshot_scored"]) == (11, 11, 13)
@@ -65,20 +67,55 @@ def test_evaluate_split_equals_the_metric_functions_on_the_same_features() -> No
 
 def test_either_dataset_alone_and_an_empty_prefix() -> None:
     model, tokenizer, retrieval, classification = _setup(1)
-    only_retrieval = evaluate_split(model, tokenizer, retrieval, None, batch_size=4, chunk_size=2, num_workers=0,
-                                    device=None, prefix="")
-    assert set(only_retrieval) == {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean", "images_per_s",
-                                   "captions_per_s", "retrieval_scored", "retrieval_total"}
-    only_zeroshot = evaluate_split(model, tokenizer, None, classification, batch_size=5, chunk_size=1000,
-                                   num_workers=0, device="cpu", prefix="test/")
-    assert set(only_zeroshot) == {"test/acc@1", "test/acc@5", "test/images_per_s", "test/zeroshot_scored",
-                                  "test/zeroshot_total"}
+    only_retrieval = evaluate_split(
+        model, tokenizer, retrieval, None, batch_size=4, chunk_size=2, num_workers=0, device=None, prefix=""
+    )
+    assert set(only_retrieval) == {
+        "tr@1",
+        "tr@5",
+        "tr@10",
+        "ir@1",
+        "ir@5",
+        "ir@10",
+        "r_mean",
+        "images_per_s",
+        "captions_per_s",
+        "retrieval_scored",
+        "retrieval_total",
+    }
+    only_zeroshot = evaluate_split(
+        model,
+        tokenizer,
+        None,
+        classification,
+        batch_size=5,
+        chunk_size=1000,
+        num_workers=0,
+        device="cpu",
+        prefix="test/",
+    )
+    assert set(only_zeroshot) == {
+        "test/acc@1",
+        "test/acc@5",
+        "test/images_per_s",
+        "test/zeroshot_scored",
+        "test/zeroshot_total",
+    }
 
 
 def test_bf16_autocast_on_cpu_returns_float32_features() -> None:
     model, tokenizer, retrieval, classification = _setup(2)
-    got = evaluate_split(model, tokenizer, retrieval, classification, batch_size=4, chunk_size=3, num_workers=0,
-                         device="cpu", precision="bf16")
+    got = evaluate_split(
+        model,
+        tokenizer,
+        retrieval,
+        classification,
+        batch_size=4,
+        chunk_size=3,
+        num_workers=0,
+        device="cpu",
+        precision="bf16",
+    )
     assert {c["dtype"] for c in model.calls} == {torch.bfloat16}
     assert all(0.0 <= got[f"val/{k}"] <= 1.0 for k in METRIC_KEYS)
     encoded = encode_texts(model, tokenizer, retrieval.captions, batch_size=5, precision="bf16")

@@ -1,4 +1,5 @@
 """Zero-shot classifier (template averaging) and top-k accuracy, against hand-made cases and a brute-force loop."""
+
 from __future__ import annotations
 
 import math
@@ -26,13 +27,15 @@ def test_hand_made_case_with_a_duplicated_class() -> None:
     eye = torch.eye(6)
     weights = eye.clone()
     weights[3] = eye[2]  # classes 2 and 3 share a name, like ImageNet's two "missile" classes
-    images = torch.stack([
-        eye[0],                             # class 0: correct at 1
-        eye[2],                             # labelled 3: ties with class 2, which has the lower index -> rank 1
-        eye[2],                             # labelled 2: wins the tie -> rank 0
-        unit(0.9 * eye[1] + 0.1 * eye[4]),  # labelled 4: class 1 ahead -> rank 1
-        unit(eye[0] + eye[1] + eye[2] + eye[4]),  # labelled 5: scores 0, five classes ahead -> rank 5
-    ])
+    images = torch.stack(
+        [
+            eye[0],  # class 0: correct at 1
+            eye[2],  # labelled 3: ties with class 2, which has the lower index -> rank 1
+            eye[2],  # labelled 2: wins the tie -> rank 0
+            unit(0.9 * eye[1] + 0.1 * eye[4]),  # labelled 4: class 1 ahead -> rank 1
+            unit(eye[0] + eye[1] + eye[2] + eye[4]),  # labelled 5: scores 0, five classes ahead -> rank 5
+        ]
+    )
     labels = torch.tensor([0, 3, 2, 4, 5])
     assert zeroshot_accuracy(images, labels, weights) == {"acc@1": 2 / 5, "acc@5": 4 / 5}
     assert zeroshot_accuracy(images, labels, weights, ks=(1, 2, 6)) == {"acc@1": 0.4, "acc@2": 0.8, "acc@6": 1.0}

@@ -3,6 +3,7 @@
 The graph is read from the source with `ast` (module-level and function-level imports, `TYPE_CHECKING` ones
 too: a type-only import is still a dependency a reader has to follow), so the test needs no import side effects.
 """
+
 from __future__ import annotations
 
 import ast
@@ -102,7 +103,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 iterators.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)

@@ -1,5 +1,6 @@
 """Two gloo processes on CPU give the same loss, gradients and per-sample state as one process on the
 same global batches (specs/losses.md "Distributed semantics")."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,21 @@ CONFIGS = {
     "clip": {"name": "clip", "temperature": 0.05, "learnable_temp": True},
     "sogclr": {"name": "sogclr", "temperature": 0.05, "gamma": 0.7},
     "isogclr_new": {"name": "isogclr_new", "eta_init": 0.01, "tau_init": 0.03, "tau_min": 0.02},
-    "isogclr_new_temp_net": {"name": "isogclr_new", "temp_net": True, "temp_net_prototypes": 5, "tau_init": 0.03, "tau_min": 0.02, "tau_max": 0.1},
-    "isogclr_new_v2": {"name": "isogclr_new_v2", "eta_init": 0.01, "tau_init": 0.05, "tau_min": 0.02, "dro_lambda": 0.5},
+    "isogclr_new_temp_net": {
+        "name": "isogclr_new",
+        "temp_net": True,
+        "temp_net_prototypes": 5,
+        "tau_init": 0.03,
+        "tau_min": 0.02,
+        "tau_max": 0.1,
+    },
+    "isogclr_new_v2": {
+        "name": "isogclr_new_v2",
+        "eta_init": 0.01,
+        "tau_init": 0.05,
+        "tau_min": 0.02,
+        "dro_lambda": 0.5,
+    },
 }
 SCHEDULE = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (epoch, batch in epoch): 2 epochs, every index revisited
 
@@ -29,7 +43,11 @@ def global_batch(epoch: int, k: int):
     """Like the loader: a seeded permutation per epoch, global batch k = perm[k*B:(k+1)*B]."""
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
     gen = torch.Generator().manual_seed(100 * epoch + k)
-    return torch.randn(GLOBAL_B, DIM_IN, generator=gen), torch.randn(GLOBAL_B, DIM_IN, generator=gen), perm[k * GLOBAL_B : (k + 1) * GLOBAL_B]
+    return (
+        torch.randn(GLOBAL_B, DIM_IN, generator=gen),
+        torch.randn(GLOBAL_B, DIM_IN, generator=gen),
+        perm[k * GLOBAL_B : (k + 1) * GLOBAL_B],
+    )
 
 
 class TwoTowers(torch.nn.Module):
@@ -62,7 +80,9 @@ def run(cfg: dict, rank: int, world: int) -> dict:
         loss_fn.reduce_gradients()
         record["loss"].append(out.loss.item())
         record["grads"].append([p.grad.clone() for p in list(model.parameters()) + list(loss_fn.parameters())])
-        record["feature_grads"].append(torch.cat([fi.grad, ft.grad], dim=1) / world)  # out.loss carries K x this rank's share
+        record["feature_grads"].append(
+            torch.cat([fi.grad, ft.grad], dim=1) / world
+        )  # out.loss carries K x this rank's share
         optimizer.step()
         loss_fn.after_optimizer_step()
     record["state"] = {k: v.clone() for k, v in getattr(getattr(loss_fn, "state", None), "tensors", {}).items()}
@@ -105,4 +125,6 @@ def test_two_processes_match_one_process(tmp_path):
             for g, w in zip(rec["params"], single["params"]):
                 check(g, w, f"{what}: parameters after training")
         for key in ranks[0]["state"]:
-            assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), f"{name}: state {key} differs between ranks"
+            assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), (
+                f"{name}: state {key} differs between ranks"
+            )

@@ -1,4 +1,5 @@
 """Every loss against autograd of objectives written independently (tests/losses_reference.py), float64."""
+
 from __future__ import annotations
 
 import math
@@ -6,9 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from clipctl.losses import build_loss, parse_loss_config
-from clipctl.losses.config import LossConfig
 from losses_reference import (
     gamma_ref,
     h_rows,
@@ -21,11 +19,20 @@ from losses_reference import (
     true_g,
 )
 
+from clipctl.losses import build_loss, parse_loss_config
+from clipctl.losses.config import LossConfig
+
 F32 = torch.float32
 
 
 def close(actual, expected, rtol=1e-6, atol=1e-9, what=""):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64), rtol=rtol, atol=atol, msg=(lambda m: f"{what}: {m}") if what else None)
+    torch.testing.assert_close(
+        torch.as_tensor(actual, dtype=torch.float64),
+        torch.as_tensor(expected, dtype=torch.float64),
+        rtol=rtol,
+        atol=atol,
+        msg=(lambda m: f"{what}: {m}") if what else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- clip
@@ -123,7 +130,9 @@ class Simulator:
                 if not getattr(cfg, "temp_net", False):
                     m = (1 - cfg.beta_u) * self.m[side][idx].double() + cfg.beta_u * G
                     self.m[side][idx] = m.to(F32)
-                    self.tau[side][idx] = (self.tau[side][idx].double() - cfg.eta_init * m).clamp(cfg.tau_min, cfg.tau_max).to(F32)
+                    self.tau[side][idx] = (
+                        (self.tau[side][idx].double() - cfg.eta_init * m).clamp(cfg.tau_min, cfg.tau_max).to(F32)
+                    )
             if cfg.name == "fastclip_v3":
                 extras["dFdtau_parts"][side] = tau_gradient(H, tau, s, b, 0.0, eps)
         if cfg.name == "isogclr_new_v2":
@@ -134,7 +143,9 @@ class Simulator:
             dro = (-2.0 * torch.exp(a - b_pos) / (r + eps) * S.diagonal()).mean()
             objective = objective + dro
             value += dro.item()
-            extras["true"] = extras["true"] + cfg.dro_lambda * torch.log(torch.exp(-2.0 * S.diagonal() / cfg.dro_lambda).mean())
+            extras["true"] = extras["true"] + cfg.dro_lambda * torch.log(
+                torch.exp(-2.0 * S.diagonal() / cfg.dro_lambda).mean()
+            )
             self.b_pos, self.r = b_pos.to(F32), r.to(F32)
         return objective, value, extras
 
@@ -151,10 +162,31 @@ SEQUENCE = [  # (epoch, indices): N = 9, B = 6; indices revisited within and acr
 # the others keep the default ε (which damps anchors whose shifted ĝ falls far below ε).
 CASES = {
     "sogclr": {"name": "sogclr", "temperature": 0.05},
-    "sogclr_cosine": {"name": "sogclr", "temperature": 0.05, "gamma_schedule": "cosine", "gamma_min": 0.3, "gamma_decay_epochs": 2, "eps": 0.0},
-    "isogclr": {"name": "isogclr", "tau_init": 0.02, "tau_min": 0.005, "tau_max": 0.05, "eta_init": 0.03, "tau_grad_clip": 2.0, "eps": 0.0},
+    "sogclr_cosine": {
+        "name": "sogclr",
+        "temperature": 0.05,
+        "gamma_schedule": "cosine",
+        "gamma_min": 0.3,
+        "gamma_decay_epochs": 2,
+        "eps": 0.0,
+    },
+    "isogclr": {
+        "name": "isogclr",
+        "tau_init": 0.02,
+        "tau_min": 0.005,
+        "tau_max": 0.05,
+        "eta_init": 0.03,
+        "tau_grad_clip": 2.0,
+        "eps": 0.0,
+    },
     "isogclr_new": {"name": "isogclr_new", "eta_init": 0.002, "beta_u": 0.5},
-    "isogclr_new_temp_net": {"name": "isogclr_new", "temp_net": True, "temp_net_prototypes": 8, "tau_max": 0.08, "eps": 0.0},
+    "isogclr_new_temp_net": {
+        "name": "isogclr_new",
+        "temp_net": True,
+        "temp_net_prototypes": 8,
+        "tau_max": 0.08,
+        "eps": 0.0,
+    },
     "isogclr_new_v2": {"name": "isogclr_new_v2", "tau_init": 0.03, "dro_lambda": 0.5, "eps": 0.0},
     "fastclip_v3": {"name": "fastclip_v3", "temperature": 0.04, "eps": 0.0},
 }
@@ -204,7 +236,9 @@ def test_gcl_sequence_against_reference(case):
             close(loss_fn.state.tensors[f"b_{k}"], sim.b[k], what=f"{what}: b_{k}")
             assert bool((loss_fn.state.tensors[f"b_{k}"][idx] >= b_before[k]).all()), "b must never decrease"
             grew |= bool(((loss_fn.state.tensors[f"b_{k}"][idx] > b_before[k]) & (s_before[k] > 0)).any()) and epoch > 0
-        assert out.stats["gamma"] == pytest.approx(gamma_ref(epoch, cfg.gamma_schedule, cfg.gamma, cfg.gamma_min, cfg.gamma_decay_epochs))
+        assert out.stats["gamma"] == pytest.approx(
+            gamma_ref(epoch, cfg.gamma_schedule, cfg.gamma, cfg.gamma_min, cfg.gamma_decay_epochs)
+        )
 
         exact = epoch == 0 and cfg.eps == 0
         if exact:  # γ = 1: s·e^b is the exact g, so the spec's gradient is that of the TRUE objective
@@ -220,7 +254,9 @@ def test_gcl_sequence_against_reference(case):
                 if exact:  # ∂/∂τ [τ(log g(τ) + ρ)] by autograd of the true g
                     tau_leaf = taus[k].detach().clone().requires_grad_(True)
                     rho = cfg.rho_I if k == "I" else cfg.rho_T
-                    (G_true,) = torch.autograd.grad((tau_leaf * (torch.log(true_g(H_true, tau_leaf)) + rho)).sum(), tau_leaf)
+                    (G_true,) = torch.autograd.grad(
+                        (tau_leaf * (torch.log(true_g(H_true, tau_leaf)) + rho)).sum(), tau_leaf
+                    )
                     clip = cfg.tau_grad_clip or float("inf")
                     close(G, G_true.clamp(-clip, clip), rtol=1e-6, atol=1e-7, what=f"{what}: G vs true derivative")
                 if not getattr(cfg, "temp_net", False):
@@ -266,8 +302,9 @@ def test_isogclr_new_v2_fresh_step_is_the_gradient_of_F(lam):
     autograd of the spec's objective F itself, with per-sample temperatures that differ across anchors."""
     gen = torch.Generator().manual_seed(11)
     N, B, d, rho = 10, 7, 5, 6.0
-    cfg = parse_loss_config({"name": "isogclr_new_v2", "dro_lambda": lam, "eps": 0.0, "tau_init": 0.05,
-                                     "tau_grad_clip": 0.0})
+    cfg = parse_loss_config(
+        {"name": "isogclr_new_v2", "dro_lambda": lam, "eps": 0.0, "tau_init": 0.05, "tau_grad_clip": 0.0}
+    )
     loss_fn = build_loss(cfg, num_samples=N).double()
     idx = torch.tensor([3, 9, 0, 4, 7, 1, 5])
     tau_I = torch.tensor([0.05, 0.02, 0.3, 0.01, 0.08, 0.6, 0.04], dtype=torch.float64)
@@ -292,7 +329,9 @@ def test_isogclr_new_v2_fresh_step_is_the_gradient_of_F(lam):
     step = cfg.eta_init * cfg.beta_u
     for side, tau, dF in (("I", tau_I, dF_dtau_I), ("T", tau_T, dF_dtau_T)):
         expected = (tau - step * B * dF).clamp(cfg.tau_min, cfg.tau_max)
-        close(loss_fn.state.tensors[f"tau_{side}"][idx], expected, rtol=1e-5, atol=1e-7, what=f"τ_{side} after the step")
+        close(
+            loss_fn.state.tensors[f"tau_{side}"][idx], expected, rtol=1e-5, atol=1e-7, what=f"τ_{side} after the step"
+        )
     assert out.stats["tau_grad_I_pos"] == pytest.approx(float((dF_dtau_I > 0).double().mean()))
 
 
@@ -303,7 +342,9 @@ def test_isogclr_new_v2_pulls_each_positive_once():
     B = 6
     x = normalized(gen, B, 4, 0.8).requires_grad_(True)
     t = normalized(gen, B, 4, 0.8)
-    loss_fn = build_loss({"name": "isogclr_new_v2", "dro_lambda": 1e6, "eps": 0.0, "tau_init": 0.1}, num_samples=B).double()
+    loss_fn = build_loss(
+        {"name": "isogclr_new_v2", "dro_lambda": 1e6, "eps": 0.0, "tau_init": 0.1}, num_samples=B
+    ).double()
     S = (x @ t.T).detach().requires_grad_(True)
     loss_fn(S @ torch.eye(B, dtype=torch.float64), torch.eye(B, dtype=torch.float64), torch.arange(B)).loss.backward()
     close(S.grad.diagonal(), torch.full((B,), -2.0 / B, dtype=torch.float64), rtol=1e-5, what="∂loss/∂S_ii")
@@ -324,7 +365,11 @@ def test_sogclr_epoch0_state_is_ghat():
         close(loss_fn.state.tensors[f"b_{k}"], b, rtol=1e-6)
         ghat = (torch.exp(z - b.unsqueeze(1)) * offdiag(B)).sum(1) / (B - 1)
         close(loss_fn.state.tensors[f"s_{k}"], ghat, rtol=1e-6)
-        close(torch.log(loss_fn.state.tensors[f"s_{k}"].double()) + loss_fn.state.tensors[f"b_{k}"].double(), torch.log(true_g(H, torch.full((B,), tau, dtype=torch.float64))), rtol=1e-6)
+        close(
+            torch.log(loss_fn.state.tensors[f"s_{k}"].double()) + loss_fn.state.tensors[f"b_{k}"].double(),
+            torch.log(true_g(H, torch.full((B,), tau, dtype=torch.float64))),
+            rtol=1e-6,
+        )
 
 
 def test_float64_inputs_stay_float64():

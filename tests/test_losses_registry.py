@@ -1,5 +1,6 @@
 """A loss is its own config model plus its class, made known by one registration: a loss defined only in
 this test is validated in recipes, rejected where it does not apply, and trains a run end to end."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from trainkit import make_tiny_shapes, tiny_recipe
 
 from clipctl.errors import UsageError
-from clipctl.losses import LOSSES, build_loss, register_loss
-from clipctl.losses import registry
+from clipctl.losses import LOSSES, build_loss, register_loss, registry
 from clipctl.losses.base import Batch, ContrastiveLoss, LossOutput
 from clipctl.losses.config import LossConfig
 from clipctl.recipe import validate_recipe
 from clipctl.train.trainer import TrainOptions, train
-from trainkit import make_tiny_shapes, tiny_recipe
 
 
 class ToyConfig(LossConfig):

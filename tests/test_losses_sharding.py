@@ -1,6 +1,7 @@
 """`loss.state_sharding = "sharded"` gives the losses, gradients and per-sample state of the replicated
 state (the reference: one process, replicated, the same global batches) on 1, 2 and 4 gloo processes,
 each rank holding ceil(N/K) rows, and its checkpoints resume under another world size (2 -> 4, 4 -> 1)."""
+
 from __future__ import annotations
 
 import math
@@ -10,11 +11,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_losses_distributed import CONFIGS, DIM, TwoTowers, check
 
 from clipctl.errors import ResumeError, UsageError
 from clipctl.losses import build_loss
 from clipctl.recipe import validate_recipe
-from test_losses_distributed import CONFIGS, DIM, TwoTowers, check
 
 N, GLOBAL_B = 18, 8  # N not divisible by 4: two of four shards keep a padding row
 SCHEDULE = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (epoch, batch in epoch): 2 epochs, indices revisited
@@ -34,7 +35,11 @@ def global_batch(epoch: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     """Like the loader: a seeded permutation per epoch, global batch k = perm[k*B:(k+1)*B]."""
     perm = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
     gen = torch.Generator().manual_seed(100 * epoch + k)
-    return torch.randn(GLOBAL_B, 6, generator=gen), torch.randn(GLOBAL_B, 6, generator=gen), perm[k * GLOBAL_B : (k + 1) * GLOBAL_B]
+    return (
+        torch.randn(GLOBAL_B, 6, generator=gen),
+        torch.randn(GLOBAL_B, 6, generator=gen),
+        perm[k * GLOBAL_B : (k + 1) * GLOBAL_B],
+    )
 
 
 def run(cfg: dict, rank: int, world: int, steps: list[tuple[int, int]], resume: dict | None = None) -> dict:
@@ -106,7 +111,8 @@ def spawned(tmp_path_factory) -> dict[tuple[str, int], list[dict]]:
         mp.spawn(_worker, args=(world, str(out / f"init{world}"), str(out)), nprocs=world, join=True)
     return {
         (name, world): [torch.load(out / f"{name}.{world}.{r}.pt", weights_only=True) for r in range(world)]
-        for name in STATEFUL for world in (2, 4)
+        for name in STATEFUL
+        for world in (2, 4)
     }
 
 

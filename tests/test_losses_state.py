@@ -1,4 +1,5 @@
 """Per-sample state: checkpoint round-trips, resize errors, guards, schedules, registry and options."""
+
 from __future__ import annotations
 
 import io
@@ -6,6 +7,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from losses_reference import normalized
 
 from clipctl.errors import ClipctlError, ResumeError, UsageError
 from clipctl.losses import LOSSES, build_loss, parse_loss_config
@@ -13,7 +15,6 @@ from clipctl.losses.registry import loss_names
 from clipctl.losses.schedules import eta_at, gamma_at
 from clipctl.losses.state import last_occurrence
 from clipctl.recipe import validate_recipe
-from losses_reference import normalized
 
 
 def batches(seed: int, steps: int, N: int = 12, B: int = 6, d: int = 5):
@@ -31,7 +32,9 @@ def roundtrip(sd):
 
 
 def test_registry_lists_every_recipe_loss():
-    assert tuple(LOSSES) == loss_names() == ("clip", "sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3")
+    assert (
+        tuple(LOSSES) == loss_names() == ("clip", "sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3")
+    )
     for name in loss_names():
         assert isinstance(build_loss({"name": name}, num_samples=4), LOSSES[name])
 
@@ -64,7 +67,9 @@ def test_save_load_round_trip_continues_the_same_trajectory(name):
         assert torch.equal(value, second.state.tensors[key]), key
     assert not torch.equal(first.state.tensors["tau_I"], torch.full((12,), 0.01))  # τ really moved
     if name == "isogclr_new_v2":
-        assert first.state.tensors["r"].item() > 0 and second.state.tensors["r"].item() == first.state.tensors["r"].item()
+        assert (
+            first.state.tensors["r"].item() > 0 and second.state.tensors["r"].item() == first.state.tensors["r"].item()
+        )
         assert set(saved["_extra_state"]["scalars"]) == {"b_pos", "r"}
 
 
@@ -74,7 +79,9 @@ def test_round_trip_keeps_learnable_temperature_and_network():
     with torch.no_grad():
         first.temp_net_image.out.weight.add_(0.3)
         fast.theta.fill_(2.0)
-    second = build_loss({"name": "isogclr_new", "temp_net": True, "temp_net_prototypes": 4}, num_samples=12, embed_dim=5)
+    second = build_loss(
+        {"name": "isogclr_new", "temp_net": True, "temp_net_prototypes": 4}, num_samples=12, embed_dim=5
+    )
     second.load_state_dict(roundtrip(first.state_dict()))
     assert torch.equal(second.temp_net_image.out.weight, first.temp_net_image.out.weight)
     fast2 = build_loss({"name": "fastclip_v3"}, num_samples=12)
@@ -98,7 +105,9 @@ def test_loading_state_for_another_dataset_size_needs_reset():
 
 
 def test_state_of_another_layout_cannot_resume():
-    with_net = build_loss({"name": "isogclr_new", "temp_net": True, "temp_net_prototypes": 4}, num_samples=6, embed_dim=3)
+    with_net = build_loss(
+        {"name": "isogclr_new", "temp_net": True, "temp_net_prototypes": 4}, num_samples=6, embed_dim=3
+    )
     buffers = build_loss({"name": "isogclr_new"}, num_samples=6)
     with pytest.raises(ResumeError, match="columns") as err:
         buffers.load_state_dict(roundtrip(with_net.state_dict()), strict=False)
@@ -185,7 +194,16 @@ def test_eta_schedules_and_their_horizon():
 
 
 def test_temperature_network_stays_in_its_box_and_trains_only_itself():
-    cfg = parse_loss_config({"name": "isogclr_new", "temp_net": True, "temp_net_prototypes": 6, "tau_min": 0.01, "tau_max": 0.1, "tau_init": 0.03})
+    cfg = parse_loss_config(
+        {
+            "name": "isogclr_new",
+            "temp_net": True,
+            "temp_net_prototypes": 6,
+            "tau_min": 0.01,
+            "tau_max": 0.1,
+            "tau_init": 0.03,
+        }
+    )
     loss_fn = build_loss(cfg, num_samples=8, embed_dim=4)
     x = F.normalize(torch.randn(8, 4), dim=1).requires_grad_(True)
     t = F.normalize(torch.randn(8, 4), dim=1)

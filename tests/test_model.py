@@ -1,4 +1,5 @@
 """CLIP model: paper and tiny towers, offline errors, freezing, checkpointing, pooling, local weights."""
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,9 @@ def empty_offline_hub(tmp_path, monkeypatch):
 
 
 def test_paper_towers_from_config_give_normalised_embeddings():
-    cfg = load_recipe("recipes/sogclr_adamw.toml", ["model.image_pretrained=false", "model.text_pretrained=false"]).model
+    cfg = load_recipe(
+        "recipes/sogclr_adamw.toml", ["model.image_pretrained=false", "model.text_pretrained=false"]
+    ).model
     torch.manual_seed(0)
     model = build_model(cfg, vocab_size=30522, pad_id=0, max_len=30).eval()
     assert model.image_tower.num_features == 2048 and model.text_tower.width == 768
@@ -119,7 +122,10 @@ def test_load_weights_false_builds_pretrained_recipes_offline(empty_offline_hub)
         ({"image_kwargs": {"no_such_arg": 1}}, r"model.image_kwargs = .*not accepted by timm model 'test_vit'"),
         ({"text_config": {"n_layer": 2}}, r"model.text_config.n_layer is not a field of DistilBertConfig"),
         ({"text_config": {"dim": 130, "n_heads": 4}}, r"model.text_config = .* gives an invalid distilbert"),
-        ({"text_config": {"max_position_embeddings": 16}}, r"data.max_text_len = 32 exceeds .*max_position_embeddings = 16"),
+        (
+            {"text_config": {"max_position_embeddings": 16}},
+            r"data.max_text_len = 32 exceeds .*max_position_embeddings = 16",
+        ),
         ({"image_checkpoint": "weights.safetensors", "image_pretrained": False}, r"model.image_pretrained = false"),
     ],
 )
@@ -132,7 +138,9 @@ def test_bad_model_config_is_usage_error(changes, pattern):
 def test_lock_freezes_tower_but_not_projections(locked):
     cfg = quickstart_cfg(image_model="test_resnet", **{f"lock_{locked}": True})
     model = build_model(cfg, VOCAB, PAD).train()
-    frozen, trained = (model.image_tower, model.text_tower) if locked == "image" else (model.text_tower, model.image_tower)
+    frozen, trained = (
+        (model.image_tower, model.text_tower) if locked == "image" else (model.text_tower, model.image_tower)
+    )
     assert not frozen.training and trained.training
     running_means = {k: v.clone() for k, v in model.image_tower.state_dict().items() if k.endswith("running_mean")}
     image_features, text_features = model(torch.randn(4, 3, 64, 64), token_batch(4))
@@ -156,9 +164,11 @@ def test_grad_checkpointing_recomputes_and_keeps_outputs_and_grads():
     for model in (plain, ckpt):
         calls = {"image": 0, "text": 0}
         # pre-hooks on inner modules: HF checkpoints a layer's forward (not __call__) and a recompute stops early
-        model.image_tower.blocks[0].register_forward_pre_hook(lambda *_: calls.__setitem__("image", calls["image"] + 1))
+        model.image_tower.blocks[0].register_forward_pre_hook(
+            lambda *_, calls=calls: calls.__setitem__("image", calls["image"] + 1)
+        )
         model.text_tower.encoder.transformer.layer[0].attention.register_forward_pre_hook(
-            lambda *_: calls.__setitem__("text", calls["text"] + 1)
+            lambda *_, calls=calls: calls.__setitem__("text", calls["text"] + 1)
         )
         image_features, text_features = model(images, ids)
         (image_features @ text_features.T).logsumexp(1).sum().backward()
@@ -237,8 +247,10 @@ def test_model_is_a_module_with_the_contract_api():
 
 def test_bert_tower_has_no_unused_parameters():
     """DDP (find_unused_parameters=False) fails on parameters without gradient, e.g. BERT's pooler head."""
-    cfg = quickstart_cfg(text_model="bert", text_config={"num_hidden_layers": 1, "hidden_size": 32,
-                                                          "num_attention_heads": 2, "intermediate_size": 64})
+    cfg = quickstart_cfg(
+        text_model="bert",
+        text_config={"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+    )
     model = build_model(cfg, VOCAB, PAD)
     model.encode_text(token_batch(2)).sum().backward()
     assert [n for n, p in model.text_tower.named_parameters() if p.grad is None] == []
@@ -253,7 +265,9 @@ def test_locked_checkpointed_tower_builds_no_graph(locked):
     tower = model.image_tower if locked == "image" else model.text_tower
     outputs, calls = [], {"layer": 0}
     tower.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
-    inner = model.image_tower.blocks[0] if locked == "image" else model.text_tower.encoder.transformer.layer[0].attention
+    inner = (
+        model.image_tower.blocks[0] if locked == "image" else model.text_tower.encoder.transformer.layer[0].attention
+    )
     inner.register_forward_pre_hook(lambda *_: calls.__setitem__("layer", calls["layer"] + 1))
     image_features, text_features = model(torch.randn(4, 3, 64, 64), token_batch(4))
     (image_features @ text_features.T).logsumexp(1).sum().backward()
@@ -263,7 +277,9 @@ def test_locked_checkpointed_tower_builds_no_graph(locked):
     assert projection.weight.grad is not None and all(p.grad is None for p in tower.parameters())
 
 
-@pytest.mark.parametrize(("capability", "expected"), [((7, 0), "no"), ((7, 5), "no"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((7, 0), "no"), ((7, 5), "no"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
 def test_auto_precision_takes_bf16_only_with_native_support(monkeypatch, capability, expected):
     from clipctl.recipe import TrainConfig
     from clipctl.train.devices import resolve_precision

@@ -1,4 +1,5 @@
 """Optimizer factory (all report names) and schedules (warmup start, peak, decay, cooldown, min_lr)."""
+
 from __future__ import annotations
 
 import pytest
@@ -89,7 +90,15 @@ def test_decaying_schedules(name):
 
 
 def test_step_schedule_decays_by_rate_every_period():
-    curve = lr_curve(["sched.name=step", "sched.warmup_epochs=0", "sched.decay_epochs=3", "sched.decay_rate=0.5", "sched.cooldown_epochs=0"])
+    curve = lr_curve(
+        [
+            "sched.name=step",
+            "sched.warmup_epochs=0",
+            "sched.decay_epochs=3",
+            "sched.decay_rate=0.5",
+            "sched.cooldown_epochs=0",
+        ]
+    )
     assert curve[0] == pytest.approx(1e-3) and curve[29] == pytest.approx(1e-3)
     assert curve[30] == pytest.approx(5e-4) and curve[60] == pytest.approx(2.5e-4)
 

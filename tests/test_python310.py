@@ -1,12 +1,12 @@
 """Python 3.10 has no `tomllib`: every clipctl module, `clipctl eval`'s included, must import with it missing
 (the `tomli` backport, a 3.10 dependency, stands in). Simulated by a meta-path block in a fresh interpreter."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
 BLOCK_TOMLLIB = """
@@ -39,7 +39,8 @@ print("imported", len(names), "modules")
 
 @pytest.mark.slow
 def test_every_module_imports_without_tomllib():
-    result = subprocess.run([sys.executable, "-c", BLOCK_TOMLLIB], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCK_TOMLLIB], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "imported" in result.stdout and int(result.stdout.split()[1]) > 50

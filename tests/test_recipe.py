@@ -1,4 +1,5 @@
 """Recipe schema: loading, extends, overrides and every bad-input path (one line, exit 2)."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from clipctl.errors import UsageError
-from clipctl.recipe import (apply_overrides, builtin_recipe_names, load_recipe, merge_values, override_args, parse_override,
-                            recipe_warnings, tomllib, validate_recipe)
+from clipctl.recipe import (
+    apply_overrides,
+    builtin_recipe_names,
+    load_recipe,
+    merge_values,
+    override_args,
+    parse_override,
+    recipe_warnings,
+    tomllib,
+    validate_recipe,
+)
 from clipctl.tune.recipe import load_tune_recipe, tune_phases
 
 
@@ -28,7 +38,15 @@ def error_of(path_or_name, overrides=()):
 
 def test_builtin_recipes_all_validate():
     names = builtin_recipe_names()
-    assert {"quickstart", "clip_adamw", "sogclr_adamw", "isogclr_radam", "tune/phase1", "tune/phase2", "tune/phase3"} <= set(names)
+    assert {
+        "quickstart",
+        "clip_adamw",
+        "sogclr_adamw",
+        "isogclr_radam",
+        "tune/phase1",
+        "tune/phase2",
+        "tune/phase3",
+    } <= set(names)
     for name in names:
         if name.startswith("tune/"):
             load_tune_recipe(name)
@@ -66,8 +84,10 @@ def test_resolved_recipe_round_trips(tmp_path):
 
 
 def test_override_precedence_file_over_extends_and_cli_over_file(tmp_path):
-    write(tmp_path / "base.toml",
-          "[optim]\nlr = 0.1\nweight_decay = 0.5\n[train]\nepochs = 3\n[sched]\nwarmup_epochs = 1\n")
+    write(
+        tmp_path / "base.toml",
+        "[optim]\nlr = 0.1\nweight_decay = 0.5\n[train]\nepochs = 3\n[sched]\nwarmup_epochs = 1\n",
+    )
     child = write(tmp_path / "child.toml", 'extends = "base.toml"\n[optim]\nlr = 0.2\n')
     r = load_recipe(child)
     assert (r.optim.lr, r.optim.weight_decay, r.train.epochs) == (0.2, 0.5, 3)
@@ -75,31 +95,43 @@ def test_override_precedence_file_over_extends_and_cli_over_file(tmp_path):
     assert (r.optim.lr, r.train.epochs) == (0.3, 4)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("optim.lr=3e-4", (["optim", "lr"], 3e-4)),
-    ("loss.name=sogclr", (["loss", "name"], "sogclr")),
-    ('loss.name="sogclr"', (["loss", "name"], "sogclr")),
-    ("train.epochs=5", (["train", "epochs"], 5)),
-    ("data.augment=false", (["data", "augment"], False)),
-    ("optim.betas=[0.9, 0.98]", (["optim", "betas"], [0.9, 0.98])),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("optim.lr=3e-4", (["optim", "lr"], 3e-4)),
+        ("loss.name=sogclr", (["loss", "name"], "sogclr")),
+        ('loss.name="sogclr"', (["loss", "name"], "sogclr")),
+        ("train.epochs=5", (["train", "epochs"], 5)),
+        ("data.augment=false", (["data", "augment"], False)),
+        ("optim.betas=[0.9, 0.98]", (["optim", "betas"], [0.9, 0.98])),
+    ],
+)
 def test_parse_override(text, expected):
     assert parse_override(text) == expected
 
 
 def test_values_merge_as_data_exactly_as_their_overrides_would():
     raw = {"optim": {"lr": 0.1}, "model": {"text_config": {"dim": 8, "n_layers": 2}}}
-    values = {"optim.lr": 3e-4, "loss.name": "sogclr", "optim.betas": [0.9, 0.98], "train.deterministic": True,
-              "model.text_config": {"dim": 64, "odd key": "x"}, "model.text_config.n_heads": 4}
+    values = {
+        "optim.lr": 3e-4,
+        "loss.name": "sogclr",
+        "optim.betas": [0.9, 0.98],
+        "train.deterministic": True,
+        "model.text_config": {"dim": 64, "odd key": "x"},
+        "model.text_config.n_heads": 4,
+    }
     assert merge_values(raw, values) == apply_overrides(raw, override_args(values))
     assert raw["optim"]["lr"] == 0.1  # the caller's tables are not changed
+
     def error(call) -> str:
         with pytest.raises(UsageError) as info:
             call()
         return str(info.value)
 
     for bad in ({"train": 3}, {"optim.lr.x": 1}):  # not table.key; a value, not a table
-        assert error(lambda: merge_values(raw, bad)) == error(lambda: apply_overrides(raw, override_args(bad)))
+        assert error(lambda bad=bad: merge_values(raw, bad)) == error(
+            lambda bad=bad: apply_overrides(raw, override_args(bad))
+        )
 
 
 def test_tune_phases_are_the_builtin_phase_files():
@@ -136,11 +168,14 @@ def test_out_of_range_names_range(tmp_path):
     assert "data.train_fraction = 1.5" in message and "less than or equal to 1" in message
 
 
-@pytest.mark.parametrize("key,value,valid", [
-    ("loss.name", "simclr", "'isogclr_new'"),
-    ("optim.name", "adagrad9", "'radam'"),
-    ("sched.name", "linear", "'tanh'"),
-])
+@pytest.mark.parametrize(
+    "key,value,valid",
+    [
+        ("loss.name", "simclr", "'isogclr_new'"),
+        ("optim.name", "adagrad9", "'radam'"),
+        ("sched.name", "linear", "'tanh'"),
+    ],
+)
 def test_unknown_names_list_the_valid_ones(key, value, valid):
     message = error_of("quickstart", [f"{key}={value}"])
     assert f"{key} = '{value}'" in message and valid in message
@@ -181,8 +216,10 @@ def test_cross_field_checks(tmp_path):
 
 def test_tune_recipe_errors(tmp_path):
     base = Path("recipes/quickstart.toml").resolve()
+
     def tune_file(space: str) -> Path:
         return write(tmp_path / "t.toml", f'[tune]\nbase = "{base}"\n[tune.space]\n{space}\n')
+
     with pytest.raises(UsageError, match="empty"):
         load_tune_recipe(write(tmp_path / "e.toml", f'[tune]\nbase = "{base}"\n'))
     with pytest.raises(UsageError, match="did you mean optim.lr"):
@@ -191,14 +228,22 @@ def test_tune_recipe_errors(tmp_path):
         load_tune_recipe(tune_file('"optim.lr" = { low = 0.2, high = 0.1 }'))
     with pytest.raises(UsageError, match="optim.name"):
         load_tune_recipe(tune_file('"optim.name" = ["adamw", "nope"]'))
-    tune, _ = load_tune_recipe(tune_file('"loss.name" = ["sogclr", "clip"]\n"optim.lr" = { low = 1e-4, high = 1e-2, prior = "log-uniform" }'))
+    tune, _ = load_tune_recipe(
+        tune_file('"loss.name" = ["sogclr", "clip"]\n"optim.lr" = { low = 1e-4, high = 1e-2, prior = "log-uniform" }')
+    )
     assert tune.tune.space["loss.name"] == ["sogclr", "clip"]
 
 
-@pytest.mark.parametrize(("rho", "batch", "accum", "warned"), [(8.0, 32, 1, True), (1.5, 32, 1, False), (3.5, 64, 2, True)])
+@pytest.mark.parametrize(
+    ("rho", "batch", "accum", "warned"), [(8.0, 32, 1, True), (1.5, 32, 1, False), (3.5, 64, 2, True)]
+)
 def test_rho_at_or_above_log_batch_warns_that_tau_can_only_fall(rho, batch, accum, warned):
-    recipe = validate_recipe({"loss": {"name": "isogclr_new", "rho_I": rho, "rho_T": rho},
-                              "train": {"batch_size": batch, "grad_accum": accum}})
+    recipe = validate_recipe(
+        {
+            "loss": {"name": "isogclr_new", "rho_I": rho, "rho_T": rho},
+            "train": {"batch_size": batch, "grad_accum": accum},
+        }
+    )
     messages = recipe_warnings(recipe)
     assert len(messages) == (1 if warned else 0)
     if warned:

@@ -1,5 +1,6 @@
 """clipctl.run: the run-directory contract — status values a real run writes, reader against writer, the
 claim and the torch files."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainkit import make_tiny_shapes, tiny_recipe
 
 from clipctl.errors import ClipctlError, InterruptedRun, RunConflictError
 from clipctl.recipe import load_recipe
 from clipctl.run.checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
 from clipctl.run.layout import RunDir, RunStatus
-from clipctl.run.reader import (MetricsFollower, completed_summary, find_run_dirs, read_json, read_metrics,
-                                read_recipe, read_summary)
+from clipctl.run.reader import (
+    MetricsFollower,
+    completed_summary,
+    find_run_dirs,
+    read_json,
+    read_metrics,
+    read_recipe,
+    read_summary,
+)
 from clipctl.run.writer import RunClaim, append_metrics, build_meta, build_summary, start_run, write_summary
 from clipctl.train.trainer import Progress, TrainOptions, train
-from trainkit import make_tiny_shapes, tiny_recipe
 
 QUICK = {"train.epochs": 1, "train.max_steps": 2}
 
@@ -52,7 +60,9 @@ def test_status_values_are_the_strings_a_real_run_writes(shapes, tmp_path):
     assert status_on_disk(RunDir(tmp_path / "i")) == RunStatus.INTERRUPTED.value
     summary = train(tiny_recipe(shapes, **QUICK), TrainOptions(out_dir=tmp_path, name="i", resume="auto"))
     run = RunDir(tmp_path / "i")
-    assert status_on_disk(run) == RunStatus.COMPLETED.value and completed_summary(run) == json.loads(json.dumps(summary))
+    assert status_on_disk(run) == RunStatus.COMPLETED.value and completed_summary(run) == json.loads(
+        json.dumps(summary)
+    )
     recipe, problem = read_recipe(run.root)
     assert problem == "" and recipe is not None and recipe["run"]["name"] == "i"
     assert find_run_dirs([tmp_path]) == [failing.root.resolve(), run.root.resolve()]
@@ -62,20 +72,29 @@ def test_the_reader_reads_what_the_writer_wrote(tmp_path):
     recipe = load_recipe("quickstart", ["run.name=w"])
     run = RunDir(tmp_path / "w")
     start_run(run, recipe, build_meta(recipe, 1, "cpu", "no"), resumed_at=None)
-    records = [{"type": "train", "epoch": 0, "step": 2, "loss": 1.5}, {"type": "eval", "epoch": 0, "step": 2, "x": math.nan}]
+    records = [
+        {"type": "train", "epoch": 0, "step": 2, "loss": 1.5},
+        {"type": "eval", "epoch": 0, "step": 2, "x": math.nan},
+    ]
     for record in records:
         append_metrics(run, record)
-    progress = Progress(epoch=1, step=2, best_epoch=0, best_metrics={"val/objective": 0.5}, samples_seen=64,
-                        train_seconds=2.0)
+    progress = Progress(
+        epoch=1, step=2, best_epoch=0, best_metrics={"val/objective": 0.5}, samples_seen=64, train_seconds=2.0
+    )
     write_summary(run, build_summary(RunStatus.RUNNING, recipe, progress, world_size=1, train_subset=None))
     assert read_json(run.meta, "meta.json")["end"] is None  # a running summary leaves the run open
-    write_summary(run, build_summary(RunStatus.COMPLETED, recipe, progress, world_size=1, train_subset=None,
-                                     test={"tr@1": 0.1}))
+    write_summary(
+        run, build_summary(RunStatus.COMPLETED, recipe, progress, world_size=1, train_subset=None, test={"tr@1": 0.1})
+    )
 
     assert read_metrics(run) == [records[0], {**records[1], "x": None}]  # NaN is stored as null
     summary, problem = read_summary(run.root)
     assert problem == "" and summary == completed_summary(run)
-    assert summary["status"] == RunStatus.COMPLETED and summary["samples_per_s"] == 32.0 and summary["test"] == {"tr@1": 0.1}
+    assert (
+        summary["status"] == RunStatus.COMPLETED
+        and summary["samples_per_s"] == 32.0
+        and summary["test"] == {"tr@1": 0.1}
+    )
     meta = read_json(run.meta, "meta.json")
     assert meta["recipe_sha256"] == recipe.sha256() == summary["recipe_sha256"] and meta["end"] is not None
     assert read_recipe(run.root)[0] == recipe.to_dict()
@@ -110,13 +129,17 @@ def test_a_metrics_follower_reads_whole_lines_and_starts_over_on_a_rewrite(tmp_p
 def test_a_second_process_cannot_claim_a_run_the_first_holds(tmp_path):
     run = RunDir(tmp_path / "held")
     claim = RunClaim(run).acquire()
-    second = ("import sys; from pathlib import Path; from clipctl.run.layout import RunDir; "
-              "from clipctl.run.writer import RunClaim; from clipctl.errors import RunConflictError\n"
-              "try: RunClaim(RunDir(Path(sys.argv[1]))).acquire()\n"
-              "except RunConflictError as err: sys.exit(err.exit_code)")
+    second = (
+        "import sys; from pathlib import Path; from clipctl.run.layout import RunDir; "
+        "from clipctl.run.writer import RunClaim; from clipctl.errors import RunConflictError\n"
+        "try: RunClaim(RunDir(Path(sys.argv[1]))).acquire()\n"
+        "except RunConflictError as err: sys.exit(err.exit_code)"
+    )
     try:
-        assert subprocess.run([sys.executable, "-c", second, str(run.root)], timeout=120).returncode == \
-            RunConflictError("").exit_code
+        assert (
+            subprocess.run([sys.executable, "-c", second, str(run.root)], timeout=120).returncode
+            == RunConflictError("").exit_code
+        )
     finally:
         claim.release(failed_before_start=True)
     assert not run.root.exists()  # created by the claim, nothing written: removed again
@@ -126,14 +149,32 @@ def test_a_second_process_cannot_claim_a_run_the_first_holds(tmp_path):
 
 def test_checkpoint_and_state_round_trip_with_their_format_tags(tmp_path):
     weights = {"w": torch.arange(3.0)}
-    save_checkpoint(tmp_path / "ckpt.pt", model_state=weights, recipe_toml="", tokenizer_json="{}",
-                    tokenizer_max_len=8, metrics={"val/objective": 0.5}, epoch=2)
+    save_checkpoint(
+        tmp_path / "ckpt.pt",
+        model_state=weights,
+        recipe_toml="",
+        tokenizer_json="{}",
+        tokenizer_max_len=8,
+        metrics={"val/objective": 0.5},
+        epoch=2,
+    )
     ckpt = load_checkpoint(tmp_path / "ckpt.pt")
     assert torch.equal(ckpt["model"]["w"], weights["w"]) and ckpt["epoch"] == 2
-    fields = {"recipe_sha256": "x", "recipe": {}, "num_samples": 1, "model": weights, "optimizer": {}, "scheduler": {},
-              "scaler": {}, "loss": {}, "rng": [], "progress": {}, "tokenizer_json": "{}", "subset_indices": None}
+    fields = {
+        "recipe_sha256": "x",
+        "recipe": {},
+        "num_samples": 1,
+        "model": weights,
+        "optimizer": {},
+        "scheduler": {},
+        "scaler": {},
+        "loss": {},
+        "rng": [],
+        "progress": {},
+        "tokenizer_json": "{}",
+        "subset_indices": None,
+    }
     save_state(tmp_path / "state" / "last.pt", fields)
     assert load_state(tmp_path / "state" / "last.pt")["num_samples"] == 1
     with pytest.raises(ClipctlError, match="not a clipctl checkpoint"):
         load_checkpoint(tmp_path / "state" / "last.pt")
-

@@ -2,6 +2,7 @@
 
 Each bad path asserts the exit code, a one-line message and that nothing already on disk was changed.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,17 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import without_warnings
 import torch
-
-from clipctl.errors import DataError, InterruptedRun, StorageError
-from clipctl.train import trainer as trainer_module
-from clipctl.run.checkpoint import CKPT_FORMAT, FORMAT_VERSION, load_state
-from clipctl.run.layout import RunDir
-from clipctl.train.trainer import TrainOptions, train
+from conftest import without_warnings
 from rundirs import make_run
 from trainkit import make_tiny_shapes, stable_metrics, tiny_overrides, tiny_recipe
+
+from clipctl.errors import DataError, InterruptedRun, StorageError
+from clipctl.run.checkpoint import CKPT_FORMAT, FORMAT_VERSION, load_state
+from clipctl.run.layout import RunDir
+from clipctl.train import trainer as trainer_module
+from clipctl.train.trainer import TrainOptions, train
 
 QUICK = {"train.epochs": 1, "train.max_steps": 2}
 ONE = {"train.epochs": 1}  # 8 updates, one eval, one test pass
@@ -99,8 +99,9 @@ def test_resume_auto_without_state_reports_a_completed_run_and_refuses_any_other
 def test_two_trainers_on_one_name_exactly_one_trains(shapes, tmp_path):
     args = [sys.executable, "-m", "clipctl", *train_args(shapes, tmp_path, "race")]
     env = {**os.environ, "NO_COLOR": "1"}
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     for p in procs:
         p.stdout.close()
@@ -138,8 +139,10 @@ def test_kill_right_after_the_epoch_eval_leaves_no_duplicate_record(shapes, stra
         train(tiny_recipe(shapes, **ONE, **{"train.save_every_steps": 8}), TrainOptions(out_dir=tmp_path, name="k"))
     monkeypatch.setattr(trainer_module.Trainer, "save_state", original)
     assert load_state(tmp_path / "k" / "state" / "last.pt")["progress"]["step"] == 8
-    train(tiny_recipe(shapes, **ONE, **{"train.save_every_steps": 8}),
-          TrainOptions(out_dir=tmp_path, name="k", resume="auto"))
+    train(
+        tiny_recipe(shapes, **ONE, **{"train.save_every_steps": 8}),
+        TrainOptions(out_dir=tmp_path, name="k", resume="auto"),
+    )
     assert stable_metrics(tmp_path / "k") == stable_metrics(straight)
 
 
@@ -156,6 +159,7 @@ def test_disk_full_on_a_real_tmpfs_is_named_and_keeps_the_last_state(shapes, tmp
     if not mount_tmpfs(disk, "size=48m"):
         pytest.skip("cannot mount a tmpfs here; test_disk_full_mid_append_... covers the patched writer")
     try:
+
         def fill(step: int) -> None:
             if step == 3:
                 with open(disk / "filler", "wb") as handle:
@@ -190,7 +194,7 @@ class FullDisk:
             raise OSError(errno.ENOSPC, "No space left on device")
         return self.handle.write(text)
 
-    def __enter__(self) -> "FullDisk":
+    def __enter__(self) -> FullDisk:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -259,8 +263,16 @@ def test_recipes_cp_into_a_missing_folder(tmp_path, run_cli):
 
 @pytest.mark.parametrize("broken", ["missing", "wrong-type"])
 def test_checkpoint_with_a_missing_or_mistyped_field(broken, tmp_path, run_cli):
-    ckpt = {"format": CKPT_FORMAT, "version": FORMAT_VERSION, "model": {}, "recipe_toml": "", "tokenizer_json": "{}",
-            "tokenizer_max_len": 32, "metrics": {}, "epoch": 0}
+    ckpt = {
+        "format": CKPT_FORMAT,
+        "version": FORMAT_VERSION,
+        "model": {},
+        "recipe_toml": "",
+        "tokenizer_json": "{}",
+        "tokenizer_max_len": 32,
+        "metrics": {},
+        "epoch": 0,
+    }
     if broken == "missing":
         del ckpt["recipe_toml"]
     else:
@@ -291,8 +303,11 @@ def test_code_carrying_weights_in_a_text_model_folder(shapes, tmp_path, run_cli,
     folder = tmp_path / "text"
     DistilBertConfig(n_layers=1, dim=32, hidden_dim=64, n_heads=2, vocab_size=1000).save_pretrained(folder)
     torch.save({"weight": Exploit()}, folder / "pytorch_model.bin")
-    code, _, err = run_cli(*train_args(shapes, tmp_path / "runs", "code", **{"model.text_model": str(folder),
-                                                                             "model.text_pretrained": True}))
+    code, _, err = run_cli(
+        *train_args(
+            shapes, tmp_path / "runs", "code", **{"model.text_model": str(folder), "model.text_pretrained": True}
+        )
+    )
     assert code == 2 and "refused" in err and str(folder) in err
     one_line(err)
     assert not (tmp_path / "exploited").exists() and not (tmp_path / "runs" / "code").exists()
@@ -317,8 +332,7 @@ def test_torn_summary_and_meta_on_resume(shapes, straight, tmp_path, run_cli, ca
     run.summary.write_text('{"status": "compl')
     before = snapshot(tmp_path)
     capsys.readouterr()
-    code, _, err = run_cli(*train_args(shapes, tmp_path, "torn", **{"train.max_steps": 0}),
-                           "--resume", "auto")
+    code, _, err = run_cli(*train_args(shapes, tmp_path, "torn", **{"train.max_steps": 0}), "--resume", "auto")
     assert code == 5 and "summary.json" in err and "torn" in err
     one_line(err)
     assert snapshot(tmp_path) == before
@@ -354,10 +368,26 @@ def test_sigterm_during_start_up_is_a_line_and_exit_130(shapes, tmp_path, run_cl
 @pytest.mark.slow
 def test_process_group_sigterm_with_a_loader_worker_resumes_bit_identically(shapes, straight, tmp_path):
     extra = {**ONE, "data.num_workers": 1, "data.persistent_workers": False}
-    args = [sys.executable, "-m", "clipctl", "train", "quickstart", *tiny_overrides(shapes, **extra),
-            "--out", str(tmp_path), "--name", "cut"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "NO_COLOR": "1"})
+    args = [
+        sys.executable,
+        "-m",
+        "clipctl",
+        "train",
+        "quickstart",
+        *tiny_overrides(shapes, **extra),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "cut",
+    ]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
@@ -381,13 +411,14 @@ def test_a_worker_error_is_reduced_to_its_own_message():
     from torch._utils import ExceptionWrapper
 
     try:
-        raise DataError("/data/x.png: not a decodable image; set data.on_bad_image = \"skip\" to skip it")
+        raise DataError('/data/x.png: not a decodable image; set data.on_bad_image = "skip" to skip it')
     except DataError:
         wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
     with pytest.raises(DataError) as info:
         wrapped.reraise()  # what the main process does with a worker's exception
-    assert str(info.value) == ('in a data loader worker: /data/x.png: not a decodable image; '
-                               'set data.on_bad_image = "skip" to skip it')
+    assert str(info.value) == (
+        'in a data loader worker: /data/x.png: not a decodable image; set data.on_bad_image = "skip" to skip it'
+    )
 
 
 def test_a_huge_value_is_cut_in_the_message(run_cli):
@@ -400,8 +431,12 @@ def test_a_fifo_named_metrics_jsonl_does_not_hang_compare(tmp_path):
     run = make_run(tmp_path / "runs", "fifo")
     (run / "metrics.jsonl").unlink()
     os.mkfifo(run / "metrics.jsonl")
-    done = subprocess.run([sys.executable, "-m", "clipctl", "compare", str(tmp_path / "runs"), "--plot",
-                           str(tmp_path / "c.png")], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NO_COLOR": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "clipctl", "compare", str(tmp_path / "runs"), "--plot", str(tmp_path / "c.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert "not a regular file" in done.stderr and (tmp_path / "c.png").is_file()

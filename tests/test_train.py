@@ -1,4 +1,5 @@
 """The trainer: run directory contract, exact resume, atomic state, stops, exit codes, dry run."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainkit import make_tiny_shapes, stable_metrics, state_tensors, tiny_overrides, tiny_recipe
 
 from clipctl.errors import ClipctlError, InterruptedRun
 from clipctl.recipe import tomllib
 from clipctl.run import checkpoint as checkpoint_module
 from clipctl.run.checkpoint import load_checkpoint, load_state
 from clipctl.train.trainer import TrainOptions, train
-from trainkit import make_tiny_shapes, stable_metrics, state_tensors, tiny_overrides, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,9 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def run(shapes: Path, out: Path, name: str, resume: str | None = None, stop_after: int | None = None, **extra) -> dict:
-    return train(tiny_recipe(shapes, **extra), TrainOptions(out_dir=out, name=name, resume=resume, stop_after_steps=stop_after))
+    return train(
+        tiny_recipe(shapes, **extra), TrainOptions(out_dir=out, name=name, resume=resume, stop_after_steps=stop_after)
+    )
 
 
 def test_run_directory_contract(shapes, tmp_path):
@@ -125,8 +128,13 @@ def test_dry_run_writes_nothing(shapes, tmp_path):
 
 
 def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clipctl", *args], capture_output=True, text=True,
-                          env={**os.environ, "NO_COLOR": "1", **(env or {})}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "clipctl", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        **kwargs,
+    )
 
 
 def test_exit_codes_through_the_cli(shapes, tmp_path, data_root):
@@ -146,9 +154,22 @@ def test_exit_codes_through_the_cli(shapes, tmp_path, data_root):
 
 @pytest.mark.slow
 def test_sigint_writes_state_and_exits_130(shapes, tmp_path):
-    args = ["train", "quickstart", *tiny_overrides(shapes, **{"train.epochs": 50}), "--out", str(tmp_path), "--name", "sig"]
-    proc = subprocess.Popen([sys.executable, "-m", "clipctl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "NO_COLOR": "1"})
+    args = [
+        "train",
+        "quickstart",
+        *tiny_overrides(shapes, **{"train.epochs": 50}),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "sig",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipctl", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "sig" / "state" / "last.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.2)  # the first epoch's state exists: training is under way
@@ -202,8 +223,11 @@ def test_state_holds_one_rng_entry_per_rank_and_model_is_on_device_before_the_op
 
     devices = []
     real = trainer_module.build_optimizer
-    monkeypatch.setattr(trainer_module, "build_optimizer",
-                        lambda model, *a, **k: devices.append({p.device for p in model.parameters()}) or real(model, *a, **k))
+    monkeypatch.setattr(
+        trainer_module,
+        "build_optimizer",
+        lambda model, *a, **k: devices.append({p.device for p in model.parameters()}) or real(model, *a, **k),
+    )
     run(shapes, tmp_path, "rng", **{"train.epochs": 1})
     state = load_state(tmp_path / "rng" / "state" / "last.pt")
     assert isinstance(state["rng"], list) and len(state["rng"]) == 1 and "torch" in state["rng"][0]

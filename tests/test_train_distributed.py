@@ -1,31 +1,58 @@
 """Two processes (torchrun, gloo, CPU) train like one process on the same global batches; rank 0 alone writes."""
+
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from trainkit import make_tiny_shapes, state_tensors, tiny_overrides, tiny_recipe
 
 from clipctl.run.checkpoint import load_state
 from clipctl.train.trainer import TrainOptions, train
-from trainkit import make_tiny_shapes, state_tensors, tiny_overrides, tiny_recipe
 
 # No dropout, no augmentation, no BatchNorm: random masks and per-process batch statistics cannot match
 # between one batch of 32 and two of 16 (test_vit uses LayerNorm).
-EXTRA = {"train.epochs": 1, "train.max_steps": 4, "data.augment": False, "model.image_model": "test_vit",
-         "model.text_config": {"n_layers": 2, "dim": 128, "hidden_dim": 256, "n_heads": 4, "dropout": 0.0, "attention_dropout": 0.0}}
+EXTRA = {
+    "train.epochs": 1,
+    "train.max_steps": 4,
+    "data.augment": False,
+    "model.image_model": "test_vit",
+    "model.text_config": {
+        "n_layers": 2,
+        "dim": 128,
+        "hidden_dim": 256,
+        "n_heads": 4,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+    },
+}
 
 
 @pytest.mark.slow
 def test_two_process_run_matches_one_process(tmp_path):
     shapes = make_tiny_shapes(tmp_path / "data")
     train(tiny_recipe(shapes, **EXTRA), TrainOptions(out_dir=tmp_path, name="one"))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "clipctl", "train", "quickstart", *tiny_overrides(shapes, **EXTRA), "--out", str(tmp_path / "two"), "--name", "two"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clipctl",
+        "train",
+        "quickstart",
+        *tiny_overrides(shapes, **EXTRA),
+        "--out",
+        str(tmp_path / "two"),
+        "--name",
+        "two",
+    ]
     env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,5 @@
 """`clipctl tune --dry-run` cost estimates and the command's usage errors."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,9 @@ import subprocess
 import sys
 import time
 
-from clipctl.tune.store import Study
 from tune_fakes import launcher, write_recipes
+
+from clipctl.tune.store import Study
 
 GRID = """\
 [tune]
@@ -26,7 +28,9 @@ n_trials = 10
 
 def test_dry_run_prints_trials_epochs_and_measured_step_time(tmp_path, run_cli):
     tune = write_recipes(tmp_path, GRID)
-    code, _, err = run_cli("tune", "--dry-run", "--recipe", tune, "--study", tmp_path / "study", "--launcher", launcher())
+    code, _, err = run_cli(
+        "tune", "--dry-run", "--recipe", tune, "--study", tmp_path / "study", "--launcher", launcher()
+    )
     assert code == 0, err
     row = next(line for line in err.splitlines() if line.strip().startswith("│") and "0.250" in line)
     cells = [c.strip() for c in row.strip("│ ").split("│")]
@@ -44,8 +48,9 @@ def test_dry_run_covers_every_phase_and_bounds_an_unstarted_hand_over(tmp_path, 
 
 def test_dry_run_without_a_step_time_explains_why(tmp_path, run_cli):
     tune = write_recipes(tmp_path, GRID)
-    code, _, err = run_cli("tune", "--dry-run", "--recipe", tune, "--study", tmp_path / "study",
-                           "--launcher", f"{sys.executable} -c pass")
+    code, _, err = run_cli(
+        "tune", "--dry-run", "--recipe", tune, "--study", tmp_path / "study", "--launcher", f"{sys.executable} -c pass"
+    )
     assert code == 0, err
     assert "gave no step time (exit 0: no output)" in err and "?" in err
 
@@ -66,8 +71,18 @@ def test_usage_errors_exit_2(tmp_path, run_cli):
 def test_sigterm_stops_the_running_trial_and_the_same_command_resumes_it(tmp_path):
     tune = write_recipes(tmp_path, GRID)
     study = tmp_path / "study"
-    command = [sys.executable, "-m", "clipctl", "tune", "--recipe", str(tune), "--study", str(study),
-               "--launcher", launcher()]
+    command = [
+        sys.executable,
+        "-m",
+        "clipctl",
+        "tune",
+        "--recipe",
+        str(tune),
+        "--study",
+        str(study),
+        "--launcher",
+        launcher(),
+    ]
     tuner = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "FAKE_EPOCH_SLEEP": "1"})
     journal = study / "journal.jsonl"
     deadline = time.monotonic() + 120

@@ -1,6 +1,7 @@
 """End to end with the real trainer: a tiny GP study on `shapes` (3 trials of a few steps; the third is the
 GP's), killed while trial 2 trains and resumed, proposes the same points as an uninterrupted study;
 `tune best --export` gives a recipe `clipctl train` accepts. About 7 trainer runs: minutes on a CPU."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from trainkit import make_tiny_shapes
 
-TRAINER_AVAILABLE = (importlib.util.find_spec("clipctl.train") is not None
-                     and importlib.util.find_spec("clipctl.train.trainer") is not None)
+TRAINER_AVAILABLE = (
+    importlib.util.find_spec("clipctl.train") is not None
+    and importlib.util.find_spec("clipctl.train.trainer") is not None
+)
 
 BASE = """\
 [run]
@@ -84,7 +86,7 @@ def tune_cmd(*args: object) -> list[str]:
 
 
 def proposals(study: Path) -> list[dict]:
-    lines = [json.loads(l) for l in (study / "journal.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (study / "journal.jsonl").read_text().splitlines()]
     return [e["proposed"] for e in lines if e["event"] == "trial_started" and not e.get("rerun")]
 
 
@@ -97,13 +99,23 @@ def test_tune_on_shapes_killed_and_resumed_matches_an_uninterrupted_study(tmp_pa
     tune.write_text(TUNE)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
-    straight = subprocess.run(tune_cmd("--recipe", tune, "--study", tmp_path / "straight"), env=env,
-                              capture_output=True, text=True, timeout=1800)
+    straight = subprocess.run(
+        tune_cmd("--recipe", tune, "--study", tmp_path / "straight"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(tune_cmd("--recipe", tune, "--study", killed), env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        tune_cmd("--recipe", tune, "--study", killed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline and process.poll() is None:  # stop it while trial 2 trains
         if (killed / "journal.jsonl").exists() and len(proposals(killed)) >= 2:
@@ -113,17 +125,24 @@ def test_tune_on_shapes_killed_and_resumed_matches_an_uninterrupted_study(tmp_pa
     _, err = process.communicate(timeout=600)
     assert process.returncode == 130, err[-3000:]
 
-    resumed = subprocess.run(tune_cmd("--recipe", tune, "--study", killed), env=env,
-                             capture_output=True, text=True, timeout=1800)
+    resumed = subprocess.run(
+        tune_cmd("--recipe", tune, "--study", killed), env=env, capture_output=True, text=True, timeout=1800
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "re-run" in resumed.stderr and "replaying" not in resumed.stderr
     assert proposals(killed) == proposals(tmp_path / "straight")
 
     best = tmp_path / "best.toml"
-    exported = subprocess.run(tune_cmd("best", "--study", killed, "--export", best), env=env,
-                              capture_output=True, text=True, timeout=300)
+    exported = subprocess.run(
+        tune_cmd("best", "--study", killed, "--export", best), env=env, capture_output=True, text=True, timeout=300
+    )
     assert exported.returncode == 0, exported.stderr
-    dry = subprocess.run([sys.executable, "-m", "clipctl", "train", best, "--dry-run", "--json",
-                          "--out", tmp_path / "runs"], env=env, capture_output=True, text=True, timeout=900)
+    dry = subprocess.run(
+        [sys.executable, "-m", "clipctl", "train", best, "--dry-run", "--json", "--out", tmp_path / "runs"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert json.loads(dry.stdout)["seconds_per_step"] > 0

@@ -1,5 +1,6 @@
 """Tune faults: a missing dataset is the study's error (refused up front, never told to the optimizer, the
 trial re-run on resume), failed trials re-run with --retry-failed, malformed journal lines, --study a file."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import without_warnings
+from trainkit import make_tiny_shapes
+from tune_fakes import launcher, run_worker, write_recipes
 
 from clipctl.errors import DataError
 from clipctl.tune.store import Study
-from trainkit import make_tiny_shapes
-from tune_fakes import launcher, run_worker, write_recipes
 
 GRID = """\
 [tune]
@@ -152,10 +152,21 @@ def test_tune_on_shapes_without_its_training_data_exits_3_then_trains_the_full_b
     shapes = make_tiny_shapes(data_root)
     train = tmp_path / "later" / "train.json"
     (tmp_path / "base.toml").write_text(TINY_BASE.format(train=train, shapes=shapes))
-    (tmp_path / "tune.toml").write_text(GRID.format(optimizers='["adamw", "radam"]').replace('"train.epochs" = 2',
-                                                                                          '"train.epochs" = 1'))
-    command = [sys.executable, "-m", "clipctl", "tune", "--phase", "1", "--recipe", str(tmp_path / "tune.toml"),
-               "--study", str(tmp_path / "study")]
+    (tmp_path / "tune.toml").write_text(
+        GRID.format(optimizers='["adamw", "radam"]').replace('"train.epochs" = 2', '"train.epochs" = 1')
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "clipctl",
+        "tune",
+        "--phase",
+        "1",
+        "--recipe",
+        str(tmp_path / "tune.toml"),
+        "--study",
+        str(tmp_path / "study"),
+    ]
     missing = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert missing.returncode == 3 and str(train) in missing.stderr, missing.stderr[-2000:]
     assert "Traceback" not in missing.stderr

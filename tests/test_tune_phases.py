@@ -1,6 +1,7 @@
 """Phase hand-over and analysis on one fake study (phase 1 random search, phase 2 grid over its top combos):
 `tune status | best --export | importance | plot`, the phase 1 -> 2 rank correlation, phase 3's start,
 and a live study refusing an edited space."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,12 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
+from tune_fakes import launcher, write_recipes
 
 from clipctl.recipe import load_recipe
 from clipctl.tune.phases import build_plan, top_combos
 from clipctl.tune.recipe import load_tune_recipe
 from clipctl.tune.store import Study
-from tune_fakes import launcher, write_recipes
 
 PHASE1 = """\
 [tune]
@@ -85,7 +86,7 @@ def studied(tmp_path_factory) -> dict:
 
 def test_phase2_grid_crosses_phase1_top_combinations(studied):
     state = Study(studied["study"]).state()
-    top3 = {(l, o) for l, o, _ in top_combos(state.phase(1), 3)}
+    top3 = {(loss, opt) for loss, opt, _ in top_combos(state.phase(1), 3)}
     phase1_best = {}
     for t in state.phase(1).measured():  # recomputed here: best objective per (loss, optimizer)
         phase1_best[(t.loss, t.optimizer)] = max(t.value, phase1_best.get((t.loss, t.optimizer), -1.0))
@@ -94,7 +95,8 @@ def test_phase2_grid_crosses_phase1_top_combinations(studied):
     assert len(trials) == 6 and state.phase(2).closed is not None
     assert {(t.loss, t.optimizer) for t in trials} == top3
     assert sorted((t.loss, t.optimizer, t.params["optim.lr"]) for t in trials) == sorted(
-        (l, o, lr) for l, o in top3 for lr in (1e-3, 2e-3))
+        (loss, opt, lr) for loss, opt in top3 for lr in (1e-3, 2e-3)
+    )
 
 
 def test_phase2_reports_rank_correlation_with_phase1(studied):
@@ -118,7 +120,11 @@ def test_phase3_starts_from_phase2_best(studied):
     plan = build_plan(tune, path, state)
     assert plan.handover["trial"] == best.trial and plan.fixed["optim.name"] == best.optimizer
     recipe = plan.trial_recipe({"optim.weight_decay": 1e-4}, "t001", "runs")
-    assert (recipe.loss.name, recipe.optim.name, recipe.optim.lr) == (best.loss, best.optimizer, best.params["optim.lr"])
+    assert (recipe.loss.name, recipe.optim.name, recipe.optim.lr) == (
+        best.loss,
+        best.optimizer,
+        best.params["optim.lr"],
+    )
     assert recipe.train.epochs == 4
     if best.loss == "sogclr":  # rho_I has no effect on sogclr: left out of the search, with a note
         assert plan.space.names == ["optim.weight_decay"] and any("loss.rho_I" in n for n in plan.notes)

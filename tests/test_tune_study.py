@@ -1,5 +1,6 @@
 """The study store and runner: resume by journal replay, penalties for failures, pruning, parallel slots,
 two workers on one study."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from tune_fakes import HERE, fake_command, run_worker, write_recipes
 
 from clipctl.errors import InterruptedRun
-from clipctl.tune.recipe import load_tune_recipe
 from clipctl.tune.phases import open_phase
+from clipctl.tune.recipe import load_tune_recipe
 from clipctl.tune.runner import PhaseWorker, SubprocessRunner, TrialLaunch
 from clipctl.tune.store import Study
-from tune_fakes import HERE, fake_command, run_worker, write_recipes
 
 GP_TUNE = """\
 [tune]
@@ -44,8 +45,12 @@ def started(study: Path) -> dict[int, dict]:
 
 
 def worker_process(study: Path, tune: Path, parallel: int = 1, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(HERE), "--worker", str(study), str(tune), str(parallel)],
-                            env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HERE), "--worker", str(study), str(tune), str(parallel)],
+        env={**os.environ, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class KilledAt(SubprocessRunner):

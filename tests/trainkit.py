@@ -1,4 +1,5 @@
 """Helpers for trainer tests: a tiny `shapes` dataset made once per session and a tiny recipe over it."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ from typing import Any
 from clipctl.data.shapes import ShapesConfig, generate_shapes
 from clipctl.recipe import Recipe, load_recipe, override_args
 
-TINY_SHAPES = ShapesConfig(seed=0, train_size=256, image_size=32, eval_images=48, zeroshot_val_per_class=1, zeroshot_per_class=1)
+TINY_SHAPES = ShapesConfig(
+    seed=0, train_size=256, image_size=32, eval_images=48, zeroshot_val_per_class=1, zeroshot_per_class=1
+)
 
 TIMING_KEYS = ("_per_s", "_share", "wall_time", "seconds")
 

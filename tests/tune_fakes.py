@@ -11,6 +11,7 @@ $FAKE_RMSPROP_FIXED stops the rmsprop crash; $FAKE_NEEDS_FILE naming a missing f
 in summary.json.
 Only the standard library is imported at module level: every trial starts a fresh interpreter.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,13 +68,26 @@ def fake_train(argv: list[str]) -> int:
         if epoch >= done:
             time.sleep(float(os.environ.get("FAKE_EPOCH_SLEEP", "0")))
             with metrics.open("a") as handle:
-                handle.write(json.dumps({"type": "eval", "epoch": epoch, "step": epoch + 1, "split": "val",
-                                         "val/objective": value}) + "\n")
+                handle.write(
+                    json.dumps(
+                        {"type": "eval", "epoch": epoch, "step": epoch + 1, "split": "val", "val/objective": value}
+                    )
+                    + "\n"
+                )
         if value is not None:
             best = value if best is None else max(best, value)
-    summary = {"status": "completed", "name": name, "epochs_planned": epochs, "epochs_completed": epochs,
-               "best": {"val/objective": best}, "loss": recipe["loss"]["name"], "optimizer": optimizer, "error": None,
-               "slot": slot, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    summary = {
+        "status": "completed",
+        "name": name,
+        "epochs_planned": epochs,
+        "epochs_completed": epochs,
+        "best": {"val/objective": best},
+        "loss": recipe["loss"]["name"],
+        "optimizer": optimizer,
+        "error": None,
+        "slot": slot,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     return 0
 
@@ -113,8 +127,8 @@ def launcher() -> str:
 
 def run_worker(study_dir: str, tune_path: str, parallel: int = 1) -> None:
     """Run one worker on a phase with the fake trainer (used in-process and by subprocess workers)."""
-    from clipctl.tune.recipe import load_tune_recipe
     from clipctl.tune.phases import open_phase
+    from clipctl.tune.recipe import load_tune_recipe
     from clipctl.tune.runner import PhaseWorker, SubprocessRunner
     from clipctl.tune.store import Study
 

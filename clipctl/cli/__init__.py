@@ -1,4 +1,5 @@
 """The `clipctl` command line: one Typer app, one module per command group; it wires and renders only."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,8 @@ from types import FrameType
 import typer
 
 from clipctl import __version__
-from clipctl.cli import compare, data, doctor, eval as eval_cli, recipes, train, tune
+from clipctl.cli import compare, data, doctor, recipes, train, tune
+from clipctl.cli import eval as eval_cli
 from clipctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, ClipctlError, os_error_message, shorten
 
 app = typer.Typer(
@@ -33,7 +35,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Train, tune, evaluate and compare CLIP-style models with global contrastive losses."""
 

@@ -1,18 +1,18 @@
 """`clipctl compare`: seed-aggregated results of run directories against the CLIP and SogCLR baselines."""
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from clipctl.console import console, emit_json, info
 from clipctl.errors import UsageError
 from clipctl.report.compare import DEFAULT_BASELINES, DEFAULT_METRICS, METRIC_TITLES, build_comparison
-from clipctl.console import console, emit_json, info
 from clipctl.report.render import rich_tables, to_csv, to_json, to_markdown
 from clipctl.report.runs import scan_runs
 from clipctl.run.layout import RUN_MARKERS
@@ -29,17 +29,32 @@ def _print_unwrapped(table: Table) -> None:
 
 
 def compare(
-    runs: Optional[List[Path]] = typer.Argument(None, help="Run directories, or folders searched recursively for them (default: ./runs)."),
-    baseline: Optional[List[str]] = typer.Option(
-        None, "--baseline", metavar="LOSS",
-        help=f"Loss to compute deltas against, repeatable (default: {', '.join(DEFAULT_BASELINES)})."),
-    metric: Optional[List[str]] = typer.Option(
-        None, "--metric", metavar="NAME",
-        help=f"Column to show, repeatable: {', '.join(METRIC_TITLES)} (default: {', '.join(DEFAULT_METRICS)})."),
+    runs: list[Path] | None = typer.Argument(
+        None, help="Run directories, or folders searched recursively for them (default: ./runs)."
+    ),
+    baseline: list[str] | None = typer.Option(
+        None,
+        "--baseline",
+        metavar="LOSS",
+        help=f"Loss to compute deltas against, repeatable (default: {', '.join(DEFAULT_BASELINES)}).",
+    ),
+    metric: list[str] | None = typer.Option(
+        None,
+        "--metric",
+        metavar="NAME",
+        help=f"Column to show, repeatable: {', '.join(METRIC_TITLES)} (default: {', '.join(DEFAULT_METRICS)}).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout (metrics as fractions, deltas in percent)."),
-    as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout (percent; one row per group, published row, uncounted run)."),
+    as_csv: bool = typer.Option(
+        False, "--csv", help="CSV on stdout (percent; one row per group, published row, uncounted run)."
+    ),
     as_markdown: bool = typer.Option(False, "--markdown", help="Markdown tables on stdout (percent; best in bold)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", metavar="PATH", help="Also write a PNG: test metrics per group, validation objective per epoch per run."),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        metavar="PATH",
+        help="Also write a PNG: test metrics per group, validation objective per epoch per run.",
+    ),
 ) -> None:
     """Compare runs: mean ± std over seeds, published rows, deltas vs CLIP and SogCLR.
 
@@ -56,13 +71,17 @@ def compare(
         raise UsageError(f"{' and '.join(formats)}: choose one output format")
     roots = runs or [Path("runs")]
     if not runs and not roots[0].is_dir():
-        raise UsageError("no ./runs folder here; pass the folders holding your runs (clipctl compare path/to/runs) "
-                         "or train one first (clipctl train quickstart)")
+        raise UsageError(
+            "no ./runs folder here; pass the folders holding your runs (clipctl compare path/to/runs) "
+            "or train one first (clipctl train quickstart)"
+        )
     found = scan_runs(roots)
     if not found:
         where = " ".join(str(r) for r in roots)
-        raise UsageError(f"no run directories under {where} (a run directory holds {' or '.join(RUN_MARKERS)}); "
-                         "train one with clipctl train quickstart")
+        raise UsageError(
+            f"no run directories under {where} (a run directory holds {' or '.join(RUN_MARKERS)}); "
+            "train one with clipctl train quickstart"
+        )
     comparison = build_comparison(found, metric, baseline)
     if as_json:
         emit_json(to_json(comparison))
@@ -76,8 +95,11 @@ def compare(
         for note in comparison.notes:
             info(f"- {note}")
     if formats:
-        info(f"compare: {comparison.counted_runs} completed run(s) in {len(comparison.groups)} group(s), "
-             f"{len(comparison.excluded)} not counted")
+        info(
+            f"compare: {comparison.counted_runs} completed run(s) in {len(comparison.groups)} group(s), "
+            f"{len(comparison.excluded)} not counted"
+        )
     if plot is not None:
         from clipctl.report.plots import write_plot
+
         info(f"wrote {write_plot(comparison, plot)}")

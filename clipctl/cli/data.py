@@ -1,19 +1,19 @@
 """`clipctl data ls|fetch|verify`."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import typer
 
+from clipctl.console import emit_json, info, print_table, warn
 from clipctl.errors import UsageError
 from clipctl.paths import data_root
-from clipctl.console import emit_json, info, print_table, warn
 
-app = typer.Typer(help="Datasets: list, fetch (or generate) and verify.\n\nExample: clipctl data fetch shapes",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Datasets: list, fetch (or generate) and verify.\n\nExample: clipctl data fetch shapes", no_args_is_help=True
+)
 
 
-def _size(value: Optional[int]) -> str:
+def _size(value: int | None) -> str:
     if not value:
         return "-"
     size = float(value)
@@ -34,9 +34,21 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable list
     if as_json:
         emit_json({"data_root": str(root.resolve()), "datasets": rows})
         return
-    print_table(f"datasets under {root.resolve()}", ["id", "role", "present", "size", "verified", "description"],
-                [(r["id"], r["role"], "yes" if r["present"] else "no", _size(r["size_bytes"]), _verified(r), r["description"])
-                 for r in rows])
+    print_table(
+        f"datasets under {root.resolve()}",
+        ["id", "role", "present", "size", "verified", "description"],
+        [
+            (
+                r["id"],
+                r["role"],
+                "yes" if r["present"] else "no",
+                _size(r["size_bytes"]),
+                _verified(r),
+                r["description"],
+            )
+            for r in rows
+        ],
+    )
 
 
 def _verified(row: dict) -> str:
@@ -52,12 +64,16 @@ def _verified(row: dict) -> str:
 def fetch(
     dataset_id: str = typer.Argument(..., metavar="ID", help="Dataset id (see `clipctl data ls`)."),
     force: bool = typer.Option(False, "--force", help="Re-make it even if it is present and verifies."),
-    train_size: Optional[int] = typer.Option(None, "--train-size", help="shapes only: training pairs (default 20000)."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="shapes only: image side in pixels (default 64)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="shapes only: generation seed (default 0)."),
-    prepare_size: Optional[int] = typer.Option(None, "--prepare-size", min=16, max=4096,
-                                               help="cc3m-100k only: shorter image side after preparation "
-                                               "(default 256)."),
+    train_size: int | None = typer.Option(None, "--train-size", help="shapes only: training pairs (default 20000)."),
+    image_size: int | None = typer.Option(None, "--image-size", help="shapes only: image side in pixels (default 64)."),
+    seed: int | None = typer.Option(None, "--seed", help="shapes only: generation seed (default 0)."),
+    prepare_size: int | None = typer.Option(
+        None,
+        "--prepare-size",
+        min=16,
+        max=4096,
+        help="cc3m-100k only: shorter image side after preparation (default 256).",
+    ),
 ) -> None:
     """Download and verify a dataset, or generate `shapes`; a present dataset is only verified.
 
@@ -72,9 +88,15 @@ def fetch(
     if prepare_size is not None and dataset_id != "cc3m-100k":
         raise UsageError(f"--prepare-size: only for `clipctl data fetch cc3m-100k`, not {dataset_id}")
     root = data_root()
-    action, manifest = fetch_dataset(dataset_id, root, force=force, seed=0 if seed is None else seed,
-                                     train_size=20_000 if train_size is None else train_size,
-                                     image_size=64 if image_size is None else image_size, prepare_size=prepare_size)
+    action, manifest = fetch_dataset(
+        dataset_id,
+        root,
+        force=force,
+        seed=0 if seed is None else seed,
+        train_size=20_000 if train_size is None else train_size,
+        image_size=64 if image_size is None else image_size,
+        prepare_size=prepare_size,
+    )
     counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
     _note_unverified(dataset_id, manifest)
     if action == "verified":

@@ -1,10 +1,11 @@
 """`clipctl doctor`."""
+
 from __future__ import annotations
 
 import typer
 
-from clipctl.doctor import doctor_report
 from clipctl.console import emit_json, print_table
+from clipctl.doctor import doctor_report
 
 
 def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable report on stdout.")) -> None:
@@ -16,6 +17,8 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     print_table("versions", ["package", "version"], report["versions"].items())
     devices = dict(report["devices"])
     cuda = devices.pop("cuda_devices")
-    rows = [(k, v) for k, v in devices.items()] + [(f"cuda:{d['index']}", f"{d['name']} ({d['memory_gib']} GiB)") for d in cuda]
+    rows = [(k, v) for k, v in devices.items()] + [
+        (f"cuda:{d['index']}", f"{d['name']} ({d['memory_gib']} GiB)") for d in cuda
+    ]
     print_table("devices", ["item", "value"], rows)
     print_table("paths", ["what", "where"], report["paths"].items())

@@ -1,8 +1,8 @@
 """`clipctl eval`."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,9 +18,11 @@ def _cell(metrics: dict, key: str) -> str:
 
 def _scored_line(metrics: dict) -> str:
     """'45 of 48 retrieval images, 64 of 64 zero-shot images' ('' for the combined row)."""
-    return ", ".join(f"{metrics[f'{kind}_scored']} of {metrics[f'{kind}_total']} {label} images"
-                     for kind, label in (("retrieval", "retrieval"), ("zeroshot", "zero-shot"))
-                     if f"{kind}_total" in metrics)
+    return ", ".join(
+        f"{metrics[f'{kind}_scored']} of {metrics[f'{kind}_total']} {label} images"
+        for kind, label in (("retrieval", "retrieval"), ("zeroshot", "zero-shot"))
+        if f"{kind}_total" in metrics
+    )
 
 
 def _scored(metrics: dict) -> str:
@@ -34,16 +36,27 @@ def _scored(metrics: dict) -> str:
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="A clipctl checkpoint, e.g. runs/quickstart/ckpt.pt."),
     coco: bool = typer.Option(False, "--coco", help="MSCOCO 5k Karpathy test retrieval (coco-karpathy-test)."),
-    imagenet: bool = typer.Option(False, "--imagenet", help="ImageNet-1k zero-shot on imagenet-val:test (the 40k that "
-                                  "selection never sees), 1,000 OpenAI names, 80 templates."),
-    imagenet_full: bool = typer.Option(False, "--imagenet-full", help="ImageNet-1k zero-shot on all 50k val images, "
-                                       "as the published figures were measured (includes the selection fifth)."),
+    imagenet: bool = typer.Option(
+        False,
+        "--imagenet",
+        help="ImageNet-1k zero-shot on imagenet-val:test (the 40k that "
+        "selection never sees), 1,000 OpenAI names, 80 templates.",
+    ),
+    imagenet_full: bool = typer.Option(
+        False,
+        "--imagenet-full",
+        help="ImageNet-1k zero-shot on all 50k val images, "
+        "as the published figures were measured (includes the selection fifth).",
+    ),
     shapes: bool = typer.Option(False, "--shapes", help="shapes test retrieval + zero-shot."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics (fractions) as JSON on stdout."),
-    max_missing: Optional[int] = typer.Option(
-        None, "--max-missing", min=0,
+    max_missing: int | None = typer.Option(
+        None,
+        "--max-missing",
+        min=0,
         help="Images a benchmark may miss (absent or unreadable) before eval refuses (exit 3); default: the "
-             "checkpoint recipe's eval.max_missing (0)."),
+        "checkpoint recipe's eval.max_missing (0).",
+    ),
 ) -> None:
     """Evaluate a checkpoint on the test splits; writes eval/<benchmark>.json beside it.
 
@@ -61,13 +74,20 @@ def eval_command(
         emit_json(results)
         return
     rows = [(name, *(_cell(metrics, key) for key in COLUMNS), _scored(metrics)) for name, metrics in results.items()]
-    print_table(f"{checkpoint} (percent; TR = image→text, IR = text→image)",
-                ["benchmark", *(c.upper() for c in COLUMNS), "SCORED"], rows)
+    print_table(
+        f"{checkpoint} (percent; TR = image→text, IR = text→image)",
+        ["benchmark", *(c.upper() for c in COLUMNS), "SCORED"],
+        rows,
+    )
     for name, metrics in results.items():
         if scored := _scored_line(metrics):
             info(f"{name}: scored {scored}")
         if name in NOTES:
             info(f"{name}: {NOTES[name]}")
-        speeds = [f"{metrics[k]:.0f} {k.removesuffix('_per_s')}/s" for k in ("images_per_s", "captions_per_s") if metrics.get(k)]
+        speeds = [
+            f"{metrics[k]:.0f} {k.removesuffix('_per_s')}/s"
+            for k in ("images_per_s", "captions_per_s")
+            if metrics.get(k)
+        ]
         if speeds:
             info(f"{name}: encoding " + ", ".join(speeds))

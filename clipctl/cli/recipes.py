@@ -1,18 +1,21 @@
 """`clipctl recipes ls|show|cp|validate`."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
 
 import tomli_w
 import typer
 
 from clipctl import recipe as recipes_lib
 from clipctl.atomic import atomic_write_text
-from clipctl.errors import UsageError
 from clipctl.console import console, emit_json, info, print_table, warn
+from clipctl.errors import UsageError
 
-app = typer.Typer(help="List, show, copy and validate recipes.\n\nExample: clipctl recipes validate recipes/*.toml", no_args_is_help=True)
+app = typer.Typer(
+    help="List, show, copy and validate recipes.\n\nExample: clipctl recipes validate recipes/*.toml",
+    no_args_is_help=True,
+)
 
 
 @app.command("ls")
@@ -29,8 +32,10 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable list
 @app.command("show")
 def show(
     name: str = typer.Argument(..., help="Built-in name (isogclr_radam, tune/phase1) or a path."),
-    overrides: List[str] = typer.Argument(None, help="key.sub=value overrides, applied last."),
-    resolved: bool = typer.Option(False, "--resolved", help="Print every key with defaults, extends and overrides applied."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, applied last."),
+    resolved: bool = typer.Option(
+        False, "--resolved", help="Print every key with defaults, extends and overrides applied."
+    ),
 ) -> None:
     """Print a recipe.  Example: clipctl recipes show isogclr_radam --resolved"""
     path = recipes_lib.find_recipe(name)
@@ -65,14 +70,18 @@ def cp(
     text = source.read_text(encoding="utf-8")
     if "extends" in recipes_lib.read_toml(source):
         recipe = recipes_lib.load_recipe(source)
-        text = f"# {recipes_lib.describe(source)} (copied from {name} with its base recipes merged)\n" + recipe.to_toml()
+        text = (
+            f"# {recipes_lib.describe(source)} (copied from {name} with its base recipes merged)\n" + recipe.to_toml()
+        )
     atomic_write_text(dest, text)
     info(f"copied {source} -> {dest}")
 
 
 @app.command("validate")
 def validate(
-    paths: List[str] = typer.Argument(..., help="Recipe files or built-in names; trailing key=value overrides apply to each."),
+    paths: list[str] = typer.Argument(
+        ..., help="Recipe files or built-in names; trailing key=value overrides apply to each."
+    ),
 ) -> None:
     """Validate recipes (train or tune); exit 2 on the first invalid one.  Example: clipctl recipes validate recipes/*.toml"""
     files = [p for p in paths if "=" not in p]

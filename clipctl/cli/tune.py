@@ -1,15 +1,16 @@
 """`clipctl tune [--phase N] ...` and `tune status | best | importance | plot`."""
+
 from __future__ import annotations
 
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from clipctl.errors import UsageError
 from clipctl.console import emit_json, format_duration, info, print_table, warn
+from clipctl.errors import UsageError
 
 DEFAULT_STUDY = Path("runs/tune")
 
@@ -20,7 +21,7 @@ app = typer.Typer(
 )
 
 
-def _study_dir(ctx: typer.Context, study: Optional[Path]) -> Path:
+def _study_dir(ctx: typer.Context, study: Path | None) -> Path:
     """A subcommand's --study, else the one given before the subcommand, else runs/tune."""
     return _check_study(study or (ctx.obj or {}).get("study") or DEFAULT_STUDY)
 
@@ -34,15 +35,30 @@ def _check_study(study: Path) -> Path:
 @app.callback()
 def tune(
     ctx: typer.Context,
-    phase: Optional[int] = typer.Option(None, "--phase", help="1, 2 or 3; default recipe recipes/tune/phaseN.toml (default 1)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="A tune recipe instead of the phase's built-in one."),
-    study: Path = typer.Option(DEFAULT_STUDY, "--study", help="Study folder (study.toml, journal.jsonl, phaseN/tNNN/)."),
-    parallel: int = typer.Option(1, "--parallel", min=1, help="Trials run at once, each on its own GPU(s) when there are any."),
-    launcher: str = typer.Option("", "--launcher", help='Start each trial with this, e.g. "accelerate launch --num_processes 2 '
-                                 '--main_process_port 2950{slot}" ({slot}: the parallel slot number).'),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print trials x epochs x measured step time per phase; start nothing."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the phase's failed trials again "
-                                      "(their penalties are withdrawn from the search)."),
+    phase: int | None = typer.Option(
+        None, "--phase", help="1, 2 or 3; default recipe recipes/tune/phaseN.toml (default 1)."
+    ),
+    recipe: str | None = typer.Option(None, "--recipe", help="A tune recipe instead of the phase's built-in one."),
+    study: Path = typer.Option(
+        DEFAULT_STUDY, "--study", help="Study folder (study.toml, journal.jsonl, phaseN/tNNN/)."
+    ),
+    parallel: int = typer.Option(
+        1, "--parallel", min=1, help="Trials run at once, each on its own GPU(s) when there are any."
+    ),
+    launcher: str = typer.Option(
+        "",
+        "--launcher",
+        help='Start each trial with this, e.g. "accelerate launch --num_processes 2 '
+        '--main_process_port 2950{slot}" ({slot}: the parallel slot number).',
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print trials x epochs x measured step time per phase; start nothing."
+    ),
+    retry_failed: bool = typer.Option(
+        False,
+        "--retry-failed",
+        help="Run the phase's failed trials again (their penalties are withdrawn from the search).",
+    ),
 ) -> None:
     """Run a tuning phase, or resume it (same command).  Example: clipctl tune --phase 1 --parallel 2"""
     ctx.obj = {"study": study}
@@ -61,7 +77,7 @@ def tune(
     _run(phase, recipe, study, parallel, train_command(launcher), retry_failed)
 
 
-def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel: int, command: list[str]) -> None:
+def _dry_run(phase: int | None, recipe: str | None, study: Path, parallel: int, command: list[str]) -> None:
     from clipctl.tune.estimate import estimate_phase
     from clipctl.tune.recipe import load_phase_recipe, tune_phases
     from clipctl.tune.store import Study
@@ -76,20 +92,36 @@ def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel:
         est = estimate_phase(tune_recipe, path, state, command, parallel)
         seconds = est.seconds
         total += seconds or 0.0
-        rows.append((est.phase, est.trials, est.epochs, est.steps_per_epoch if est.steps_per_epoch is not None else "?",
-                     f"{est.seconds_per_step:.3f}" if est.seconds_per_step is not None else "?",
-                     format_duration(seconds) if seconds is not None else "?"))
+        rows.append(
+            (
+                est.phase,
+                est.trials,
+                est.epochs,
+                est.steps_per_epoch if est.steps_per_epoch is not None else "?",
+                f"{est.seconds_per_step:.3f}" if est.seconds_per_step is not None else "?",
+                format_duration(seconds) if seconds is not None else "?",
+            )
+        )
         notes += [f"phase {est.phase}: {note}" for note in est.notes]
-    print_table(f"tune dry run (nothing started; --parallel {parallel}; training steps only, evaluation not included)",
-                ["phase", "trials", "epochs", "steps/epoch", "s/step", "est. time"], rows)
+    print_table(
+        f"tune dry run (nothing started; --parallel {parallel}; training steps only, evaluation not included)",
+        ["phase", "trials", "epochs", "steps/epoch", "s/step", "est. time"],
+        rows,
+    )
     for note in notes:
         info(note)
     if len(rows) > 1 and all(r[5] != "?" for r in rows):
         info(f"all phases: about {format_duration(total)} of training")
 
 
-def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel: int, command: list[str],
-         retry_failed: bool = False) -> None:
+def _run(
+    phase: int | None,
+    recipe: str | None,
+    study_dir: Path,
+    parallel: int,
+    command: list[str],
+    retry_failed: bool = False,
+) -> None:
     from clipctl.train.interrupt import StopRequest
     from clipctl.tune.estimate import preflight
     from clipctl.tune.phases import open_phase
@@ -100,26 +132,40 @@ def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel:
     tune_recipe, path = load_phase_recipe(phase, recipe)
     study = Study(study_dir)
     if retry_failed and study.frozen_phase(tune_recipe.tune.phase) is None:
-        raise UsageError(f"--retry-failed: phase {tune_recipe.tune.phase} has not started in {study.root}; "
-                         f"run it first without --retry-failed")
+        raise UsageError(
+            f"--retry-failed: phase {tune_recipe.tune.phase} has not started in {study.root}; "
+            f"run it first without --retry-failed"
+        )
     if not study.exists() or not study.state().phase(tune_recipe.tune.phase).trials:
         info(f"phase {tune_recipe.tune.phase}: checking datasets and towers (clipctl train --dry-run)...")
         preflight(tune_recipe, path, study.state(), command)  # a missing dataset stops the study before a trial
     plan = open_phase(study, tune_recipe, path)
     if retry_failed:
         retried = PhaseWorker.retry_failed(study, plan)
-        info(f"phase {plan.phase}: {len(retried)} failed trial(s) to run again"
-             + (f": {', '.join(t.name for t in retried)}" if retried else ""))
+        info(
+            f"phase {plan.phase}: {len(retried)} failed trial(s) to run again"
+            + (f": {', '.join(t.name for t in retried)}" if retried else "")
+        )
     for note in plan.notes:
         warn(note)
-    info(f"phase {plan.phase}: {plan.strategy} search over {', '.join(plan.space.names)}; "
-         f"{plan.planned_trials()} trials; study {study.root}")
+    info(
+        f"phase {plan.phase}: {plan.strategy} search over {', '.join(plan.space.names)}; "
+        f"{plan.planned_trials()} trials; study {study.root}"
+    )
     with StopRequest() as stop:  # Ctrl-C / SIGTERM: stop trials (they save resumable state), exit 130
-        state = PhaseWorker(study, plan, SubprocessRunner(command, parallel=parallel), parallel=parallel,
-                            should_stop=lambda: stop.requested).run()
+        state = PhaseWorker(
+            study,
+            plan,
+            SubprocessRunner(command, parallel=parallel),
+            parallel=parallel,
+            should_stop=lambda: stop.requested,
+        ).run()
     best = state.best()
-    info(f"phase {plan.phase}: " + ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
-         + (f"; best {plan.objective} = {best.value:.4f} ({best.name})" if best else "; no trial completed"))
+    info(
+        f"phase {plan.phase}: "
+        + ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
+        + (f"; best {plan.objective} = {best.value:.4f} ({best.name})" if best else "; no trial completed")
+    )
     if state.running():
         info("trials still running belong to other workers (or are orphaned: run the same command to resume them)")
     if state.closed is not None and plan.handover.get("kind") == "top_k":
@@ -135,7 +181,10 @@ def _print_correlation(study: Any, first: int, second: int) -> None:
         return
     rho = "undefined (constant scores)" if corr["rho"] is None else f"{corr['rho']:+.3f}"
     p = "" if corr["p"] is None else f" (p = {corr['p']:.3g})"
-    info(f"phase {first} -> phase {second} Spearman rank correlation over {corr['n']} (loss, optimizer) configs: rho = {rho}{p}")
+    info(
+        f"phase {first} -> phase {second} Spearman rank correlation over {corr['n']} (loss, optimizer) "
+        f"configs: rho = {rho}{p}"
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -145,8 +194,8 @@ def _fmt(value: Any) -> str:
 @app.command("status")
 def status(
     ctx: typer.Context,
-    study: Optional[Path] = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
-    phase: Optional[int] = typer.Option(None, "--phase", help="Also list this phase's trials."),
+    study: Path | None = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+    phase: int | None = typer.Option(None, "--phase", help="Also list this phase's trials."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable status on stdout."),
 ) -> None:
     """Phases, trials (running/failed/pruned), best so far and lineage.  Example: clipctl tune status --phase 1"""
@@ -159,22 +208,47 @@ def status(
     if as_json:
         emit_json(report)
         return
-    rows = [(p["phase"], p["strategy"], f"{p['completed'] + p['failed'] + p['pruned']}/{p['planned']}", p["running"],
-             p["failed"], p["pruned"], f"{p['best_value']:.4f}" if p["best_trial"] is not None else "-",
-             trial_name(p["best_trial"]) if p["best_trial"] is not None else "-", "closed" if p["closed"] else "open")
-            for p in report["phases"]]
-    print_table(f"study {store.root}", ["phase", "strategy", "finished", "running", "failed", "pruned", "best",
-                                        "trial", "state"], rows)
+    rows = [
+        (
+            p["phase"],
+            p["strategy"],
+            f"{p['completed'] + p['failed'] + p['pruned']}/{p['planned']}",
+            p["running"],
+            p["failed"],
+            p["pruned"],
+            f"{p['best_value']:.4f}" if p["best_trial"] is not None else "-",
+            trial_name(p["best_trial"]) if p["best_trial"] is not None else "-",
+            "closed" if p["closed"] else "open",
+        )
+        for p in report["phases"]
+    ]
+    print_table(
+        f"study {store.root}",
+        ["phase", "strategy", "finished", "running", "failed", "pruned", "best", "trial", "state"],
+        rows,
+    )
     for entry in report["phases"]:
         if entry["lineage"] != "-":
             info(f"phase {entry['phase']} lineage: {entry['lineage']}")
     state = store.state()
     if phase is not None:
         plan, ps = load_plan(store, phase), state.phase(phase)
-        trial_rows = [(t.name, t.status + (" (penalty)" if t.flagged else ""), _fmt(t.value) if t.value is not None else "-",
-                       len(t.epochs), " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()), t.reason)
-                      for t in ps.trials.values()]
-        print_table(f"phase {phase} trials ({plan.objective})", ["trial", "status", "value", "epochs", "params", "note"], trial_rows)
+        trial_rows = [
+            (
+                t.name,
+                t.status + (" (penalty)" if t.flagged else ""),
+                _fmt(t.value) if t.value is not None else "-",
+                len(t.epochs),
+                " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
+                t.reason,
+            )
+            for t in ps.trials.values()
+        ]
+        print_table(
+            f"phase {phase} trials ({plan.objective})",
+            ["trial", "status", "value", "epochs", "params", "note"],
+            trial_rows,
+        )
     if {1, 2} <= set(state.phases) and state.phase(2).measured():
         _print_correlation(store, 1, 2)
 
@@ -182,9 +256,11 @@ def status(
 @app.command("best")
 def best(
     ctx: typer.Context,
-    study: Optional[Path] = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
-    phase: Optional[int] = typer.Option(None, "--phase", help="Phase to take the best trial from (default: the latest with results)."),
-    export: Optional[Path] = typer.Option(None, "--export", help="Write the best trial as a runnable recipe here."),
+    study: Path | None = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+    phase: int | None = typer.Option(
+        None, "--phase", help="Phase to take the best trial from (default: the latest with results)."
+    ),
+    export: Path | None = typer.Option(None, "--export", help="Write the best trial as a runnable recipe here."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --export file."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
 ) -> None:
@@ -198,12 +274,28 @@ def best(
     if export is not None:
         export_best(store, number, plan, record, export, force)
     if as_json:
-        emit_json({"phase": number, "trial": record.trial, "value": record.value, "params": record.params,
-                   "loss": record.loss, "optimizer": record.optimizer, "run_dir": str(run_dir),
-                   "export": str(export) if export else None})
+        emit_json(
+            {
+                "phase": number,
+                "trial": record.trial,
+                "value": record.value,
+                "params": record.params,
+                "loss": record.loss,
+                "optimizer": record.optimizer,
+                "run_dir": str(run_dir),
+                "export": str(export) if export else None,
+            }
+        )
         return
-    rows = [("phase", number), ("trial", record.name), (plan.objective, f"{record.value:.4f}"), ("loss", record.loss),
-            ("optimizer", record.optimizer), *((k, _fmt(v)) for k, v in record.params.items()), ("run dir", str(run_dir))]
+    rows = [
+        ("phase", number),
+        ("trial", record.name),
+        (plan.objective, f"{record.value:.4f}"),
+        ("loss", record.loss),
+        ("optimizer", record.optimizer),
+        *((k, _fmt(v)) for k, v in record.params.items()),
+        ("run dir", str(run_dir)),
+    ]
     print_table("best trial", ["item", "value"], rows)
     if export is not None:
         info(f"wrote {export}; run it with `clipctl train {export}`")
@@ -212,8 +304,8 @@ def best(
 @app.command("importance")
 def importance(
     ctx: typer.Context,
-    study: Optional[Path] = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
-    phase: Optional[int] = typer.Option(None, "--phase", help="Phase to analyse (default: the latest with results)."),
+    study: Path | None = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+    phase: int | None = typer.Option(None, "--phase", help="Phase to analyse (default: the latest with results)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable table on stdout."),
 ) -> None:
     """Random-forest importance and Spearman correlation per parameter.  Example: clipctl tune importance --phase 1"""
@@ -228,20 +320,29 @@ def importance(
     plan = load_plan(store, number)
     rows = compute(plan.space, state.phase(number).measured(), seed=plan.seed)
     if as_json:
-        emit_json([{"parameter": r.name, "importance": r.importance, "spearman": r.spearman, "detail": r.detail} for r in rows])
+        emit_json(
+            [
+                {"parameter": r.name, "importance": r.importance, "spearman": r.spearman, "detail": r.detail}
+                for r in rows
+            ]
+        )
         return
-    print_table(f"phase {number}: parameter importance for {plan.objective} ({len(state.phase(number).measured())} trials)",
-                ["parameter", "importance %", "spearman", "detail"],
-                [(r.name, round(100 * r.importance, 1), "-" if r.spearman is None else f"{r.spearman:+.3f}", r.detail)
-                 for r in rows])
+    print_table(
+        f"phase {number}: parameter importance for {plan.objective} ({len(state.phase(number).measured())} trials)",
+        ["parameter", "importance %", "spearman", "detail"],
+        [
+            (r.name, round(100 * r.importance, 1), "-" if r.spearman is None else f"{r.spearman:+.3f}", r.detail)
+            for r in rows
+        ],
+    )
 
 
 @app.command("plot")
 def plot(
     ctx: typer.Context,
-    study: Optional[Path] = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PNGs (default STUDY/plots)."),
-    phase: Optional[int] = typer.Option(None, "--phase", help="Only this phase (default: every phase with trials)."),
+    study: Path | None = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs (default STUDY/plots)."),
+    phase: int | None = typer.Option(None, "--phase", help="Only this phase (default: every phase with trials)."),
 ) -> None:
     """PNG figures: objective by optimizer/loss, progression, importance, skopt plots.  Example: clipctl tune plot"""
     from clipctl.tune.phases import load_plan

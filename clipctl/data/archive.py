@@ -10,6 +10,7 @@ what the filesystem will do, not a string comparison. Extraction is clipctl's ow
 regular files first, written without following links; hard links are copied; symlinks are made last.
 A refused archive writes nothing at all.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,10 @@ import stat
 import tarfile
 import zipfile
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from clipctl.errors import DataError
 
@@ -115,8 +117,10 @@ def check_members(archive: Path) -> list[Member]:
     for member in members:
         reason = _member_problem(member, links, files, counts)
         if reason:
-            raise DataError(f"{archive}: member {member.raw or member.name!r} refused ({reason}); "
-                            f"the archive is unsafe, nothing was extracted")
+            raise DataError(
+                f"{archive}: member {member.raw or member.name!r} refused ({reason}); "
+                f"the archive is unsafe, nothing was extracted"
+            )
     return members
 
 
@@ -135,8 +139,17 @@ def _list(archive: Path) -> Iterator[Member]:
             return
         with tarfile.open(archive) as tar:
             for info in tar:
-                kind = ("symlink" if info.issym() else "hardlink" if info.islnk() else "dir" if info.isdir()
-                        else "file" if info.isfile() else "special")
+                kind = (
+                    "symlink"
+                    if info.issym()
+                    else "hardlink"
+                    if info.islnk()
+                    else "dir"
+                    if info.isdir()
+                    else "file"
+                    if info.isfile()
+                    else "special"
+                )
                 yield Member(_normal(info.name), kind, info.linkname, info.name)
     except _READ_ERRORS as err:
         raise DataError(f"{archive}: not a readable tar or zip archive ({err}); delete it and fetch again") from None
@@ -150,8 +163,10 @@ def _check_inside(base: Path, path: Path, archive: Path, name: str) -> None:
     """Belt and braces: the real location of what is about to be written (or was linked) is under `base`."""
     real, root = os.path.realpath(path), os.path.realpath(base)
     if os.path.commonpath([real, root]) != root:
-        raise DataError(f"{archive}: member {name!r} refused (it resolves to {real}, outside the target); "
-                        f"the archive is unsafe, nothing was extracted")
+        raise DataError(
+            f"{archive}: member {name!r} refused (it resolves to {real}, outside the target); "
+            f"the archive is unsafe, nothing was extracted"
+        )
 
 
 def _write_file(base: Path, member: Member, source: IO[bytes], archive: Path) -> None:
@@ -212,8 +227,10 @@ def extract(archive: Path, dest: Path, select: Callable[[str], bool] | None = No
     except _READ_ERRORS as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError) and str(getattr(err, "filename", "") or "").startswith(str(tmp)):
-            raise DataError(f"{dest}: cannot write the extracted files ({err.strerror or err}); free some space "
-                            f"or choose another data root (CLIPCTL_DATA)") from None
+            raise DataError(
+                f"{dest}: cannot write the extracted files ({err.strerror or err}); free some space "
+                f"or choose another data root (CLIPCTL_DATA)"
+            ) from None
         raise DataError(f"{archive}: not a readable tar or zip archive ({err}); delete it and fetch again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

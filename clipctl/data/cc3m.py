@@ -16,6 +16,7 @@ image resized once, as img2dataset made the hub's: ratio kept, shorter side `pre
 an image already that small keeps its original bytes. The manifest's `subset` records the sha256 of the
 sorted sample keys (image paths, hub keys or URLs), so two copies can be told apart or proven the same.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,23 +25,32 @@ import itertools
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 from PIL import Image
 
+from clipctl.atomic import atomic_write_json, replace_dir
+from clipctl.console import ProgressReporter, info, warn
 from clipctl.data.archive import extract, iter_tar_files, unsafe_reason
 from clipctl.data.datasets import wds_key
-from clipctl.data.fetch import http_session, download
+from clipctl.data.fetch import download, http_session
 from clipctl.data.hub import hub_file
-from clipctl.atomic import atomic_write_json, replace_dir
 from clipctl.data.manifest import check_hashes, files_digest, read_manifest, sha256_file
-from clipctl.data.registry import (CC3M_ARCHIVE_ENV, CC3M_IMAGES_ENV, CC3M_TSV_ENV, MIRROR_ENV, DatasetSpec, RemoteFile,
-                                   dataset_dir, source_url)
+from clipctl.data.registry import (
+    CC3M_ARCHIVE_ENV,
+    CC3M_IMAGES_ENV,
+    CC3M_TSV_ENV,
+    MIRROR_ENV,
+    DatasetSpec,
+    RemoteFile,
+    dataset_dir,
+    source_url,
+)
 from clipctl.errors import DataError
-from clipctl.console import ProgressReporter, info, warn
 
 PREPARE_SIZE = 256  # the shorter side of a prepared image (img2dataset's resize_mode="keep_ratio")
 COURSE_JSON = "cc3m_train_subset.json"  # the course's annotation file: its 100k pairs are the published subset
@@ -64,8 +74,9 @@ def resize_jpeg(data: bytes, size: int = PREPARE_SIZE) -> bytes | None:
             rgb = img.convert("RGB")
             scale = size / min(rgb.size)
             if scale < 1:
-                rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))),
-                                 Image.Resampling.BICUBIC)
+                rgb = rgb.resize(
+                    (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.BICUBIC
+                )
             out = io.BytesIO()
             rgb.save(out, format="JPEG", quality=90)
             return out.getvalue()
@@ -97,8 +108,14 @@ class ShardWriter:
             self._handle = open(self.folder / f"{self.prefix}-{self.count // SHARD_SAMPLES:06d}.tar", "wb")
             self._writer = wds.TarWriter(self._handle, encoder=False, mtime=0.0)
         key = f"{self.count:09d}"
-        self._writer.write({"__key__": key, "jpg": jpeg, "txt": caption.encode("utf-8"),
-                            "json": json.dumps({"key": self.count}).encode()})
+        self._writer.write(
+            {
+                "__key__": key,
+                "jpg": jpeg,
+                "txt": caption.encode("utf-8"),
+                "json": json.dumps({"key": self.count}).encode(),
+            }
+        )
         self.count += 1
 
     def close(self) -> None:
@@ -131,7 +148,8 @@ def _hub_samples(spec: DatasetSpec, root: Path, used: list[dict[str, Any]]) -> I
     for i in range(HUB_SHARDS):
         name = f"cc3m-train-{i:04d}.tar"
         remote = next((f for f in spec.files if f.name == name), None) or RemoteFile(
-            name, f"https://huggingface.co/datasets/{spec.hub_repo}/resolve/{spec.hub_revision}/{name}")
+            name, f"https://huggingface.co/datasets/{spec.hub_repo}/resolve/{spec.hub_revision}/{name}"
+        )
         if os.environ.get(MIRROR_ENV):
             url, path = source_url(spec, remote.url, name), root / "downloads" / "cc3m-wds" / name
             result = download(url, path, remote, dataset_id=spec.id, access_hint=spec.access_hint)
@@ -179,7 +197,10 @@ def _write_shards(spec: DatasetSpec, samples: Iterator[Sample], tmp: Path, size:
     target = spec.expect.get("pairs", 100_000)
     writer = ShardWriter(tmp / "shards", spec.id)
     keys: list[str] = []
-    with ProgressReporter(spec.id, total=target, unit="pairs") as progress, ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+    with (
+        ProgressReporter(spec.id, total=target, unit="pairs") as progress,
+        ThreadPoolExecutor(os.cpu_count() or 2) as pool,
+    ):
         while writer.count < target:
             batch = list(itertools.islice(samples, min(256, target - writer.count)))
             if not batch:
@@ -192,7 +213,10 @@ def _write_shards(spec: DatasetSpec, samples: Iterator[Sample], tmp: Path, size:
                     progress.update(1)
     writer.close()
     if writer.count < target:
-        raise DataError(f"{spec.id}: only {writer.count} of {target} pairs could be made from the source; it has too few usable images")
+        raise DataError(
+            f"{spec.id}: only {writer.count} of {target} pairs could be made from the source; it has too few "
+            "usable images"
+        )
     return keys
 
 
@@ -222,15 +246,22 @@ def check_prepare_size(ref: str, root: Path, size: int) -> None:
         return
     prepared = (read_manifest(root, "cc3m-100k") or {}).get("prepare_size")
     if prepared is not None and prepared != size:
-        raise DataError(f"data.prepare_size = {size}, but cc3m-100k under {root} was prepared with shorter side "
-                        f"{prepared}; set data.prepare_size = {prepared} or run `clipctl data fetch cc3m-100k "
-                        f"--force --prepare-size {size}`")
+        raise DataError(
+            f"data.prepare_size = {size}, but cc3m-100k under {root} was prepared with shorter side "
+            f"{prepared}; set data.prepare_size = {prepared} or run `clipctl data fetch cc3m-100k "
+            f"--force --prepare-size {size}`"
+        )
 
 
 def _is_pairs(data: Any) -> bool:
-    return isinstance(data, list) and bool(data) and all(
-        isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("caption"), str)
-        for e in data[:100])
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and all(
+            isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("caption"), str)
+            for e in data[:100]
+        )
+    )
 
 
 def _read_pairs(path: Path) -> list[dict[str, Any]]:
@@ -239,8 +270,9 @@ def _read_pairs(path: Path) -> list[dict[str, Any]]:
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable JSON file ({err}); expected the course's {COURSE_JSON}") from None
     if not _is_pairs(data):
-        raise DataError(f"{path}: not a pairs JSON (a list of {{\"image\", \"caption\"}}); "
-                        f"expected the course's {COURSE_JSON}")
+        raise DataError(
+            f'{path}: not a pairs JSON (a list of {{"image", "caption"}}); expected the course\'s {COURSE_JSON}'
+        )
     return data
 
 
@@ -255,7 +287,7 @@ def _find_pairs_json(folder: Path) -> Path:
         if _is_pairs(data) and (best is None or len(data) > best[0]):
             best = (len(data), path)
     if best is None:
-        raise DataError(f"{folder}: no pairs JSON (a list of {{\"image\", \"caption\"}}) found; is this the CC3M subset?")
+        raise DataError(f'{folder}: no pairs JSON (a list of {{"image", "caption"}}) found; is this the CC3M subset?')
     return best[1]
 
 
@@ -266,16 +298,20 @@ def _image_root(json_path: Path, first: str, within: Path | None) -> Path:
     if images:
         base = Path(images).expanduser()
         if not (base / first).is_file():
-            raise DataError(f"{CC3M_IMAGES_ENV}={images}: {base / first} (the first entry of {json_path.name}) is not "
-                            f"there; point it at the folder the entries' image paths start from")
+            raise DataError(
+                f"{CC3M_IMAGES_ENV}={images}: {base / first} (the first entry of {json_path.name}) is not "
+                f"there; point it at the folder the entries' image paths start from"
+            )
         return base.resolve()
     for base in [json_path.parent, *json_path.parents]:
         if within is not None and within not in (base, *base.parents):
             break
         if (base / first).is_file():
             return base.resolve()
-    raise DataError(f"{json_path}: image {first!r} not found next to the JSON or in a parent folder; set "
-                    f"{CC3M_IMAGES_ENV} to the image folder (the course's datasets/cc3m_subset_100k/)")
+    raise DataError(
+        f"{json_path}: image {first!r} not found next to the JSON or in a parent folder; set "
+        f"{CC3M_IMAGES_ENV} to the image folder (the course's datasets/cc3m_subset_100k/)"
+    )
 
 
 def _from_archive(spec: DatasetSpec, source: Path, tmp: Path) -> tuple[dict[str, Any], list[str]]:
@@ -297,22 +333,36 @@ def _from_archive(spec: DatasetSpec, source: Path, tmp: Path) -> tuple[dict[str,
     pairs, keys = [], []
     for i, entry in enumerate(entries):
         if unsafe_reason(entry["image"]):
-            raise DataError(f"{json_path}: entry {i}: image path {entry['image']!r} refused ({unsafe_reason(entry['image'])})")
+            raise DataError(
+                f"{json_path}: entry {i}: image path {entry['image']!r} refused ({unsafe_reason(entry['image'])})"
+            )
         image = base / entry["image"]
         keys.append(Path(entry["image"]).as_posix())
-        pairs.append({"image": str(image) if in_place else image.relative_to(tmp.resolve()).as_posix(),
-                      "caption": entry["caption"], "image_id": entry.get("image_id", i)})
+        pairs.append(
+            {
+                "image": str(image) if in_place else image.relative_to(tmp.resolve()).as_posix(),
+                "caption": entry["caption"],
+                "image_id": entry.get("image_id", i),
+            }
+        )
     atomic_write_json(tmp / "train.json", pairs)
     if len(pairs) != spec.expect.get("pairs", len(pairs)):
-        warn(f"{spec.id}: {len(pairs)} pairs in {source} (the spec expects {spec.expect['pairs']}); using them as they are")
+        warn(
+            f"{spec.id}: {len(pairs)} pairs in {source} (the spec expects {spec.expect['pairs']}); using them "
+            "as they are"
+        )
     digest_base = base if in_place else tmp  # the paths verify() will see: relative to the images or the dataset
     rels = keys if in_place else [p["image"] for p in pairs]
     digest, count = files_digest(digest_base, sorted({r for r in rels if (digest_base / r).is_file()}))
     kind = "course-json" if json_path.name == COURSE_JSON else "pairs-json"
     images = {"count": count, "sha256": digest, "root": str(base) if in_place else None}
-    return {"splits": {"train": "train.json"}, "files": {"train.json": sha256_file(tmp / "train.json")},
-            "images": images, "counts": {"pairs": len(pairs), "images": count},
-            "subset": subset_identity(keys, kind)}, [str(source)]
+    return {
+        "splits": {"train": "train.json"},
+        "files": {"train.json": sha256_file(tmp / "train.json")},
+        "images": images,
+        "counts": {"pairs": len(pairs), "images": count},
+        "subset": subset_identity(keys, kind),
+    }, [str(source)]
 
 
 def prepare(spec: DatasetSpec, root: Path, force: bool = False, prepare_size: int = PREPARE_SIZE) -> dict[str, Any]:
@@ -337,17 +387,25 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False, prepare_size: in
                 keys = _write_shards(spec, _hub_samples(spec, root, downloads), tmp, prepare_size)
                 sources, kind = [d["url"] for d in downloads], "hub-shards"
             shards = sorted(p.relative_to(tmp).as_posix() for p in (tmp / "shards").glob("*.tar"))
-            manifest = {"splits": {"train": "shards"}, "files": {s: sha256_file(tmp / s) for s in shards},
-                        "counts": {"pairs": len(keys), "shards": len(shards)}, "prepare_size": prepare_size,
-                        "subset": subset_identity(keys, kind)}
+            manifest = {
+                "splits": {"train": "shards"},
+                "files": {s: sha256_file(tmp / s) for s in shards},
+                "counts": {"pairs": len(keys), "shards": len(shards)},
+                "prepare_size": prepare_size,
+                "subset": subset_identity(keys, kind),
+            }
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**manifest, "sources": sources,
-            "downloads": {d["name"]: {k: d[k] for k in ("size", "sha256", "unverified") if k in d} for d in downloads},
-            "verified": True, "size_bytes": size}
+    return {
+        **manifest,
+        "sources": sources,
+        "downloads": {d["name"]: {k: d[k] for k in ("size", "sha256", "unverified") if k in d} for d in downloads},
+        "verified": True,
+        "size_bytes": size,
+    }
 
 
 def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
@@ -356,8 +414,12 @@ def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
     if "images" in manifest:
         entries = json.loads((folder / "train.json").read_text(encoding="utf-8"))
         base = Path(manifest["images"].get("root") or folder)
-        rels = {Path(e["image"]).relative_to(base).as_posix() if Path(e["image"]).is_absolute() else e["image"]
-                for e in entries}
+        rels = {
+            Path(e["image"]).relative_to(base).as_posix() if Path(e["image"]).is_absolute() else e["image"]
+            for e in entries
+        }
         digest, _ = files_digest(base, sorted(r for r in rels if (base / r).is_file()))
         if digest != manifest["images"]["sha256"]:
-            raise DataError(f"{folder}: images differ from manifests/{spec.id}.json; run `clipctl data fetch {spec.id} --force`")
+            raise DataError(
+                f"{folder}: images differ from manifests/{spec.id}.json; run `clipctl data fetch {spec.id} --force`"
+            )

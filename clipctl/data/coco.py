@@ -4,6 +4,7 @@ The annotation JSON (md5 from the registry) is already in the retrieval format; 
 it uses come, in priority order, from a `downloads/val2014/` folder the user placed, the official
 val2014.zip (md5-verified, only the needed members extracted), or one request per image.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,17 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from clipctl.atomic import atomic_write_json
+from clipctl.console import ProgressReporter, info
 from clipctl.data.archive import extract, unsafe_reason
 from clipctl.data.fetch import SourceUnavailable, download, run_sources
-from clipctl.atomic import atomic_write_json
 from clipctl.data.manifest import check_hashes, files_digest, sha256_file
 from clipctl.data.registry import DatasetSpec, RemoteFile, dataset_dir, source_url
 from clipctl.errors import DataError
-from clipctl.console import ProgressReporter, info
 
 IMAGE_WORKERS = 8
-UNVERIFIED_WHY = ("no published checksum (per-image downloads or a local copy): checked as complete, decodable "
-                  "images; `data verify` re-checks them against the sha256 recorded at fetch")
+UNVERIFIED_WHY = (
+    "no published checksum (per-image downloads or a local copy): checked as complete, decodable "
+    "images; `data verify` re-checks them against the sha256 recorded at fetch"
+)
 
 
 def read_karpathy(path: Path) -> list[tuple[str, list[str]]]:
@@ -34,13 +37,13 @@ def read_karpathy(path: Path) -> list[tuple[str, list[str]]]:
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not valid JSON ({err}); delete it and fetch again") from None
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of {{\"image\": path, \"caption\": [str, ...]}}")
+        raise DataError(f'{path}: expected a JSON list of {{"image": path, "caption": [str, ...]}}')
     entries = []
     for i, entry in enumerate(data):
         caps = entry.get("caption") if isinstance(entry, dict) else None
         image = entry.get("image") if isinstance(entry, dict) else None
         if not isinstance(image, str) or not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise DataError(f"{path}: entry {i}: expected {{\"image\": str, \"caption\": [str, ...]}}")
+            raise DataError(f'{path}: entry {i}: expected {{"image": str, "caption": [str, ...]}}')
         if unsafe_reason(image):
             raise DataError(f"{path}: entry {i}: image path {image!r} refused ({unsafe_reason(image)})")
         entries.append((image, caps))
@@ -91,11 +94,20 @@ def _per_image(spec: DatasetSpec, folder: Path, missing: list[str]) -> str:
     def one(rel: str) -> None:
         url = source_url(spec, spec.image_url.format(image=rel), rel)
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        download(url, folder / rel, RemoteFile(Path(rel).name, url), dataset_id=spec.id, access_hint=spec.access_hint,
-                 progress=False, quarantine_dir=folder.parent / "downloads" / "quarantine")
+        download(
+            url,
+            folder / rel,
+            RemoteFile(Path(rel).name, url),
+            dataset_id=spec.id,
+            access_hint=spec.access_hint,
+            progress=False,
+            quarantine_dir=folder.parent / "downloads" / "quarantine",
+        )
 
-    with ProgressReporter(f"{spec.id} images", total=len(missing), unit="img") as progress, \
-            ThreadPoolExecutor(IMAGE_WORKERS) as pool:
+    with (
+        ProgressReporter(f"{spec.id} images", total=len(missing), unit="img") as progress,
+        ThreadPoolExecutor(IMAGE_WORKERS) as pool,
+    ):
         for _ in pool.map(one, missing):
             progress.update(1)
     return source_url(spec, spec.image_url, "<image>")
@@ -120,8 +132,10 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
         attempts = []
         if (downloads / Path(missing[0]).parent).is_dir():
             attempts.append(("local images", lambda: _from_local_folder(folder, downloads, missing)))
-        attempts += [("val2014.zip", lambda: _from_zip(spec, root, folder, missing, hashes)),
-                     ("per-image", lambda: _per_image(spec, folder, missing))]
+        attempts += [
+            ("val2014.zip", lambda: _from_zip(spec, root, folder, missing, hashes)),
+            ("per-image", lambda: _per_image(spec, folder, missing)),
+        ]
         sources.append(run_sources(spec.id, attempts))
         checked = len(missing) if "val2014.zip" in hashes else 0
     split, rel_json = next(iter(spec.splits.items()))
@@ -131,10 +145,14 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
     _check_counts(spec, count, captions)
     unverified = {"images": count - checked, "why": UNVERIFIED_WHY} if count > checked else None
     return {
-        "sources": sources, "downloads": hashes, "files": {rel_json: sha256_file(folder / rel_json)},
+        "sources": sources,
+        "downloads": hashes,
+        "files": {rel_json: sha256_file(folder / rel_json)},
         **({"unverified": unverified} if unverified else {}),
-        "images": {"count": count, "sha256": digest}, "counts": {"images": count, "captions": captions},
-        "splits": {split: rel_json}, "verified": True,
+        "images": {"count": count, "sha256": digest},
+        "counts": {"images": count, "captions": captions},
+        "splits": {split: rel_json},
+        "verified": True,
         "size_bytes": sum((folder / rel).stat().st_size for rel in needed) + (folder / rel_json).stat().st_size,
     }
 
@@ -142,9 +160,14 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
 def _check_counts(spec: DatasetSpec, images: int, captions: int) -> None:
     want_images, want_captions = spec.expect.get("images"), spec.expect.get("captions_min")
     if want_images is not None and images != want_images:
-        raise DataError(f"{spec.id}: {images} images, expected {want_images}; run `clipctl data fetch {spec.id} --force`")
+        raise DataError(
+            f"{spec.id}: {images} images, expected {want_images}; run `clipctl data fetch {spec.id} --force`"
+        )
     if want_captions is not None and captions < want_captions:
-        raise DataError(f"{spec.id}: {captions} captions, expected at least {want_captions}; the annotation file is not the Karpathy split")
+        raise DataError(
+            f"{spec.id}: {captions} captions, expected at least {want_captions}; the annotation file is not "
+            "the Karpathy split"
+        )
 
 
 def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
@@ -156,9 +179,13 @@ def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
     needed = sorted({image for image, _ in entries})
     absent = [rel for rel in needed if not (folder / rel).is_file()]
     if absent:
-        raise DataError(f"{folder / absent[0]}: missing ({len(absent)} images absent); run `clipctl data fetch {spec.id} --force`")
+        raise DataError(
+            f"{folder / absent[0]}: missing ({len(absent)} images absent); run `clipctl data fetch {spec.id} --force`"
+        )
     digest, count = files_digest(folder, needed)
     if digest != manifest["images"]["sha256"]:
-        raise DataError(f"{folder}: images differ from manifests/{spec.id}.json (digest {digest[:12]}, expected "
-                        f"{manifest['images']['sha256'][:12]}); run `clipctl data fetch {spec.id} --force`")
+        raise DataError(
+            f"{folder}: images differ from manifests/{spec.id}.json (digest {digest[:12]}, expected "
+            f"{manifest['images']['sha256'][:12]}); run `clipctl data fetch {spec.id} --force`"
+        )
     _check_counts(spec, count, sum(len(caps) for _, caps in entries))

@@ -7,24 +7,26 @@ first one stops everything with its file name. An image that only fails later, a
 truncated JPEG), is replaced by a blank image in "skip" mode (counted, warned once per file) so batch
 shapes, and the index contract the per-sample loss buffers rely on, stay intact.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import os
 import tarfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from clipctl.console import warn
 from clipctl.data.text import TextTokenizer, clean_caption
 from clipctl.errors import DataError, UsageError
-from clipctl.console import warn
 
 OnBadImage = Literal["skip", "error"]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -33,7 +35,7 @@ _READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.
 
 def _check_mode(on_bad_image: str) -> None:
     if on_bad_image not in ("skip", "error"):
-        raise UsageError(f"data.on_bad_image = {on_bad_image!r}: expected \"skip\" or \"error\"")
+        raise UsageError(f'data.on_bad_image = {on_bad_image!r}: expected "skip" or "error"')
 
 
 def _open_header(source: Path | bytes) -> None:
@@ -60,8 +62,10 @@ def _read_json(path: Path) -> Any:
 def _report_skipped(what: str, skipped: list[tuple[str, str]], total: int) -> None:
     if skipped:
         name, reason = skipped[0]
-        warn(f"{what}: skipped {len(skipped)} of {total} unreadable images (first: {name}: {reason}); "
-             f"set data.on_bad_image = \"error\" to stop instead")
+        warn(
+            f"{what}: skipped {len(skipped)} of {total} unreadable images (first: {name}: {reason}); "
+            f'set data.on_bad_image = "error" to stop instead'
+        )
 
 
 class _ImageReader:
@@ -78,7 +82,9 @@ class _ImageReader:
             return _decode(source)
         except _READ_ERRORS as err:
             if self.on_bad_image == "error":
-                raise DataError(f"{name}: unreadable image ({err}); fix or remove it, or set data.on_bad_image = \"skip\"") from None
+                raise DataError(
+                    f'{name}: unreadable image ({err}); fix or remove it, or set data.on_bad_image = "skip"'
+                ) from None
             self.decode_failures += 1
             if name not in self._warned:
                 self._warned.add(name)
@@ -86,8 +92,9 @@ class _ImageReader:
             return Image.new("RGB", (32, 32))
 
 
-def _filter_images(what: str, names: Sequence[str], sources: Sequence[Path | bytes],
-                   on_bad_image: OnBadImage) -> tuple[list[int], list[tuple[str, str]]]:
+def _filter_images(
+    what: str, names: Sequence[str], sources: Sequence[Path | bytes], on_bad_image: OnBadImage
+) -> tuple[list[int], list[tuple[str, str]]]:
     """Positions whose image header opens, and (name, reason) of the others: skipped (warned) or raise (error mode)."""
     keep, skipped = [], []
     for i, (name, source) in enumerate(zip(names, sources)):
@@ -97,7 +104,9 @@ def _filter_images(what: str, names: Sequence[str], sources: Sequence[Path | byt
         except _READ_ERRORS as err:
             reason = "missing file" if isinstance(err, FileNotFoundError) else str(err) or type(err).__name__
             if on_bad_image == "error":
-                raise DataError(f"{name}: unreadable image ({reason}); fix or remove it, or set data.on_bad_image = \"skip\"") from None
+                raise DataError(
+                    f'{name}: unreadable image ({reason}); fix or remove it, or set data.on_bad_image = "skip"'
+                ) from None
             skipped.append((name, reason))
     _report_skipped(what, skipped, len(names))
     return keep, skipped
@@ -144,12 +153,16 @@ def _scan_shards(folder: Path) -> tuple[list[Path], list[tuple[_ShardMember, str
                         groups[key] = {}
                         order.append(key)
                     if ext in ("jpg", "jpeg", "png", "webp"):
-                        groups[key]["image"] = _ShardMember(shard_idx, info.offset_data, info.size, f"{shard.name}:{info.name}")
+                        groups[key]["image"] = _ShardMember(
+                            shard_idx, info.offset_data, info.size, f"{shard.name}:{info.name}"
+                        )
                     elif ext in ("txt", "json"):
                         handle = tar.extractfile(info)
                         groups[key][ext] = handle.read().decode("utf-8", "replace") if handle else ""
         except (tarfile.TarError, OSError) as err:
-            raise DataError(f"{shard}: unreadable tar shard ({err}); re-fetch the dataset or remove the shard") from None
+            raise DataError(
+                f"{shard}: unreadable tar shard ({err}); re-fetch the dataset or remove the shard"
+            ) from None
         for key in order:
             group = groups[key]
             if "image" not in group or "txt" not in group:
@@ -161,17 +174,20 @@ def _scan_shards(folder: Path) -> tuple[list[Path], list[tuple[_ShardMember, str
                     value = json.loads(group["json"]).get("key")
                     sort_key = int(value) if value is not None else None
                 except (ValueError, AttributeError, TypeError):
-                    raise DataError(f"{shard}:{key}.json: expected a JSON object with an integer \"key\"") from None
+                    raise DataError(f'{shard}:{key}.json: expected a JSON object with an integer "key"') from None
             samples.append((sort_key, group["image"], group["txt"]))
     if incomplete:
         warn(f"{folder}: skipped {incomplete} samples without both an image and a .txt caption")
     with_keys = sum(1 for s in samples if s[0] is not None)
     if with_keys not in (0, len(samples)):
-        raise DataError(f"{folder}: {len(samples) - with_keys} samples lack an integer \"key\" in their .json; give every sample one or none")
+        raise DataError(
+            f'{folder}: {len(samples) - with_keys} samples lack an integer "key" in their .json; give every '
+            "sample one or none"
+        )
     if with_keys:
         keys = [s[0] for s in samples]
         if len(set(keys)) != len(keys):
-            raise DataError(f"{folder}: duplicate sample \"key\" values in the .json files; keys must be unique")
+            raise DataError(f'{folder}: duplicate sample "key" values in the .json files; keys must be unique')
         samples.sort(key=lambda s: s[0])
     return shards, [(member, caption) for _, member, caption in samples]
 
@@ -188,9 +204,18 @@ class PairsDataset(Dataset):
     across workers and resumes. Assigning `.tokenizer` tokenises every caption once.
     """
 
-    def __init__(self, source: str | Path, transform: Callable, tokenizer: TextTokenizer | None = None, *,
-                 train_fraction: float = 1.0, seed: int = 0, on_bad_image: OnBadImage = "skip",
-                 image_root: str | Path | None = None, subset_indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        transform: Callable,
+        tokenizer: TextTokenizer | None = None,
+        *,
+        train_fraction: float = 1.0,
+        seed: int = 0,
+        on_bad_image: OnBadImage = "skip",
+        image_root: str | Path | None = None,
+        subset_indices: Sequence[int] | None = None,
+    ) -> None:
         _check_mode(on_bad_image)
         if not 0 < train_fraction <= 1:
             raise UsageError(f"data.train_fraction = {train_fraction}: expected a value in (0, 1]")
@@ -211,8 +236,10 @@ class PairsDataset(Dataset):
         if subset_indices is not None:
             positions = sorted({int(i) for i in subset_indices})
             if not positions or positions[0] < 0 or positions[-1] >= total:
-                raise DataError(f"{self.source}: stored subset indices do not fit its {total} pairs; the data changed since "
-                                f"the run started (restart the run, or restore the data)")
+                raise DataError(
+                    f"{self.source}: stored subset indices do not fit its {total} pairs; the data changed since "
+                    f"the run started (restart the run, or restore the data)"
+                )
         elif train_fraction < 1:
             count = max(1, int(round(total * train_fraction)))
             rng = np.random.default_rng([self.seed, total, count])
@@ -220,12 +247,16 @@ class PairsDataset(Dataset):
         cleaned = {i: clean_caption(raw[i][1]) for i in positions}
         empty = [i for i in positions if not cleaned[i]]
         if empty:
-            warn(f"{self.source}: skipped {len(empty)} pairs whose caption is empty after cleaning (first: {names[empty[0]]})")
+            warn(
+                f"{self.source}: skipped {len(empty)} pairs whose caption is empty after cleaning (first: "
+                f"{names[empty[0]]})"
+            )
         selected = len(positions)
         positions = [i for i in positions if cleaned[i]]
         if not self._shards:
-            ok, _ = _filter_images(str(self.source), [names[i] for i in positions], [raw[i][0] for i in positions],
-                                   on_bad_image)
+            ok, _ = _filter_images(
+                str(self.source), [names[i] for i in positions], [raw[i][0] for i in positions], on_bad_image
+            )
             positions = [positions[k] for k in ok]
         if not positions:
             raise DataError(f"{self.source}: no usable pairs (all captions empty or images unreadable)")
@@ -243,11 +274,18 @@ class PairsDataset(Dataset):
     def _read_pairs_json(path: Path, image_root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
         data = _read_json(path)
         if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of {{\"image\", \"caption\", \"image_id\"}} objects")
+            raise DataError(f'{path}: expected a JSON list of {{"image", "caption", "image_id"}} objects')
         raw, names = [], []
         for i, entry in enumerate(data):
-            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(entry.get("caption"), str):
-                raise DataError(f"{path}: entry {i}: expected {{\"image\": str, \"caption\": str, \"image_id\": int|str}}, got {str(entry)[:80]}")
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("image"), str)
+                or not isinstance(entry.get("caption"), str)
+            ):
+                raise DataError(
+                    f'{path}: entry {i}: expected {{"image": str, "caption": str, "image_id": int|str}}, got '
+                    f"{str(entry)[:80]}"
+                )
             raw.append((image_root / entry["image"], entry["caption"]))
             names.append(str(image_root / entry["image"]))
         return raw, names
@@ -288,7 +326,9 @@ class PairsDataset(Dataset):
             tensor = self.transform(image)
         else:
             with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left untouched
-                torch.default_generator.manual_seed(augment_seed(self.seed, epoch, index))  # CPU only: torch.manual_seed
+                torch.default_generator.manual_seed(
+                    augment_seed(self.seed, epoch, index)
+                )  # CPU only: torch.manual_seed
                 tensor = self.transform(image)  # also queues a CUDA seed, with a costly stack capture per call
         return tensor, self.tokens[index], index
 
@@ -318,8 +358,14 @@ class RetrievalDataset(Dataset):
     (path, reason) of those dropped, so evaluation can say what it scored out of what.
     """
 
-    def __init__(self, source: str | Path, transform: Callable, *, on_bad_image: OnBadImage = "skip",
-                 image_root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        transform: Callable,
+        *,
+        on_bad_image: OnBadImage = "skip",
+        image_root: str | Path | None = None,
+    ) -> None:
         _check_mode(on_bad_image)
         self.source = Path(source)
         self.transform = transform
@@ -327,20 +373,27 @@ class RetrievalDataset(Dataset):
         base = Path(image_root) if image_root else self.source.parent
         data = _read_json(self.source)
         if not isinstance(data, list):
-            raise DataError(f"{self.source}: expected a JSON list of {{\"image\": path, \"caption\": [str, ...]}} objects")
+            raise DataError(f'{self.source}: expected a JSON list of {{"image": path, "caption": [str, ...]}} objects')
         entries: list[tuple[Path, list[str]]] = []
         for i, entry in enumerate(data):
             captions = entry.get("caption") if isinstance(entry, dict) else None
             if isinstance(captions, str):
                 captions = [captions]
-            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(captions, list) \
-                    or not all(isinstance(c, str) for c in captions):
-                raise DataError(f"{self.source}: entry {i}: expected {{\"image\": str, \"caption\": [str, ...]}}, got {str(entry)[:80]}")
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("image"), str)
+                or not isinstance(captions, list)
+                or not all(isinstance(c, str) for c in captions)
+            ):
+                raise DataError(
+                    f'{self.source}: entry {i}: expected {{"image": str, "caption": [str, ...]}}, got {str(entry)[:80]}'
+                )
             cleaned = [c for c in (clean_caption(c) for c in captions) if c]
             if cleaned:
                 entries.append((base / entry["image"], cleaned))
-        ok, self.unreadable = _filter_images(str(self.source), [str(p) for p, _ in entries], [p for p, _ in entries],
-                                             on_bad_image)
+        ok, self.unreadable = _filter_images(
+            str(self.source), [str(p) for p, _ in entries], [p for p, _ in entries], on_bad_image
+        )
         self.listed = len(entries)
         entries = [entries[k] for k in ok]
         if not entries:
@@ -396,8 +449,15 @@ class ClassificationDataset(Dataset):
     `.listed` counts the image files found, `.unreadable` names (path, reason) of those dropped.
     """
 
-    def __init__(self, root: str | Path, transform: Callable, *, on_bad_image: OnBadImage = "skip",
-                 classnames: Sequence[str] | None = None, templates: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable,
+        *,
+        on_bad_image: OnBadImage = "skip",
+        classnames: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+    ) -> None:
         _check_mode(on_bad_image)
         self.root = Path(root)
         self.transform = transform
@@ -406,32 +466,48 @@ class ClassificationDataset(Dataset):
         if members is not None:
             self.root = self.root.parent
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: no such folder; expected class folders plus classnames.txt and templates.txt")
+            raise DataError(
+                f"{self.root}: no such folder; expected class folders plus classnames.txt and templates.txt"
+            )
         self.class_ids = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not self.class_ids:
             raise DataError(f"{self.root}: no class folders found")
         if classnames is None:
             names_file = self.root / "classnames.txt"
             if not names_file.is_file():
-                raise DataError(f"{names_file}: missing; write one class name per line in class-folder order ({len(self.class_ids)} lines)")
+                raise DataError(
+                    f"{names_file}: missing; write one class name per line in class-folder order "
+                    f"({len(self.class_ids)} lines)"
+                )
             classnames = _read_lines(names_file)
         if len(classnames) != len(self.class_ids):
-            raise DataError(f"{self.root}: {len(classnames)} class names for {len(self.class_ids)} class folders; give one name per folder")
+            raise DataError(
+                f"{self.root}: {len(classnames)} class names for {len(self.class_ids)} class folders; give "
+                "one name per folder"
+            )
         self.classnames = list(classnames)
         if templates is None:
             templates_file = self.root / "templates.txt"
             templates = _read_lines(templates_file) if templates_file.is_file() else ["a photo of a {}."]
         bad = [t for t in templates if "{}" not in t]
         if bad or not templates:
-            raise DataError(f"{self.root / 'templates.txt'}: every template needs a {{}} placeholder (got {bad[0] if bad else 'none'!r})")
+            raise DataError(
+                f"{self.root / 'templates.txt'}: every template needs a {{}} placeholder (got "
+                f"{bad[0] if bad else 'none'!r})"
+            )
         self.templates = list(templates)
         if members is None:
-            samples = [(path, label) for label, cid in enumerate(self.class_ids)
-                       for path in sorted((self.root / cid).iterdir()) if path.suffix.lower() in IMAGE_EXTS]
+            samples = [
+                (path, label)
+                for label, cid in enumerate(self.class_ids)
+                for path in sorted((self.root / cid).iterdir())
+                if path.suffix.lower() in IMAGE_EXTS
+            ]
         else:
             samples = _listed_samples(self.root, members, self.class_ids)
-        ok, self.unreadable = _filter_images(str(self.root), [str(p) for p, _ in samples], [p for p, _ in samples],
-                                             on_bad_image)
+        ok, self.unreadable = _filter_images(
+            str(self.root), [str(p) for p, _ in samples], [p for p, _ in samples], on_bad_image
+        )
         self.listed = len(samples)
         self.samples = [samples[k] for k in ok]
         if not self.samples:

@@ -5,15 +5,17 @@ failures (5xx, 429, dropped connections, truncated bodies) with exponential back
 and hash, and only then is renamed into place. A wrong hash moves the file to `downloads/quarantine/`.
 401/403 explains what access the user must provide; an unreachable host says so in one line.
 """
+
 from __future__ import annotations
 
 import importlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import requests
@@ -21,14 +23,18 @@ import urllib3
 from PIL import Image
 
 from clipctl import __version__
+from clipctl.console import ProgressReporter, info, warn
 from clipctl.data.lock import replacing
 from clipctl.data.manifest import hash_file, read_manifest, write_manifest
 from clipctl.data.registry import REGISTRY, DatasetSpec, RemoteFile, get_spec
 from clipctl.errors import DataError
-from clipctl.console import ProgressReporter, info, warn
 
-PREPARERS = {"coco-karpathy-test": "clipctl.data.coco", "coco-val-5k": "clipctl.data.coco",
-             "imagenet-val": "clipctl.data.imagenet", "cc3m-100k": "clipctl.data.cc3m"}
+PREPARERS = {
+    "coco-karpathy-test": "clipctl.data.coco",
+    "coco-val-5k": "clipctl.data.coco",
+    "imagenet-val": "clipctl.data.imagenet",
+    "cc3m-100k": "clipctl.data.cc3m",
+}
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -61,8 +67,11 @@ def http_session() -> requests.Session:
 
 def _short_reason(err: Exception) -> str:
     text = str(err)
-    match = re.search(r"\[Errno -?\d+\][^'\")]*", text) or re.search(r"(Name or service not known|Temporary failure in name resolution"
-                                                                   r"|timed out|Connection refused|Connection reset)", text)
+    match = re.search(r"\[Errno -?\d+\][^'\")]*", text) or re.search(
+        r"(Name or service not known|Temporary failure in name resolution"
+        r"|timed out|Connection refused|Connection reset)",
+        text,
+    )
     return match.group(0).strip() if match else type(err).__name__
 
 
@@ -88,14 +97,18 @@ def verify_file(path: Path, expected: RemoteFile, dataset_id: str, move_bad: boo
     size = path.stat().st_size
     if expected.size is not None and size != expected.size:
         where = f"moved to {quarantine(path)}" if move_bad else f"left at {path}"
-        raise DataError(f"{expected.name}: size mismatch: expected {expected.size} bytes, actual {size}; {where}; "
-                        f"fetch it again (`clipctl data fetch {dataset_id}`)")
+        raise DataError(
+            f"{expected.name}: size mismatch: expected {expected.size} bytes, actual {size}; {where}; "
+            f"fetch it again (`clipctl data fetch {dataset_id}`)"
+        )
     hashes = hash_file(path, sorted({"sha256", *_expected_hashes(expected)}))
     for algo, want in _expected_hashes(expected).items():
         if hashes[algo] != want.lower():
             where = f"moved to {quarantine(path)}" if move_bad else f"left at {path}"
-            raise DataError(f"{expected.name}: {algo} mismatch: expected {want}, actual {hashes[algo]}; {where}; "
-                            f"fetch it again (`clipctl data fetch {dataset_id}`) or check its source {expected.url}")
+            raise DataError(
+                f"{expected.name}: {algo} mismatch: expected {want}, actual {hashes[algo]}; {where}; "
+                f"fetch it again (`clipctl data fetch {dataset_id}`) or check its source {expected.url}"
+            )
     return {"size": size, **hashes}
 
 
@@ -127,10 +140,19 @@ def _looks_like_html(path: Path) -> bool:
     return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
 
 
-def download(url: str, dest: Path, expected: RemoteFile, *, dataset_id: str, access_hint: str = "",
-             headers: dict[str, str] | None = None, policy: FetchPolicy | None = None,
-             session: requests.Session | None = None, progress: bool = True,
-             quarantine_dir: Path | None = None) -> dict[str, Any]:
+def download(
+    url: str,
+    dest: Path,
+    expected: RemoteFile,
+    *,
+    dataset_id: str,
+    access_hint: str = "",
+    headers: dict[str, str] | None = None,
+    policy: FetchPolicy | None = None,
+    session: requests.Session | None = None,
+    progress: bool = True,
+    quarantine_dir: Path | None = None,
+) -> dict[str, Any]:
     """Fetch `url` to `dest` (resumable, retried, verified, atomic); returns {"size", "sha256", ...}.
 
     A file without a known hash is checked for what it claims to be (`content_problem`; refetched on
@@ -160,8 +182,10 @@ def download(url: str, dest: Path, expected: RemoteFile, *, dataset_id: str, acc
             break
         if attempt == tries:
             where = quarantine(part, quarantine_dir)
-            raise SourceUnavailable(f"{expected.name}: {urlparse(url).netloc} sent {problem} (no published checksum to "
-                                    f"check it against) {tries} times; refused and moved to {where}")
+            raise SourceUnavailable(
+                f"{expected.name}: {urlparse(url).netloc} sent {problem} (no published checksum to "
+                f"check it against) {tries} times; refused and moved to {where}"
+            )
         part.unlink(missing_ok=True)
         info(f"{expected.name}: the server sent {problem}; fetching it again (try {attempt + 1})")
         time.sleep(min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1)))
@@ -170,9 +194,18 @@ def download(url: str, dest: Path, expected: RemoteFile, *, dataset_id: str, acc
     return {**result, "unverified": True} if unverified else result
 
 
-def _download_part(url: str, part: Path, expected: RemoteFile, dataset_id: str, access_hint: str,
-                   headers: dict[str, str] | None, policy: FetchPolicy, session: requests.Session, progress: bool,
-                   seen: dict[str, str]) -> None:
+def _download_part(
+    url: str,
+    part: Path,
+    expected: RemoteFile,
+    dataset_id: str,
+    access_hint: str,
+    headers: dict[str, str] | None,
+    policy: FetchPolicy,
+    session: requests.Session,
+    progress: bool,
+    seen: dict[str, str],
+) -> None:
     """Bring `part` to the complete body: resumed, retried with backoff; raises when it cannot."""
     host = urlparse(url).netloc or url
     attempt, last_error, got_response = 0, "", False
@@ -181,8 +214,9 @@ def _download_part(url: str, part: Path, expected: RemoteFile, dataset_id: str, 
         if expected.size is not None and offset >= expected.size:
             break
         try:
-            if _fetch_once(session, url, part, offset, expected, headers or {}, policy, dataset_id, access_hint,
-                           progress, seen):
+            if _fetch_once(
+                session, url, part, offset, expected, headers or {}, policy, dataset_id, access_hint, progress, seen
+            ):
                 break
             got_response = True
             last_error = f"the body ended early at {part.stat().st_size if part.exists() else 0} bytes"
@@ -190,16 +224,22 @@ def _download_part(url: str, part: Path, expected: RemoteFile, dataset_id: str, 
             got_response = got_response or retry.responded
             last_error = retry.reason
             if retry.no_network and not got_response:
-                raise DataError(f"{dataset_id}: cannot reach {host} ({retry.reason}): no network? check the connection "
-                                f"or set CLIPCTL_MIRROR to a reachable mirror") from None
+                raise DataError(
+                    f"{dataset_id}: cannot reach {host} ({retry.reason}): no network? check the connection "
+                    f"or set CLIPCTL_MIRROR to a reachable mirror"
+                ) from None
         attempt += 1
         if attempt > (policy.retries if got_response else min(policy.retries, policy.connect_retries)):
             have = part.stat().st_size if part.exists() else 0
             if not got_response:
-                raise DataError(f"{dataset_id}: cannot reach {host} ({last_error}) after {attempt} tries: no network? "
-                                f"check the connection or set CLIPCTL_MIRROR to a reachable mirror")
-            raise SourceUnavailable(f"{expected.name}: download from {host} failed after {attempt} tries ({last_error}); "
-                                    f"{have} bytes kept in {part}; run the command again to resume")
+                raise DataError(
+                    f"{dataset_id}: cannot reach {host} ({last_error}) after {attempt} tries: no network? "
+                    f"check the connection or set CLIPCTL_MIRROR to a reachable mirror"
+                )
+            raise SourceUnavailable(
+                f"{expected.name}: download from {host} failed after {attempt} tries ({last_error}); "
+                f"{have} bytes kept in {part}; run the command again to resume"
+            )
         delay = min(policy.max_backoff_s, policy.backoff_s * 2 ** (attempt - 1))
         info(f"{expected.name}: {last_error}; retrying in {delay:.1f} s (try {attempt + 1})")
         time.sleep(delay)
@@ -211,16 +251,31 @@ class _Retry(Exception):
         self.reason, self.responded, self.no_network = reason, responded, no_network
 
 
-def _fetch_once(session: requests.Session, url: str, part: Path, offset: int, expected: RemoteFile,
-                headers: dict[str, str], policy: FetchPolicy, dataset_id: str, access_hint: str, show: bool,
-                seen: dict[str, str]) -> bool:
+def _fetch_once(
+    session: requests.Session,
+    url: str,
+    part: Path,
+    offset: int,
+    expected: RemoteFile,
+    headers: dict[str, str],
+    policy: FetchPolicy,
+    dataset_id: str,
+    access_hint: str,
+    show: bool,
+    seen: dict[str, str],
+) -> bool:
     """One request; True when the body arrived complete, False when it ended early (resume), _Retry otherwise."""
     request_headers = {"Accept-Encoding": "identity", **headers}  # byte offsets must be file offsets
     if offset:
         request_headers["Range"] = f"bytes={offset}-"
     try:
-        response = session.get(url, headers=request_headers, stream=True, allow_redirects=True,
-                               timeout=(policy.connect_timeout_s, policy.read_timeout_s))
+        response = session.get(
+            url,
+            headers=request_headers,
+            stream=True,
+            allow_redirects=True,
+            timeout=(policy.connect_timeout_s, policy.read_timeout_s),
+        )
     except requests.exceptions.ConnectionError as err:
         reason = _short_reason(err)
         raise _Retry(reason, responded=False, no_network="name" in reason.lower() or "Errno -" in reason) from None
@@ -229,11 +284,15 @@ def _fetch_once(session: requests.Session, url: str, part: Path, offset: int, ex
     with response:
         status = response.status_code
         if status in (401, 403):
-            raise DataError(f"{dataset_id}: {urlparse(url).netloc} answered {status} for {expected.name}: access is "
-                            f"gated or denied; {access_hint or 'download the file yourself into <data root>/downloads/'}")
+            raise DataError(
+                f"{dataset_id}: {urlparse(url).netloc} answered {status} for {expected.name}: access is "
+                f"gated or denied; {access_hint or 'download the file yourself into <data root>/downloads/'}"
+            )
         if status in (404, 410):
-            raise SourceUnavailable(f"{expected.name}: not found at {url} ({status}); "
-                                    f"{access_hint or 'set CLIPCTL_MIRROR or place the file in <data root>/downloads/'}")
+            raise SourceUnavailable(
+                f"{expected.name}: not found at {url} ({status}); "
+                f"{access_hint or 'set CLIPCTL_MIRROR or place the file in <data root>/downloads/'}"
+            )
         if status == 416:  # our .part is already complete (size unknown) or longer than the file
             if expected.size is None and offset:
                 return True
@@ -259,15 +318,19 @@ def _fetch_once(session: requests.Session, url: str, part: Path, offset: int, ex
                     try:
                         chunk = read(policy.chunk_bytes)
                     except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as err:
-                        raise _Retry(f"the connection dropped at {received} bytes ({_short_reason(err)})", responded=True) from None
+                        raise _Retry(
+                            f"the connection dropped at {received} bytes ({_short_reason(err)})", responded=True
+                        ) from None
                     if not chunk:
                         break
                     handle.write(chunk)
                     received += len(chunk)
                     progress.update(completed=received)
         except OSError as err:  # the local side: disk full, permissions
-            raise DataError(f"{part}: cannot write ({err.strerror or err}); free some space or choose another data root "
-                            f"(CLIPCTL_DATA)") from None
+            raise DataError(
+                f"{part}: cannot write ({err.strerror or err}); free some space or choose another data root "
+                f"(CLIPCTL_DATA)"
+            ) from None
         if length and length.isdigit() and received < start + int(length):
             return False
         return expected.size is None or received >= expected.size
@@ -277,7 +340,7 @@ class _Silent:
     def update(self, advance: float = 0.0, completed: float | None = None) -> None:
         pass
 
-    def __enter__(self) -> "_Silent":
+    def __enter__(self) -> _Silent:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -299,8 +362,16 @@ def _preparer(dataset_id: str) -> Any:
     return importlib.import_module(PREPARERS[dataset_id])
 
 
-def fetch_dataset(dataset_id: str, root: Path, *, force: bool = False, seed: int = 0, train_size: int = 20_000,
-                  image_size: int = 64, prepare_size: int | None = None) -> tuple[str, dict[str, Any]]:
+def fetch_dataset(
+    dataset_id: str,
+    root: Path,
+    *,
+    force: bool = False,
+    seed: int = 0,
+    train_size: int = 20_000,
+    image_size: int = 64,
+    prepare_size: int | None = None,
+) -> tuple[str, dict[str, Any]]:
     """Make `dataset_id` present under `root`; returns ("generated"|"fetched"|"verified", manifest).
 
     `prepare_size` (cc3m-100k only): the shorter image side its preparation sets (default 256).
@@ -325,8 +396,9 @@ def fetch_dataset(dataset_id: str, root: Path, *, force: bool = False, seed: int
     with replacing(root, dataset_id, "fetching it again"):  # never under a run that reads it
         manifest = _preparer(dataset_id).prepare(spec, root, force=force, **options)
         _note_unverified_downloads(manifest)
-        manifest.update({"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(),
-                         "verified_at": now_iso()})
+        manifest.update(
+            {"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(), "verified_at": now_iso()}
+        )
         write_manifest(root, dataset_id, manifest)
     return "fetched", manifest
 
@@ -351,9 +423,12 @@ def _note_unverified_downloads(manifest: dict[str, Any]) -> None:
     downloads = manifest.get("downloads") or {}
     names = sorted(name for name, result in downloads.items() if isinstance(result, dict) and result.get("unverified"))
     if names and "unverified" not in manifest:
-        manifest["unverified"] = {"files": len(names), "why": f"no published checksum for {', '.join(names[:3])}"
-                                  f"{', ...' if len(names) > 3 else ''}; checked for what they claim to be, sha256 "
-                                  f"recorded at fetch"}
+        manifest["unverified"] = {
+            "files": len(names),
+            "why": f"no published checksum for {', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''}; checked for what they claim to be, sha256 "
+            f"recorded at fetch",
+        }
 
 
 def unverified_note(dataset_id: str, manifest: dict[str, Any]) -> str | None:
@@ -380,13 +455,18 @@ def dataset_status(root: Path) -> list[dict[str, Any]]:
             manifest = read_manifest(Path(root), spec.id)
         except DataError:
             manifest = {"verified": False, "corrupt": True}
-        rows.append({
-            "id": spec.id, "role": spec.role, "present": manifest is not None and not manifest.get("corrupt"),
-            "size_bytes": (manifest or {}).get("size_bytes"),
-            "verified": (manifest or {}).get("verified_at") or bool((manifest or {}).get("verified")),
-            "unverified": (manifest or {}).get("unverified"),
-            "description": spec.description, "licence": spec.licence,
-        })
+        rows.append(
+            {
+                "id": spec.id,
+                "role": spec.role,
+                "present": manifest is not None and not manifest.get("corrupt"),
+                "size_bytes": (manifest or {}).get("size_bytes"),
+                "verified": (manifest or {}).get("verified_at") or bool((manifest or {}).get("verified")),
+                "unverified": (manifest or {}).get("unverified"),
+                "description": spec.description,
+                "licence": spec.licence,
+            }
+        )
     return rows
 
 

@@ -8,6 +8,7 @@ ETag, which names the cache blob: the sha256 of an LFS file, the git blob id of 
 moves the cached blob to `downloads/quarantine/` so it is never reused. `CLIPCTL_MIRROR` (a plain-URL copy)
 bypasses the hub; see `clipctl.data.fetch`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,25 +33,38 @@ def repo_path(spec: DatasetSpec, remote: RemoteFile) -> str:
 
 def _hub_error(spec: DatasetSpec, what: str, err: Exception) -> DataError:
     """One line for what the hub client raised (its own messages span several lines)."""
-    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                       RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     status = getattr(getattr(err, "response", None), "status_code", None)
     where = f"{spec.hub_repo}@{spec.hub_revision[:12]}"
     if isinstance(err, GatedRepoError) or status in (401, 403):
-        return DataError(f"{spec.id}: the hub answered {status or 'gated'} for {what} in {where}: access is gated or "
-                         f"denied; {spec.access_hint or 'accept its terms on the hub and set HF_TOKEN'}")
+        return DataError(
+            f"{spec.id}: the hub answered {status or 'gated'} for {what} in {where}: access is gated or "
+            f"denied; {spec.access_hint or 'accept its terms on the hub and set HF_TOKEN'}"
+        )
     if isinstance(err, LocalEntryNotFoundError):  # before EntryNotFoundError: some versions derive it from that
         offline = "HF_HUB_OFFLINE is set" if _offline() else "the hub is unreachable (no network?)"
-        return DataError(f"{spec.id}: {what} is not in the hub cache and {offline}; connect (or unset HF_HUB_OFFLINE) "
-                         f"and run the command again, or set HF_ENDPOINT to a reachable hub mirror")
+        return DataError(
+            f"{spec.id}: {what} is not in the hub cache and {offline}; connect (or unset HF_HUB_OFFLINE) "
+            f"and run the command again, or set HF_ENDPOINT to a reachable hub mirror"
+        )
     if isinstance(err, (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError)):
         return SourceUnavailable(f"{spec.id}: {what} not found in {where} ({type(err).__name__})")
     if isinstance(err, HfHubHTTPError):
-        return SourceUnavailable(f"{spec.id}: the hub failed on {what} ({status or type(err).__name__}); run the "
-                                 f"command again later")
-    return SourceUnavailable(f"{spec.id}: the hub client failed on {what} ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:160] if str(err) else ''})")
+        return SourceUnavailable(
+            f"{spec.id}: the hub failed on {what} ({status or type(err).__name__}); run the command again later"
+        )
+    return SourceUnavailable(
+        f"{spec.id}: the hub client failed on {what} ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:160] if str(err) else ''})"
+    )
 
 
 def _offline() -> bool:
@@ -86,16 +100,20 @@ def hub_snapshot(spec: DatasetSpec, remotes: list[RemoteFile], root: Path) -> di
     for remote in remotes:
         path = folder / paths[remote.name]
         if not path.is_file():
-            raise SourceUnavailable(f"{spec.id}: {paths[remote.name]} is not in "
-                                    f"{spec.hub_repo}@{spec.hub_revision[:12]}")
+            raise SourceUnavailable(
+                f"{spec.id}: {paths[remote.name]} is not in {spec.hub_repo}@{spec.hub_revision[:12]}"
+            )
         found[remote.name] = (path, check_hub_file(path, remote, spec, root))
     return found
 
 
 def _published(path: Path, remote: RemoteFile) -> list[tuple[str, str, str]]:
     """(algorithm, expected hex, who says so): the registry's hashes, else the hub's ETag that names the blob."""
-    claims = [(algo, value.lower(), "the registry") for algo, value in (("sha256", remote.sha256), ("md5", remote.md5))
-              if value]
+    claims = [
+        (algo, value.lower(), "the registry")
+        for algo, value in (("sha256", remote.sha256), ("md5", remote.md5))
+        if value
+    ]
     if not claims:
         blob = Path(os.path.realpath(path)).name
         if _HEX.fullmatch(blob):
@@ -124,9 +142,11 @@ def check_hub_file(path: Path, remote: RemoteFile, spec: DatasetSpec, root: Path
         got = str(result["size"]) if algo == "size" else _git_blob_id(path) if algo == "git-blob" else hashes[algo]
         if got != want:
             moved = _quarantine_cached(path, root, remote.name)
-            raise DataError(f"{remote.name}: {algo} mismatch against {who}: expected {want}, actual {got}; the hub's "
-                            f"copy was moved to {moved}; run `clipctl data fetch {spec.id}` again, or check "
-                            f"{spec.hub_repo}@{spec.hub_revision[:12]}")
+            raise DataError(
+                f"{remote.name}: {algo} mismatch against {who}: expected {want}, actual {got}; the hub's "
+                f"copy was moved to {moved}; run `clipctl data fetch {spec.id}` again, or check "
+                f"{spec.hub_repo}@{spec.hub_revision[:12]}"
+            )
     if not claims:
         result["unverified"] = True
     return result

@@ -10,6 +10,7 @@ huggingface_hub: its cache, the token from `$HF_TOKEN` or the hub login, only `c
 `classnames.txt`/`templates.txt` hold the vendored OpenAI names and 80 templates (`clipctl.data.imagenet_classes`)
 when the classes are the 1,000 ILSVRC2012 wnids, else the first WordNet synonym and one template.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,19 +18,20 @@ import os
 import re
 import shutil
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from clipctl.atomic import atomic_write_bytes, replace_dir
+from clipctl.console import ProgressReporter, info
 from clipctl.data.archive import iter_tar_files
 from clipctl.data.fetch import download, verify_file
-from clipctl.atomic import atomic_write_bytes, replace_dir
-from clipctl.data.manifest import check_hashes, sha256_file, tree_digest
 from clipctl.data.hub import hub_snapshot
 from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
+from clipctl.data.manifest import check_hashes, sha256_file, tree_digest
 from clipctl.data.registry import IMAGENET_ENV, MIRROR_ENV, DatasetSpec, dataset_dir, source_url
 from clipctl.errors import DataError
-from clipctl.console import ProgressReporter, info
 
 VAL_TAR, DEVKIT = "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 HUB_TAR, HUB_CLASSES = "val_images.tar.gz", "classes.py"
@@ -40,8 +42,10 @@ SPLIT_FILES = {"select": "select.txt", "test": "test.txt"}
 
 
 _WNID = re.compile(r"n\d{8}$")
-_EXPECTED_LAYOUTS = (f"val/ with the 1,000 wnid folders (val/n01440764/*.JPEG ...), the 50,000 flat "
-                     f"ILSVRC2012_val_*.JPEG files plus {DEVKIT}, or {VAL_TAR} plus {DEVKIT}")
+_EXPECTED_LAYOUTS = (
+    f"val/ with the 1,000 wnid folders (val/n01440764/*.JPEG ...), the 50,000 flat "
+    f"ILSVRC2012_val_*.JPEG files plus {DEVKIT}, or {VAL_TAR} plus {DEVKIT}"
+)
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,10 @@ def _folder_words(wnids: list[str], source: Path) -> dict[str, str]:
     """Extracted folders carry no class names: they must be ILSVRC2012 wnids, named from the vendored list."""
     unknown = sorted(set(wnids) - set(imagenet_wnids()))
     if unknown:
-        raise DataError(f"{source}: {len(unknown)} class folders are not ILSVRC2012 wnids (first: {unknown[0]}); "
-                        f"expected {_EXPECTED_LAYOUTS}")
+        raise DataError(
+            f"{source}: {len(unknown)} class folders are not ILSVRC2012 wnids (first: {unknown[0]}); "
+            f"expected {_EXPECTED_LAYOUTS}"
+        )
     return dict(zip(imagenet_wnids(), imagenet_classnames()))
 
 
@@ -158,7 +164,9 @@ def read_devkit(devkit: Path) -> tuple[dict[int, str], dict[str, str], list[int]
             elif info.name.endswith("data/ILSVRC2012_validation_ground_truth.txt"):
                 truth = tar.extractfile(info).read()  # type: ignore[union-attr]
     if meta is None or truth is None:
-        raise DataError(f"{devkit}: no data/meta.mat or data/ILSVRC2012_validation_ground_truth.txt; is this the ILSVRC2012 devkit?")
+        raise DataError(
+            f"{devkit}: no data/meta.mat or data/ILSVRC2012_validation_ground_truth.txt; is this the ILSVRC2012 devkit?"
+        )
     synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
     id_to_wnid, words = {}, {}
     for row in synsets:
@@ -180,7 +188,10 @@ def class_text(wnids: list[str], words: dict[str, str]) -> tuple[list[str], list
         return list(imagenet_classnames()), list(imagenet_templates())
     missing = [w for w in wnids if w not in words]
     if missing:
-        raise DataError(f"imagenet-val: no class name for {len(missing)} classes (first: {missing[0]}); the metadata does not match the images")
+        raise DataError(
+            f"imagenet-val: no class name for {len(missing)} classes (first: {missing[0]}); the metadata does "
+            "not match the images"
+        )
     return [words[w].split(",")[0].strip() for w in wnids], list(FALLBACK_TEMPLATES)
 
 
@@ -210,14 +221,14 @@ def _hub_files(spec: DatasetSpec, root: Path) -> tuple[dict[str, Path], dict[str
     remotes = [spec.file(HUB_CLASSES), spec.file(HUB_TAR)]
     if not os.environ.get(MIRROR_ENV):
         found = hub_snapshot(spec, remotes, root)
-        return ({n: p for n, (p, _) in found.items()}, {n: r for n, (_, r) in found.items()},
-                [r.url for r in remotes])
+        return ({n: p for n, (p, _) in found.items()}, {n: r for n, (_, r) in found.items()}, [r.url for r in remotes])
     paths, downloads, sources = {}, {}, []
     for remote in remotes:
         url = source_url(spec, remote.url, remote.name)
         paths[remote.name] = root / "downloads" / remote.name
-        downloads[remote.name] = download(url, paths[remote.name], remote, dataset_id=spec.id,
-                                          access_hint=spec.access_hint)
+        downloads[remote.name] = download(
+            url, paths[remote.name], remote, dataset_id=spec.id, access_hint=spec.access_hint
+        )
         sources.append(url)
     return paths, downloads, sources
 
@@ -241,15 +252,19 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
             checked = [(local.devkit, spec.file(DEVKIT))]
             if local.kind == "tars":
                 checked.append((local.path, spec.file(VAL_TAR)))
-            downloads = {f.name: verify_file(p, f, spec.id, move_bad=p.parent == root / "downloads")
-                         for p, f in checked}
+            downloads = {
+                f.name: verify_file(p, f, spec.id, move_bad=p.parent == root / "downloads") for p, f in checked
+            }
             id_to_wnid, words, truth = read_devkit(local.devkit)
 
             def label_of(number: int, _wnid: str | None) -> str:
                 return id_to_wnid[truth[number - 1]]
 
-            members = (iter_tar_files(local.path) if local.kind == "tars"
-                       else ((p.name, p.read_bytes()) for p in sorted(local.path.glob("ILSVRC2012_val_*.JPEG"))))
+            members = (
+                iter_tar_files(local.path)
+                if local.kind == "tars"
+                else ((p.name, p.read_bytes()) for p in sorted(local.path.glob("ILSVRC2012_val_*.JPEG")))
+            )
             count = _write_folders(tmp, members, label_of, expected)
             sources = [str(local.path), str(local.devkit)]
         else:
@@ -269,15 +284,25 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"sources": sources, "downloads": downloads, "files": files, "images": {"count": count, "sha256": digest},
-            "counts": {"classes": len(wnids), "images": count}, "splits": splits, "verified": True, "size_bytes": size}
+    return {
+        "sources": sources,
+        "downloads": downloads,
+        "files": files,
+        "images": {"count": count, "sha256": digest},
+        "counts": {"classes": len(wnids), "images": count},
+        "splits": splits,
+        "verified": True,
+        "size_bytes": size,
+    }
 
 
 def _check_counts(spec: DatasetSpec, classes: int, images: int) -> None:
     want_classes, want_images = spec.expect.get("classes"), spec.expect.get("images")
     if (want_classes is not None and classes != want_classes) or (want_images is not None and images != want_images):
-        raise DataError(f"imagenet-val: {classes} classes / {images} images, expected {want_classes} / {want_images}; "
-                        f"the archive is incomplete or not the ILSVRC2012 validation set")
+        raise DataError(
+            f"imagenet-val: {classes} classes / {images} images, expected {want_classes} / {want_images}; "
+            f"the archive is incomplete or not the ILSVRC2012 validation set"
+        )
 
 
 def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
@@ -285,6 +310,8 @@ def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
     check_hashes(folder, manifest["files"], spec.id)
     digest, count = tree_digest(folder, "*.JPEG")
     if count != manifest["images"]["count"] or digest != manifest["images"]["sha256"]:
-        raise DataError(f"{folder}: images differ from manifests/{spec.id}.json ({count} files, digest {digest[:12]}; expected "
-                        f"{manifest['images']['count']}, {manifest['images']['sha256'][:12]}); run `clipctl data fetch {spec.id} --force`")
-
+        raise DataError(
+            f"{folder}: images differ from manifests/{spec.id}.json ({count} files, digest {digest[:12]}; expected "
+            f"{manifest['images']['count']}, {manifest['images']['sha256'][:12]}); run `clipctl data fetch "
+            f"{spec.id} --force`"
+        )

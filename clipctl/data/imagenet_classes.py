@@ -5,9 +5,10 @@ Class index i (the order of the sorted wnid folders, as torchvision's ImageFolde
 CLIP "Prompt Engineering for ImageNet" notebook, used unchanged by open_clip and CLIP_benchmark so that zero-shot
 numbers stay comparable; it contains two duplicated names ("missile" at 657 and 744, "sunglasses" at 836 and 837).
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib.resources import files
 
 from clipctl.errors import ClipctlError
@@ -15,7 +16,7 @@ from clipctl.errors import ClipctlError
 _EXPECTED = {"imagenet_classnames.txt": 1000, "imagenet_templates.txt": 80, "imagenet_wnids.txt": 1000}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(name: str) -> tuple[str, ...]:
     path = files("clipctl.data").joinpath("metadata", name)
     lines = tuple(path.read_text(encoding="utf-8").splitlines())

@@ -5,17 +5,18 @@ K processes, rank r takes the r-th contiguous slice of B/K of every global batch
 exactly the global batches a single process sees. `start_batch` skips the batches an interrupted run
 already trained on, which makes mid-epoch resume exact.
 """
+
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clipctl.errors import UsageError
-
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -39,12 +40,25 @@ class ResumableBatchSampler(Sampler[list]):
     augmentation independent of workers and resumes.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, *, seed: int = 0, epoch: int = 0, start_batch: int = 0,
-                 world_size: int = 1, rank: int = 0, drop_last: bool = True, tag_epoch: bool = False) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        start_batch: int = 0,
+        world_size: int = 1,
+        rank: int = 0,
+        drop_last: bool = True,
+        tag_epoch: bool = False,
+    ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise UsageError(f"rank {rank} is outside 0..{world_size - 1}")
         if batch_size < 1 or batch_size % world_size:
-            raise UsageError(f"train.batch_size ({batch_size}) must be a positive multiple of the number of processes ({world_size})")
+            raise UsageError(
+                f"train.batch_size ({batch_size}) must be a positive multiple of the number of processes ({world_size})"
+            )
         if num_samples < 1:
             raise UsageError("the training set is empty")
         if drop_last and num_samples < batch_size:
@@ -64,16 +78,18 @@ class ResumableBatchSampler(Sampler[list]):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch to iterate next and how many of its batches are already done."""
         if not 0 <= start_batch <= self.batches_per_epoch:
-            raise UsageError(f"start batch {start_batch} is outside 0..{self.batches_per_epoch} for this dataset and batch size")
+            raise UsageError(
+                f"start batch {start_batch} is outside 0..{self.batches_per_epoch} for this dataset and batch size"
+            )
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def global_batch(self, k: int, perm: np.ndarray | None = None) -> np.ndarray:
         perm = epoch_permutation(self.num_samples, self.seed, self.epoch) if perm is None else perm
-        return perm[k * self.batch_size:(k + 1) * self.batch_size]
+        return perm[k * self.batch_size : (k + 1) * self.batch_size]
 
     def _local(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == self.batch_size:
-            return batch[self.rank * self.local_batch_size:(self.rank + 1) * self.local_batch_size]
+            return batch[self.rank * self.local_batch_size : (self.rank + 1) * self.local_batch_size]
         return np.array_split(batch, self.world_size)[self.rank]  # the last, short batch (drop_last=False)
 
     def __iter__(self) -> Iterator[list]:
@@ -88,8 +104,13 @@ class ResumableBatchSampler(Sampler[list]):
 
     def state_dict(self, batches_done: int) -> dict[str, int]:
         """What a checkpoint stores to resume after `batches_done` batches of the current epoch."""
-        return {"epoch": self.epoch, "start_batch": int(batches_done), "seed": self.seed,
-                "num_samples": self.num_samples, "batch_size": self.batch_size}
+        return {
+            "epoch": self.epoch,
+            "start_batch": int(batches_done),
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["num_samples"] != self.num_samples or state["batch_size"] != self.batch_size:
@@ -101,17 +122,38 @@ class ResumableBatchSampler(Sampler[list]):
         self.set_epoch(state["epoch"], state["start_batch"])
 
 
-def build_train_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, epoch: int = 0, start_batch: int = 0,
-                       world_size: int = 1, rank: int = 0, num_workers: int = 0, pin_memory: bool = False,
-                       persistent_workers: bool = False, drop_last: bool = True, prefetch_factor: int | None = None,
-                       collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
+def build_train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    drop_last: bool = True,
+    prefetch_factor: int | None = None,
+    collate_fn: Callable[[list], Any] | None = None,
+) -> DataLoader:
     """The training DataLoader: `batch_size` is the global batch; `loader.batch_sampler.set_epoch(e)` each epoch.
 
     Items are fetched with `(index, epoch)` keys (seeded augmentation). `persistent_workers` and
     `prefetch_factor` only apply with workers; `pin_memory` only when CUDA is available.
     """
-    sampler = ResumableBatchSampler(len(dataset), batch_size, seed=seed, epoch=epoch, start_batch=start_batch,
-                                    world_size=world_size, rank=rank, drop_last=drop_last, tag_epoch=True)
+    sampler = ResumableBatchSampler(
+        len(dataset),
+        batch_size,
+        seed=seed,
+        epoch=epoch,
+        start_batch=start_batch,
+        world_size=world_size,
+        rank=rank,
+        drop_last=drop_last,
+        tag_epoch=True,
+    )
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra["persistent_workers"] = persistent_workers
@@ -120,6 +162,13 @@ def build_train_loader(dataset: Dataset, batch_size: int, *, seed: int = 0, epoc
     # A private generator: creating the iterator must not draw from the global RNG, or a resumed run's
     # RNG stream (dropout, ...) would differ from an uninterrupted one.
     generator = torch.Generator().manual_seed(int(seed))
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=generator,
-                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
-                      pin_memory=pin_memory and torch.cuda.is_available(), collate_fn=collate_fn, **extra)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        generator=generator,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        collate_fn=collate_fn,
+        **extra,
+    )

@@ -7,14 +7,16 @@ regenerated `shapes` with the same id under a live run is exactly the bug. Locks
 `<data root>/.locks/<id>.lock`, beside (never inside) the folder that gets replaced; the kernel drops them
 when a process dies, so a killed run never leaves a dataset locked.
 """
+
 from __future__ import annotations
 
 import fcntl
 import gc
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 from clipctl.errors import DataError
 
@@ -31,8 +33,10 @@ def _open(root: Path, dataset_id: str) -> IO[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         return open(path, "a+b")
     except OSError as err:
-        raise DataError(f"{path}: cannot create the dataset lock ({err.strerror or err}); is the data root "
-                        f"writable? choose another with CLIPCTL_DATA") from None
+        raise DataError(
+            f"{path}: cannot create the dataset lock ({err.strerror or err}); is the data root "
+            f"writable? choose another with CLIPCTL_DATA"
+        ) from None
 
 
 def _try(handle: IO[bytes], mode: int) -> bool:
@@ -51,9 +55,11 @@ def replacing(root: Path, dataset_id: str, what: str) -> Iterator[None]:
         if not _try(handle, fcntl.LOCK_EX):
             gc.collect()  # a finished run of this same process whose lease was not collected yet
             if not _try(handle, fcntl.LOCK_EX):
-                raise DataError(f"{dataset_id}: in use under {root} by a running training or fetch "
-                                f"({lock_path(root, dataset_id)}); {what} would replace it, so nothing was changed; "
-                                f"wait for that run to finish, or use another data root (CLIPCTL_DATA or data.root)")
+                raise DataError(
+                    f"{dataset_id}: in use under {root} by a running training or fetch "
+                    f"({lock_path(root, dataset_id)}); {what} would replace it, so nothing was changed; "
+                    f"wait for that run to finish, or use another data root (CLIPCTL_DATA or data.root)"
+                )
         yield
     finally:
         handle.close()
@@ -80,8 +86,10 @@ class DatasetLease:
         while not _try(handle, fcntl.LOCK_SH):
             if time.monotonic() > deadline:
                 handle.close()
-                raise DataError(f"{dataset_id}: still being generated or fetched under {self.root} after "
-                                f"{wait_s:.0f} s ({lock_path(self.root, dataset_id)}); run again when it has finished")
+                raise DataError(
+                    f"{dataset_id}: still being generated or fetched under {self.root} after "
+                    f"{wait_s:.0f} s ({lock_path(self.root, dataset_id)}); run again when it has finished"
+                )
             time.sleep(POLL_S)
         return handle
 

@@ -3,12 +3,14 @@
 A dataset counts as present only when its manifest exists: the manifest is written last, atomically, so a
 killed fetch or generation never leaves something that looks complete.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from clipctl.atomic import atomic_write_json
 from clipctl.errors import DataError
@@ -66,8 +68,10 @@ def read_manifest(root: Path, dataset_id: str) -> dict[str, Any] | None:
     files = data.get("files")
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         got = "missing" if files is None else f"a {type(files).__name__}, not an object of path -> sha256"
-        raise DataError(f"{path}: key \"files\" is {got}; the manifest is incomplete or not clipctl's; "
-                        f"run `clipctl data fetch {dataset_id} --force`")
+        raise DataError(
+            f'{path}: key "files" is {got}; the manifest is incomplete or not clipctl\'s; '
+            f"run `clipctl data fetch {dataset_id} --force`"
+        )
     return data
 
 
@@ -82,7 +86,10 @@ def check_hashes(base: Path, expected: dict[str, str], dataset_id: str) -> None:
     for rel, want in sorted(expected.items()):
         path = base / rel
         if not path.is_file():
-            raise DataError(f"{path}: missing (listed in manifests/{dataset_id}.json); run `clipctl data fetch {dataset_id} --force`")
+            raise DataError(
+                f"{path}: missing (listed in manifests/{dataset_id}.json); run `clipctl data fetch "
+                f"{dataset_id} --force`"
+            )
         got = sha256_file(path)
         if got != want:
             raise DataError(

@@ -7,6 +7,7 @@ is `HF_ENDPOINT`. A `files` entry with a sha256 pins a hub file's content (else 
 `resolve()` turns a dataset reference from a recipe ("coco-karpathy-test", "shapes:val", or a path) into
 the file or folder the readers in `clipctl.data.datasets` open.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -56,10 +57,16 @@ class DatasetSpec:
         return next(f for f in self.files if f.name == name)
 
 
-_COCO_LICENCE = ("COCO captions/annotations: CC BY 4.0 (cocodataset.org/#termsofuse); the images come from Flickr "
-                 "under their owners' licences (Flickr terms of use)")
-_COCO_ZIP = RemoteFile("val2014.zip", "http://images.cocodataset.org/zips/val2014.zip", size=6_645_013_297,
-                       md5="a3d79f5ed8d289b7a7554ce06a5782b3")
+_COCO_LICENCE = (
+    "COCO captions/annotations: CC BY 4.0 (cocodataset.org/#termsofuse); the images come from Flickr "
+    "under their owners' licences (Flickr terms of use)"
+)
+_COCO_ZIP = RemoteFile(
+    "val2014.zip",
+    "http://images.cocodataset.org/zips/val2014.zip",
+    size=6_645_013_297,
+    md5="a3d79f5ed8d289b7a7554ce06a5782b3",
+)
 _COCO_IMAGES = "http://images.cocodataset.org/{image}"
 _COCO_HINT = "or place val2014.zip (or the val2014/ images) under <data root>/downloads/ yourself"
 
@@ -67,64 +74,122 @@ REGISTRY: dict[str, DatasetSpec] = {
     spec.id: spec
     for spec in (
         DatasetSpec(
-            id="shapes", role="all",
+            id="shapes",
+            role="all",
             description="synthetic benchmark, generated locally (64 classes, long tail, noisy captions)",
-            licence="generated locally by clipctl (MIT, like clipctl itself)", folder="shapes",
-            splits={"train": "train.json", "val": "val.json", "test": "test.json",
-                    "zeroshot_val": "zeroshot_val", "zeroshot": "zeroshot"},
+            licence="generated locally by clipctl (MIT, like clipctl itself)",
+            folder="shapes",
+            splits={
+                "train": "train.json",
+                "val": "val.json",
+                "test": "test.json",
+                "zeroshot_val": "zeroshot_val",
+                "zeroshot": "zeroshot",
+            },
             default_split="train",
         ),
         DatasetSpec(
-            id="cc3m-100k", role="train",
+            id="cc3m-100k",
+            role="train",
             description="CC3M, deterministic 100k pairs, shorter image side 256 px",
-            licence=("Conceptual Captions: captions by Google LLC, free to use with attribution; the images belong to "
-                     "their websites' owners (research use, no redistribution)"),
-            folder="cc3m-100k", splits={"train": "shards"}, default_split="train", expect={"pairs": 100_000},
-            hub_repo="pixparse/cc3m-wds", hub_revision="46f3d69f840e59d77d52e8decfe5baec97e94c7f",
-            access_hint=(f"or set {CC3M_ARCHIVE_ENV} to the course's cc3m_train_subset.json (with {CC3M_IMAGES_ENV} "
-                         f"naming its image folder) or archive/folder, or {CC3M_TSV_ENV} to a CC3M TSV of "
-                         "caption<TAB>url"),
+            licence=(
+                "Conceptual Captions: captions by Google LLC, free to use with attribution; the images belong to "
+                "their websites' owners (research use, no redistribution)"
+            ),
+            folder="cc3m-100k",
+            splits={"train": "shards"},
+            default_split="train",
+            expect={"pairs": 100_000},
+            hub_repo="pixparse/cc3m-wds",
+            hub_revision="46f3d69f840e59d77d52e8decfe5baec97e94c7f",
+            access_hint=(
+                f"or set {CC3M_ARCHIVE_ENV} to the course's cc3m_train_subset.json (with {CC3M_IMAGES_ENV} "
+                f"naming its image folder) or archive/folder, or {CC3M_TSV_ENV} to a CC3M TSV of "
+                "caption<TAB>url"
+            ),
         ),
         DatasetSpec(
-            id="coco-karpathy-test", role="eval",
+            id="coco-karpathy-test",
+            role="eval",
             description="MSCOCO Karpathy test: 5,000 images, ~25k captions",
-            licence=_COCO_LICENCE, folder="coco", splits={"test": "karpathy_test.json"}, default_split="test",
+            licence=_COCO_LICENCE,
+            folder="coco",
+            splits={"test": "karpathy_test.json"},
+            default_split="test",
             expect={"images": 5_000, "captions_min": 25_000},
-            files=(RemoteFile("coco_karpathy_test.json",
-                              "https://storage.googleapis.com/sfr-vision-language-research/datasets/coco_karpathy_test.json",
-                              md5="3ff34b0ef2db02d01c37399f6a2a6cd1"), _COCO_ZIP),
-            image_url=_COCO_IMAGES, access_hint=_COCO_HINT,
+            files=(
+                RemoteFile(
+                    "coco_karpathy_test.json",
+                    "https://storage.googleapis.com/sfr-vision-language-research/datasets/coco_karpathy_test.json",
+                    md5="3ff34b0ef2db02d01c37399f6a2a6cd1",
+                ),
+                _COCO_ZIP,
+            ),
+            image_url=_COCO_IMAGES,
+            access_hint=_COCO_HINT,
         ),
         DatasetSpec(
-            id="coco-val-5k", role="eval (parity)",
+            id="coco-val-5k",
+            role="eval (parity)",
             description="MSCOCO Karpathy val (course coco_val.json): 5,000 images",
-            licence=_COCO_LICENCE, folder="coco", splits={"val": "karpathy_val.json"}, default_split="val",
+            licence=_COCO_LICENCE,
+            folder="coco",
+            splits={"val": "karpathy_val.json"},
+            default_split="val",
             expect={"images": 5_000, "captions_min": 25_000},
-            files=(RemoteFile("coco_karpathy_val.json",
-                              "https://storage.googleapis.com/sfr-vision-language-research/datasets/coco_karpathy_val.json",
-                              md5="b273847456ef5580e33713b1f7de52a0"), _COCO_ZIP),
-            image_url=_COCO_IMAGES, access_hint=_COCO_HINT,
+            files=(
+                RemoteFile(
+                    "coco_karpathy_val.json",
+                    "https://storage.googleapis.com/sfr-vision-language-research/datasets/coco_karpathy_val.json",
+                    md5="b273847456ef5580e33713b1f7de52a0",
+                ),
+                _COCO_ZIP,
+            ),
+            image_url=_COCO_IMAGES,
+            access_hint=_COCO_HINT,
         ),
         DatasetSpec(
-            id="imagenet-val", role="eval",
+            id="imagenet-val",
+            role="eval",
             description="ImageNet-1k val: 1,000 classes x 50 (your own access)",
-            licence="ImageNet: non-commercial research and education only, no redistribution (image-net.org terms of access)",
-            folder="imagenet-val", splits={"val": ".", "select": "select.txt", "test": "test.txt"}, default_split="val",
+            licence=(
+                "ImageNet: non-commercial research and education only, no redistribution (image-net.org "
+                "terms of access)"
+            ),
+            folder="imagenet-val",
+            splits={"val": ".", "select": "select.txt", "test": "test.txt"},
+            default_split="val",
             expect={"classes": 1_000, "images": 50_000},
             files=(
-                RemoteFile("ILSVRC2012_img_val.tar", "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar",
-                           size=6_744_924_160, md5="29b22e2961454d5413ddabcf34fc5622"),
-                RemoteFile("ILSVRC2012_devkit_t12.tar.gz", "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_devkit_t12.tar.gz",
-                           md5="fa75699e90414af021442c21a62c3abf"),
-                RemoteFile("val_images.tar.gz", "https://huggingface.co/datasets/ILSVRC/imagenet-1k/resolve/"
-                           "4603483700ee984ea9debe3ddbfdeae86f6489eb/data/val_images.tar.gz"),
-                RemoteFile("classes.py", "https://huggingface.co/datasets/ILSVRC/imagenet-1k/resolve/"
-                           "4603483700ee984ea9debe3ddbfdeae86f6489eb/classes.py"),
+                RemoteFile(
+                    "ILSVRC2012_img_val.tar",
+                    "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar",
+                    size=6_744_924_160,
+                    md5="29b22e2961454d5413ddabcf34fc5622",
+                ),
+                RemoteFile(
+                    "ILSVRC2012_devkit_t12.tar.gz",
+                    "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_devkit_t12.tar.gz",
+                    md5="fa75699e90414af021442c21a62c3abf",
+                ),
+                RemoteFile(
+                    "val_images.tar.gz",
+                    "https://huggingface.co/datasets/ILSVRC/imagenet-1k/resolve/"
+                    "4603483700ee984ea9debe3ddbfdeae86f6489eb/data/val_images.tar.gz",
+                ),
+                RemoteFile(
+                    "classes.py",
+                    "https://huggingface.co/datasets/ILSVRC/imagenet-1k/resolve/"
+                    "4603483700ee984ea9debe3ddbfdeae86f6489eb/classes.py",
+                ),
             ),
-            hub_repo="ILSVRC/imagenet-1k", hub_revision="4603483700ee984ea9debe3ddbfdeae86f6489eb",
-            access_hint=(f"put ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz (from image-net.org) in ${IMAGENET_ENV} "
-                         f"or <data root>/downloads/, or accept the terms of huggingface.co/datasets/ILSVRC/imagenet-1k and set "
-                         f"{HF_TOKEN_ENV}"),
+            hub_repo="ILSVRC/imagenet-1k",
+            hub_revision="4603483700ee984ea9debe3ddbfdeae86f6489eb",
+            access_hint=(
+                f"put ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz (from image-net.org) in ${IMAGENET_ENV} "
+                f"or <data root>/downloads/, or accept the terms of huggingface.co/datasets/ILSVRC/imagenet-1k and set "
+                f"{HF_TOKEN_ENV}"
+            ),
         ),
     )
 }
@@ -163,11 +228,15 @@ def resolve(ref: str, root: Path) -> Path:
             raise DataError(f"{ref}: {dataset_id} has no split {split!r}; choose from {', '.join(spec.splits)}")
         manifest = read_manifest(root, dataset_id)
         if manifest is None:
-            raise DataError(f"{ref}: dataset {dataset_id} is not present under {root}; run `clipctl data fetch {dataset_id}`")
+            raise DataError(
+                f"{ref}: dataset {dataset_id} is not present under {root}; run `clipctl data fetch {dataset_id}`"
+            )
         path = dataset_dir(spec, root) / manifest.get("splits", {}).get(split, spec.splits[split])
         if not path.exists():
-            raise DataError(f"{ref}: {path} is missing although manifests/{dataset_id}.json exists; "
-                            f"run `clipctl data fetch {dataset_id} --force`")
+            raise DataError(
+                f"{ref}: {path} is missing although manifests/{dataset_id}.json exists; "
+                f"run `clipctl data fetch {dataset_id} --force`"
+            )
         return path
     path = Path(ref).expanduser()
     if path.exists():

@@ -7,6 +7,7 @@ captions per image); zeroshot_val/zeroshot are balanced single-object class fold
 stand-in). Everything is drawn from per-split seeded generators in the parent process; workers only
 render, so the bytes do not depend on the number of workers. PNGs carry no timestamps.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -20,40 +21,78 @@ import shutil
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from clipctl import __version__
 from clipctl.atomic import atomic_write_bytes, replace_dir
+from clipctl.console import ProgressReporter, info
 from clipctl.data.lock import replacing
 from clipctl.data.manifest import check_hashes, read_manifest, sha256_file, tree_digest, write_manifest
 from clipctl.errors import DataError, UsageError
-from clipctl.console import ProgressReporter, info
 
 DATASET_ID = "shapes"
 GENERATOR_VERSION = 1
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 35, 35), "orange": (245, 135, 20), "yellow": (240, 220, 30), "green": (40, 170, 60),
-    "cyan": (30, 215, 225), "blue": (35, 65, 225), "purple": (140, 45, 195), "pink": (250, 125, 195),
+    "red": (220, 35, 35),
+    "orange": (245, 135, 20),
+    "yellow": (240, 220, 30),
+    "green": (40, 170, 60),
+    "cyan": (30, 215, 225),
+    "blue": (35, 65, 225),
+    "purple": (140, 45, 195),
+    "pink": (250, 125, 195),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
-POSITION_PHRASES = ("in the top left", "at the top", "in the top right", "on the left", "in the center",
-                    "on the right", "in the bottom left", "at the bottom", "in the bottom right")
+POSITION_PHRASES = (
+    "in the top left",
+    "at the top",
+    "in the top right",
+    "on the left",
+    "in the center",
+    "on the right",
+    "in the bottom left",
+    "at the bottom",
+    "in the bottom right",
+)
 BACKGROUNDS = ("plain", "striped", "checkered", "dotted", "noisy", "gradient")
 CLASSNAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
-TEMPLATES = ("a photo of a {}.", "a {} shape.", "a picture of a {}.", "an image of a {}.", "a drawing of a {}.",
-             "a {} on a textured background.", "a small {}.", "a large {}.")
-CAPTION_TEMPLATES = ("{objs}", "a picture of {objs}", "an image with {objs}", "there is {objs}", "a photo showing {objs}",
-                     "a drawing of {objs}", "here we see {objs}", "{objs} in the picture")
+TEMPLATES = (
+    "a photo of a {}.",
+    "a {} shape.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a drawing of a {}.",
+    "a {} on a textured background.",
+    "a small {}.",
+    "a large {}.",
+)
+CAPTION_TEMPLATES = (
+    "{objs}",
+    "a picture of {objs}",
+    "an image with {objs}",
+    "there is {objs}",
+    "a photo showing {objs}",
+    "a drawing of {objs}",
+    "here we see {objs}",
+    "{objs} in the picture",
+)
 BG_TEMPLATES = ("{objs} on a {bg} background", "a {bg} background with {objs}", "{objs}, {bg} background")
-SPLITS = {"train": "train.json", "val": "val.json", "test": "test.json", "zeroshot_val": "zeroshot_val", "zeroshot": "zeroshot"}
+SPLITS = {
+    "train": "train.json",
+    "val": "val.json",
+    "test": "test.json",
+    "zeroshot_val": "zeroshot_val",
+    "zeroshot": "zeroshot",
+}
 _SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "zeroshot_val": 4, "zeroshot": 5, "zipf": 6}
 
 
@@ -144,14 +183,28 @@ def zipf_probabilities(seed: int, exponent: float) -> list[float]:
 def _sample_scene(rng: Rand, classes: list[int]) -> Scene:
     positions = rng.sample(len(POSITIONS), len(classes))
     objects = tuple(
-        Obj(cls=c, size=rng.below(2), pos=p, dx=rng.uniform(-0.12, 0.12), dy=rng.uniform(-0.12, 0.12),
-            angle=rng.uniform(-15, 15), tint=(rng.below(25) - 12, rng.below(25) - 12, rng.below(25) - 12))
+        Obj(
+            cls=c,
+            size=rng.below(2),
+            pos=p,
+            dx=rng.uniform(-0.12, 0.12),
+            dy=rng.uniform(-0.12, 0.12),
+            angle=rng.uniform(-15, 15),
+            tint=(rng.below(25) - 12, rng.below(25) - 12, rng.below(25) - 12),
+        )
         for c, p in zip(classes, positions)
     )
     grey = rng.uniform(60, 200)
     base = tuple(int(min(255.0, max(0.0, grey + rng.uniform(-22, 22)))) for _ in range(3))
-    return Scene(bg=rng.below(len(BACKGROUNDS)), bg_base=base, bg_amp=rng.uniform(12, 28), bg_period=rng.uniform(5, 14),
-                 bg_angle=rng.uniform(0, math.pi), bg_seed=rng.below(2**31), objects=objects)
+    return Scene(
+        bg=rng.below(len(BACKGROUNDS)),
+        bg_base=base,
+        bg_amp=rng.uniform(12, 28),
+        bg_period=rng.uniform(5, 14),
+        bg_angle=rng.uniform(0, math.pi),
+        bg_seed=rng.below(2**31),
+        objects=objects,
+    )
 
 
 # ----------------------------------------------------------------------------------------- captions
@@ -216,7 +269,7 @@ def _background(scene: Scene, size: int) -> np.ndarray:
         texture = 1.5 * amp * (np.outer(wave, wave) > 0.55)
     elif kind == "noisy":
         field, ox, oy = scene.bg_seed % 16, (scene.bg_seed >> 4) % size, (scene.bg_seed >> 12) % size
-        texture = (amp / 2.5) * _noise_bank(size)[field, oy:oy + size, ox:ox + size]
+        texture = (amp / 2.5) * _noise_bank(size)[field, oy : oy + size, ox : ox + size]
     elif kind == "gradient":
         along = np.add.outer(sin_a * axis, cos_a * axis)
         texture = 1.5 * amp * (along / max(float(along.max()), 1.0) * 2 - 1)
@@ -236,11 +289,29 @@ def _polygon(shape: str, r: float, angle: float) -> list[tuple[float, float]]:
     elif shape == "hexagon":
         pts = [(math.cos(math.radians(a)), math.sin(math.radians(a))) for a in range(0, 360, 60)]
     elif shape == "star":
-        pts = [((1.0 if k % 2 == 0 else 0.45) * math.cos(math.radians(-90 + 36 * k)),
-                (1.0 if k % 2 == 0 else 0.45) * math.sin(math.radians(-90 + 36 * k))) for k in range(10)]
+        pts = [
+            (
+                (1.0 if k % 2 == 0 else 0.45) * math.cos(math.radians(-90 + 36 * k)),
+                (1.0 if k % 2 == 0 else 0.45) * math.sin(math.radians(-90 + 36 * k)),
+            )
+            for k in range(10)
+        ]
     else:  # cross
         w = 0.34
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+        pts = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
     c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     return [(r * (x * c - y * s), r * (x * s + y * c)) for x, y in pts]
 
@@ -281,7 +352,12 @@ def encode_png(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 def render_png(scene: Scene, size: int) -> bytes:
@@ -332,8 +408,10 @@ def _plan(config: ShapesConfig) -> tuple[list[tuple[str, Scene]], dict[str, Any]
         captions = {i: pairs[i]["caption"] for i in donors}
         for k, i in enumerate(donors):
             pairs[i]["caption"] = captions[donors[(k + 1) % len(donors)]]
-    annotations: dict[str, Any] = {"train.json": pairs,
-                                   "train_labels.json": {"classes": labels, "noisy": noisy, "class_probabilities": [round(p, 6) for p in probs]}}
+    annotations: dict[str, Any] = {
+        "train.json": pairs,
+        "train_labels.json": {"classes": labels, "noisy": noisy, "class_probabilities": [round(p, 6) for p in probs]},
+    }
     for split in ("val", "test"):
         rng = Rand(config.seed, split)
         entries = []
@@ -341,8 +419,13 @@ def _plan(config: ShapesConfig) -> tuple[list[tuple[str, Scene]], dict[str, Any]
             scene = _sample_scene(rng, [rng.below(len(CLASSNAMES)) for _ in range(1 + rng.below(3))])
             rel = f"{split}/{i:06d}.png"
             jobs.append((rel, scene))
-            entries.append({"image": rel, "caption": [_caption(scene, rng, partial=False) for _ in range(config.captions_per_image)],
-                            "image_id": i})
+            entries.append(
+                {
+                    "image": rel,
+                    "caption": [_caption(scene, rng, partial=False) for _ in range(config.captions_per_image)],
+                    "image_id": i,
+                }
+            )
         annotations[f"{split}.json"] = entries
     for split, per_class in (("zeroshot_val", config.zeroshot_val_per_class), ("zeroshot", config.zeroshot_per_class)):
         rng = Rand(config.seed, split)
@@ -361,7 +444,7 @@ def class_folder(cls: int) -> str:
 
 def _chunks(jobs: list[tuple[str, Scene]], size: int) -> Iterator[list[tuple[str, Scene]]]:
     for start in range(0, len(jobs), size):
-        yield jobs[start:start + size]
+        yield jobs[start : start + size]
 
 
 def _dump(value: Any) -> bytes:
@@ -406,18 +489,31 @@ def generate_shapes(root: Path, config: ShapesConfig = ShapesConfig(), workers: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest = {
-        "id": DATASET_ID, "clipctl_version": __version__, "generator_version": GENERATOR_VERSION,
-        "sources": ["generated locally by clipctl"], "params": asdict(config), "files": files,
+        "id": DATASET_ID,
+        "clipctl_version": __version__,
+        "generator_version": GENERATOR_VERSION,
+        "sources": ["generated locally by clipctl"],
+        "params": asdict(config),
+        "files": files,
         "images": {"count": len(digests), "sha256": _images_digest(digests)},
-        "counts": {"train": config.train_size, "val": config.eval_images, "test": config.eval_images,
-                   "zeroshot_val": config.zeroshot_val_per_class * len(CLASSNAMES),
-                   "zeroshot": config.zeroshot_per_class * len(CLASSNAMES), "classes": len(CLASSNAMES)},
-        "splits": dict(SPLITS), "size_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()), "verified": True,
+        "counts": {
+            "train": config.train_size,
+            "val": config.eval_images,
+            "test": config.eval_images,
+            "zeroshot_val": config.zeroshot_val_per_class * len(CLASSNAMES),
+            "zeroshot": config.zeroshot_per_class * len(CLASSNAMES),
+            "classes": len(CLASSNAMES),
+        },
+        "splits": dict(SPLITS),
+        "size_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
+        "verified": True,
     }
     replace_dir(tmp, target)
     write_manifest(root, DATASET_ID, manifest)
-    info(f"shapes: generated {len(digests)} images in {time.monotonic() - start:.1f} s at {target} "
-         f"(seed {config.seed}, train {config.train_size}, {config.image_size} px)")
+    info(
+        f"shapes: generated {len(digests)} images in {time.monotonic() - start:.1f} s at {target} "
+        f"(seed {config.seed}, train {config.train_size}, {config.image_size} px)"
+    )
     return manifest
 
 
@@ -442,19 +538,31 @@ def verify_shapes(root: Path) -> dict[str, Any]:
     digest, count = tree_digest(target, "*.png")
     want = manifest["images"]
     if count != want["count"] or digest != want["sha256"]:
-        raise DataError(f"{target}: images differ from manifests/shapes.json ({count} files, digest {digest[:12]}; expected "
-                        f"{want['count']}, {want['sha256'][:12]}); run `clipctl data fetch shapes --force`")
+        raise DataError(
+            f"{target}: images differ from manifests/shapes.json ({count} files, digest {digest[:12]}; expected "
+            f"{want['count']}, {want['sha256'][:12]}); run `clipctl data fetch shapes --force`"
+        )
     return manifest
 
 
 def is_current(manifest: dict[str, Any] | None, config: ShapesConfig) -> bool:
     """True when the manifest on disk was generated with exactly these parameters by this generator."""
-    return manifest is not None and manifest.get("params") == asdict(config) \
+    return (
+        manifest is not None
+        and manifest.get("params") == asdict(config)
         and manifest.get("generator_version") == GENERATOR_VERSION
+    )
 
 
-def ensure_shapes(root: Path, seed: int = 0, train_size: int = 20_000, image_size: int = 64, *,
-                  force: bool = False, workers: int | None = None) -> Path:
+def ensure_shapes(
+    root: Path,
+    seed: int = 0,
+    train_size: int = 20_000,
+    image_size: int = 64,
+    *,
+    force: bool = False,
+    workers: int | None = None,
+) -> Path:
     """The shapes folder for these parameters: generated when absent, different or forced; returns root/shapes.
 
     Cheap when present: only the manifest's parameters and the split paths are checked (`verify_shapes`
@@ -472,13 +580,16 @@ def ensure_shapes(root: Path, seed: int = 0, train_size: int = 20_000, image_siz
             return target
         if manifest is not None and not force:
             have = manifest.get("params", {})
-            info(f"shapes: regenerating (on disk: seed {have.get('seed')}, train {have.get('train_size')}, "
-                 f"{have.get('image_size')} px)")
+            info(
+                f"shapes: regenerating (on disk: seed {have.get('seed')}, train {have.get('train_size')}, "
+                f"{have.get('image_size')} px)"
+            )
         generate_shapes(root, config, workers)
     return target
 
 
 def shapes_present(root: Path, config: ShapesConfig) -> bool:
     """Generated with exactly `config`, every split in place (cheap: no hashing)."""
-    return is_current(read_manifest(root, DATASET_ID), config) and all((root / DATASET_ID / p).exists()
-                                                                        for p in SPLITS.values())
+    return is_current(read_manifest(root, DATASET_ID), config) and all(
+        (root / DATASET_ID / p).exists() for p in SPLITS.values()
+    )

@@ -4,14 +4,16 @@ One `TextTokenizer` type wraps a `tokenizers.Tokenizer` whatever its origin (Wor
 training captions, or a Hugging Face tokenizer by name/path) and serialises to the tokenizers JSON, so a
 run and its checkpoint carry the exact tokenizer and evaluation needs nothing else.
 """
+
 from __future__ import annotations
 
 import heapq
 import os
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -63,13 +65,15 @@ class TextTokenizer:
         return self._tok.to_str()
 
     @classmethod
-    def from_json(cls, text: str, max_len: int) -> "TextTokenizer":
+    def from_json(cls, text: str, max_len: int) -> TextTokenizer:
         from tokenizers import Tokenizer
 
         try:
             tokenizer = Tokenizer.from_str(text)
         except Exception as err:  # tokenizers raises a bare Exception on malformed JSON
-            raise UsageError(f"tokenizer JSON is invalid ({str(err).splitlines()[0]}); re-create the run's tokenizer") from None
+            raise UsageError(
+                f"tokenizer JSON is invalid ({str(err).splitlines()[0]}); re-create the run's tokenizer"
+            ) from None
         return cls(tokenizer, max_len, source="json")
 
 
@@ -81,7 +85,10 @@ def _find_pad_id(tokenizer: Any) -> int:
         token_id = tokenizer.token_to_id(token)
         if token_id is not None:
             return int(token_id)
-    raise UsageError("tokenizer has no padding token ([PAD], <pad>, </s>); choose a tokenizer with one or model.tokenizer = \"wordpiece\"")
+    raise UsageError(
+        "tokenizer has no padding token ([PAD], <pad>, </s>); choose a tokenizer with one or model.tokenizer "
+        '= "wordpiece"'
+    )
 
 
 def learn_wordpiece_vocab(word_counts: dict[str, int], vocab_size: int) -> list[str]:
@@ -150,12 +157,16 @@ def train_wordpiece(captions: Iterable[str], vocab_size: int, max_len: int) -> T
     for caption in captions:
         word_counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(caption)))
     vocab = learn_wordpiece_vocab(word_counts, vocab_size)
-    tokenizer = Tokenizer(models.WordPiece({tok: i for i, tok in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100))
+    tokenizer = Tokenizer(
+        models.WordPiece({tok: i for i, tok in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100)
+    )
     tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     tokenizer.add_special_tokens(list(SPECIALS))  # already in the vocabulary: marks them special (skipped by decode)
     cls_id, sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     tokenizer.enable_padding(pad_id=vocab.index("[PAD]"), pad_token="[PAD]")
     return TextTokenizer(tokenizer, max_len, source="wordpiece")
@@ -175,15 +186,24 @@ def load_hf_tokenizer(name_or_path: str, max_len: int) -> TextTokenizer:
     try:
         hf = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
-        why = "the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache" if offline else f"it could not be loaded ({str(err).splitlines()[0]})"
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
+            "TRANSFORMERS_OFFLINE", ""
+        ) not in ("", "0")
+        why = (
+            "the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache"
+            if offline
+            else f"it could not be loaded ({str(err).splitlines()[0]})"
+        )
         raise UsageError(
-            f"tokenizer {name_or_path!r}: {why}; download it once with network access (unset HF_HUB_OFFLINE) or give a local "
-            f"folder/tokenizer.json path, or set model.tokenizer = \"wordpiece\" to train one on the captions"
+            f"tokenizer {name_or_path!r}: {why}; download it once with network access (unset HF_HUB_OFFLINE) "
+            "or give a local "
+            f'folder/tokenizer.json path, or set model.tokenizer = "wordpiece" to train one on the captions'
         ) from None
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
-        raise UsageError(f"tokenizer {name_or_path!r} has no fast (tokenizers) version; use model.tokenizer = \"wordpiece\"")
+        raise UsageError(
+            f'tokenizer {name_or_path!r} has no fast (tokenizers) version; use model.tokenizer = "wordpiece"'
+        )
     return TextTokenizer(Tokenizer.from_str(backend.to_str()), max_len, source=name_or_path)
 
 
@@ -193,4 +213,3 @@ def build_tokenizer(model_cfg: Any, max_len: int, captions: Iterable[str]) -> Te
     if choice == "wordpiece":
         return train_wordpiece(captions, model_cfg.vocab_size, max_len)
     return load_hf_tokenizer(model_cfg.text_model if choice == "auto" else choice, max_len)
-

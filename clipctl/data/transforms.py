@@ -3,9 +3,11 @@
 Augmentation is deliberately light and geometry/colour-safe: captions name colours and positions
 ("a red star in the top left"), so there is no horizontal flip and no hue jitter.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from torchvision import transforms as T
 
@@ -24,7 +26,7 @@ def normalization(kind: str = "clip") -> T.Normalize:
         return T.Normalize(CLIP_MEAN, CLIP_STD)
     if kind == "imagenet":
         return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    raise UsageError(f"eval.normalize = {kind!r}: expected \"clip\" or \"imagenet\"")
+    raise UsageError(f'eval.normalize = {kind!r}: expected "clip" or "imagenet"')
 
 
 def train_transform(image_size: int, augment: bool = True, normalize: Normalize = "clip") -> Callable:
@@ -34,19 +36,25 @@ def train_transform(image_size: int, augment: bool = True, normalize: Normalize 
     """
     if not augment:
         return eval_transform(image_size, normalize)
-    return T.Compose([
-        T.RandomResizedCrop(image_size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1),
-        T.ToTensor(),
-        normalization(normalize),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(
+                image_size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC, antialias=True
+            ),
+            T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1),
+            T.ToTensor(),
+            normalization(normalize),
+        ]
+    )
 
 
 def eval_transform(image_size: int, normalize: Normalize = "clip") -> Callable:
     """Resize the short side to `image_size` (bicubic), center crop, normalise (CLIP, or ImageNet for course parity)."""
-    return T.Compose([
-        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-        T.CenterCrop(image_size),
-        T.ToTensor(),
-        normalization(normalize),
-    ])
+    return T.Compose(
+        [
+            T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            normalization(normalize),
+        ]
+    )

@@ -3,6 +3,7 @@
 Nothing outside the checkpoint is needed to rebuild the model (recipe, tokenizer and weights are in it,
 loaded with `weights_only=True`); only the evaluation datasets come from the data root.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,9 +39,10 @@ BENCHMARKS: dict[str, tuple[str | None, str | None]] = {
     "imagenet-full": (None, "imagenet-val"),
     "shapes": ("shapes:test", "shapes:zeroshot"),
 }
-NOTES = {"imagenet": "zero-shot on imagenet-val:test, the 40k images model selection never sees",
-         "imagenet-full": "zero-shot on all 50k imagenet-val images (published-figure parity; includes the "
-                          "selection fifth)"}
+NOTES = {
+    "imagenet": "zero-shot on imagenet-val:test, the 40k images model selection never sees",
+    "imagenet-full": "zero-shot on all 50k imagenet-val images (published-figure parity; includes the selection fifth)",
+}
 
 
 @dataclass
@@ -58,11 +60,18 @@ def load_for_eval(path: Path, device: torch.device) -> LoadedCheckpoint:
     try:
         raw = tomllib.loads(ckpt["recipe_toml"])
     except (KeyError, TypeError, tomllib.TOMLDecodeError):
-        raise UsageError(f"{path}: the checkpoint's embedded recipe is missing or unreadable; it is not a clipctl checkpoint") from None
+        raise UsageError(
+            f"{path}: the checkpoint's embedded recipe is missing or unreadable; it is not a clipctl checkpoint"
+        ) from None
     recipe = validate_recipe(raw, f"{path} (embedded recipe)", explicit_loss_keys=set())
     tokenizer = TextTokenizer.from_json(ckpt["tokenizer_json"], int(ckpt["tokenizer_max_len"]))
-    model = build_model(recipe.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
-                        load_weights=False, max_len=tokenizer.max_len)
+    model = build_model(
+        recipe.model,
+        vocab_size=tokenizer.vocab_size,
+        pad_id=tokenizer.pad_id,
+        load_weights=False,
+        max_len=tokenizer.max_len,
+    )
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
@@ -75,9 +84,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def evaluate_checkpoint(path: Path, benchmarks: list[str], *, device: torch.device | None = None,
-                        root: Path | None = None, progress: bool = True,
-                        max_missing: int | None = None) -> dict[str, dict[str, Any]]:
+def evaluate_checkpoint(
+    path: Path,
+    benchmarks: list[str],
+    *,
+    device: torch.device | None = None,
+    root: Path | None = None,
+    progress: bool = True,
+    max_missing: int | None = None,
+) -> dict[str, dict[str, Any]]:
     """Metrics per benchmark (fractions), written to `eval/<benchmark>.json` beside the checkpoint.
 
     More than `max_missing` (default: the checkpoint recipe's `eval.max_missing`) missing or unreadable
@@ -100,17 +115,33 @@ def evaluate_checkpoint(path: Path, benchmarks: list[str], *, device: torch.devi
         retrieval = RetrievalDataset(retrieval_path, transform) if retrieval_path else None
         classification = ClassificationDataset(zeroshot_path, transform) if zeroshot_path else None
         metrics = evaluate_split(
-            loaded.model, loaded.tokenizer, retrieval, classification,
-            batch_size=recipe.eval.batch_size, chunk_size=recipe.eval.chunk_size, num_workers=recipe.data.num_workers,
-            device=device, prefix="", precision="auto" if device.type == "cuda" else "no", progress=progress,
+            loaded.model,
+            loaded.tokenizer,
+            retrieval,
+            classification,
+            batch_size=recipe.eval.batch_size,
+            chunk_size=recipe.eval.chunk_size,
+            num_workers=recipe.data.num_workers,
+            device=device,
+            prefix="",
+            precision="auto" if device.type == "cuda" else "no",
+            progress=progress,
             max_missing=recipe.eval.max_missing if max_missing is None else max_missing,
         )
-        metrics.update(checkpoint=str(path), epoch=loaded.epoch, retrieval_source=BENCHMARKS[name][0],
-                       zeroshot_source=BENCHMARKS[name][1])
+        metrics.update(
+            checkpoint=str(path),
+            epoch=loaded.epoch,
+            retrieval_source=BENCHMARKS[name][0],
+            zeroshot_source=BENCHMARKS[name][1],
+        )
         atomic_write_json(path.parent / EVAL_DIR / f"{name}.json", metrics, indent=2)
         results[name] = metrics
     if "coco" in results and "imagenet" in results:
         coco, imagenet = results["coco"], results["imagenet"]
-        results["combined"] = {"tr@1": coco["tr@1"], "ir@1": coco["ir@1"], "acc@1": imagenet["acc@1"],
-                               "objective": objective(coco["tr@1"], coco["ir@1"], imagenet["acc@1"])}
+        results["combined"] = {
+            "tr@1": coco["tr@1"],
+            "ir@1": coco["ir@1"],
+            "acc@1": imagenet["acc@1"],
+            "objective": objective(coco["tr@1"], coco["ir@1"], imagenet["acc@1"]),
+        }
     return results

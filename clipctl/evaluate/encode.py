@@ -1,16 +1,18 @@
 """Batched, no-grad, autocast encoding of images and captions, with throughput and an optional progress display."""
+
 from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
-from clipctl.errors import DataError, UsageError
 from clipctl.console import ProgressReporter
+from clipctl.errors import DataError, UsageError
 
 Precision = Literal["no", "auto", "bf16", "fp16"]
 PRECISIONS = ("no", "auto", "bf16", "fp16")
@@ -61,7 +63,7 @@ def _inference(model: Any, device: torch.device, precision: str) -> Iterator[Non
     dtype = autocast_dtype(device, precision)
     model.eval()
     try:
-        with torch.no_grad(), (torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()):
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
             yield
     finally:
         model.train(was_training)
@@ -118,8 +120,9 @@ def encode_texts(
     started = time.perf_counter()
     parts = []
     try:
-        for _, features in iter_text_features(model, tokenizer, texts, batch_size=batch_size, device=device,
-                                              precision=precision):
+        for _, features in iter_text_features(
+            model, tokenizer, texts, batch_size=batch_size, device=device, precision=precision
+        ):
             parts.append(features)
             if reporter:
                 reporter.update(features.shape[0])
@@ -168,5 +171,9 @@ def encode_images(
             reporter.close()
     if not parts:
         raise DataError("the image loader yielded no batches: the evaluation dataset is empty")
-    return Encoded(torch.cat(parts), torch.cat(labels).long() if labels else None, time.perf_counter() - started,
-                   torch.cat(failed) if failed else None)
+    return Encoded(
+        torch.cat(parts),
+        torch.cat(labels).long() if labels else None,
+        time.perf_counter() - started,
+        torch.cat(failed) if failed else None,
+    )

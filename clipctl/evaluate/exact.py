@@ -9,10 +9,11 @@ is a property of the data, not of how the matrix product was blocked.
 Full float64 products are slow on CPUs and most GPUs, so retrieval multiplies in float32 and recomputes exactly only
 the pairs whose float32 score lies within the worst-case float32 rounding error of a threshold (`count_higher`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -59,14 +60,17 @@ def to_grid(features: torch.Tensor, name: str, device: torch.device) -> torch.Te
     return grid.round_().div_(_GRID)
 
 
-def image_grids(image_features: torch.Tensor, other: torch.Tensor, other_name: str, other_label: str,
-                remedy: str) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
+def image_grids(
+    image_features: torch.Tensor, other: torch.Tensor, other_name: str, other_label: str, remedy: str
+) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
     """The compute device and both matrices on the grid there, after checking they share one embedding dimension."""
     device = compute_device(image_features)
     images = to_grid(image_features, "image_features", device)
     others = to_grid(other, other_name, device)
     if images.shape[1] != others.shape[1]:
-        raise DataError(f"image_features have dimension {images.shape[1]} but {other_label} {others.shape[1]}; {remedy}")
+        raise DataError(
+            f"image_features have dimension {images.shape[1]} but {other_label} {others.shape[1]}; {remedy}"
+        )
     return device, images, others
 
 

@@ -1,4 +1,5 @@
 """The report's selection metric: one number that model selection, early stopping and the tuner maximise."""
+
 from __future__ import annotations
 
 

@@ -1,7 +1,8 @@
 """Image-text retrieval recall@k in both directions (CLIP_benchmark conventions), memory-bounded and exact."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -72,8 +73,9 @@ def retrieval_metrics(
     """
     ks = check_ks(ks)
     chunk_size = check_chunk_size(chunk_size)
-    device, images, texts = exact.image_grids(image_features, text_features, "text_features", "text_features",
-                                              "encode both with the same model")
+    device, images, texts = exact.image_grids(
+        image_features, text_features, "text_features", "text_features", "encode both with the same model"
+    )
     n_images, n_captions = images.shape[0], texts.shape[0]
     t2i = _check_text_to_image(text_to_image, n_images, n_captions).to(device)
 

@@ -1,4 +1,5 @@
 """What the trainer calls each epoch (on the validation split) and `clipctl eval` on the test splits."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,8 +37,14 @@ class _WithFailures(Dataset):
 
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(_WithFailures(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      worker_init_fn=ignore_stop_signals if num_workers > 0 else None, pin_memory=device.type == "cuda")
+    return DataLoader(
+        _WithFailures(dataset),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def _where(dataset: Any) -> str:
@@ -54,9 +61,11 @@ def check_missing(dataset: Any, max_missing: int | None, failed: int = 0) -> tup
     if max_missing is not None and missing > max_missing:
         unreadable = getattr(dataset, "unreadable", [])
         first = f" (first: {unreadable[0][0]}: {unreadable[0][1]})" if unreadable else ""
-        raise DataError(f"{_where(dataset)}: {missing} of {listed} images are missing or unreadable{first}; "
-                        f"eval.max_missing = {max_missing}; fetch the dataset again (`clipctl data verify` names it) "
-                        f"or raise eval.max_missing to score the {scored} that remain")
+        raise DataError(
+            f"{_where(dataset)}: {missing} of {listed} images are missing or unreadable{first}; "
+            f"eval.max_missing = {max_missing}; fetch the dataset again (`clipctl data verify` names it) "
+            f"or raise eval.max_missing to score the {scored} that remain"
+        )
     return scored, listed
 
 
@@ -95,28 +104,55 @@ def evaluate_split(
             check_missing(dataset, max_missing)  # before any encoding: files absent or unreadable at construction
     if retrieval_dataset is not None:
         loader = _loader(retrieval_dataset, batch_size, num_workers, device)
-        images = encode_images(model, loader, device=device, precision=precision,
-                               progress=f"{prefix}retrieval images" if progress else None)
-        texts = encode_texts(model, tokenizer, retrieval_dataset.captions, batch_size=batch_size, device=device,
-                             precision=precision, progress=f"{prefix}captions" if progress else None)
-        metrics.update(retrieval_metrics(images.features, texts.features, retrieval_dataset.text_to_image,
-                                         chunk_size=chunk_size))
+        images = encode_images(
+            model,
+            loader,
+            device=device,
+            precision=precision,
+            progress=f"{prefix}retrieval images" if progress else None,
+        )
+        texts = encode_texts(
+            model,
+            tokenizer,
+            retrieval_dataset.captions,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=f"{prefix}captions" if progress else None,
+        )
+        metrics.update(
+            retrieval_metrics(images.features, texts.features, retrieval_dataset.text_to_image, chunk_size=chunk_size)
+        )
         image_count, image_seconds = images.features.shape[0], images.seconds
         metrics["captions_per_s"] = texts.items_per_s
         metrics["retrieval_scored"], metrics["retrieval_total"] = check_missing(
-            retrieval_dataset, max_missing, _failures(images))
+            retrieval_dataset, max_missing, _failures(images)
+        )
     if classification_dataset is not None:
-        weights = zeroshot_classifier(model, tokenizer, classification_dataset.classnames,
-                                      classification_dataset.templates, batch_size=batch_size, device=device,
-                                      precision=precision, progress=f"{prefix}class prompts" if progress else None)
+        weights = zeroshot_classifier(
+            model,
+            tokenizer,
+            classification_dataset.classnames,
+            classification_dataset.templates,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            progress=f"{prefix}class prompts" if progress else None,
+        )
         loader = _loader(classification_dataset, batch_size, num_workers, device)
-        images = encode_images(model, loader, device=device, precision=precision,
-                               progress=f"{prefix}zero-shot images" if progress else None)
+        images = encode_images(
+            model,
+            loader,
+            device=device,
+            precision=precision,
+            progress=f"{prefix}zero-shot images" if progress else None,
+        )
         if images.labels is None or bool((images.labels < 0).any()):
             raise DataError("the classification dataset yields images without labels; items must be (image, label)")
         metrics.update(zeroshot_accuracy(images.features, images.labels, weights, chunk_size=chunk_size))
         metrics["zeroshot_scored"], metrics["zeroshot_total"] = check_missing(
-            classification_dataset, max_missing, _failures(images))
+            classification_dataset, max_missing, _failures(images)
+        )
         image_count, image_seconds = image_count + images.features.shape[0], image_seconds + images.seconds
     if retrieval_dataset is not None and classification_dataset is not None:
         metrics["objective"] = objective(metrics["tr@1"], metrics["ir@1"], metrics["acc@1"])

@@ -1,15 +1,17 @@
 """Zero-shot classification: template-averaged class embeddings (the OpenAI CLIP protocol) and top-k accuracy."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 
+from clipctl.console import ProgressReporter
 from clipctl.errors import DataError
 from clipctl.evaluate import exact
 from clipctl.evaluate.encode import Precision, iter_text_features, model_device
 from clipctl.evaluate.retrieval import check_chunk_size, check_ks
-from clipctl.console import ProgressReporter
 
 
 def fill_templates(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -51,8 +53,9 @@ def zeroshot_classifier(
     sums: torch.Tensor | None = None
     reporter = ProgressReporter(progress, len(prompts), "prompt") if progress else None
     try:
-        for start, features in iter_text_features(model, tokenizer, prompts, batch_size=batch_size, device=device,
-                                                  precision=precision):
+        for start, features in iter_text_features(
+            model, tokenizer, prompts, batch_size=batch_size, device=device, precision=precision
+        ):
             features = torch.nn.functional.normalize(features, dim=-1)
             if sums is None:
                 sums = torch.zeros(len(classnames), features.shape[1], dtype=torch.float32, device=features.device)
@@ -84,8 +87,9 @@ def zeroshot_accuracy(
     """
     ks = check_ks(ks)
     chunk_size = check_chunk_size(chunk_size)
-    device, images, weights = exact.image_grids(image_features, W, "classifier weights W", "the classifier",
-                                                "build the classifier with the same model")
+    device, images, weights = exact.image_grids(
+        image_features, W, "classifier weights W", "the classifier", "build the classifier with the same model"
+    )
     n_images, n_classes = images.shape[0], weights.shape[0]
     y = torch.as_tensor(labels)
     if y.dim() != 1 or y.numel() != n_images or y.is_floating_point() or y.dtype == torch.bool:

@@ -9,9 +9,10 @@ A new loss: a config model (`config.LossConfig` subclass with its own `name`) an
 (`base.ContrastiveLoss` subclass), made known with one `register_loss(Config, Class)` (`registry`).
 This package imports no torch until a loss is built.
 """
+
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from clipctl.losses.registry import build_loss, loss_class, loss_names, parse_loss_config, register_loss
 

@@ -8,11 +8,13 @@ single-process loss on the global batch (identical on every rank) and the gradie
 share), so that after DDP averages the model's gradients over K ranks they equal the single-process
 gradient. `reduce_gradients()` applies the same averaging to the loss's own parameters.
 """
+
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +72,9 @@ class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, cfg: LossConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None
+    ) -> None:
         super().__init__()
         if num_samples < 1:
             raise UsageError(f"build_loss: num_samples = {num_samples}: expected the training set size (>= 1)")
@@ -87,7 +91,9 @@ class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
 
     # ------------------------------------------------------------------------------------- forward
 
-    def forward(self, image_features: Tensor, text_features: Tensor, index: Tensor, epoch: int = 0, step: int | None = None) -> LossOutput:
+    def forward(
+        self, image_features: Tensor, text_features: Tensor, index: Tensor, epoch: int = 0, step: int | None = None
+    ) -> LossOutput:
         """Loss on the global batch from this rank's features and dataset indices (see module docstring)."""
         self._check_inputs(image_features, text_features, index, epoch)
         step = self._calls if step is None else step
@@ -107,11 +113,17 @@ class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
     def _check_inputs(self, x: Tensor, t: Tensor, index: Tensor, epoch: int) -> None:
         if not (isinstance(x, Tensor) and isinstance(t, Tensor) and x.dim() == 2 and x.shape == t.shape):
             shapes = (tuple(getattr(x, "shape", ())), tuple(getattr(t, "shape", ())))
-            raise UsageError(f"loss {self.name}: image and text features must be (batch, dim) of equal shape, got {shapes[0]} and {shapes[1]}")
+            raise UsageError(
+                f"loss {self.name}: image and text features must be (batch, dim) of equal shape, got "
+                f"{shapes[0]} and {shapes[1]}"
+            )
         if not (x.is_floating_point() and t.is_floating_point()):
             raise UsageError(f"loss {self.name}: features must be floating point, got {x.dtype} and {t.dtype}")
         if not isinstance(index, Tensor) or index.shape != (x.shape[0],) or index.is_floating_point():
-            raise UsageError(f"loss {self.name}: index must be an integer tensor of shape ({x.shape[0]},), one dataset index per pair")
+            raise UsageError(
+                f"loss {self.name}: index must be an integer tensor of shape ({x.shape[0]},), one dataset "
+                "index per pair"
+            )
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise UsageError(f"loss {self.name}: epoch = {epoch!r}: expected an integer >= 0")
 
@@ -126,9 +138,21 @@ class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
                     f"loss {self.name}: local batch sizes differ across processes ({sizes.tolist()}); "
                     "every rank needs the same batch size (drop the last incomplete batch)"
                 )
-            batch = Batch(x, t, D.all_gather_with_grad(x), D.all_gather_with_grad(t), index, D.all_gather(index), world, D.rank() * x.shape[0])
+            batch = Batch(
+                x,
+                t,
+                D.all_gather_with_grad(x),
+                D.all_gather_with_grad(t),
+                index,
+                D.all_gather(index),
+                world,
+                D.rank() * x.shape[0],
+            )
         if batch.global_size < 2:
-            raise UsageError(f"loss {self.name}: a global batch of {batch.global_size} pair has no negatives; use train.batch_size >= 2")
+            raise UsageError(
+                f"loss {self.name}: a global batch of {batch.global_size} pair has no negatives; use "
+                "train.batch_size >= 2"
+            )
         return batch
 
     # ------------------------------------------------------------------------------------- guards
@@ -163,7 +187,9 @@ class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
 
     # ------------------------------------------------------------------------------ checkpointing
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False, reset: bool = False):  # type: ignore[override]
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False, reset: bool = False
+    ):  # type: ignore[override]
         """Restore parameters and per-sample state; `reset=True` restarts per-sample state saved for
         another dataset size instead of raising `ResumeError`."""
         self._reset_on_load = reset

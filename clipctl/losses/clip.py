@@ -3,6 +3,7 @@
 Learnable: θ = log(1/τ) (logit scale), its own optimizer group without weight decay, clamped to
 [0, ln 100] after every optimizer step (so τ ∈ [0.01, 1]); τ is reported every step.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,9 @@ THETA_MAX = math.log(100.0)
 class CLIPLoss(ContrastiveLoss):
     name = "clip"
 
-    def __init__(self, cfg: CLIPConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, cfg: CLIPConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None
+    ) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.learnable = bool(cfg.learnable_temp)
         theta = min(max(-math.log(cfg.temperature), 0.0), THETA_MAX) if self.learnable else -math.log(cfg.temperature)
@@ -36,7 +39,9 @@ class CLIPLoss(ContrastiveLoss):
         logits_I = (batch.x @ batch.t_all.T) * scale
         logits_T = logits_I.T if batch.world == 1 else (batch.t @ batch.x_all.T) * scale
         target = batch.pos
-        local = (F.cross_entropy(logits_I, target, reduction="sum") + F.cross_entropy(logits_T, target, reduction="sum")) / (2 * batch.global_size)
+        local = (
+            F.cross_entropy(logits_I, target, reduction="sum") + F.cross_entropy(logits_T, target, reduction="sum")
+        ) / (2 * batch.global_size)
         if batch.world == 1:
             loss = local
         else:

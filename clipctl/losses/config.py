@@ -4,10 +4,11 @@ These models import no torch, so reading a recipe (every command does) stays fas
 consume them live in the family modules (`clip`, `sogclr`, `isogclr`, `fastclip`). Which loss reads a key
 is the model's own field list: `registry.key_users()` derives the "used by" table from these models.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
@@ -16,9 +17,30 @@ from clipctl.schema import Section
 # The order keys are written in a resolved recipe. It is part of the file format: a run's recipe sha256 (meta.json)
 # and a tuning study's base_sha256 hash that text. Keys not listed follow in their model's order.
 WRITE_ORDER = (
-    "name", "temperature", "learnable_temp", "gamma", "gamma_schedule", "gamma_min", "gamma_decay_epochs", "eps",
-    "tau_init", "tau_min", "tau_max", "rho_I", "rho_T", "eta_init", "eta_schedule", "beta_u", "tau_grad_clip",
-    "temp_net", "temp_net_prototypes", "lr_temp_net", "wd_temp_net", "dro_lambda", "lr_tau", "state_device",
+    "name",
+    "temperature",
+    "learnable_temp",
+    "gamma",
+    "gamma_schedule",
+    "gamma_min",
+    "gamma_decay_epochs",
+    "eps",
+    "tau_init",
+    "tau_min",
+    "tau_max",
+    "rho_I",
+    "rho_T",
+    "eta_init",
+    "eta_schedule",
+    "beta_u",
+    "tau_grad_clip",
+    "temp_net",
+    "temp_net_prototypes",
+    "lr_temp_net",
+    "wd_temp_net",
+    "dro_lambda",
+    "lr_tau",
+    "state_device",
 )
 _RANK = {key: i for i, key in enumerate(WRITE_ORDER)}
 
@@ -45,7 +67,7 @@ class CLIPConfig(LossConfig):
     name: Literal["clip"] = "clip"
     temperature: float = Field(0.01, gt=0, le=10)
     learnable_temp: bool = False
-    lr_tau: Optional[float] = Field(None, gt=0)  # None: optim.lr
+    lr_tau: float | None = Field(None, gt=0)  # None: optim.lr
 
     def fill_optim_defaults(self, lr: float) -> None:
         if self.lr_tau is None:
@@ -62,7 +84,8 @@ class GCLConfig(LossConfig):
     eps: float = Field(1e-8, ge=0, le=1)
     state_device: Literal["auto", "cpu"] = "auto"
     state_sharding: Literal["replicated", "sharded"] = Field(
-        "replicated", description="per-sample state on every rank, or sample i on rank i mod K only (ceil(N/K) rows per rank)"
+        "replicated",
+        description="per-sample state on every rank, or sample i on rank i mod K only (ceil(N/K) rows per rank)",
     )
 
 
@@ -80,7 +103,7 @@ class _TauBox(GCLConfig):
     rho_T: float = Field(8.0, ge=0, le=100)
 
     @model_validator(mode="after")
-    def _check_box(self) -> "_TauBox":
+    def _check_box(self) -> _TauBox:
         if self.tau_min > self.tau_max:
             raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
         return self
@@ -103,7 +126,8 @@ class IndividualTempConfig(_TauBox):
         if not high:
             return []
         return [
-            f"{' and '.join(high)} >= log(B-1) = {bound:.2f} for the contrast batch B = {contrast_batch} (train.batch_size / "
+            f"{' and '.join(high)} >= log(B-1) = {bound:.2f} for the contrast batch B = {contrast_batch} "
+            "(train.batch_size / "
             f"train.grad_accum): every τ-gradient is positive, so every temperature of {self.name} can only fall; "
             f"use rho < {bound:.2f} for temperatures that can also rise"
         ]
@@ -121,7 +145,7 @@ class ISogCLRNewConfig(IndividualTempConfig):
     beta_u: float = Field(0.5, gt=0, le=1)
     temp_net: bool = False
     temp_net_prototypes: int = Field(256, ge=1, le=65_536)
-    lr_temp_net: Optional[float] = Field(None, gt=0)  # None: optim.lr / 10
+    lr_temp_net: float | None = Field(None, gt=0)  # None: optim.lr / 10
     wd_temp_net: float = Field(1e-3, ge=0)
 
     def fill_optim_defaults(self, lr: float) -> None:
@@ -148,7 +172,7 @@ class FastCLIPv3Config(_TauBox):
     temperature: float = Field(0.01, gt=0, le=10)
     tau_min: float = Field(0.01, gt=0, le=10)
     tau_max: float = Field(1.0, gt=0, le=10)
-    lr_tau: Optional[float] = Field(None, gt=0)  # None: optim.lr
+    lr_tau: float | None = Field(None, gt=0)  # None: optim.lr
 
     def fill_optim_defaults(self, lr: float) -> None:
         if self.lr_tau is None:

@@ -3,6 +3,7 @@
 All helpers degrade to the identity with one process or without an initialised process group, so the
 losses run unchanged in a plain script, under Accelerate, or under torchrun.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ because g_i'(τ) = −(1/(B−1)) Σ_j exp(z_ij)·h_ij/τ². Replacing g_i by it
 and dF/dθ = −τ·dF/dτ. Both the log g term and the −Σ w·z term are kept (the public reference code uses a
 different expression); with γ = 1 this is exactly the autograd derivative of F on the batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,14 +24,16 @@ from torch import Tensor, nn
 
 from clipctl.errors import UsageError
 from clipctl.losses.base import Batch
-from clipctl.losses.gcl import GlobalContrastiveLoss, Step, Table
 from clipctl.losses.config import FastCLIPv3Config
+from clipctl.losses.gcl import GlobalContrastiveLoss, Step, Table
 
 
 class FastCLIPv3Loss(GlobalContrastiveLoss):
     name = "fastclip_v3"
 
-    def __init__(self, cfg: FastCLIPv3Config, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, cfg: FastCLIPv3Config, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None
+    ) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.tau_min, self.tau_max = float(cfg.tau_min), float(cfg.tau_max)
         if not self.tau_min <= cfg.temperature <= self.tau_max:
@@ -64,7 +67,11 @@ class FastCLIPv3Loss(GlobalContrastiveLoss):
     def _extra_stats(self, step: Step, table: Table) -> dict[str, Tensor]:
         tau = self.tau.detach().to(table.values)
         logs = torch.log(table["s_I"] + self.eps) + table["b_I"] + torch.log(table["s_T"] + self.eps) + table["b_T"]
-        return {"tau": tau, "tau_grad": self._tau_derivative(table), "objective": tau * logs.mean() + 2.0 * self.rho * tau}
+        return {
+            "tau": tau,
+            "tau_grad": self._tau_derivative(table),
+            "objective": tau * logs.mean() + 2.0 * self.rho * tau,
+        }
 
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         lr = self.cfg.lr_tau if self.cfg.lr_tau is not None else base_lr

@@ -13,6 +13,7 @@ A loss whose objective contrasts the negatives on RAW similarities (`relative_ne
 isogclr_new_v2: τ_i log mean_j e^{S_ij/τ_i}) uses z_ij = S_ij/τ_i, takes the shift over the negatives
 only and leaves the positive entries of W' at zero: the positive pair gets no pull from this term.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,9 @@ from torch import Tensor
 from clipctl.errors import ResumeError, UsageError
 from clipctl.losses import distributed as D
 from clipctl.losses.base import Batch, ContrastiveLoss, LossOutput
+from clipctl.losses.config import GCLConfig
 from clipctl.losses.schedules import gamma_at
 from clipctl.losses.state import PerSampleState
-from clipctl.losses.config import GCLConfig
 
 
 @dataclass
@@ -50,7 +51,14 @@ def positives(M: Tensor, offset: int) -> Tensor:
 
 @torch.no_grad()
 def contrast_side(
-    S: Tensor, offset: int, tau: Tensor, s_old: Tensor, b_old: Tensor, gamma: float, eps: float, scale: float,
+    S: Tensor,
+    offset: int,
+    tau: Tensor,
+    s_old: Tensor,
+    b_old: Tensor,
+    gamma: float,
+    eps: float,
+    scale: float,
     relative: bool = True,
 ) -> Side:
     """Shift, moving average and weights for the local rows of S (b×B) in one reused B-wide buffer.
@@ -149,7 +157,9 @@ class GlobalContrastiveLoss(ContrastiveLoss):
     state_columns: tuple[str, ...] = ("s_I", "b_I", "s_T", "b_T")
     relative_negatives: bool = True  # negatives contrasted on h = S_ij − S_ii (False: on raw S_ij)
 
-    def __init__(self, cfg: GCLConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, cfg: GCLConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None
+    ) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.eps = float(cfg.eps)
         self.state = PerSampleState(
@@ -200,8 +210,12 @@ class GlobalContrastiveLoss(ContrastiveLoss):
             step.side_T = contrast_side(S_T, batch.offset, tau_T.detach(), old["s_T"], old["b_T"], *args)
         step.rows = {
             "loss": (step.side_I.surrogate + step.side_T.surrogate) / B,
-            "s_I": step.side_I.s, "b_I": step.side_I.b, "used_tau_I": tau_I.detach(),
-            "s_T": step.side_T.s, "b_T": step.side_T.b, "used_tau_T": tau_T.detach(),
+            "s_I": step.side_I.s,
+            "b_I": step.side_I.b,
+            "used_tau_I": tau_I.detach(),
+            "s_T": step.side_T.s,
+            "b_T": step.side_T.b,
+            "used_tau_T": tau_T.detach(),
             "stale_I": self._staleness(old["s_I"], old["b_I"], step.side_I),
             "stale_T": self._staleness(old["s_T"], old["b_T"], step.side_T),
         }
@@ -245,7 +259,11 @@ class GlobalContrastiveLoss(ContrastiveLoss):
     def _guard(self, table: Table, scalars: dict[str, Tensor], epoch: int, step: int) -> None:
         """NaN/inf anywhere in the step's results (loss, s, b, τ, ...): stop before the state is written."""
         finite = torch.isfinite(table.values).all(dim=0)
-        flags = torch.cat([finite, torch.stack([torch.isfinite(v).reshape(()) for v in scalars.values()])]) if scalars else finite
+        flags = (
+            torch.cat([finite, torch.stack([torch.isfinite(v).reshape(()) for v in scalars.values()])])
+            if scalars
+            else finite
+        )
         if bool(flags.all()):
             return
         names = table.names + list(scalars)
@@ -274,11 +292,18 @@ class GlobalContrastiveLoss(ContrastiveLoss):
     # ------------------------------------------------------------------------------ checkpointing
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"format": "clipctl-loss-state", "loss": self.name, "num_samples": self.num_samples, **self.state.payload()}
+        return {
+            "format": "clipctl-loss-state",
+            "loss": self.name,
+            "num_samples": self.num_samples,
+            **self.state.payload(),
+        }
 
     def set_extra_state(self, payload: Any) -> None:
         if not isinstance(payload, dict) or payload.get("format") != "clipctl-loss-state":
-            raise ResumeError(f"loss {self.name}: the checkpoint holds no clipctl loss state; resume from a clipctl state/ directory")
+            raise ResumeError(
+                f"loss {self.name}: the checkpoint holds no clipctl loss state; resume from a clipctl state/ directory"
+            )
         if payload.get("loss") != self.name:
             raise ResumeError(
                 f"loss {self.name}: the checkpoint's per-sample state belongs to loss {payload.get('loss')!r}; "

@@ -5,6 +5,7 @@ Objective per side: mean_i τ_i(log g_i(τ_i) + ρ), τ_i ∈ [τ_min, τ_max]. 
   G_i = log(s_i + ε) + b_i + ρ − (1/(B−1)) Σ_j w_ij z_ij     (= ∂/∂τ_i [τ_i(log g_i + ρ)] with g ≈ s·e^b)
   G_i ← clip(G_i, ±tau_grad_clip)  (0: off);  m_i ← (1−β)m_i + β·G_i;  τ_i ← clip(τ_i − η·m_i, τ_min, τ_max)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,10 +15,10 @@ from torch import Tensor
 
 from clipctl.errors import UsageError
 from clipctl.losses.base import Batch
+from clipctl.losses.config import IndividualTempConfig, ISogCLRNewConfig
 from clipctl.losses.gcl import GlobalContrastiveLoss, Step, Table, positives
 from clipctl.losses.schedules import eta_at
 from clipctl.losses.tempnet import TemperatureNet
-from clipctl.losses.config import IndividualTempConfig, ISogCLRNewConfig
 
 
 class ISogCLRLoss(GlobalContrastiveLoss):
@@ -26,13 +27,16 @@ class ISogCLRLoss(GlobalContrastiveLoss):
     name = "isogclr"
     state_columns = ("s_I", "b_I", "s_T", "b_T", "tau_I", "m_I", "tau_T", "m_T")
 
-    def __init__(self, cfg: IndividualTempConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, cfg: IndividualTempConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None
+    ) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.rho = {"I": float(cfg.rho_I), "T": float(cfg.rho_T)}
         self.tau_min, self.tau_max = float(cfg.tau_min), float(cfg.tau_max)
         if not self.tau_min <= cfg.tau_init <= self.tau_max:
             raise UsageError(
-                f"loss.tau_init = {cfg.tau_init}: outside [tau_min, tau_max] = [{self.tau_min}, {self.tau_max}] of loss "
+                f"loss.tau_init = {cfg.tau_init}: outside [tau_min, tau_max] = [{self.tau_min}, "
+                f"{self.tau_max}] of loss "
                 f"{self.name}; set tau_init inside the box"
             )
 
@@ -93,14 +97,18 @@ class ISogCLRNewLoss(ISogCLRLoss):
 
     name = "isogclr_new"
 
-    def __init__(self, cfg: ISogCLRNewConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None) -> None:
+    def __init__(
+        self, cfg: ISogCLRNewConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None
+    ) -> None:
         self.use_temp_net = bool(cfg.temp_net)
         if self.use_temp_net:
             self.state_columns = GlobalContrastiveLoss.state_columns
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         if self.use_temp_net:
             if not embed_dim:
-                raise UsageError("loss.temp_net = true needs the embedding size: pass embed_dim=model.embed_dim to build_loss")
+                raise UsageError(
+                    "loss.temp_net = true needs the embedding size: pass embed_dim=model.embed_dim to build_loss"
+                )
             args = (int(embed_dim), int(cfg.temp_net_prototypes), self.tau_min, self.tau_max, float(cfg.tau_init))
             self.temp_net_image = TemperatureNet(*args)
             self.temp_net_text = TemperatureNet(*args)
@@ -133,7 +141,9 @@ class ISogCLRNewLoss(ISogCLRLoss):
             return []
         lr = self.cfg.lr_temp_net if self.cfg.lr_temp_net is not None else base_lr / 10
         params = list(self.temp_net_image.parameters()) + list(self.temp_net_text.parameters())
-        return [{"params": params, "lr": float(lr), "weight_decay": float(self.cfg.wd_temp_net), "name": "loss.temp_net"}]
+        return [
+            {"params": params, "lr": float(lr), "weight_decay": float(self.cfg.wd_temp_net), "name": "loss.temp_net"}
+        ]
 
 
 class ISogCLRNewV2Loss(ISogCLRLoss):

@@ -6,16 +6,25 @@ Names, defaults and "which loss reads which key" all come from the registered mo
 order. Built-in classes are registered by import path and imported when first built, so that reading a
 recipe never imports torch.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from clipctl.errors import UsageError
-from clipctl.losses.config import (CLIPConfig, FastCLIPv3Config, ISogCLRConfig, ISogCLRNewConfig, ISogCLRNewV2Config,
-                                   LossConfig, SogCLRConfig)
+from clipctl.losses.config import (
+    CLIPConfig,
+    FastCLIPv3Config,
+    ISogCLRConfig,
+    ISogCLRNewConfig,
+    ISogCLRNewV2Config,
+    LossConfig,
+    SogCLRConfig,
+)
 from clipctl.schema import format_validation_error, tagged_union
 
 DEFAULT_LOSS = "sogclr"
@@ -98,11 +107,18 @@ def parse_loss_config(table: Mapping[str, Any], source: str = "loss_config") -> 
         return _ADAPTER.validate_python(dict(table))
     except ValidationError as err:
         known = list(dict.fromkeys(key for config in loss_configs().values() for key in config.model_fields))
-        raise UsageError(format_validation_error(f"{source}: loss", err, known).replace(": loss: ", ": loss.", 1)) from None
+        raise UsageError(
+            format_validation_error(f"{source}: loss", err, known).replace(": loss: ", ": loss.", 1)
+        ) from None
 
 
-def build_loss(loss_config: LossConfig | Mapping[str, Any], num_samples: int, *, total_epochs: int | None = None,
-               embed_dim: int | None = None) -> Any:
+def build_loss(
+    loss_config: LossConfig | Mapping[str, Any],
+    num_samples: int,
+    *,
+    total_epochs: int | None = None,
+    embed_dim: int | None = None,
+) -> Any:
     """The loss named by `loss_config` (the recipe's [loss] table as a dict, or its model).
 
     `total_epochs` is the run length for η schedules `cosine`/`exp` (or call `set_total_epochs`);
@@ -113,7 +129,9 @@ def build_loss(loss_config: LossConfig | Mapping[str, Any], num_samples: int, *,
     elif isinstance(loss_config, Mapping):
         cfg = parse_loss_config(loss_config, "build_loss")
     else:
-        raise UsageError(f"build_loss: expected a LossConfig or a dict of [loss] keys, got {type(loss_config).__name__}")
+        raise UsageError(
+            f"build_loss: expected a LossConfig or a dict of [loss] keys, got {type(loss_config).__name__}"
+        )
     return loss_class(cfg.name)(cfg, num_samples, total_epochs=total_epochs, embed_dim=embed_dim)
 
 

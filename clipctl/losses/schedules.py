@@ -1,4 +1,5 @@
 """Per-epoch schedules of the GCL moving-average weight γ and the iSogCLR temperature step size η."""
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,7 @@ def eta_at(epoch: int, schedule: str, eta_init: float, total_epochs: int | None)
     if not total_epochs or total_epochs < 1:
         raise UsageError(
             f"loss.eta_schedule = {schedule!r} needs the run length: pass total_epochs= to build_loss "
-            "(the trainer passes train.epochs) or use eta_schedule = \"const\""
+            '(the trainer passes train.epochs) or use eta_schedule = "const"'
         )
     if schedule == "cosine":
         return eta_init * 0.5 * (1.0 + math.cos(math.pi * min(epoch, total_epochs) / total_epochs))

@@ -1,4 +1,5 @@
 """`sogclr`: the global contrastive loss with one fixed temperature (SogCLR)."""
+
 from __future__ import annotations
 
 import torch

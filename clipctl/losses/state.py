@@ -31,6 +31,7 @@ saved under any K and either layout resumes under any other. A sharded state is 
 at the price of a transient full copy on rank 0 (CC3M isogclr: 106 MB; LAION-400M: 12.8 GB, twice that
 while it is assembled). Loading keeps the rows this rank owns.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -64,7 +65,11 @@ class PerSampleState:
     """
 
     def __init__(
-        self, num_samples: int, columns: dict[str, float], scalars: dict[str, float], device_mode: str,
+        self,
+        num_samples: int,
+        columns: dict[str, float],
+        scalars: dict[str, float],
+        device_mode: str,
         sharding: str = "replicated",
     ) -> None:
         self.num_samples = int(num_samples)
@@ -165,7 +170,10 @@ class PerSampleState:
             return f"per-sample state was saved for N = {saved_n} samples but this run has N = {self.num_samples}"
         values, scalars = payload.get("values"), payload.get("scalars")
         if values is None and list(payload.get("columns", [])) == list(self.columns):
-            return "the saved per-sample state holds no rows: it was taken on a rank other than 0 of a sharded run; save rank 0's"
+            return (
+                "the saved per-sample state holds no rows: it was taken on a rank other than 0 of a sharded run; "
+                "save rank 0's"
+            )
         if (
             list(payload.get("columns", [])) != list(self.columns)
             or not isinstance(values, Tensor)
@@ -183,4 +191,7 @@ class PerSampleState:
         own = payload["values"].detach()[self.rank :: self.shards]
         self.values = self._column_init.to(device).repeat(self.rows, 1)  # a padding row keeps the initial values
         self.values[: own.shape[0]] = own.to(device=device, dtype=torch.float32)
-        self.scalars = {n: payload["scalars"][n].detach().to(device=device, dtype=torch.float32).clone().reshape(()) for n in self.scalars}
+        self.scalars = {
+            n: payload["scalars"][n].detach().to(device=device, dtype=torch.float32).clone().reshape(())
+            for n in self.scalars
+        }

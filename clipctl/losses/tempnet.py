@@ -1,4 +1,5 @@
 """Temperature network for `isogclr_new` with `temp_net = true`: τ(x) instead of a τ buffer per sample."""
+
 from __future__ import annotations
 
 import math
@@ -6,7 +7,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 
 HIDDEN = 64  # MLP width: the prototype similarities carry the information; the MLP only maps them to τ
 

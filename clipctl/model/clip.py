@@ -4,6 +4,7 @@ Projections have no bias (as in OpenAI CLIP): a bias would only shift every embe
 vector before normalisation. Features are normalised in at least float32 so the losses get full
 precision under autocast (float64 inputs stay float64).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipctl.errors import UsageError
+from clipctl.model.config import ModelConfig
 from clipctl.model.image import build_image_tower
 from clipctl.model.text import TextTower, build_text_tower
-from clipctl.model.config import ModelConfig
 
 
 class CLIPModel(nn.Module):
@@ -46,7 +47,7 @@ class CLIPModel(nn.Module):
             self.image_tower.to(memory_format=torch.channels_last)
         self.train()
 
-    def train(self, mode: bool = True) -> "CLIPModel":
+    def train(self, mode: bool = True) -> CLIPModel:
         """Locked towers stay in eval mode so BatchNorm statistics and dropout stay as loaded."""
         super().train(mode)
         if self.lock_image:

@@ -1,4 +1,5 @@
 """The recipe's [model] section: which towers, how they start, what stays locked (read by model/ and train/)."""
+
 from __future__ import annotations
 
 from typing import Any, Literal

@@ -4,6 +4,7 @@ The tower is the timm model itself built with `num_classes=0`, so its output is 
 of width `model.num_features`. Weight loading failures (offline, missing file, wrong architecture) become
 one-line `UsageError`s that say how to get out, never a hub traceback.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -15,8 +16,8 @@ from timm.models import load_state_dict, load_state_dict_from_hf
 from torch import nn
 
 from clipctl.errors import UsageError
-from clipctl.model.util import first_line
 from clipctl.model.config import ModelConfig
+from clipctl.model.util import first_line
 
 # create_model arguments that other recipe keys own; setting them through image_kwargs would fight those keys.
 _RESERVED_KWARGS = {
@@ -41,7 +42,7 @@ def build_image_tower(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
     if cfg.image_checkpoint and not cfg.image_pretrained:
         raise UsageError(
             f"model.image_checkpoint = '{cfg.image_checkpoint}' is set but model.image_pretrained = false; "
-            "set model.image_pretrained = true to load it, or model.image_checkpoint = \"\" to train from scratch"
+            'set model.image_pretrained = true to load it, or model.image_checkpoint = "" to train from scratch'
         )
     from_timm_source = load_weights and cfg.image_pretrained and not cfg.image_checkpoint
     try:
@@ -105,7 +106,7 @@ def _read_state_dict(ref: str) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint, read without executing code (safetensors, or torch with weights_only=True)."""
     if ref.startswith(_HUB_PREFIX):
         try:
-            return load_state_dict_from_hf(ref[len(_HUB_PREFIX):], weights_only=True)
+            return load_state_dict_from_hf(ref[len(_HUB_PREFIX) :], weights_only=True)
         except OSError as err:
             raise UsageError(
                 f"model.image_checkpoint = '{ref}' could not be loaded ({first_line(err)}); put it in the local "
@@ -151,4 +152,3 @@ def _check_name(name: str) -> None:
 
 def _arch(model: nn.Module) -> str:
     return (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-

@@ -4,6 +4,7 @@ From-scratch towers for well-known hub names (e.g. `distilbert-base-uncased`) ar
 architecture's config class locally, so CPU runs never need the hub; `text_config` overrides its fields
 and the tokenizer decides `vocab_size` and `pad_token_id`.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -16,8 +17,8 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from clipctl.errors import UsageError
-from clipctl.model.util import first_line
 from clipctl.model.config import ModelConfig
+from clipctl.model.util import first_line
 
 # Hub names whose architecture is built offline: model type + the fields where that model's published
 # config.json differs from the config class defaults (vocab size and pad id come from the tokenizer).
@@ -26,8 +27,14 @@ KNOWN_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "distilbert-base-cased": ("distilbert", {}),
     "bert-base-uncased": ("bert", {}),
     "bert-base-cased": ("bert", {}),
-    "bert-large-uncased": ("bert", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)),
-    "roberta-base": ("roberta", dict(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=2)),
+    "bert-large-uncased": (
+        "bert",
+        dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    ),
+    "roberta-base": (
+        "roberta",
+        dict(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=2),
+    ),
 }
 # Organisations the hub moved those names under; "distilbert/distilbert-base-uncased" is the same model.
 _CANONICAL_ORGS = ("distilbert/", "google-bert/", "FacebookAI/")
@@ -103,7 +110,8 @@ def build_text_tower(
             ) from err
     if getattr(encoder.config, "is_encoder_decoder", False):
         raise UsageError(
-            f"model.text_model = '{cfg.text_model}' is an encoder-decoder; use an encoder such as distilbert-base-uncased"
+            f"model.text_model = '{cfg.text_model}' is an encoder-decoder; use an encoder such as "
+            "distilbert-base-uncased"
         )
     positions = getattr(encoder.config, "max_position_embeddings", None)
     if max_len is not None and positions is not None and positions < max_len:
@@ -117,7 +125,7 @@ def build_text_tower(
 def scratch_text_config(cfg: ModelConfig, vocab_size: int, pad_id: int) -> PretrainedConfig:
     """Config for a from-scratch tower: local folder, known hub name, bare model type, else the hub/cache."""
     name = cfg.text_model
-    short = next((name[len(org):] for org in _CANONICAL_ORGS if name.startswith(org)), name)
+    short = next((name[len(org) :] for org in _CANONICAL_ORGS if name.startswith(org)), name)
     if Path(name).expanduser().is_dir():
         config = _hub_config(name)
     elif short in KNOWN_ARCHITECTURES:
@@ -174,4 +182,3 @@ def _pretrained_encoder(cfg: ModelConfig) -> PreTrainedModel:
             f"model.text_model = '{cfg.text_model}' could not be loaded with model.text_config = {cfg.text_config} "
             f"({first_line(err)}); check both keys"
         ) from err
-

@@ -1,4 +1,5 @@
 """Helpers shared by the towers."""
+
 from __future__ import annotations
 
 

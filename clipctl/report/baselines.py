@@ -4,6 +4,7 @@ They were measured on MSCOCO 5k retrieval and ImageNet-1k zero-shot after CC3M-1
 delta against them means something only for runs tested on those same sets; `comparable` decides that
 per metric, so a COCO-only run still gets TR/IR deltas.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,8 +53,15 @@ class PublishedRow:
 PUBLISHED: tuple[PublishedRow, ...] = (
     PublishedRow("clip", "CLIP (benchmark)", "report, Table 4", 12.00, 9.32, 21.35),
     PublishedRow("sogclr", "SogCLR (provided codebase)", "report, Table 4", 14.38, 10.73, 24.54),
-    PublishedRow("isogclr_new", "iSogCLR_New + RAdam (report's best)", "report, Table 2", 15.00, 11.52, 28.54,
-                 footnote=ACC_TYPO_FOOTNOTE),
+    PublishedRow(
+        "isogclr_new",
+        "iSogCLR_New + RAdam (report's best)",
+        "report, Table 2",
+        15.00,
+        11.52,
+        28.54,
+        footnote=ACC_TYPO_FOOTNOTE,
+    ),
 )
 
 

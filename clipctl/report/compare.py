@@ -6,6 +6,7 @@ their status. Deltas are relative changes in percent, as in the report's abstrac
 CLIP"); they use a measured baseline group on the same test data when one exists, else the published
 row, and only where the published numbers were measured on the same kind of data.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -15,8 +16,9 @@ import math
 import os
 import re
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from clipctl.errors import UsageError
 from clipctl.losses.registry import loss_names
@@ -25,16 +27,28 @@ from clipctl.report.runs import Run
 from clipctl.run.layout import RunStatus
 
 METRIC_TITLES = {
-    "tr@1": "TR@1", "tr@5": "TR@5", "tr@10": "TR@10",
-    "ir@1": "IR@1", "ir@5": "IR@5", "ir@10": "IR@10", "r_mean": "R_mean",
-    "acc@1": "ACC@1", "acc@5": "ACC@5", "average": "average",
+    "tr@1": "TR@1",
+    "tr@5": "TR@5",
+    "tr@10": "TR@10",
+    "ir@1": "IR@1",
+    "ir@5": "IR@5",
+    "ir@10": "IR@10",
+    "r_mean": "R_mean",
+    "acc@1": "ACC@1",
+    "acc@5": "ACC@5",
+    "average": "average",
 }
 DEFAULT_METRICS = ("tr@1", "ir@1", "acc@1", "average")
 DEFAULT_BASELINES = ("clip", "sogclr")
 SEED_KEYS = (("run", "seed"), ("run", "name"), ("run", "out_dir"))
 # The published training setting; a group that differs is told so next to its published deltas.
-_PUBLISHED_SETTING = (("data.train", "cc3m-100k"), ("model.image_model", "resnet50"),
-                      ("model.text_model", "distilbert-base-uncased"), ("train.epochs", 30), ("train.batch_size", 128))
+_PUBLISHED_SETTING = (
+    ("data.train", "cc3m-100k"),
+    ("model.image_model", "resnet50"),
+    ("model.text_model", "distilbert-base-uncased"),
+    ("train.epochs", 30),
+    ("train.batch_size", 128),
+)
 
 
 @dataclass
@@ -236,8 +250,14 @@ def _measured_delta(group: Group, baseline: str, candidates: list[Group], metric
         published = _published_delta(group, baseline, metrics)
         if published.kind == "published":
             return published
-        return Delta(baseline, "self", group.label, [r.label for r in group.runs], {m: None for m in metrics},
-                     f"this group is the measured {baseline} baseline")
+        return Delta(
+            baseline,
+            "self",
+            group.label,
+            [r.label for r in group.runs],
+            {m: None for m in metrics},
+            f"this group is the measured {baseline} baseline",
+        )
     ref = min(candidates, key=lambda g: (len(_differing_keys(group.recipe, g.recipe)), -len(g.runs), g.label))
     percent = {m: _relative_change(group.stat(m).mean, ref.stat(m).mean) for m in metrics}
     differs = _differing_keys(group.recipe, ref.recipe)
@@ -252,29 +272,56 @@ def _published_delta(group: Group, baseline: str, metrics: list[str]) -> Delta:
     row = pub.published_row(baseline)
     sources = f"{group.retrieval_source} / {group.zeroshot_source}"
     if row is None:
-        return Delta(baseline, "none", "", [], {m: None for m in metrics},
-                     f"no measured {baseline} run on {sources} and no published {baseline} row")
-    usable = [m for m in metrics if row.metric(m) is not None and pub.comparable(m, group.retrieval_source, group.zeroshot_source)]
+        return Delta(
+            baseline,
+            "none",
+            "",
+            [],
+            {m: None for m in metrics},
+            f"no measured {baseline} run on {sources} and no published {baseline} row",
+        )
+    usable = [
+        m
+        for m in metrics
+        if row.metric(m) is not None and pub.comparable(m, group.retrieval_source, group.zeroshot_source)
+    ]
     if not usable:
-        return Delta(baseline, "none", row.label, [], {m: None for m in metrics},
-                     f"no measured {baseline} run on {sources}; the published row is {pub.RETRIEVAL_LABEL} / "
-                     f"{pub.ZEROSHOT_LABEL} and not comparable, so no delta (train the same recipe with loss.name={baseline})")
-    percent = {m: (_relative_change(100.0 * group.stat(m).mean, row.metric(m)) if m in usable and group.stat(m).mean is not None else None)
-               for m in metrics}
+        return Delta(
+            baseline,
+            "none",
+            row.label,
+            [],
+            {m: None for m in metrics},
+            f"no measured {baseline} run on {sources}; the published row is {pub.RETRIEVAL_LABEL} / "
+            f"{pub.ZEROSHOT_LABEL} and not comparable, so no delta (train the same recipe with loss.name={baseline})",
+        )
+    percent = {
+        m: (
+            _relative_change(100.0 * group.stat(m).mean, row.metric(m))
+            if m in usable and group.stat(m).mean is not None
+            else None
+        )
+        for m in metrics
+    }
     own = group.loss == baseline
     note = f"published {row.label} ({row.citation}); " + (
-        f"this group is the measured {baseline} run on {sources}" if own else f"no measured {baseline} run on {sources}")
+        f"this group is the measured {baseline} run on {sources}" if own else f"no measured {baseline} run on {sources}"
+    )
     flat = flatten(group.recipe)
     subset = _train_subset(group)
     course = bool(subset and subset.get("course"))
-    mismatched = [f"{k}={flat.get(k)}" for k, v in _PUBLISHED_SETTING
-                  if str(flat.get(k, "")).split(":")[0] != str(v) and not (k == "data.train" and course)]
+    mismatched = [
+        f"{k}={flat.get(k)}"
+        for k, v in _PUBLISHED_SETTING
+        if str(flat.get(k, "")).split(":")[0] != str(v) and not (k == "data.train" and course)
+    ]
     if mismatched:
         note += f"; training setting differs from the report's ({', '.join(mismatched)})"
     if (subset is not None or str(flat.get("data.train", "")).startswith("cc3m-100k")) and not course:
         what = f"{subset['source']}, keys sha256 {subset['keys_sha256'][:12]}" if subset else "unrecorded"
-        note += (f"; different training subset ({what}): the published rows trained on the course's "
-                 f"cc3m_train_subset.json")
+        note += (
+            f"; different training subset ({what}): the published rows trained on the course's cc3m_train_subset.json"
+        )
     if any(m.startswith("acc@") or m == "average" for m in usable) and ":" in group.zeroshot_source:
         note += f"; ACC@1 on {group.zeroshot_source}, the published rows on all 50k ImageNet val images"
     return Delta(baseline, "published", row.label, [], percent, note)
@@ -292,10 +339,18 @@ def compute_deltas(groups: list[Group], metrics: list[str], baselines: list[str]
     for group in groups:
         rows = []
         for baseline in baselines:
-            candidates = [g for g in groups if g.loss == baseline and g.retrieval_source == group.retrieval_source
-                          and g.zeroshot_source == group.zeroshot_source]
-            rows.append(_measured_delta(group, baseline, candidates, metrics) if candidates
-                        else _published_delta(group, baseline, metrics))
+            candidates = [
+                g
+                for g in groups
+                if g.loss == baseline
+                and g.retrieval_source == group.retrieval_source
+                and g.zeroshot_source == group.zeroshot_source
+            ]
+            rows.append(
+                _measured_delta(group, baseline, candidates, metrics)
+                if candidates
+                else _published_delta(group, baseline, metrics)
+            )
         out[group.key] = rows
     return out
 
@@ -321,7 +376,9 @@ def best_cells(groups: list[Group], published: Sequence[pub.PublishedRow], metri
         for row in published:
             value = row.metric(metric)
             if value is not None:
-                pools.setdefault(_pool(metric, "coco-karpathy-test", "imagenet-val"), []).append((f"published:{row.key}", value))
+                pools.setdefault(_pool(metric, "coco-karpathy-test", "imagenet-val"), []).append(
+                    (f"published:{row.key}", value)
+                )
         for entries in pools.values():
             best |= _top(entries, metric)
     speeds = [(g.key, g.summary_stat("samples_per_s").mean) for g in groups]
@@ -344,22 +401,33 @@ def _notes(groups: list[Group], deltas: dict[str, list[Delta]], excluded: list[R
         pub.SETTING,
         "† " + pub.ACC_TYPO_FOOTNOTE,
     ]
-    not_comparable = sorted({f"{g.retrieval_source} / {g.zeroshot_source}" for g in groups
-                             if not (pub.is_coco_5k(g.retrieval_source) or pub.is_imagenet(g.zeroshot_source))})
+    not_comparable = sorted(
+        {
+            f"{g.retrieval_source} / {g.zeroshot_source}"
+            for g in groups
+            if not (pub.is_coco_5k(g.retrieval_source) or pub.is_imagenet(g.zeroshot_source))
+        }
+    )
     if not_comparable:
-        notes.append(f"runs tested on {'; '.join(not_comparable)}: the published rows are shown for reference only; "
-                     "deltas against them are not meaningful there, so only measured baselines on the same data are used")
+        notes.append(
+            f"runs tested on {'; '.join(not_comparable)}: the published rows are shown for reference only; "
+            "deltas against them are not meaningful there, so only measured baselines on the same data are used"
+        )
     if any(d.kind == "published" for rows in deltas.values() for d in rows):
         notes.append(pub.SPREAD_NOTE)
     if any(len(g.runs) == 1 for g in groups):
         notes.append("n = 1: no std; add seeds with `clipctl train RECIPE run.seed=K --name NAME-sK`")
     if excluded:
-        notes.append(f"{len(excluded)} run director{'y' if len(excluded) == 1 else 'ies'} not counted (listed with status and reason)")
+        notes.append(
+            f"{len(excluded)} run director{'y' if len(excluded) == 1 else 'ies'} not counted (listed with "
+            "status and reason)"
+        )
     return notes
 
 
-def build_comparison(runs: Iterable[Run], metrics: Sequence[str] | None = None,
-                     baselines: Sequence[str] | None = None) -> Comparison:
+def build_comparison(
+    runs: Iterable[Run], metrics: Sequence[str] | None = None, baselines: Sequence[str] | None = None
+) -> Comparison:
     """Everything `clipctl compare` shows, independent of the output format."""
     chosen_metrics = check_metrics(metrics)
     chosen_baselines = check_baselines(baselines)

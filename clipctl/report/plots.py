@@ -4,6 +4,7 @@ Drawn with matplotlib's object API on the Agg canvas, so it works headless and l
 state alone. Published rows are drawn (hatched) only when some group was tested on COCO 5k/ImageNet,
 since beside shapes numbers they would only mislead.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,13 +53,21 @@ def _bars(c: Comparison, ax: Axes) -> None:
     rows: list[tuple[str, list[float], list[float], bool]] = []
     for g in c.groups:
         stats = [g.stat(m) for m in metrics]
-        rows.append((f"{g.label}\n(n={len(g.runs)})", [100 * (s.mean or 0.0) for s in stats],
-                     [100 * (s.std or 0.0) for s in stats], False))
+        rows.append(
+            (
+                f"{g.label}\n(n={len(g.runs)})",
+                [100 * (s.mean or 0.0) for s in stats],
+                [100 * (s.std or 0.0) for s in stats],
+                False,
+            )
+        )
     if any(pub.is_coco_5k(g.retrieval_source) or pub.is_imagenet(g.zeroshot_source) for g in c.groups):
         if rows:
             ax.axvline(len(rows) - 0.5, color="gray", linewidth=0.8, linestyle=":")
         for row in c.published:
-            rows.append((f"{row.key}\n(published)", [row.metric(m) or 0.0 for m in metrics], [0.0] * len(metrics), True))
+            rows.append(
+                (f"{row.key}\n(published)", [row.metric(m) or 0.0 for m in metrics], [0.0] * len(metrics), True)
+            )
     if not rows:
         ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
@@ -67,13 +76,24 @@ def _bars(c: Comparison, ax: Axes) -> None:
     for j, metric in enumerate(metrics):
         color = f"C{j}"
         for i, (_, means, stds, published) in enumerate(rows):
-            ax.bar(i + (j - (len(metrics) - 1) / 2) * width, means[j], width, yerr=stds[j] or None, capsize=3,
-                   color=color, hatch="//" if published else None, alpha=0.55 if published else 1.0,
-                   edgecolor="black" if published else color, label=METRIC_TITLES[metric] if i == 0 else None)
+            ax.bar(
+                i + (j - (len(metrics) - 1) / 2) * width,
+                means[j],
+                width,
+                yerr=stds[j] or None,
+                capsize=3,
+                color=color,
+                hatch="//" if published else None,
+                alpha=0.55 if published else 1.0,
+                edgecolor="black" if published else color,
+                label=METRIC_TITLES[metric] if i == 0 else None,
+            )
     labels = [label for label, *_ in rows]
     crowded = len(rows) * max(len(line) for label in labels for line in label.splitlines()) > 90
     # Long group names (clip_b32, isogclr_new_v2_b256, ...) overlap side by side: slant them instead.
-    ax.set_xticks(range(len(rows)), labels, fontsize=8, rotation=30 if crowded else 0, ha="right" if crowded else "center")
+    ax.set_xticks(
+        range(len(rows)), labels, fontsize=8, rotation=30 if crowded else 0, ha="right" if crowded else "center"
+    )
     ax.set_ylabel("test metric (%)")
     sources = sorted({f"{g.retrieval_source} / {g.zeroshot_source}" for g in c.groups})
     ax.set_title("test metrics, mean ± std over seeds\n" + "; ".join(sources), fontsize=9)
@@ -92,8 +112,15 @@ def _curves(c: Comparison, ax: Axes) -> None:
             continue
         epochs, values = zip(*sorted(points))
         suffix = "" if run.counted else f" ({run.status})"
-        ax.plot(epochs, values, marker="o", markersize=3, color=color, linestyle="-" if run.counted else "--",
-                label=f"{os.path.basename(run.label)}{suffix}")
+        ax.plot(
+            epochs,
+            values,
+            marker="o",
+            markersize=3,
+            color=color,
+            linestyle="-" if run.counted else "--",
+            label=f"{os.path.basename(run.label)}{suffix}",
+        )
         drawn += 1
     if not drawn:
         ax.text(0.5, 0.5, "no eval lines in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)

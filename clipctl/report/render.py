@@ -3,18 +3,20 @@
 JSON follows the project convention of fractions for metrics; CSV and Markdown are tables people
 read or paste, so they are in percent with `_pct` in the CSV column names.
 """
+
 from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
+from clipctl.console import format_duration, table
 from clipctl.report import baselines as pub
 from clipctl.report.compare import METRIC_TITLES, Comparison, Delta, Group, Stat
-from clipctl.console import format_duration, table
 
 DASH = "—"
 
@@ -69,24 +71,63 @@ def _reference(delta: Delta) -> str:
 
 
 def main_columns(c: Comparison) -> list[str]:
-    return ["run / group", "n", "loss", *(METRIC_TITLES[m] for m in c.metrics),
-            "retrieval", "zero-shot", "epochs", "wall", "samples/s", "status"]
+    return [
+        "run / group",
+        "n",
+        "loss",
+        *(METRIC_TITLES[m] for m in c.metrics),
+        "retrieval",
+        "zero-shot",
+        "epochs",
+        "wall",
+        "samples/s",
+        "status",
+    ]
 
 
-def main_rows(c: Comparison, bold: Callable[[str], str] = lambda s: s, text: Callable[[str], str] = lambda s: s) -> list[list[str]]:
+def main_rows(
+    c: Comparison, bold: Callable[[str], str] = lambda s: s, text: Callable[[str], str] = lambda s: s
+) -> list[list[str]]:
     """Measured groups then published rows; `bold` marks best cells, `text` escapes free text."""
     rows = []
     for g in c.groups:
-        def mark(column: str, cell: str) -> str:
-            return bold(cell) if (g.key, column) in c.best else cell
-        rows.append([text(g.label), str(len(g.runs)), text(g.loss), *(mark(m, stat_cell(g.stat(m))) for m in c.metrics),
-                     text(g.retrieval_source), text(g.zeroshot_source), _epochs(g), _wall(g),
-                     mark("samples_per_s", _speed(g)), text(g.status)])
+
+        def mark(column: str, cell: str, key: str = g.key) -> str:
+            return bold(cell) if (key, column) in c.best else cell
+
+        rows.append(
+            [
+                text(g.label),
+                str(len(g.runs)),
+                text(g.loss),
+                *(mark(m, stat_cell(g.stat(m))) for m in c.metrics),
+                text(g.retrieval_source),
+                text(g.zeroshot_source),
+                _epochs(g),
+                _wall(g),
+                mark("samples_per_s", _speed(g)),
+                text(g.status),
+            ]
+        )
     for row in c.published:
         rid = f"published:{row.key}"
-        cells = [bold(_published_metric(row, m)) if (rid, m) in c.best else _published_metric(row, m) for m in c.metrics]
-        rows.append([text(f"{row.label} [published]"), DASH, row.key, *cells, pub.RETRIEVAL_LABEL, pub.ZEROSHOT_LABEL,
-                     "30", DASH, DASH, text(f"published ({row.citation})")])
+        cells = [
+            bold(_published_metric(row, m)) if (rid, m) in c.best else _published_metric(row, m) for m in c.metrics
+        ]
+        rows.append(
+            [
+                text(f"{row.label} [published]"),
+                DASH,
+                row.key,
+                *cells,
+                pub.RETRIEVAL_LABEL,
+                pub.ZEROSHOT_LABEL,
+                "30",
+                DASH,
+                DASH,
+                text(f"published ({row.citation})"),
+            ]
+        )
     return rows
 
 
@@ -98,7 +139,15 @@ def delta_rows(c: Comparison, text: Callable[[str], str] = lambda s: s) -> list[
     rows = []
     for g in c.groups:
         for d in c.deltas[g.key]:
-            rows.append([text(g.label), d.baseline, text(_reference(d)), *(delta_cell(d.percent.get(m)) for m in c.metrics), text(d.note)])
+            rows.append(
+                [
+                    text(g.label),
+                    d.baseline,
+                    text(_reference(d)),
+                    *(delta_cell(d.percent.get(m)) for m in c.metrics),
+                    text(d.note),
+                ]
+            )
     return rows
 
 
@@ -114,14 +163,21 @@ def excluded_rows(c: Comparison, text: Callable[[str], str] = lambda s: s) -> li
 
 def rich_tables(c: Comparison) -> list[Table]:
     """Tables for humans on stderr (bold = best per column; Rich drops styles off a terminal)."""
-    main = table(f"compare: {c.counted_runs} completed run(s) in {len(c.groups)} group(s)", main_columns(c),
-                 main_rows(c, bold=lambda s: f"[bold]{s}[/bold]", text=escape))
+    main = table(
+        f"compare: {c.counted_runs} completed run(s) in {len(c.groups)} group(s)",
+        main_columns(c),
+        main_rows(c, bold=lambda s: f"[bold]{s}[/bold]", text=escape),
+    )
     for column in main.columns[1:]:
         if column.header not in ("loss", "retrieval", "zero-shot", "status"):
             column.justify = "right"
     out = [main]
     if c.groups:
-        out.append(table(f"deltas vs {', '.join(c.baselines)} (relative, percent)", delta_columns(c), delta_rows(c, text=escape)))
+        out.append(
+            table(
+                f"deltas vs {', '.join(c.baselines)} (relative, percent)", delta_columns(c), delta_rows(c, text=escape)
+            )
+        )
     if c.excluded:
         out.append(table("not counted", EXCLUDED_COLUMNS, excluded_rows(c, text=escape)))
     return out
@@ -135,37 +191,54 @@ def to_json(c: Comparison) -> dict[str, Any]:
     """The whole comparison; metrics and their stats are fractions, deltas are percent."""
     groups = []
     for g in c.groups:
-        groups.append({
-            "id": g.key,
-            "label": g.label,
-            "kind": "measured",
-            "loss": g.loss,
-            "optimizer": g.optimizer,
-            "n": len(g.runs),
-            "seeds": g.seeds,
-            "runs": [r.label for r in g.runs],
-            "not_counted": [{"run": r.label, "status": r.status, "reason": r.reason} for r in g.others],
-            "retrieval_source": g.retrieval_source,
-            "zeroshot_source": g.zeroshot_source,
-            "metrics": {m: _stat_json(g.stat(m)) for m in c.metrics},
-            "epochs_completed": g.epochs,
-            "wall_time_s": _stat_json(g.summary_stat("wall_time_s")),
-            "samples_per_s": _stat_json(g.summary_stat("samples_per_s")),
-            "status": g.status,
-            "deltas_pct": {d.baseline: {"reference": d.kind, "against": d.reference, "against_runs": d.runs,
-                                        "values": d.percent, "note": d.note} for d in c.deltas[g.key]},
-            "best": sorted(col for rid, col in c.best if rid == g.key),
-        })
+        groups.append(
+            {
+                "id": g.key,
+                "label": g.label,
+                "kind": "measured",
+                "loss": g.loss,
+                "optimizer": g.optimizer,
+                "n": len(g.runs),
+                "seeds": g.seeds,
+                "runs": [r.label for r in g.runs],
+                "not_counted": [{"run": r.label, "status": r.status, "reason": r.reason} for r in g.others],
+                "retrieval_source": g.retrieval_source,
+                "zeroshot_source": g.zeroshot_source,
+                "metrics": {m: _stat_json(g.stat(m)) for m in c.metrics},
+                "epochs_completed": g.epochs,
+                "wall_time_s": _stat_json(g.summary_stat("wall_time_s")),
+                "samples_per_s": _stat_json(g.summary_stat("samples_per_s")),
+                "status": g.status,
+                "deltas_pct": {
+                    d.baseline: {
+                        "reference": d.kind,
+                        "against": d.reference,
+                        "against_runs": d.runs,
+                        "values": d.percent,
+                        "note": d.note,
+                    }
+                    for d in c.deltas[g.key]
+                },
+                "best": sorted(col for rid, col in c.best if rid == g.key),
+            }
+        )
     published = []
     for row in c.published:
         rid = f"published:{row.key}"
-        published.append({
-            "id": rid, "label": row.label, "kind": "published", "loss": row.key, "citation": row.citation,
-            "retrieval_source": pub.RETRIEVAL_LABEL, "zeroshot_source": pub.ZEROSHOT_LABEL,
-            "metrics": {m: (None if row.metric(m) is None else row.metric(m) / 100.0) for m in c.metrics},
-            "footnote": row.footnote or None,
-            "best": sorted(col for r, col in c.best if r == rid),
-        })
+        published.append(
+            {
+                "id": rid,
+                "label": row.label,
+                "kind": "published",
+                "loss": row.key,
+                "citation": row.citation,
+                "retrieval_source": pub.RETRIEVAL_LABEL,
+                "zeroshot_source": pub.ZEROSHOT_LABEL,
+                "metrics": {m: (None if row.metric(m) is None else row.metric(m) / 100.0) for m in c.metrics},
+                "footnote": row.footnote or None,
+                "best": sorted(col for r, col in c.best if r == rid),
+            }
+        )
     return {
         "metrics": c.metrics,
         "baselines": c.baselines,
@@ -194,11 +267,20 @@ def to_csv(c: Comparison) -> str:
 
     for g in c.groups:
         row: dict[str, Any] = {
-            "kind": "measured", "label": g.label, "n": len(g.runs), "seeds": " ".join(str(s) for s in g.seeds),
-            "runs": " ".join(r.label for r in g.runs), "loss": g.loss, "optimizer": g.optimizer,
-            "retrieval_source": g.retrieval_source, "zeroshot_source": g.zeroshot_source,
-            "epochs": _epochs(g), "wall_time_s": number(g.summary_stat("wall_time_s").mean),
-            "samples_per_s": number(g.summary_stat("samples_per_s").mean), "status": g.status, "reason": "",
+            "kind": "measured",
+            "label": g.label,
+            "n": len(g.runs),
+            "seeds": " ".join(str(s) for s in g.seeds),
+            "runs": " ".join(r.label for r in g.runs),
+            "loss": g.loss,
+            "optimizer": g.optimizer,
+            "retrieval_source": g.retrieval_source,
+            "zeroshot_source": g.zeroshot_source,
+            "epochs": _epochs(g),
+            "wall_time_s": number(g.summary_stat("wall_time_s").mean),
+            "samples_per_s": number(g.summary_stat("samples_per_s").mean),
+            "status": g.status,
+            "reason": "",
         }
         for m in c.metrics:
             stat = g.stat(m)
@@ -209,13 +291,23 @@ def to_csv(c: Comparison) -> str:
                 row[f"delta_{d.baseline}_{m}_pct"] = number(d.percent.get(m))
         writer.writerow(row)
     for p in c.published:
-        row = {"kind": "published", "label": p.label, "loss": p.key, "retrieval_source": pub.RETRIEVAL_LABEL,
-               "zeroshot_source": pub.ZEROSHOT_LABEL, "epochs": "30", "status": "published", "reason": p.citation}
+        row = {
+            "kind": "published",
+            "label": p.label,
+            "loss": p.key,
+            "retrieval_source": pub.RETRIEVAL_LABEL,
+            "zeroshot_source": pub.ZEROSHOT_LABEL,
+            "epochs": "30",
+            "status": "published",
+            "reason": p.citation,
+        }
         for m in c.metrics:
             row[f"{m}_mean_pct"] = number(p.metric(m))
         writer.writerow(row)
     for r in c.excluded:
-        writer.writerow({"kind": "not_counted", "label": r.label, "runs": r.label, "status": r.status, "reason": r.reason})
+        writer.writerow(
+            {"kind": "not_counted", "label": r.label, "runs": r.label, "status": r.status, "reason": r.reason}
+        )
     return buffer.getvalue()
 
 

@@ -2,15 +2,25 @@
 
 Anything a crash, a kill or a hand edit leaves behind must be reported, never raised.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from clipctl.run.layout import SUMMARY_FILE, RunDir, RunProblem, RunStatus
-from clipctl.run.reader import (SUMMARY_MISSING, EvalPoint, find_run_dirs, finite_number, int_or_none, read_eval_lines,
-                                read_recipe, read_summary)
+from clipctl.run.reader import (
+    SUMMARY_MISSING,
+    EvalPoint,
+    find_run_dirs,
+    finite_number,
+    int_or_none,
+    read_eval_lines,
+    read_recipe,
+    read_summary,
+)
 
 # Test metrics a completed run must carry (fractions); the others are optional extras.
 REQUIRED_TEST_METRICS = ("tr@1", "ir@1", "acc@1")
@@ -129,7 +139,10 @@ def _classify(run: Run, recipe_problem: str, summary_problem: str) -> tuple[str,
     if status == RunStatus.FAILED:
         return RunStatus.FAILED.value, error or f"failed{progress}"
     if status == RunStatus.INTERRUPTED:
-        return RunStatus.INTERRUPTED.value, f"{error or 'stopped'}{progress}; resume with clipctl train ... --resume auto"
+        return (
+            RunStatus.INTERRUPTED.value,
+            f"{error or 'stopped'}{progress}; resume with clipctl train ... --resume auto",
+        )
     if status == RunStatus.RUNNING:
         return RunStatus.RUNNING.value, f"running{progress} (or killed without writing a final status)"
     test = summary.get("test")

@@ -1,5 +1,6 @@
 """The run directory's torch files, atomic and weights-only-safe: the self-contained `ckpt.pt` that
 `clipctl eval` and `model.init_from` load, and the resumable training state under `state/`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,11 +17,26 @@ FORMAT_VERSION = 1
 
 
 # What `clipctl eval` and resume read from each file, with the type each must have.
-CKPT_FIELDS: dict[str, type | tuple[type, ...]] = {"model": dict, "recipe_toml": str, "tokenizer_json": str,
-                                                   "tokenizer_max_len": int, "metrics": dict, "epoch": int}
+CKPT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": dict,
+    "recipe_toml": str,
+    "tokenizer_json": str,
+    "tokenizer_max_len": int,
+    "metrics": dict,
+    "epoch": int,
+}
 STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "recipe_sha256": str, "recipe": dict, "num_samples": int, "model": dict, "optimizer": dict, "scheduler": dict,
-    "scaler": dict, "loss": dict, "rng": (list, dict), "progress": dict, "tokenizer_json": str,
+    "recipe_sha256": str,
+    "recipe": dict,
+    "num_samples": int,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "loss": dict,
+    "rng": (list, dict),
+    "progress": dict,
+    "tokenizer_json": str,
     "subset_indices": (list, type(None)),
 }
 
@@ -80,8 +96,16 @@ def safe_torch_load(path: Path, what: str) -> dict[str, Any]:
     return obj
 
 
-def save_checkpoint(path: Path, *, model_state: dict[str, torch.Tensor], recipe_toml: str, tokenizer_json: str,
-                    tokenizer_max_len: int, metrics: dict[str, Any], epoch: int) -> None:
+def save_checkpoint(
+    path: Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    recipe_toml: str,
+    tokenizer_json: str,
+    tokenizer_max_len: int,
+    metrics: dict[str, Any],
+    epoch: int,
+) -> None:
     """The self-contained model file `clipctl eval` needs: weights, recipe, tokenizer, metrics."""
     atomic_torch_save(
         {
@@ -103,7 +127,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if ckpt.get("format") != CKPT_FORMAT:
         raise UsageError(f"{path}: not a clipctl checkpoint (no format tag {CKPT_FORMAT!r}); pass runs/<run>/ckpt.pt")
     if ckpt.get("version") != FORMAT_VERSION:
-        raise UsageError(f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {FORMAT_VERSION})")
+        raise UsageError(
+            f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {FORMAT_VERSION})"
+        )
     check_fields(ckpt, CKPT_FIELDS, path, "checkpoint")
     return ckpt
 

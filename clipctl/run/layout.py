@@ -2,6 +2,7 @@
 
 Every command that writes or reads a run takes the names from here, so the contract has one spelling.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

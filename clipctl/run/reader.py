@@ -1,13 +1,15 @@
 """Reading run directories: strictly for a resume (a torn file stops it), leniently for compare and tune
 (anything a crash, a kill or a hand edit leaves behind becomes a reason, never an exception)."""
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from clipctl.console import warn
 from clipctl.errors import ClipctlError, ResumeError, UsageError
@@ -21,8 +23,10 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ResumeError(f"{path}: {what} is torn or not JSON ({err.__class__.__name__}); "
-                          f"move the run aside and start a new one with --name") from None
+        raise ResumeError(
+            f"{path}: {what} is torn or not JSON ({err.__class__.__name__}); "
+            f"move the run aside and start a new one with --name"
+        ) from None
     if not isinstance(value, dict):
         raise ResumeError(f"{path}: {what} is not a JSON object; move the run aside and start a new one with --name")
     return value
@@ -185,11 +189,16 @@ def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
     found: dict[Path, None] = {}
     for root in roots:
         if not root.exists():
-            raise UsageError(f"{root}: no such directory; pass the folder your runs are in (clipctl train writes to run.out_dir, default runs/)")
+            raise UsageError(
+                f"{root}: no such directory; pass the folder your runs are in (clipctl train writes to "
+                "run.out_dir, default runs/)"
+            )
         if root.is_file():
             if root.name not in RUN_MARKERS:
-                raise UsageError(f"{root}: not a run directory; pass a run folder (with {' or '.join(RUN_MARKERS)}) "
-                                 f"or a folder of runs")
+                raise UsageError(
+                    f"{root}: not a run directory; pass a run folder (with {' or '.join(RUN_MARKERS)}) "
+                    f"or a folder of runs"
+                )
             root = root.parent
         for path in _walk(root):
             found.setdefault(path.resolve(), None)

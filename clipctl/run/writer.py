@@ -3,6 +3,7 @@
 Everything but the metrics log is written atomically (clipctl.atomic): a kill leaves the old file or the
 new one. Only the main process writes.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -48,7 +49,7 @@ class RunClaim:
         self.created = False
         self._fd: int | None = None
 
-    def acquire(self) -> "RunClaim":
+    def acquire(self) -> RunClaim:
         parent = self.run.root.parent
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"--out {parent}: is a file, not a folder; pass a folder for the runs")
@@ -59,8 +60,9 @@ class RunClaim:
                 self.created = True
             except FileExistsError:
                 if not self.run.root.is_dir():
-                    raise UsageError(f"{self.run.root}: is a file, not a run directory; "
-                                     f"choose another --name") from None
+                    raise UsageError(
+                        f"{self.run.root}: is a file, not a run directory; choose another --name"
+                    ) from None
             self._fd = os.open(self.run.lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise StorageError.from_os_error(err) from None
@@ -69,8 +71,10 @@ class RunClaim:
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
-            raise RunConflictError(f"{self.run.root}: another clipctl process is training this run; "
-                                   f"wait for it or choose --name/--out for a new run") from None
+            raise RunConflictError(
+                f"{self.run.root}: another clipctl process is training this run; "
+                f"wait for it or choose --name/--out for a new run"
+            ) from None
         return self
 
     def release(self, *, failed_before_start: bool = False) -> None:
@@ -94,7 +98,9 @@ def remove_stale_temps(run: RunDir) -> None:
 def build_meta(recipe: Recipe, world_size: int, device: str, precision: str) -> dict[str, Any]:
     """meta.json of a fresh start: what produced the run, so a result can be traced and repeated."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = None
     return {
@@ -150,6 +156,7 @@ def truncate_metrics(run: RunDir, last_step: int, epoch: int) -> None:
     mid-epoch): an eval of that epoch at that update came after the state and is redone, as is the
     final test pass.
     """
+
     def before(r: dict[str, Any]) -> bool:
         if r.get("type") == "test":
             return False
@@ -171,8 +178,16 @@ class TrainingProgress(Protocol):
     train_seconds: float
 
 
-def build_summary(status: RunStatus, recipe: Recipe, progress: TrainingProgress, *, world_size: int,
-                  train_subset: Any, error: str | None = None, test: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_summary(
+    status: RunStatus,
+    recipe: Recipe,
+    progress: TrainingProgress,
+    *,
+    world_size: int,
+    train_subset: Any,
+    error: str | None = None,
+    test: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """summary.json: the status, the best and final metrics and the speed, as compare and tune read them."""
     p = progress
     summary = {

@@ -1,4 +1,5 @@
 """Everything a run is made of, built from the recipe: data, tokenizer, model, loss, evaluation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,8 +31,13 @@ from clipctl.run.layout import RunDir
 def ensure_local_data(recipe: Recipe, root: Path) -> DatasetLease:
     """Generate `shapes` on first use (it needs no download; real datasets must be fetched explicitly), then hold
     every registry dataset the recipe reads for the run's life, so nothing regenerates one under it."""
-    refs = [recipe.data.train, recipe.eval.val_retrieval, recipe.eval.val_zeroshot, recipe.eval.test_retrieval,
-            recipe.eval.test_zeroshot]
+    refs = [
+        recipe.data.train,
+        recipe.eval.val_retrieval,
+        recipe.eval.val_zeroshot,
+        recipe.eval.test_retrieval,
+        recipe.eval.test_zeroshot,
+    ]
     ids = {ref.split(":")[0] for ref in refs} & set(REGISTRY)
     shapes = {"seed": 0, "train_size": recipe.data.shapes_train_size, "image_size": recipe.data.shapes_image_size}
     for _ in range(3):
@@ -41,8 +47,10 @@ def ensure_local_data(recipe: Recipe, root: Path) -> DatasetLease:
         if "shapes" not in ids or shapes_present(root, ShapesConfig(**shapes)):
             return lease
         lease.release()  # another process regenerated it between the two steps: make ours again
-    raise DataError(f"shapes under {root} keeps being regenerated with other settings by another process; "
-                    f"use another data root (CLIPCTL_DATA or data.root) for runs with different shapes settings")
+    raise DataError(
+        f"shapes under {root} keeps being regenerated with other settings by another process; "
+        f"use another data root (CLIPCTL_DATA or data.root) for runs with different shapes settings"
+    )
 
 
 def _image_root(value: str) -> Path | None:
@@ -51,8 +59,10 @@ def _image_root(value: str) -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise DataError(f"data.image_root = {value!r}: no such folder; point it at the folder the pairs JSON's "
-                        f"image paths start from (the course's datasets/cc3m_subset_100k/)")
+        raise DataError(
+            f"data.image_root = {value!r}: no such folder; point it at the folder the pairs JSON's "
+            f"image paths start from (the course's datasets/cc3m_subset_100k/)"
+        )
     return path
 
 
@@ -69,7 +79,7 @@ class Components:
     device: torch.device
     eval_sets: dict[tuple[str, str], tuple[RetrievalDataset, ClassificationDataset]] = field(default_factory=dict)
     data_lease: DatasetLease | None = None  # shared locks on the datasets read (main process); see release()
-    features: "CachedFeatures | None" = None  # locked towers: their outputs per training sample, made once
+    features: CachedFeatures | None = None  # locked towers: their outputs per training sample, made once
     train_subset: dict[str, Any] | None = None  # which CC3M subset this is (compare tells it from the course's)
 
     @property
@@ -122,16 +132,25 @@ class Components:
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, Any]:
         """Validation (`split="val"`, keys prefixed `val/`) or test metrics (unprefixed, with their sources)."""
         ev = self.recipe.eval
-        retrieval_ref, zeroshot_ref = (ev.val_retrieval, ev.val_zeroshot) if split == "val" else (ev.test_retrieval, ev.test_zeroshot)
+        retrieval_ref, zeroshot_ref = (
+            (ev.val_retrieval, ev.val_zeroshot) if split == "val" else (ev.test_retrieval, ev.test_zeroshot)
+        )
         if split == "val" and ev.select_on == "test":
             retrieval_ref, zeroshot_ref = ev.test_retrieval, ev.test_zeroshot
         retrieval, classification = self.eval_set(retrieval_ref, zeroshot_ref)
         was_training = model.training
         model.eval()
         metrics = evaluate_split(
-            model, self.tokenizer, retrieval, classification,
-            batch_size=ev.batch_size, chunk_size=ev.chunk_size, num_workers=self.recipe.data.num_workers,
-            device=self.device, prefix="val/" if split == "val" else "", max_missing=ev.max_missing,
+            model,
+            self.tokenizer,
+            retrieval,
+            classification,
+            batch_size=ev.batch_size,
+            chunk_size=ev.chunk_size,
+            num_workers=self.recipe.data.num_workers,
+            device=self.device,
+            prefix="val/" if split == "val" else "",
+            max_missing=ev.max_missing,
         )
         model.train(was_training)
         if split != "val":
@@ -149,13 +168,16 @@ class Components:
         key = (retrieval_ref, zeroshot_ref)
         if key not in self.eval_sets:
             transform = eval_transform(self.recipe.data.image_size, self.recipe.eval.normalize)
-            self.eval_sets[key] = (RetrievalDataset(resolve(retrieval_ref, self.root), transform=transform),
-                                   ClassificationDataset(resolve(zeroshot_ref, self.root), transform=transform))
+            self.eval_sets[key] = (
+                RetrievalDataset(resolve(retrieval_ref, self.root), transform=transform),
+                ClassificationDataset(resolve(zeroshot_ref, self.root), transform=transform),
+            )
         return self.eval_sets[key]
 
 
-def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, Any] | None,
-                     prepare_data: bool) -> Components:
+def build_components(
+    recipe: Recipe, accelerator: Accelerator, state: dict[str, Any] | None, prepare_data: bool
+) -> Components:
     root = data_root(recipe.data.root)
     lease = ensure_local_data(recipe, root) if prepare_data else None
     accelerator.wait_for_everyone()
@@ -177,16 +199,32 @@ def build_components(recipe: Recipe, accelerator: Accelerator, state: dict[str, 
     else:
         tokenizer = build_tokenizer(recipe.model, data.max_text_len, train_set.captions)
     train_set.tokenizer = tokenizer
-    model = build_model(recipe.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
-                        load_weights=state is None and source is None, max_len=tokenizer.max_len)
+    model = build_model(
+        recipe.model,
+        vocab_size=tokenizer.vocab_size,
+        pad_id=tokenizer.pad_id,
+        load_weights=state is None and source is None,
+        max_len=tokenizer.max_len,
+    )
     if source is not None:
         model.load_towers(source["model"], recipe.model.init_from, projections=recipe.model.init_projections)
-    loss = build_loss(recipe.loss, num_samples=len(train_set), total_epochs=recipe.train.epochs,
-                      embed_dim=recipe.model.embed_dim)
+    loss = build_loss(
+        recipe.loss, num_samples=len(train_set), total_epochs=recipe.train.epochs, embed_dim=recipe.model.embed_dim
+    )
     loss.to(accelerator.device)
-    return Components(recipe=recipe, root=root, train_set=train_set, tokenizer=tokenizer, model=model, loss=loss,
-                      rank=accelerator.process_index, world=accelerator.num_processes, device=accelerator.device,
-                      data_lease=lease, train_subset=training_subset(data.train, root))
+    return Components(
+        recipe=recipe,
+        root=root,
+        train_set=train_set,
+        tokenizer=tokenizer,
+        model=model,
+        loss=loss,
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+        device=accelerator.device,
+        data_lease=lease,
+        train_subset=training_subset(data.train, root),
+    )
 
 
 def initial_checkpoint(recipe: Recipe) -> dict[str, Any] | None:
@@ -200,7 +238,9 @@ def initial_checkpoint(recipe: Recipe) -> dict[str, Any] | None:
     path = Path(recipe.model.init_from)
     path = RunDir(path).checkpoint if path.is_dir() else path
     if not path.is_file():
-        raise UsageError(f"model.init_from = {recipe.model.init_from}: no checkpoint at {path}; pass runs/<run>/ckpt.pt")
+        raise UsageError(
+            f"model.init_from = {recipe.model.init_from}: no checkpoint at {path}; pass runs/<run>/ckpt.pt"
+        )
     return load_checkpoint(path)
 
 
@@ -223,10 +263,13 @@ class CachedFeatures(torch.utils.data.Dataset):
         return self.image_features[index], self.text_features[index], index
 
     @classmethod
-    def compute(cls, model: CLIPModel, train_set: PairsDataset, recipe: Recipe, device: torch.device) -> "CachedFeatures":
+    def compute(cls, model: CLIPModel, train_set: PairsDataset, recipe: Recipe, device: torch.device) -> CachedFeatures:
         data = recipe.data
         note = "; data.augment has no effect on cached features" if data.augment else ""
-        info(f"both towers locked: computing the tower features of {len(train_set)} training pairs once (no augmentation{note})")
+        info(
+            f"both towers locked: computing the tower features of {len(train_set)} training pairs once (no "
+            f"augmentation{note})"
+        )
         transform, train_set.transform = train_set.transform, train_transform(data.image_size, augment=False)
         loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.eval.batch_size, num_workers=data.num_workers)
         was_training = model.training

@@ -1,4 +1,5 @@
 """Device and precision choice for Accelerate, with one-line errors for impossible combinations."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,9 @@ def resolve_precision(cfg: TrainConfig, on_cuda: bool) -> str:
     if cfg.precision == "auto":
         return "bf16" if on_cuda and native_bf16() else "no"
     if cfg.precision == "fp16" and not on_cuda:
-        raise UsageError("train.precision = 'fp16': fp16 mixed precision needs a CUDA device; on this machine use 'bf16' or 'no'")
+        raise UsageError(
+            "train.precision = 'fp16': fp16 mixed precision needs a CUDA device; on this machine use 'bf16' or 'no'"
+        )
     return cfg.precision
 
 

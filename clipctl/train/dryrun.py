@@ -2,11 +2,13 @@
 
 The trainer performs the updates (`Trainer.dry_run`); this module times them and writes the plan.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from clipctl.console import format_duration
 from clipctl.recipe import Recipe
@@ -24,8 +26,17 @@ def time_updates(update: Callable[[list[Any]], object], loader: Iterator[Any], a
     return durations
 
 
-def dry_run_plan(recipe: Recipe, durations: list[float], *, run_dir: Path, world_size: int, device: str,
-                 precision: str, num_samples: int, steps_per_epoch: int) -> dict[str, Any]:
+def dry_run_plan(
+    recipe: Recipe,
+    durations: list[float],
+    *,
+    run_dir: Path,
+    world_size: int,
+    device: str,
+    precision: str,
+    num_samples: int,
+    steps_per_epoch: int,
+) -> dict[str, Any]:
     """Extrapolate the timed updates (the first is warm-up and not counted) to the whole recipe."""
     timed = durations[1:] or durations
     seconds_per_step = sum(timed) / len(timed)

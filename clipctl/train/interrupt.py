@@ -4,6 +4,7 @@ A process-group signal (Slurm, systemd, `docker stop`, tune stopping a trial) re
 too; they ignore it (`clipctl.data.loader.ignore_stop_signals`,
 their worker_init_fn) so the main process can finish.
 """
+
 from __future__ import annotations
 
 import signal
@@ -39,7 +40,7 @@ class StopRequest:
         self.signal_name = name
         sys.stderr.write(f"clipctl: {name}: finishing this update and saving state (send again to stop at once)\n")
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -49,4 +50,3 @@ class StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
-

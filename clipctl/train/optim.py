@@ -3,6 +3,7 @@
 What an optimizer takes (eps, betas, momentum) and whether it is an NVIDIA apex kernel comes from timm's
 `OptimInfo` (`timm.optim.get_optimizer_info`); the recipe-level names are `recipe.OptimizerName`.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -64,7 +65,9 @@ def optimizer_kwargs(cfg: OptimConfig) -> dict[str, Any]:
     return kwargs
 
 
-def parameter_groups(model: torch.nn.Module, loss_groups: list[dict[str, Any]], weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: torch.nn.Module, loss_groups: list[dict[str, Any]], weight_decay: float
+) -> list[dict[str, Any]]:
     """Model groups with weight decay on matrices only (biases, norms and 1-d params excluded) + the loss's own."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable and not loss_groups:
@@ -73,7 +76,9 @@ def parameter_groups(model: torch.nn.Module, loss_groups: list[dict[str, Any]], 
     return groups + [g for g in loss_groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, loss_groups: list[dict[str, Any]], cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, loss_groups: list[dict[str, Any]], cfg: OptimConfig
+) -> torch.optim.Optimizer:
     groups = parameter_groups(model, loss_groups, cfg.weight_decay)
     name = cfg.name
     if _needs_apex(name) and not _apex_available():
@@ -82,5 +87,7 @@ def build_optimizer(model: torch.nn.Module, loss_groups: list[dict[str, Any]], c
                 f"optim.name = {name!r}: needs NVIDIA apex on a CUDA device, not available here; "
                 f"use optim.name = {_UNFUSED_ALTERNATIVE[name]!r} (same update rule, unfused) or 'fusedadam'"
             )
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True)
+        return torch.optim.Adam(
+            groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
+        )
     return create_optimizer_v2(groups, opt=_TIMM_NAMES.get(name, name), **optimizer_kwargs(cfg))

@@ -1,4 +1,5 @@
 """Learning-rate schedules through timm, stepped once per optimizer update."""
+
 from __future__ import annotations
 
 import torch
@@ -10,7 +11,9 @@ from clipctl.recipe import SchedConfig
 _TIMM_NAMES = {"cosine": "cosine", "tanh": "tanh", "step": "step", "const": "constant"}
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, updates_per_epoch: int) -> Scheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, updates_per_epoch: int
+) -> Scheduler:
     """A per-update schedule whose warmup, decay and cooldown all fit inside `epochs` training epochs.
 
     timm appends cooldown after the schedule; clipctl keeps `train.epochs` the total, so the decay phase

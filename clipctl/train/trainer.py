@@ -6,39 +6,58 @@ updates its per-sample estimates per micro-batch: accumulation saves memory but 
 of each step to batch_size / grad_accum (the global estimates s, τ still cover the whole dataset).
 Evaluation runs on the main process only; the others wait at a barrier.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate.utils import set_seed
 
-from clipctl.errors import (ClipctlError, InterruptedRun, ResumeError, RunConflictError, StorageError, UsageError,
-                            os_error_message)
-from clipctl.recipe import Recipe
 from clipctl.console import ProgressReporter, info
+from clipctl.errors import (
+    ClipctlError,
+    InterruptedRun,
+    ResumeError,
+    RunConflictError,
+    StorageError,
+    UsageError,
+    os_error_message,
+)
+from clipctl.recipe import Recipe
 from clipctl.run.checkpoint import FORMAT_VERSION, load_checkpoint, load_state, save_checkpoint, save_state
 from clipctl.run.layout import SUMMARY_FILE, RunDir, RunStatus, check_run_name
 from clipctl.run.reader import completed_summary, read_json
-from clipctl.run.writer import (RunClaim, append_metrics, build_meta, build_summary, remove_stale_temps, start_run,
-                                write_summary)
+from clipctl.run.writer import (
+    RunClaim,
+    append_metrics,
+    build_meta,
+    build_summary,
+    remove_stale_temps,
+    start_run,
+    write_summary,
+)
 from clipctl.train.components import Components, build_components
 from clipctl.train.devices import build_accelerator
 from clipctl.train.dryrun import MEASURED_STEPS, dry_run_plan, time_updates
 from clipctl.train.interrupt import ForcedStop, StopRequest
+from clipctl.train.optim import build_optimizer
 from clipctl.train.rng import rank_rng_state, rng_state, set_rng_state
 from clipctl.train.schedule import build_scheduler
-from clipctl.train.optim import build_optimizer
 
 TRACKED_FOR_RESUME = ("data", "model", "loss", "optim", "sched", "train")
 TRACKED_RUN_KEYS = ("seed",)  # run.name and run.out_dir may change (a moved run); the seed changes results
-UNTRACKED_KEYS = {("train", "dist_timeout_s"), ("loss", "state_sharding")}  # change no result: how long ranks wait, where the state lives
+UNTRACKED_KEYS = {
+    ("train", "dist_timeout_s"),
+    ("loss", "state_sharding"),
+}  # change no result: how long ranks wait, where the state lives
 
 
 @dataclass
@@ -79,14 +98,17 @@ def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
     if resume in (None, "never"):
         if run.has_content():
             raise RunConflictError(
-                f"{run.root}: run directory exists; continue it with --resume auto, or choose --name/--out for a new run"
+                f"{run.root}: run directory exists; continue it with --resume auto, or choose --name/--out "
+                "for a new run"
             )
         return None
     if resume == "auto":
         if run.last_state.is_file() or not run.has_content():
             return run.last_state if run.last_state.is_file() else None
-        raise ResumeError(f"{run.root}: has run files but no {run.last_state.relative_to(run.root)} to resume from; "
-                          f"move it aside or choose --name/--out for a new run")
+        raise ResumeError(
+            f"{run.root}: has run files but no {run.last_state.relative_to(run.root)} to resume from; "
+            f"move it aside or choose --name/--out for a new run"
+        )
     path = Path(resume)
     path = RunDir(path).last_state if path.is_dir() else path
     if not path.is_file():
@@ -162,7 +184,8 @@ class Trainer:
         self.steps_per_epoch = self.parts.steps_per_epoch
         if self.steps_per_epoch < 1:
             raise UsageError(
-                f"train.batch_size = {recipe.train.batch_size} exceeds the {self.parts.num_samples} training pairs; lower it"
+                f"train.batch_size = {recipe.train.batch_size} exceeds the {self.parts.num_samples} training "
+                "pairs; lower it"
             )
         self.scheduler = build_scheduler(self.optimizer, recipe.sched, recipe.train.epochs, self.steps_per_epoch)
         # self.model is what a step calls (the prepared training module); self.parts.model the CLIP model itself
@@ -176,7 +199,9 @@ class Trainer:
         if state["recipe_sha256"] != self.recipe.sha256():
             difference = _recipe_difference(state["recipe"], current)
             if difference:
-                raise ResumeError(f"{self.resume_from}: state belongs to another recipe ({difference}); start a new run with --name")
+                raise ResumeError(
+                    f"{self.resume_from}: state belongs to another recipe ({difference}); start a new run with --name"
+                )
         if state.get("version") != FORMAT_VERSION:
             raise ResumeError(f"{self.resume_from}: state format version {state.get('version')} is not supported")
 
@@ -209,8 +234,11 @@ class Trainer:
         if mine is not None:
             set_rng_state(mine)
         else:
-            info(f"rank {self.accelerator.process_index}: the state was saved by fewer processes; this rank's dropout "
-                 "and other random streams start from the seed, so the resumed run is not identical to an uninterrupted one")
+            info(
+                f"rank {self.accelerator.process_index}: the state was saved by fewer processes; this rank's dropout "
+                "and other random streams start from the seed, so the resumed run is not identical to an "
+                "uninterrupted one"
+            )
 
     def _rng_states(self) -> list[dict[str, Any]]:
         """Every rank's RNG state, in rank order: each rank draws its own dropout masks, and resuming one from
@@ -243,11 +271,19 @@ class Trainer:
 
             self.tb = SummaryWriter(str(self.run.tensorboard))
 
-    def _write_summary(self, status: RunStatus, error: str | None = None,
-                       test: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _write_summary(
+        self, status: RunStatus, error: str | None = None, test: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Every rank builds the summary (`train` returns it); the main process writes it."""
-        summary = build_summary(status, self.recipe, self.progress, world_size=self.world,
-                                train_subset=self.parts.train_subset, error=error, test=test)
+        summary = build_summary(
+            status,
+            self.recipe,
+            self.progress,
+            world_size=self.world,
+            train_subset=self.parts.train_subset,
+            error=error,
+            test=test,
+        )
         if self.main:
             write_summary(self.run, summary)
         return summary
@@ -292,8 +328,9 @@ class Trainer:
         except ForcedStop as forced:
             message = f"stopped at once by a second {forced.signal_name} at update {self.progress.step}"
             self._write_summary_safely(RunStatus.INTERRUPTED, message)
-            raise InterruptedRun(f"{message}; the last saved state is in {self.run.state_dir} "
-                                 f"(resume with --resume auto)") from None
+            raise InterruptedRun(
+                f"{message}; the last saved state is in {self.run.state_dir} (resume with --resume auto)"
+            ) from None
         except ClipctlError as err:
             self._write_summary_safely(RunStatus.FAILED, str(err))
             raise
@@ -336,8 +373,13 @@ class Trainer:
 
     def _interrupt(self, stop: StopRequest) -> None:
         self.save_state()
-        self._write_summary(RunStatus.INTERRUPTED, f"stopped by {stop.signal_name or 'request'} at update {self.progress.step}")
-        raise InterruptedRun(f"interrupted at epoch {self.progress.epoch}, update {self.progress.step}; state saved in {self.run.state_dir} (resume with --resume auto)")
+        self._write_summary(
+            RunStatus.INTERRUPTED, f"stopped by {stop.signal_name or 'request'} at update {self.progress.step}"
+        )
+        raise InterruptedRun(
+            f"interrupted at epoch {self.progress.epoch}, update {self.progress.step}; state saved in "
+            f"{self.run.state_dir} (resume with --resume auto)"
+        )
 
     def _train_epoch(self, epoch: int, stop: StopRequest) -> None:
         cfg, p = self.recipe.train, self.progress
@@ -346,7 +388,11 @@ class Trainer:
         total = self.steps_per_epoch
         if cfg.max_steps:
             total = min(total, max(cfg.max_steps - (p.step - p.batch), 0))
-        reporter = ProgressReporter(f"epoch {epoch + 1}/{cfg.epochs}", total, "step", every_seconds=10.0) if self.main else None
+        reporter = (
+            ProgressReporter(f"epoch {epoch + 1}/{cfg.epochs}", total, "step", every_seconds=10.0)
+            if self.main
+            else None
+        )
         if reporter is not None:
             reporter.update(0, completed=p.batch)
         micro_batches = iter(loader)
@@ -375,9 +421,14 @@ class Trainer:
                 self.options.on_step(p.step)
             if p.step % log_every == 0 or p.batch == total:
                 elapsed = time.perf_counter() - window_start
-                record = {"type": "train", "epoch": epoch, "step": p.step, **stats,
-                          "samples_per_s": window_samples / elapsed if elapsed > 0 else None,
-                          "data_wait_share": wait_seconds / elapsed if elapsed > 0 else None}
+                record = {
+                    "type": "train",
+                    "epoch": epoch,
+                    "step": p.step,
+                    **stats,
+                    "samples_per_s": window_samples / elapsed if elapsed > 0 else None,
+                    "data_wait_share": wait_seconds / elapsed if elapsed > 0 else None,
+                }
                 self._log(record)
                 window_start, window_samples, wait_seconds = time.perf_counter(), 0, 0.0
             if reporter is not None:
@@ -401,12 +452,23 @@ class Trainer:
         """`--dry-run`: time a few real updates and extrapolate them to the whole recipe; writes nothing."""
         loader = iter(self.parts.train_loader(0, start_batch=0))
         steps = min(MEASURED_STEPS + 1, self.steps_per_epoch)
-        durations = time_updates(lambda batches: self._update(batches, epoch=0), loader, self.recipe.train.grad_accum, steps)
-        return dry_run_plan(self.recipe, durations, run_dir=self.run.root, world_size=self.world,
-                            device=str(self.accelerator.device), precision=self.accelerator.mixed_precision,
-                            num_samples=self.parts.num_samples, steps_per_epoch=self.steps_per_epoch)
+        durations = time_updates(
+            lambda batches: self._update(batches, epoch=0), loader, self.recipe.train.grad_accum, steps
+        )
+        return dry_run_plan(
+            self.recipe,
+            durations,
+            run_dir=self.run.root,
+            world_size=self.world,
+            device=str(self.accelerator.device),
+            precision=self.accelerator.mixed_precision,
+            num_samples=self.parts.num_samples,
+            steps_per_epoch=self.steps_per_epoch,
+        )
 
-    def _update(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int) -> dict[str, float]:
+    def _update(
+        self, micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int
+    ) -> dict[str, float]:
         """One optimizer update over `grad_accum` micro-batches; returns logging stats."""
         device = self.accelerator.device
         loss_fn = self.parts.loss
@@ -422,7 +484,9 @@ class Trainer:
             with sync:
                 with self.accelerator.autocast():
                     image_features, text_features = self.model(images, tokens)
-                out = loss_fn(image_features.float(), text_features.float(), index, epoch=epoch, step=self.progress.step)
+                out = loss_fn(
+                    image_features.float(), text_features.float(), index, epoch=epoch, step=self.progress.step
+                )
                 self.accelerator.backward(out.loss / len(micro_batches))
             total_loss += float(out.loss.detach()) / len(micro_batches)
             stats = dict(out.stats)
@@ -460,8 +524,14 @@ class Trainer:
             if improved:
                 p.best_objective, p.best_epoch, p.best_metrics = objective, epoch, metrics
                 self._save_best(metrics, epoch)
-            info(f"epoch {epoch + 1}: " + " ".join(f"{k.removeprefix('val/')}={100 * v:.2f}" for k, v in metrics.items()
-                                                      if k.startswith("val/") and not k.endswith(COUNT_SUFFIXES)))
+            info(
+                f"epoch {epoch + 1}: "
+                + " ".join(
+                    f"{k.removeprefix('val/')}={100 * v:.2f}"
+                    for k, v in metrics.items()
+                    if k.startswith("val/") and not k.endswith(COUNT_SUFFIXES)
+                )
+            )
         flag = torch.tensor([1.0 if improved else 0.0], device=self.accelerator.device)
         improved = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
         p.stale_epochs = 0 if improved else p.stale_epochs + 1
@@ -505,8 +575,10 @@ class Trainer:
 def _refuse_single_sample_batchnorm(model: torch.nn.Module, micro_batch: int) -> None:
     """BatchNorm over one sample normalises it to zero (or raises deep inside torch): refuse it up front."""
     if micro_batch < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise UsageError(f"train.batch_size / train.grad_accum leaves {micro_batch} sample per process and loss call, "
-                         f"and the model has BatchNorm layers; raise train.batch_size or lower train.grad_accum")
+        raise UsageError(
+            f"train.batch_size / train.grad_accum leaves {micro_batch} sample per process and loss call, "
+            f"and the model has BatchNorm layers; raise train.batch_size or lower train.grad_accum"
+        )
 
 
 def train(recipe: Recipe, options: TrainOptions) -> dict[str, Any]:

@@ -6,6 +6,7 @@ a JSON object with `seconds_per_step` and `steps_per_epoch`. If that fails, the 
 trials × epochs and says why the time is missing. The same dry run is the preflight of a real study:
 a usage or data error there (exit 2 or 3) stops it before any trial is recorded.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from typing import Any
 
 from clipctl.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
 from clipctl.recipe import Recipe, load_raw, merge_values, validate_recipe
-from clipctl.tune.recipe import TuneRecipe, tune_base_path
 from clipctl.tune.phases import build_plan
+from clipctl.tune.recipe import TuneRecipe, tune_base_path
 from clipctl.tune.store import StudyState
 
 DRY_RUN_TIMEOUT_S = 900
@@ -74,7 +75,9 @@ def _dry_run(recipe_toml: str, command: list[str]) -> tuple[subprocess.Completed
         program = [part.replace("{slot}", "0") for part in command]
         args = [*program, str(path), "--dry-run", "--json", "--out", tmp, "--name", "dry-run"]
         try:
-            done = subprocess.run(args, capture_output=True, text=True, timeout=DRY_RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                args, capture_output=True, text=True, timeout=DRY_RUN_TIMEOUT_S, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired:
             return None, f"`clipctl train --dry-run` took over {DRY_RUN_TIMEOUT_S} s"
         except OSError as err:
@@ -83,7 +86,7 @@ def _dry_run(recipe_toml: str, command: list[str]) -> tuple[subprocess.Completed
 
 
 def _last_line(done: subprocess.CompletedProcess) -> str:
-    last = next((l for l in reversed((done.stderr or done.stdout).splitlines()) if l.strip()), "no output")
+    last = next((line for line in reversed((done.stderr or done.stdout).splitlines()) if line.strip()), "no output")
     return last.strip().removeprefix("clipctl: error: ")[:300]
 
 
@@ -109,8 +112,10 @@ def preflight(tune: TuneRecipe, tune_path: Path, state: StudyState, command: lis
     done, _ = _dry_run(recipe.to_toml(), command)
     if done is not None and done.returncode in (EXIT_USAGE, EXIT_DATA):
         error = UsageError if done.returncode == EXIT_USAGE else DataError
-        raise error(f"phase {tune.tune.phase} preflight (`clipctl train --dry-run` of its base recipe): "
-                    f"{_last_line(done)}; no trial was started")
+        raise error(
+            f"phase {tune.tune.phase} preflight (`clipctl train --dry-run` of its base recipe): "
+            f"{_last_line(done)}; no trial was started"
+        )
 
 
 def _representative(tune: TuneRecipe, tune_path: Path, state: StudyState) -> tuple[Recipe, int, list[str]]:
@@ -153,4 +158,3 @@ def estimate_phase(tune: TuneRecipe, tune_path: Path, state: StudyState, command
         estimate.seconds_per_step = float(timing["seconds_per_step"])
         estimate.steps_per_epoch = int(timing["steps_per_epoch"])
     return estimate
-

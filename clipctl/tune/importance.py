@@ -5,6 +5,7 @@ trials' parameters -> objective; a parameter's share of the forest's impurity re
 locally with scikit-learn. A categorical parameter is one-hot encoded and its columns' importances are
 summed; its correlation is that of the category whose indicator correlates most with the objective.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ def importance(space: SearchSpace, trials: list[TrialRecord], seed: int = 0) -> 
     from sklearn.ensemble import RandomForestRegressor
 
     if len(trials) < MIN_TRIALS:
-        raise UsageError(f"importance needs at least {MIN_TRIALS} completed trials, this phase has {len(trials)}; "
-                         "run more trials (tune.n_trials) first")
+        raise UsageError(
+            f"importance needs at least {MIN_TRIALS} completed trials, this phase has {len(trials)}; "
+            "run more trials (tune.n_trials) first"
+        )
     y = np.array([t.value for t in trials], dtype=float)
     columns: list[np.ndarray] = []
     owner: list[str] = []

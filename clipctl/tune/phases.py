@@ -7,6 +7,7 @@ is phase 1's top-k (loss, optimizer) combinations crossed with the phase's own l
 new space searches around (phase 3). Trial recipes are always built from the frozen plan, so every
 worker, on any machine, runs exactly the same trials.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,16 @@ from clipctl.tune.store import PhaseState, Study, StudyState
 
 # Settings a plan carries; with from_phase/top_k (and space, fixed, base) they define a phase: changing
 # any of them on a live study is refused. n_trials may change (to extend a study).
-_PLAN_KEYS = ("strategy", "n_initial", "acq", "initial_point_generator", "seed", "objective", "prune",
-              "prune_grace_epochs")
+_PLAN_KEYS = (
+    "strategy",
+    "n_initial",
+    "acq",
+    "initial_point_generator",
+    "seed",
+    "objective",
+    "prune",
+    "prune_grace_epochs",
+)
 _IDENTITY_KEYS = _PLAN_KEYS + ("from_phase", "top_k")
 
 
@@ -72,14 +81,28 @@ class PhasePlan:
     def make_search(self) -> Any:
         from clipctl.tune.strategies import make_search
 
-        return make_search(self.strategy, self.space, self.grid, n_initial=self.n_initial, acq=self.acq,
-                           initial_point_generator=self.initial_point_generator, seed=self.seed)
+        return make_search(
+            self.strategy,
+            self.space,
+            self.grid,
+            n_initial=self.n_initial,
+            acq=self.acq,
+            initial_point_generator=self.initial_point_generator,
+            seed=self.seed,
+        )
 
     def frozen(self) -> dict[str, Any]:
         data = {
-            "source": self.source, "n_trials": self.n_trials, "space": self.space.to_toml(), "base": self.base,
-            "fixed": self.fixed, "default_loss": self.default_loss, "default_optimizer": self.default_optimizer,
-            "identity": self.identity, "handover": self.handover, "dropped": self.dropped,
+            "source": self.source,
+            "n_trials": self.n_trials,
+            "space": self.space.to_toml(),
+            "base": self.base,
+            "fixed": self.fixed,
+            "default_loss": self.default_loss,
+            "default_optimizer": self.default_optimizer,
+            "identity": self.identity,
+            "handover": self.handover,
+            "dropped": self.dropped,
         }
         data.update({k: getattr(self, k) for k in _PLAN_KEYS})
         if self.grid is not None:
@@ -87,15 +110,27 @@ class PhasePlan:
         return data
 
     @classmethod
-    def from_frozen(cls, phase: int, data: dict[str, Any], n_trials: int | None = None) -> "PhasePlan":
+    def from_frozen(cls, phase: int, data: dict[str, Any], n_trials: int | None = None) -> PhasePlan:
         return cls(
-            phase=phase, source=data["source"], strategy=data["strategy"],
-            n_trials=n_trials if n_trials is not None else data["n_trials"], n_initial=data["n_initial"],
-            acq=data["acq"], initial_point_generator=data["initial_point_generator"], seed=data["seed"],
-            objective=data["objective"], prune=data["prune"], prune_grace_epochs=data["prune_grace_epochs"],
-            space=SearchSpace.from_toml(data["space"], f"study.toml phase{phase}"), base=data["base"],
-            fixed=data["fixed"], default_loss=data["default_loss"], default_optimizer=data["default_optimizer"],
-            identity=data["identity"], grid=data.get("grid"), handover=data.get("handover", {}),
+            phase=phase,
+            source=data["source"],
+            strategy=data["strategy"],
+            n_trials=n_trials if n_trials is not None else data["n_trials"],
+            n_initial=data["n_initial"],
+            acq=data["acq"],
+            initial_point_generator=data["initial_point_generator"],
+            seed=data["seed"],
+            objective=data["objective"],
+            prune=data["prune"],
+            prune_grace_epochs=data["prune_grace_epochs"],
+            space=SearchSpace.from_toml(data["space"], f"study.toml phase{phase}"),
+            base=data["base"],
+            fixed=data["fixed"],
+            default_loss=data["default_loss"],
+            default_optimizer=data["default_optimizer"],
+            identity=data["identity"],
+            grid=data.get("grid"),
+            handover=data.get("handover", {}),
             dropped=data.get("dropped", {}),
         )
 
@@ -148,48 +183,70 @@ def phase_correlation(state: StudyState, first: int, second: int) -> dict[str, A
     does the cheap phase predict the expensive one? None when fewer than 3 configs are shared."""
     from scipy.stats import spearmanr
 
-    a = {(l, o): v for l, o, v in top_combos(state.phase(first), 10**9)}
-    b = {(l, o): v for l, o, v in top_combos(state.phase(second), 10**9)}
+    a = {(loss, opt): v for loss, opt, v in top_combos(state.phase(first), 10**9)}
+    b = {(loss, opt): v for loss, opt, v in top_combos(state.phase(second), 10**9)}
     shared = [c for c in b if c in a]
     if len(shared) < 3:
         return None
     rho, p = spearmanr([a[c] for c in shared], [b[c] for c in shared])
     rows = [[c[0], c[1], a[c], b[c]] for c in shared]
-    return {"first": first, "second": second, "n": len(shared),
-            "rho": None if math.isnan(rho) else float(rho), "p": None if math.isnan(p) else float(p), "configs": rows}
+    return {
+        "first": first,
+        "second": second,
+        "n": len(shared),
+        "rho": None if math.isnan(rho) else float(rho),
+        "p": None if math.isnan(p) else float(p),
+        "configs": rows,
+    }
 
 
-def _handover(cfg: TuneConfig, source: str, state: StudyState, space: SearchSpace,
-              notes: list[str]) -> tuple[SearchSpace, list[dict[str, Any]] | None, dict[str, Any], dict[str, Any]]:
+def _handover(
+    cfg: TuneConfig, source: str, state: StudyState, space: SearchSpace, notes: list[str]
+) -> tuple[SearchSpace, list[dict[str, Any]] | None, dict[str, Any], dict[str, Any]]:
     """(space, grid, hand-over record, fixed values) of a phase that starts from an earlier phase's trials."""
     if cfg.from_phase >= cfg.phase:
-        raise UsageError(f"{source}: tune.from_phase = {cfg.from_phase} must name an earlier phase than tune.phase = {cfg.phase}")
+        raise UsageError(
+            f"{source}: tune.from_phase = {cfg.from_phase} must name an earlier phase than tune.phase = {cfg.phase}"
+        )
     previous = state.phase(cfg.from_phase)
     if not previous.measured():
-        raise UsageError(f"{source}: phase {cfg.phase} hands over from phase {cfg.from_phase}, which has no completed "
-                         f"trials in this study; run `clipctl tune --phase {cfg.from_phase}` first")
+        raise UsageError(
+            f"{source}: phase {cfg.phase} hands over from phase {cfg.from_phase}, which has no completed "
+            f"trials in this study; run `clipctl tune --phase {cfg.from_phase}` first"
+        )
     if previous.running() or previous.closed is None:
-        notes.append(f"phase {cfg.from_phase} is not finished ({len(previous.running())} running); "
-                     f"handing over from its {len(previous.measured())} completed trials")
+        notes.append(
+            f"phase {cfg.from_phase} is not finished ({len(previous.running())} running); "
+            f"handing over from its {len(previous.measured())} completed trials"
+        )
     if not cfg.grids_handover:
         best = previous.best()
         assert best is not None
-        handover = {"from_phase": cfg.from_phase, "kind": "best", "trial": best.trial, "value": best.value,
-                    "params": best.params}
+        handover = {
+            "from_phase": cfg.from_phase,
+            "kind": "best",
+            "trial": best.trial,
+            "value": best.value,
+            "params": best.params,
+        }
         return space, None, handover, {**best.params, **cfg.fixed}
     for key in ("loss.name", "optim.name"):
         if key in space.names:
-            raise UsageError(f"{source}: tune.space.{key}: set by phase {cfg.from_phase}'s top-{cfg.top_k} "
-                             f"combinations (tune.from_phase); remove it from the space")
+            raise UsageError(
+                f"{source}: tune.space.{key}: set by phase {cfg.from_phase}'s top-{cfg.top_k} "
+                f"combinations (tune.from_phase); remove it from the space"
+            )
     combos = top_combos(previous, cfg.top_k)
     if len(combos) < cfg.top_k:
-        notes.append(f"phase {cfg.from_phase} has only {len(combos)} (loss, optimizer) combinations; tune.top_k = {cfg.top_k}")
-    handover = {"from_phase": cfg.from_phase, "kind": "top_k", "combos": [[l, o, v] for l, o, v in combos]}
-    losses = list(dict.fromkeys(l for l, _, _ in combos))
+        notes.append(
+            f"phase {cfg.from_phase} has only {len(combos)} (loss, optimizer) combinations; tune.top_k = {cfg.top_k}"
+        )
+    handover = {"from_phase": cfg.from_phase, "kind": "top_k", "combos": [[loss, opt, v] for loss, opt, v in combos]}
+    losses = list(dict.fromkeys(loss for loss, _, _ in combos))
     optims = list(dict.fromkeys(o for _, o, _ in combos))
     inner = space.grid(source) if len(space) else [{}]
     space = SearchSpace([CatDim("loss.name", tuple(losses)), CatDim("optim.name", tuple(optims)), *space.dims])
-    grid = [{"loss.name": l, "optim.name": o, **g} for l, o, _ in combos for g in inner]
+    grid = [{"loss.name": loss, "optim.name": opt, **g} for loss, opt, _ in combos for g in inner]
     return space, grid, handover, dict(cfg.fixed)
 
 
@@ -210,30 +267,51 @@ def build_plan(tune: TuneRecipe, tune_path: Path, state: StudyState) -> PhasePla
     if "loss.name" not in space.names:
         unused = {n for n in space.names if not applies(n, probe.loss.name)}
         if unused:
-            notes.append(f"tune.space: {', '.join(sorted(unused))} not read by loss {probe.loss.name!r}; left out of the search")
+            notes.append(
+                f"tune.space: {', '.join(sorted(unused))} not read by loss {probe.loss.name!r}; left out of the search"
+            )
             space = space.without(unused)
     if not len(space) and not combos_grid:
         raise UsageError(f"{source}: [tune.space] has no parameter that affects loss {probe.loss.name!r}; add one")
     space, grid, dropped = _drop_unrunnable(space, grid, source)
     if dropped:
-        notes.append(f"tune.space: optim.name: dropped {', '.join(dropped['optim.name'])} ({dropped['reason']}); "
-                     f"recorded in study.toml")
+        notes.append(
+            f"tune.space: optim.name: dropped {', '.join(dropped['optim.name'])} ({dropped['reason']}); "
+            f"recorded in study.toml"
+        )
     if grid is not None:
         grid = _dedupe_grid(space, grid, probe.loss.name)
         if cfg.n_trials < len(grid):
             notes.append(f"tune.n_trials = {cfg.n_trials} < {len(grid)} grid points: only the first {cfg.n_trials} run")
 
     return PhasePlan(
-        phase=cfg.phase, source=source, strategy=cfg.strategy, n_trials=cfg.n_trials, n_initial=cfg.n_initial,
-        acq=cfg.acq, initial_point_generator=cfg.initial_point_generator, seed=cfg.seed, objective=cfg.objective,
-        prune=cfg.prune, prune_grace_epochs=cfg.prune_grace_epochs, space=space, base=base, fixed=fixed,
-        default_loss=probe.loss.name, default_optimizer=probe.optim.name, identity=recipe_identity(tune, tune_path),
-        grid=grid, handover=handover, notes=notes, dropped=dropped,
+        phase=cfg.phase,
+        source=source,
+        strategy=cfg.strategy,
+        n_trials=cfg.n_trials,
+        n_initial=cfg.n_initial,
+        acq=cfg.acq,
+        initial_point_generator=cfg.initial_point_generator,
+        seed=cfg.seed,
+        objective=cfg.objective,
+        prune=cfg.prune,
+        prune_grace_epochs=cfg.prune_grace_epochs,
+        space=space,
+        base=base,
+        fixed=fixed,
+        default_loss=probe.loss.name,
+        default_optimizer=probe.optim.name,
+        identity=recipe_identity(tune, tune_path),
+        grid=grid,
+        handover=handover,
+        notes=notes,
+        dropped=dropped,
     )
 
 
-def _drop_unrunnable(space: SearchSpace, grid: list[dict[str, Any]] | None,
-                     source: str) -> tuple[SearchSpace, list[dict[str, Any]] | None, dict[str, Any]]:
+def _drop_unrunnable(
+    space: SearchSpace, grid: list[dict[str, Any]] | None, source: str
+) -> tuple[SearchSpace, list[dict[str, Any]] | None, dict[str, Any]]:
     """The space (and grid) without optimizers this machine cannot run, and what was dropped (empty: none)."""
     from clipctl.train.optim import unavailable_optimizers
 
@@ -245,8 +323,10 @@ def _drop_unrunnable(space: SearchSpace, grid: list[dict[str, Any]] | None,
         return space, grid, {}
     kept = tuple(c for c in dim.categories if c not in gone)
     if not kept:
-        raise UsageError(f"{source}: tune.space.optim.name: none of {list(dim.categories)} can run here (they need "
-                         f"NVIDIA apex on a CUDA device); add e.g. \"lamb\" or \"novograd\"")
+        raise UsageError(
+            f"{source}: tune.space.optim.name: none of {list(dim.categories)} can run here (they need "
+            f'NVIDIA apex on a CUDA device); add e.g. "lamb" or "novograd"'
+        )
     space = SearchSpace(CatDim(d.name, kept) if d is dim else d for d in space.dims)
     if grid is not None:
         grid = [point for point in grid if point.get("optim.name") not in gone]
@@ -285,6 +365,8 @@ def open_phase(study: Study, tune: TuneRecipe, tune_path: Path) -> PhasePlan:
 def load_plan(study: Study, phase: int) -> PhasePlan:
     frozen = study.frozen_phase(phase)
     if frozen is None:
-        raise UsageError(f"{study.root}: phase {phase} has not started in this study (phases: "
-                         f"{', '.join(map(str, study.frozen_phases())) or 'none'})")
+        raise UsageError(
+            f"{study.root}: phase {phase} has not started in this study (phases: "
+            f"{', '.join(map(str, study.frozen_phases())) or 'none'})"
+        )
     return PhasePlan.from_frozen(phase, frozen)

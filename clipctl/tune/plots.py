@@ -4,6 +4,7 @@ Per phase: objective by optimizer (coloured by loss) and by loss (coloured by op
 the objective with the running best, parameter importance, and scikit-optimize's convergence and
 objective (partial dependence) plots. Penalised trials are drawn as crosses, never as measurements.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,9 +39,18 @@ def objective_by(trials: list[TrialRecord], group: str, colour: str, objective: 
             chosen = [t for t in trials if getattr(t, colour) == name and t.flagged == flagged]
             if not chosen:
                 continue
-            x = np.array([groups.index(getattr(t, group)) for t in chosen], dtype=float) + rng.uniform(-0.2, 0.2, len(chosen))
-            ax.scatter(x, [t.value for t in chosen], color=cmap(ci % 10), s=28, alpha=0.85, marker="x" if flagged else "o",
-                       label=f"{name} (penalty)" if flagged else name)
+            x = np.array([groups.index(getattr(t, group)) for t in chosen], dtype=float) + rng.uniform(
+                -0.2, 0.2, len(chosen)
+            )
+            ax.scatter(
+                x,
+                [t.value for t in chosen],
+                color=cmap(ci % 10),
+                s=28,
+                alpha=0.85,
+                marker="x" if flagged else "o",
+                label=f"{name} (penalty)" if flagged else name,
+            )
     ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
     ax.set_ylabel(objective)
     ax.set_title(title)
@@ -57,8 +67,14 @@ def progression(state: PhaseState, objective: str, title: str, path: Path) -> Pa
     ax.scatter([t.trial for t in measured], [t.value for t in measured], s=24, label="measured")
     flagged = [t for t in finished if t.flagged]
     if flagged:
-        ax.scatter([t.trial for t in flagged], [t.value for t in flagged], marker="x", color="tab:red", s=30,
-                   label="failed/pruned (penalty)")
+        ax.scatter(
+            [t.trial for t in flagged],
+            [t.value for t in flagged],
+            marker="x",
+            color="tab:red",
+            s=30,
+            label="failed/pruned (penalty)",
+        )
     best, xs, ys = -np.inf, [], []
     for t in measured:
         best = max(best, t.value)
@@ -94,16 +110,32 @@ def phase_plots(plan: PhasePlan, state: PhaseState, out_dir: Path) -> list[Path]
     prefix = f"phase{plan.phase}"
     obj = plan.objective
     written = [
-        objective_by(finished, "optimizer", "loss", obj, f"phase {plan.phase}: {obj} by optimizer",
-                     out_dir / f"{prefix}_objective_by_optimizer.png"),
-        objective_by(finished, "loss", "optimizer", obj, f"phase {plan.phase}: {obj} by loss",
-                     out_dir / f"{prefix}_objective_by_loss.png"),
+        objective_by(
+            finished,
+            "optimizer",
+            "loss",
+            obj,
+            f"phase {plan.phase}: {obj} by optimizer",
+            out_dir / f"{prefix}_objective_by_optimizer.png",
+        ),
+        objective_by(
+            finished,
+            "loss",
+            "optimizer",
+            obj,
+            f"phase {plan.phase}: {obj} by loss",
+            out_dir / f"{prefix}_objective_by_loss.png",
+        ),
         progression(state, obj, f"phase {plan.phase}: progression of {obj}", out_dir / f"{prefix}_progression.png"),
     ]
     measured = state.measured()
     if len(measured) >= MIN_TRIALS and len(plan.space):
-        written.append(importance_bars(plan, measured, f"phase {plan.phase}: parameter importance",
-                                       out_dir / f"{prefix}_importance.png"))
-    written += save_skopt_plots(plan.space, [t.point for t in finished], [t.value for t in finished], out_dir, prefix,
-                                seed=plan.seed)
+        written.append(
+            importance_bars(
+                plan, measured, f"phase {plan.phase}: parameter importance", out_dir / f"{prefix}_importance.png"
+            )
+        )
+    written += save_skopt_plots(
+        plan.space, [t.point for t in finished], [t.value for t in finished], out_dir, prefix, seed=plan.seed
+    )
     return written

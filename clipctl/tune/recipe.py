@@ -5,6 +5,7 @@ A tune recipe names a base recipe (`tune.base`, relative to the tune recipe), va
 the base: every fixed value and every bound or category of the space must give a valid recipe.
 The phases are the files `recipes/tune/phaseN.toml` of the built-in recipes; a new phase is a new file.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,15 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from clipctl.errors import UsageError
-from clipctl.recipe import (Recipe, apply_overrides, builtin_recipes_dir, find_recipe, load_raw, merge_values,
-                            validate_recipe)
+from clipctl.recipe import (
+    Recipe,
+    apply_overrides,
+    builtin_recipes_dir,
+    find_recipe,
+    load_raw,
+    merge_values,
+    validate_recipe,
+)
 from clipctl.schema import Section, closest, format_validation_error, known_keys
 from clipctl.tune.space import SearchSpace
 from clipctl.tune.strategies import STRATEGIES
@@ -85,7 +93,9 @@ def load_phase_recipe(phase: int | None, recipe: str | None) -> tuple[TuneRecipe
         raise UsageError(f"--phase {phase}: expected {', '.join(others) + ' or ' if others else ''}{last}")
     tune, path = load_tune_recipe(recipe or f"tune/phase{phase or phases[0]}")
     if phase is not None and tune.tune.phase != phase:
-        raise UsageError(f"{path}: tune.phase = {tune.tune.phase} but --phase {phase}; drop --phase or use the phase's recipe")
+        raise UsageError(
+            f"{path}: tune.phase = {tune.tune.phase} but --phase {phase}; drop --phase or use the phase's recipe"
+        )
     return tune, path
 
 
@@ -118,7 +128,9 @@ def check_space(tune: TuneRecipe, base_raw: dict[str, Any], source: str) -> Sear
     for key, values in space.bounds().items():
         if key not in known:
             hint = closest(key, known)
-            raise UsageError(f"{source}: tune.space.{key}: not a recipe key" + (f"; did you mean {hint}?" if hint else ""))
+            raise UsageError(
+                f"{source}: tune.space.{key}: not a recipe key" + (f"; did you mean {hint}?" if hint else "")
+            )
         for value in values:
             validate_recipe(merge_values(base_raw, {key: value}), f"{source}: tune.space", explicit_loss_keys=set())
     return space

@@ -7,6 +7,7 @@ tree, with `CUDA_VISIBLE_DEVICES` set per parallel slot. The worker watches `met
 objectives (pruning, divergence) and reads `summary.json` when the process exits. The runner is an
 interface (`TrialRunner`): tests pass one that starts a fake trainer.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -17,17 +18,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
-from clipctl.errors import EXIT_DATA, EXIT_USAGE, ClipctlError, DataError, InterruptedRun, UsageError
+from clipctl.atomic import atomic_write_text
 from clipctl.console import info
+from clipctl.errors import EXIT_DATA, EXIT_USAGE, ClipctlError, DataError, InterruptedRun, UsageError
 from clipctl.run.layout import SUMMARY_FILE, RunDir, RunStatus
 from clipctl.run.reader import MetricsFollower, read_summary
 from clipctl.tune.phases import PhasePlan
 from clipctl.tune.session import PhaseSession
-from clipctl.atomic import atomic_write_text
 from clipctl.tune.store import PhaseState, Study, TrialRecord, finite
 
 STOP_GRACE_S = 120.0  # a stopped trainer finishes its step and writes resumable state first
@@ -96,7 +98,7 @@ def slot_devices(gpus: list[str], parallel: int, slot: int) -> list[str]:
     per = len(gpus) // parallel
     if per == 0:
         return [gpus[slot % len(gpus)]]
-    return gpus[slot * per:(slot + 1) * per]
+    return gpus[slot * per : (slot + 1) * per]
 
 
 def _die_with_parent() -> None:
@@ -148,11 +150,19 @@ class SubprocessRunner:
         with open(launch.log, "ab") as log:
             try:
                 command = [part.replace("{slot}", str(slot)) for part in self.command]
-                popen = subprocess.Popen([*command, *launch.train_args()], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+                popen = subprocess.Popen(
+                    [*command, *launch.train_args()],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
             except OSError as err:
-                raise UsageError(f"cannot start a trial with {shlex.join(self.command)!r}: {err.strerror}; check --launcher") from None
+                raise UsageError(
+                    f"cannot start a trial with {shlex.join(self.command)!r}: {err.strerror}; check --launcher"
+                ) from None
         return _PopenTrial(popen)
 
 
@@ -172,6 +182,7 @@ class _Active:
 def describe_params(params: dict[str, object]) -> str:
     def fmt(value: object) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
+
     return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
 
 
@@ -194,7 +205,9 @@ def read_outcome(run_dir: Path, log: Path, objective: str, returncode: int) -> t
 
 def _last_line(path: Path) -> str:
     try:
-        lines = [l.strip() for l in path.read_text(encoding="utf-8", errors="replace").splitlines() if l.strip()]
+        lines = [
+            line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
+        ]
     except OSError:
         return ""
     return lines[-1][:300] if lines else ""
@@ -212,8 +225,16 @@ class PhaseWorker:
     """One worker on one phase: fills `parallel` slots with proposed or orphaned trials until the
     phase's budget is handed out and its own trials have finished."""
 
-    def __init__(self, study: Study, plan: PhasePlan, runner: TrialRunner, *, parallel: int = 1,
-                 log: Callable[[str], None] = info, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        study: Study,
+        plan: PhasePlan,
+        runner: TrialRunner,
+        *,
+        parallel: int = 1,
+        log: Callable[[str], None] = info,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.study, self.plan, self.runner = study, plan, runner
         self.parallel, self.log, self.should_stop = parallel, log, should_stop
         self.active: dict[int, _Active] = {}
@@ -229,14 +250,18 @@ class PhaseWorker:
             self.session = PhaseSession(self.study, self.plan, lease.id)
             state = self.session.refresh()
             if state.trials:
-                self.log(f"phase {self.plan.phase}: resuming: {len(state.finished())} finished, "
-                         f"{len(state.running())} running or orphaned, budget {self.plan.planned_trials()}")
+                self.log(
+                    f"phase {self.plan.phase}: resuming: {len(state.finished())} finished, "
+                    f"{len(state.running())} running or orphaned, budget {self.plan.planned_trials()}"
+                )
             try:
                 self._loop()
             except KeyboardInterrupt:
                 stopped = self._stop_all()
-                raise InterruptedRun(f"tune interrupted: {stopped} running trial(s) stopped; run the same command "
-                                     f"again to resume them (study {self.study.root})") from None
+                raise InterruptedRun(
+                    f"tune interrupted: {stopped} running trial(s) stopped; run the same command "
+                    f"again to resume them (study {self.study.root})"
+                ) from None
             except ClipctlError:  # a trial's usage or data error is the study's: stop the others, report it
                 self._stop_all()
                 raise
@@ -283,8 +308,9 @@ class PhaseWorker:
         atomic_write_text(launch.recipe, header + recipe.to_toml())
         _set_aside_unresumable(launch.run_dir, record.starts)
         process = self.runner.start(launch, slot)
-        self.active[record.trial] = _Active(record, launch, process, slot, time.monotonic(),
-                                            MetricsFollower(RunDir(launch.run_dir).metrics))
+        self.active[record.trial] = _Active(
+            record, launch, process, slot, time.monotonic(), MetricsFollower(RunDir(launch.run_dir).metrics)
+        )
         devices = self.runner.devices(slot)
         where = f" [GPU {','.join(devices)}]" if devices else ""
         again = " (re-run)" if record.starts > 1 else ""
@@ -320,8 +346,10 @@ class PhaseWorker:
         if active.verdict == "continue" and code in (EXIT_USAGE, EXIT_DATA):
             line = _last_line(active.launch.log).removeprefix("clipctl: error: ") or f"exit code {code}"
             error = UsageError if code == EXIT_USAGE else DataError
-            raise error(f"phase {self.plan.phase} {name}: {line}; the study stopped without a result for this trial "
-                        f"(fix it and run the same command: the trial is re-run)")
+            raise error(
+                f"phase {self.plan.phase} {name}: {line}; the study stopped without a result for this trial "
+                f"(fix it and run the same command: the trial is re-run)"
+            )
         if active.verdict == "diverged":
             raw, reason = None, f"diverged: {self.plan.objective} is NaN at epoch {active.verdict_epoch}"
         else:

@@ -8,6 +8,7 @@ their recorded value. The optimizer is never told NaN/inf: failures get `PhaseSt
 A failed trial retried (`--retry-failed`) is not told its penalty on replay; its new result is told instead,
 so asks recorded before the retry may replay differently (expected, and not warned about).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -121,8 +122,18 @@ class PhaseSession:
             for k, point in enumerate(proposed):
                 told, params = self.plan.canonicalise(point)
                 loss, optimizer = self.plan.names(params)
-                events.append(self._event("trial_started", first + k, ask=ask_id, proposed=point, point=told,
-                                          params=params, loss=loss, optimizer=optimizer))
+                events.append(
+                    self._event(
+                        "trial_started",
+                        first + k,
+                        ask=ask_id,
+                        proposed=point,
+                        point=told,
+                        params=params,
+                        loss=loss,
+                        optimizer=optimizer,
+                    )
+                )
             self._write(events)
             return [self.state.trials[e["trial"]] for e in events]
 
@@ -141,7 +152,9 @@ class PhaseSession:
             return []
         with self.study.journal.locked():
             self.sync()
-            orphans = [t for t in self.state.running() if t.worker != self.worker and not self.study.worker_alive(t.worker)]
+            orphans = [
+                t for t in self.state.running() if t.worker != self.worker and not self.study.worker_alive(t.worker)
+            ]
             events = [self._event("trial_started", t.trial, rerun=True, previous_worker=t.worker) for t in orphans[:n]]
             if events:
                 self._write(events)
@@ -167,10 +180,21 @@ class PhaseSession:
             median = statistics.median(references)
             if value >= median:
                 return "continue"
-            self._write([self._event(
-                "trial_pruned", trial, value=self.state.penalty(), raw=value, flagged=True, epoch=epoch,
-                reason=f"epoch {epoch}: {value:.4g} < median {median:.4g} of {len(references)} completed trials",
-            )])
+            self._write(
+                [
+                    self._event(
+                        "trial_pruned",
+                        trial,
+                        value=self.state.penalty(),
+                        raw=value,
+                        flagged=True,
+                        epoch=epoch,
+                        reason=(
+                            f"epoch {epoch}: {value:.4g} < median {median:.4g} of {len(references)} completed trials"
+                        ),
+                    )
+                ]
+            )
             self._maybe_close()
             return "pruned"
 
@@ -184,8 +208,15 @@ class PhaseSession:
             if raw is not None and not reason:
                 event = self._event("trial_completed", trial, value=raw, raw=raw, flagged=False, wall_s=wall_s)
             else:
-                event = self._event("trial_failed", trial, value=self.state.penalty(), raw=raw, flagged=True,
-                                    reason=reason or "no objective", wall_s=wall_s)
+                event = self._event(
+                    "trial_failed",
+                    trial,
+                    value=self.state.penalty(),
+                    raw=raw,
+                    flagged=True,
+                    reason=reason or "no objective",
+                    wall_s=wall_s,
+                )
             self._write([event])
             self._maybe_close()
             return record
@@ -204,4 +235,6 @@ class PhaseSession:
             correlation = phase_correlation(self.study.state(), self.plan.handover["from_phase"], self.plan.phase)
             if correlation is not None:
                 fields["correlation"] = {k: correlation[k] for k in ("first", "second", "n", "rho", "p")}
-        self._write([{"event": "phase_closed", "phase": self.plan.phase, "worker": self.worker, "time": now(), **fields}])
+        self._write(
+            [{"event": "phase_closed", "phase": self.plan.phase, "worker": self.worker, "time": now(), **fields}]
+        )

@@ -6,12 +6,14 @@ does not read one, the key is *canonicalised* (set to the dimension's first valu
 is told, so the surrogate model never sees noise in a dimension that had no effect. The journal keeps
 both the proposed and the canonical point.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Union
+from typing import Any, Literal
 
 from pydantic import ValidationError, model_validator
 
@@ -19,7 +21,7 @@ from clipctl.errors import UsageError
 from clipctl.losses.registry import key_users
 from clipctl.schema import Section, format_validation_error, known_keys
 
-Scalar = Union[str, int, float, bool]
+Scalar = str | int | float | bool
 
 
 class TuneParam(Section):
@@ -31,7 +33,7 @@ class TuneParam(Section):
     type: Literal["real", "int"] = "real"
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> "TuneParam":
+    def _check_bounds(self) -> TuneParam:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.prior == "log-uniform" and self.low <= 0:
@@ -94,7 +96,7 @@ class CatDim:
         return list(self.categories)
 
 
-Dim = Union[RealDim, IntDim, CatDim]
+Dim = RealDim | IntDim | CatDim
 
 
 def plain(value: Any) -> Any:
@@ -125,11 +127,14 @@ class SearchSpace:
         return isinstance(other, SearchSpace) and self.dims == other.dims
 
     @classmethod
-    def from_toml(cls, table: dict[str, Any], source: str) -> "SearchSpace":
+    def from_toml(cls, table: dict[str, Any], source: str) -> SearchSpace:
         """Parse `[tune.space]` (a recipe's, or the frozen copy in study.toml); an empty or malformed space is a
         UsageError naming the key. `tune.recipe.check_space` then checks the values against the base recipe."""
         if not table:
-            raise UsageError(f"{source}: [tune.space] is empty; add at least one parameter, e.g. \"optim.lr\" = {{ low = 1e-4, high = 1e-2 }}")
+            raise UsageError(
+                f'{source}: [tune.space] is empty; add at least one parameter, e.g. "optim.lr" = '
+                f"{{ low = 1e-4, high = 1e-2 }}"
+            )
         dims: list[Dim] = []
         for key, spec in table.items():
             where = f"{source}: tune.space.{key}"
@@ -138,7 +143,9 @@ class SearchSpace:
                     raise UsageError(f"{where}: empty list; give at least one value")
                 bad = [v for v in spec if not isinstance(v, (str, int, float, bool))]
                 if bad:
-                    raise UsageError(f"{where}: {bad[0]!r} is not a scalar; categories must be strings, numbers or booleans")
+                    raise UsageError(
+                        f"{where}: {bad[0]!r} is not a scalar; categories must be strings, numbers or booleans"
+                    )
                 if len(set(map(repr, spec))) != len(spec):
                     raise UsageError(f"{where} = {spec!r}: repeated values; list each category once")
                 dims.append(CatDim(key, tuple(spec)))
@@ -149,9 +156,13 @@ class SearchSpace:
                     raise UsageError(format_validation_error(where, err, known_keys(TuneParam))) from None
                 if param.type == "int":
                     if param.prior == "log-uniform":
-                        raise UsageError(f"{where}: type = \"int\" takes no prior; use a list of values for a log-spaced integer grid")
+                        raise UsageError(
+                            f'{where}: type = "int" takes no prior; use a list of values for a log-spaced integer grid'
+                        )
                     if param.low != int(param.low) or param.high != int(param.high):
-                        raise UsageError(f"{where}: type = \"int\" needs whole-number bounds (got {param.low}, {param.high})")
+                        raise UsageError(
+                            f'{where}: type = "int" needs whole-number bounds (got {param.low}, {param.high})'
+                        )
                     dims.append(IntDim(key, int(param.low), int(param.high)))
                 else:
                     dims.append(RealDim(key, float(param.low), float(param.high), param.prior == "log-uniform"))
@@ -184,14 +195,14 @@ class SearchSpace:
                 told[dim.name] = dim.canonical()
         return told, params
 
-    def without(self, names: set[str]) -> "SearchSpace":
+    def without(self, names: set[str]) -> SearchSpace:
         return SearchSpace(d for d in self.dims if d.name not in names)
 
     def grid(self, source: str) -> list[dict[str, Any]]:
         """Every combination of the categorical dimensions; a range cannot be gridded."""
         ranges = [d.name for d in self.dims if not isinstance(d, CatDim)]
         if ranges:
-            raise UsageError(f"{source}: tune.space.{ranges[0]}: strategy = \"grid\" needs a list of values, not a range")
+            raise UsageError(f'{source}: tune.space.{ranges[0]}: strategy = "grid" needs a list of values, not a range')
         combos = itertools.product(*(d.categories for d in self.dims if isinstance(d, CatDim)))
         return [dict(zip(self.names, combo)) for combo in combos]
 
@@ -203,7 +214,11 @@ def same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
     for key, x in a.items():
         y = b[key]
         if isinstance(x, float) or isinstance(y, float):
-            if not (isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)):
+            if not (
+                isinstance(x, (int, float))
+                and isinstance(y, (int, float))
+                and math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+            ):
                 return False
         elif x != y:
             return False

@@ -1,5 +1,6 @@
 """What a study holds, as plain data for `clipctl tune status | best` and for scripts: each phase's
 counts, best trial and lineage, and the best trial written out as a runnable recipe."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,7 @@ from clipctl.tune.store import Study, StudyState, TrialRecord
 def lineage(handover: dict[str, Any]) -> str:
     """Where a phase's search came from, in words ("-" for a phase that starts from scratch)."""
     if handover.get("kind") == "top_k":
-        combos = ", ".join(f"{l}+{o}" for l, o, _ in handover["combos"])
+        combos = ", ".join(f"{loss}+{opt}" for loss, opt, _ in handover["combos"])
         return f"top-{len(handover['combos'])} of phase {handover['from_phase']}: {combos}"
     if handover.get("kind") == "best":
         return f"from phase {handover['from_phase']} t{handover['trial']:03d} ({handover['value']:.4f})"
@@ -22,25 +23,45 @@ def lineage(handover: dict[str, Any]) -> str:
 
 
 def trial_json(t: TrialRecord) -> dict[str, Any]:
-    return {"trial": t.trial, "status": t.status, "value": t.value, "raw": t.raw, "flagged": t.flagged,
-            "params": t.params, "loss": t.loss, "optimizer": t.optimizer, "epochs": t.epochs, "reason": t.reason}
+    return {
+        "trial": t.trial,
+        "status": t.status,
+        "value": t.value,
+        "raw": t.raw,
+        "flagged": t.flagged,
+        "params": t.params,
+        "loss": t.loss,
+        "optimizer": t.optimizer,
+        "epochs": t.epochs,
+        "reason": t.reason,
+    }
 
 
 def phase_status(study: Study, state: StudyState, number: int) -> dict[str, Any]:
     """One phase of a study: plan, trial counts, best trial, lineage and every trial."""
     plan, ps = load_plan(study, number), state.phase(number)
     best = ps.best()
-    return {"phase": number, "strategy": plan.strategy, "planned": plan.planned_trials(), **ps.counts(),
-            "best_trial": best.trial if best else None, "best_value": best.value if best else None,
-            "closed": ps.closed is not None, "lineage": lineage(plan.handover),
-            "trials": [trial_json(t) for t in ps.trials.values()]}
+    return {
+        "phase": number,
+        "strategy": plan.strategy,
+        "planned": plan.planned_trials(),
+        **ps.counts(),
+        "best_trial": best.trial if best else None,
+        "best_value": best.value if best else None,
+        "closed": ps.closed is not None,
+        "lineage": lineage(plan.handover),
+        "trials": [trial_json(t) for t in ps.trials.values()],
+    }
 
 
 def study_status(study: Study) -> dict[str, Any]:
     """Every started phase, and the phase 1 -> 2 rank correlation when both exist."""
     state = study.state()
-    return {"study": str(study.root), "phases": [phase_status(study, state, n) for n in study.frozen_phases()],
-            "correlation_1_2": phase_correlation(state, 1, 2) if {1, 2} <= set(state.phases) else None}
+    return {
+        "study": str(study.root),
+        "phases": [phase_status(study, state, n) for n in study.frozen_phases()],
+        "correlation_1_2": phase_correlation(state, 1, 2) if {1, 2} <= set(state.phases) else None,
+    }
 
 
 def results_phase(study: Study, state: StudyState, phase: int | None) -> int:
@@ -63,11 +84,15 @@ def best_trial(study: Study, phase: int | None) -> tuple[int, PhasePlan, TrialRe
     return number, plan, record
 
 
-def export_best(study: Study, number: int, plan: PhasePlan, record: TrialRecord, path: Path, force: bool = False) -> None:
+def export_best(
+    study: Study, number: int, plan: PhasePlan, record: TrialRecord, path: Path, force: bool = False
+) -> None:
     """Write a trial as a recipe `clipctl train` runs as is (run name and folder left to the user)."""
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; choose another path or add --force")
     recipe = plan.trial_recipe(record.params, "", "runs")
-    header = (f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {record.value:.4f}) "
-              f"from study {study.root}.\n# Train it with: clipctl train {path}\n")
+    header = (
+        f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {record.value:.4f}) "
+        f"from study {study.root}.\n# Train it with: clipctl train {path}\n"
+    )
     atomic_write_text(path, header + recipe.to_toml())

@@ -6,6 +6,7 @@ a shared filesystem with working locks) can share a study. Workers hold a lock o
 `workers/` while alive; a trial whose worker's lock can be taken was orphaned by a crash and is re-run.
 Replaying the events (`StudyState`) gives every trial's status without any optimizer.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -18,10 +19,11 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import tomli_w
 
@@ -113,7 +115,9 @@ class Journal:
                 except ValueError:
                     if position not in self._warned_offsets:
                         self._warned_offsets.add(position)
-                        sys.stderr.write(f"clipctl: warning: {self.path}: skipping an unreadable line at byte {position}\n")
+                        sys.stderr.write(
+                            f"clipctl: warning: {self.path}: skipping an unreadable line at byte {position}\n"
+                        )
             position += len(raw) + 1
         return events, offset + end
 
@@ -129,8 +133,11 @@ def _well_formed(event: Any) -> bool:
     trial = event.get("trial")
     if not isinstance(trial, int) or isinstance(trial, bool):
         return False
-    return event["event"] != "trial_started" or event.get("rerun") or (
-        isinstance(event.get("point"), dict) and isinstance(event.get("params"), dict))
+    return (
+        event["event"] != "trial_started"
+        or event.get("rerun")
+        or (isinstance(event.get("point"), dict) and isinstance(event.get("params"), dict))
+    )
 
 
 @dataclass
@@ -177,9 +184,15 @@ class PhaseState:
             record = self.trials.get(number)
             if record is None or not event.get("rerun"):
                 self.trials[number] = TrialRecord(
-                    phase=self.phase, trial=number, point=event["point"], params=event["params"],
-                    proposed=event.get("proposed", event["point"]), loss=event.get("loss", ""),
-                    optimizer=event.get("optimizer", ""), ask=event.get("ask"), worker=event.get("worker", ""),
+                    phase=self.phase,
+                    trial=number,
+                    point=event["point"],
+                    params=event["params"],
+                    proposed=event.get("proposed", event["point"]),
+                    loss=event.get("loss", ""),
+                    optimizer=event.get("optimizer", ""),
+                    ask=event.get("ask"),
+                    worker=event.get("worker", ""),
                 )
             else:
                 record.status, record.worker, record.starts = "running", event.get("worker", ""), record.starts + 1
@@ -254,7 +267,7 @@ class WorkerLease:
         self.path = root / WORKERS_DIR / f"{self.id}.lock"
         self._fd: int | None = None
 
-    def __enter__(self) -> "WorkerLease":
+    def __enter__(self) -> WorkerLease:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -283,10 +296,12 @@ class Study:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
-    def require(self) -> "Study":
+    def require(self) -> Study:
         if not self.exists():
-            raise UsageError(f"{self.root}: no study here (no {STUDY_FILE}); start one with `clipctl tune --phase 1`"
-                             f"{'' if str(self.root) == 'runs/tune' else f' --study {self.root}'}")
+            raise UsageError(
+                f"{self.root}: no study here (no {STUDY_FILE}); start one with `clipctl tune --phase 1`"
+                f"{'' if str(self.root) == 'runs/tune' else f' --study {self.root}'}"
+            )
         return self
 
     def config(self) -> dict[str, Any]:

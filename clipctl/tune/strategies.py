@@ -8,12 +8,14 @@ negated here). An optimizer's state is a pure function of its constructor argume
 those calls, which is what makes journal replay exact: rebuild with the same `random_state`, repeat the
 calls in journal order, and the next proposal is the one an uninterrupted study would make.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -47,8 +49,15 @@ def skopt_dimensions(space: SearchSpace) -> list[Dimension]:
 class SkoptSearch:
     """Gaussian-process search (strategy "gp") through `skopt.Optimizer`."""
 
-    def __init__(self, space: SearchSpace, *, n_initial: int = 8, acq: str = "gp_hedge",
-                 initial_point_generator: str = "lhs", seed: int = 0) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        n_initial: int = 8,
+        acq: str = "gp_hedge",
+        initial_point_generator: str = "lhs",
+        seed: int = 0,
+    ) -> None:
         from skopt import Optimizer
 
         self.space = space
@@ -97,16 +106,22 @@ class RandomSearch:
     """Strategy "random": the first `n_initial` points from skopt's initial-point design (LHS, Sobol, ...),
     then independent uniform draws (on the log scale for log-uniform ranges) from a seeded generator."""
 
-    def __init__(self, space: SearchSpace, *, n_initial: int = 8, initial_point_generator: str = "lhs",
-                 seed: int = 0) -> None:
+    def __init__(
+        self, space: SearchSpace, *, n_initial: int = 8, initial_point_generator: str = "lhs", seed: int = 0
+    ) -> None:
         from skopt.space import Space
         from skopt.utils import cook_initial_point_generator
 
         self.space = space
         self._space = Space(skopt_dimensions(space))
         self._rng = np.random.RandomState(seed)
-        self._initial = [] if initial_point_generator == "random" else cook_initial_point_generator(
-            initial_point_generator).generate(self._space.dimensions, n_initial, random_state=seed)
+        self._initial = (
+            []
+            if initial_point_generator == "random"
+            else cook_initial_point_generator(initial_point_generator).generate(
+                self._space.dimensions, n_initial, random_state=seed
+            )
+        )
         self._asked = 0
 
     def ask(self, n: int, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -132,7 +147,7 @@ class GridSearch:
         self._next = 0
 
     def ask(self, n: int, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        chosen = self.points[self._next:self._next + n]
+        chosen = self.points[self._next : self._next + n]
         self._next += len(chosen)
         return [dict(p) for p in chosen]
 
@@ -156,14 +171,24 @@ def _random(space: SearchSpace, grid: list[dict[str, Any]] | None, *, acq: str, 
 STRATEGIES: dict[str, Callable[..., Search]] = {"gp": _gp, "grid": _grid, "random": _random}
 
 
-def make_search(strategy: str, space: SearchSpace, grid: list[dict[str, Any]] | None, *, n_initial: int, acq: str,
-                initial_point_generator: str, seed: int) -> Search:
-    return STRATEGIES[strategy](space, grid, n_initial=n_initial, acq=acq,
-                                initial_point_generator=initial_point_generator, seed=seed)
+def make_search(
+    strategy: str,
+    space: SearchSpace,
+    grid: list[dict[str, Any]] | None,
+    *,
+    n_initial: int,
+    acq: str,
+    initial_point_generator: str,
+    seed: int,
+) -> Search:
+    return STRATEGIES[strategy](
+        space, grid, n_initial=n_initial, acq=acq, initial_point_generator=initial_point_generator, seed=seed
+    )
 
 
-def save_skopt_plots(space: SearchSpace, points: list[dict[str, Any]], values: list[float], out_dir: Path,
-                     prefix: str, seed: int = 0) -> list[Path]:
+def save_skopt_plots(
+    space: SearchSpace, points: list[dict[str, Any]], values: list[float], out_dir: Path, prefix: str, seed: int = 0
+) -> list[Path]:
     """skopt's convergence plot and its partial-dependence objective plot (a GP fitted on the observed
     points, so grid and random phases get one too), as PNGs; returns the files written."""
     import matplotlib.pyplot as plt
@@ -173,7 +198,9 @@ def save_skopt_plots(space: SearchSpace, points: list[dict[str, Any]], values: l
     from skopt.utils import create_result
 
     written: list[Path] = []
-    result = create_result([space.as_list(p) for p in points], [-v for v in values], space=Space(skopt_dimensions(space)))
+    result = create_result(
+        [space.as_list(p) for p in points], [-v for v in values], space=Space(skopt_dimensions(space))
+    )
     ax = plot_convergence(result)
     ax.set_ylabel("-objective (lower is better)")
     written.append(_save(ax.figure, out_dir / f"{prefix}_convergence.png"))
