@@ -11,8 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("NO_COLOR", "1")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture
 def data_root(tmp_path, monkeypatch) -> Path:
@@ -34,9 +32,3 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
-
-
-def without_warnings(err: str) -> str:
-    """stderr less its `warning:` lines (advice printed before a run, e.g. the ρ ≥ log(B−1) warning), so a test
-    can check that the error itself is one line."""
-    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith("warning: "))

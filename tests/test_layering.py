@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "clipctl"
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from helpers.paths import REPO_ROOT
 
 BLOCK_TOMLLIB = """
 import importlib.abc, pkgutil, sys

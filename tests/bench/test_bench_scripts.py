@@ -1,0 +1,159 @@
+"""The benchmark tooling: target checks, the `make bench` summary, every script in a tiny run, the GPU check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.paths import REPO_ROOT
+
+BENCH = REPO_ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+from _common import check  # noqa: E402
+from _summary import benchmark_names, summary_rows  # noqa: E402
+
+# Each script with arguments that make it finish in seconds; the real run is `make bench`.
+TINY_ARGS = {
+    "cached_features": ["--train-size", "256", "--batch", "32", "--rounds", "1"],
+    "data_loading": ["--images", "320", "--batch-size", "32", "--batches", "2", "--workers", "0", "1"],
+    "eval_speed": [
+        "--images",
+        "300",
+        "--captions",
+        "1500",
+        "--dim",
+        "32",
+        "--chunk-size",
+        "128",
+        "--repeats",
+        "1",
+        "--scenarios",
+        "random",
+    ],
+    "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
+    "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
+    "train_throughput": [
+        "--models",
+        "quickstart",
+        "--batch",
+        "8",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--matmul-size",
+        "256",
+    ],
+    "tune_overhead": ["--observed", "13", "--repeats", "1"],
+}
+
+
+def run_script(script: Path, args: list[str], results: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "CLIPCTL_BENCH_RESULTS": str(results), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(
+        [str(script), *args] if script.suffix == ".sh" else [sys.executable, str(script), *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "op", "target", "status"),
+    [
+        (1.2, "<=", 1.5, "met"),
+        (1.5, "<=", 1.5, "met"),
+        (1.6, "<=", 1.5, "missed"),
+        (0.4, ">=", 0.3, "met"),
+        (0.2, ">=", 0.3, "missed"),
+        (None, ">=", 0.3, "not run"),
+    ],
+)
+def test_check_status(value, op, target, status):
+    assert check("m", value, op, target)["status"] == status
+
+
+def test_summary_reads_checks_and_flags_missing_results(tmp_path):
+    (tmp_path / "loss_overhead.json").write_text(
+        json.dumps(
+            {
+                "measured_at": "2026-11-29T00:00:00+00:00",
+                "checks": [check("loss / clip", 1.4, "<=", 1.5), check("memory", 2048.0, "<=", 1024, unit="MB")],
+            }
+        )
+    )
+    (tmp_path / "eval_speed.json").write_text(json.dumps({"targets": {"old": True}}))  # written before checks existed
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "train_throughput.json").write_text(
+        json.dumps({"checks": [check("MFU", 0.45, ">=", 0.3, unit="fraction")]})
+    )
+    (tmp_path / "gpu" / "quickstart.json").write_text(json.dumps({"status": "completed"}))  # a run summary: no targets
+    rows = {(row[0], row[1]): row for row in summary_rows(tmp_path)}
+    assert rows["loss_overhead", "loss / clip"][2:5] == ["1.40x", "<= 1.50x", "met"]
+    assert rows["loss_overhead", "memory"][2:5] == ["2048 MB", "<= 1024 MB", "missed"]
+    assert rows["gpu/train_throughput", "MFU"][2:5] == ["45.0%", ">= 30.0%", "met"]
+    not_run = {name for (name, _), row in rows.items() if row[4] == "not run"}
+    assert not_run == set(benchmark_names()) - {"loss_overhead"}
+    assert "gpu/quickstart" not in {name for name, _ in rows}
+
+
+def test_summary_script_prints_the_table(tmp_path):
+    (tmp_path / "tune_overhead.json").write_text(
+        json.dumps({"checks": [check("ask + tell", 0.002, "<=", 0.01, unit="fraction")]})
+    )
+    done = run_script(BENCH / "_summary.py", ["--results", str(tmp_path)], tmp_path, COLUMNS="200")
+    assert done.returncode == 0, done.stderr
+    assert "ask + tell" in done.stderr and "0.2%" in done.stderr
+    assert done.stdout.strip() == f"1 met, 0 missed, {len(benchmark_names()) - 1} not run"
+
+
+def test_every_benchmark_has_tiny_arguments():
+    assert set(TINY_ARGS) == set(benchmark_names())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TINY_ARGS))
+def test_benchmark_runs_and_records_its_targets(name, tmp_path):
+    done = run_script(BENCH / f"{name}.py", TINY_ARGS[name], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / f"{name}.json").read_text())
+    assert payload["benchmark"] == name and payload["measured_at"]
+    assert payload["checks"] and all(c["status"] in ("met", "missed") for c in payload["checks"])
+    assert all(isinstance(c["value"], float) and c["value"] > 0 for c in payload["checks"])
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_dry_run(tmp_path):
+    out = tmp_path / "out"
+    done = run_script(BENCH / "gpu_check.sh", ["--cpu-dry-run"], tmp_path, OUT=str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    throughput = json.loads((out / "train_throughput.json").read_text())
+    paper = throughput["models"]["paper"]
+    assert set(paper["samples_per_s"]) == {"clip", "isogclr_new"} and paper["ratio_vs_clip"]["clip"] == 1.0
+    assert paper["model_flops_per_sample"] > 0 and throughput["fp32_matmul_flops"] > 0
+    assert throughput["device"] == "cpu" and "transformers" in throughput["versions"]
+    assert {c["measure"].split(",")[0] for c in throughput["checks"]} == {"GCL / CLIP step", "MFU"}
+    loading = json.loads((out / "data_loading.json").read_text())
+    assert set(loading["data_wait_share"]) == {"0", "1"} and loading["step_device"] == "cpu"
+    assert [c["measure"].split(",")[0] for c in loading["checks"]] == ["data wait / paper step"]
+    summary = json.loads((out / "quickstart_cpu_dry_run.json").read_text())  # the full fit: train, eval, test
+    assert summary["status"] == "completed" and summary["steps"] == 8 and set(summary["test"]) >= {"tr@1", "acc@1"}
+    meta = json.loads((out / "quickstart_cpu_dry_run_meta.json").read_text())
+    assert meta["device"] == "cpu" and meta["precision"] == "bf16" and "torch" in meta["versions"]
+    assert not list((REPO_ROOT / "bench" / "results" / "gpu").glob("quickstart_cpu_dry_run*"))
+
+
+def test_gpu_check_refuses_a_bad_option_and_a_missing_gpu(tmp_path):
+    bad = run_script(BENCH / "gpu_check.sh", ["--fast"], tmp_path)
+    assert bad.returncode == 2 and "unknown option '--fast'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    no_gpu = run_script(BENCH / "gpu_check.sh", [], tmp_path, OUT=str(tmp_path / "out"), CUDA_VISIBLE_DEVICES="")
+    assert no_gpu.returncode == 3 and "no CUDA device visible" in no_gpu.stderr and "Traceback" not in no_gpu.stderr
+    assert not list((tmp_path / "out").glob("*.json"))

@@ -1,0 +1,102 @@
+"""The loss × batch-size study: eight recipes that differ only in the loss and the batch (and its lr), on one sample
+budget."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+
+import pytest
+from helpers.paths import REPO_ROOT
+
+from clipctl.recipe import builtin_recipe_names, load_recipe
+from clipctl.report.compare import flatten
+
+STUDY = [n for n in builtin_recipe_names() if re.fullmatch(r"study/\w+_b\d+", n)]
+
+
+def test_four_losses_at_two_batch_sizes():
+    recipes = {name: load_recipe(name) for name in STUDY}
+    cells = {(r.loss.name, r.train.batch_size) for r in recipes.values()}
+    assert cells == {
+        (loss, batch) for loss in ("clip", "sogclr", "isogclr_new", "isogclr_new_v2") for batch in (32, 256)
+    }
+    for name, recipe in recipes.items():
+        assert name == f"study/{recipe.loss.name}_b{recipe.train.batch_size}"
+
+
+def test_recipes_differ_only_in_loss_and_batch_and_see_the_same_samples():
+    flat = {name: flatten(load_recipe(name).model_dump()) for name in STUDY}
+    reference = flat[STUDY[0]]
+    for name, values in flat.items():
+        differs = {k for k in set(values) | set(reference) if values.get(k) != reference.get(k)}
+        assert differs <= {"run.name", "train.batch_size", "optim.lr"} | {
+            k for k in differs if k.startswith("loss.")
+        }, name
+        assert values["optim.lr"] == pytest.approx(1e-3 * math.sqrt(values["train.batch_size"] / 32), rel=1e-3), name
+        budget = values["train.epochs"] * values["data.shapes_train_size"] * values["data.train_fraction"]
+        assert budget == 3 * 8000 and values["train.max_steps"] == 0, name
+        fixed_temperature = values["loss.name"] in ("clip", "sogclr")
+        assert values["loss.temperature" if fixed_temperature else "loss.tau_init"] == 0.05, name
+
+
+def test_make_study_runs_every_recipe_and_seed_then_compares():
+    plan = subprocess.run(
+        ["make", "-n", "study", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "clipctl data fetch shapes --train-size 8000" in plan
+    assert "run.seed=$1" in plan and "--resume auto" in plan and "xargs -P 2" in plan
+    assert "compare runs/study --markdown" in plan and "compare runs/study --json" in plan
+    listing = subprocess.run(
+        ["bash", "-c", "for recipe in recipes/study/*_b*.toml; do echo $recipe; done"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(f"study/{p.split('/')[-1][:-5]}" for p in listing) == sorted(STUDY)
+
+
+STUDY2_A = [n for n in builtin_recipe_names() if re.fullmatch(r"study2/a/\w+_b\d+", n)]
+STUDY2_B = [n for n in builtin_recipe_names() if re.fullmatch(r"study2/b/\w+_b\d+", n)]
+
+
+def test_study2_a_long_horizon_cells():
+    recipes = {name: load_recipe(name) for name in STUDY2_A}
+    assert {(name.split("/")[-1].rsplit("_b", 1)[0], r.train.batch_size) for name, r in recipes.items()} == {
+        (loss, batch)
+        for loss in ("clip", "sogclr_g1", "sogclr_g08", "sogclr_cos", "isogclr_new_rho2", "isogclr_new_v2")
+        for batch in (16, 128)
+    }
+    for name, r in recipes.items():
+        assert r.train.epochs == 20 and r.data.shapes_train_size * r.data.train_fraction == 2000, name
+        assert r.optim.lr == pytest.approx(1e-3 * math.sqrt(r.train.batch_size / 32), rel=1e-2), name
+    by_name = {name.split("/")[-1]: r.loss for name, r in recipes.items()}
+    assert by_name["sogclr_g1_b16"].gamma == 1.0 and by_name["sogclr_cos_b16"].gamma_schedule == "cosine"
+    for batch in (16, 128):  # ρ below log(B−1): the temperatures can rise as well as fall
+        assert by_name[f"isogclr_new_rho2_b{batch}"].rho_I < math.log(batch - 1)
+
+
+def test_study2_b_locked_pretrained_like_towers():
+    recipes = {name: load_recipe(name) for name in STUDY2_B}
+    cells = {(r.model.init_from, r.loss.name, r.train.batch_size) for r in recipes.values()}
+    assert cells == {
+        (f"runs/study/{source}_b32-seed0/ckpt.pt", loss, batch)
+        for source in ("clip", "sogclr")
+        for loss in ("clip", "sogclr")
+        for batch in (8, 32, 128, 1024)
+    }
+    for name, r in recipes.items():
+        assert (
+            r.model.lock_image and r.model.lock_text and r.model.cache_locked_features and not r.model.init_projections
+        )
+        assert r.train.epochs == 50 and r.data.shapes_train_size == 8000, name
+
+
+def test_make_study2_chooses_lr_on_validation_then_trains_seeds():
+    plan = subprocess.run(
+        ["make", "-n", "study2", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "bench/_study.py recipes/study2/$part --key optim.lr --factors 0.5 1 2" in plan
+    assert "--seeds 0 1 2" in plan and "runs/study/clip_b32-seed0/ckpt.pt" in plan

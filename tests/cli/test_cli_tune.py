@@ -1,0 +1,101 @@
+"""`clipctl tune --dry-run` cost estimates and the command's usage errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from helpers.tune_fakes import launcher, write_recipes
+
+from clipctl.tune.store import Study
+
+GRID = """\
+[tune]
+base = "base.toml"
+phase = 1
+strategy = "grid"
+n_trials = 10
+[tune.fixed]
+"train.epochs" = 3
+[tune.space]
+"optim.name" = ["adamw", "radam"]
+"optim.lr" = [1e-3, 2e-3]
+"""
+
+
+def test_dry_run_prints_trials_epochs_and_measured_step_time(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID)
+    code, _, err = run_cli(
+        "tune", "--dry-run", "--recipe", tune, "--study", tmp_path / "study", "--launcher", launcher()
+    )
+    assert code == 0, err
+    row = next(line for line in err.splitlines() if line.strip().startswith("│") and "0.250" in line)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[:6] == ["1", "4", "3", "40", "0.250", "2:00"]  # 4 trials x 3 epochs x 40 steps x 0.25 s
+    assert not (tmp_path / "study").exists()  # nothing started, nothing written
+
+
+def test_dry_run_covers_every_phase_and_bounds_an_unstarted_hand_over(tmp_path, run_cli):
+    code, _, err = run_cli("tune", "--dry-run", "--study", tmp_path / "study", "--launcher", launcher())
+    assert code == 0, err
+    rows = [line for line in err.splitlines() if line.strip().startswith("│")]
+    assert [r.strip("│ ").split("│")[0].strip() for r in rows[:3]] == ["1", "2", "3"]
+    assert "upper bound" in err and "all phases: about" in err
+
+
+def test_dry_run_without_a_step_time_explains_why(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID)
+    code, _, err = run_cli(
+        "tune", "--dry-run", "--recipe", tune, "--study", tmp_path / "study", "--launcher", f"{sys.executable} -c pass"
+    )
+    assert code == 0, err
+    assert "gave no step time (exit 0: no output)" in err and "?" in err
+
+
+def test_usage_errors_exit_2(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID)
+    code, _, err = run_cli("tune", "--recipe", tune, "--phase", "2", "--study", tmp_path / "s")
+    assert code == 2 and "tune.phase = 1 but --phase 2" in err
+    code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--launcher", "no-such-launcher --x")
+    assert code == 2 and "not found on PATH" in err
+    code, _, err = run_cli("tune", "--phase", "4", "--study", tmp_path / "s")
+    assert code == 2 and "--phase 4: expected 1, 2 or 3" in err  # the phases are recipes/tune/phaseN.toml
+    code, _, err = run_cli("tune", "status", "--study", tmp_path / "nothing")
+    assert code == 2 and "no study here" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sigterm_stops_the_running_trial_and_the_same_command_resumes_it(tmp_path):
+    tune = write_recipes(tmp_path, GRID)
+    study = tmp_path / "study"
+    command = [
+        sys.executable,
+        "-m",
+        "clipctl",
+        "tune",
+        "--recipe",
+        str(tune),
+        "--study",
+        str(study),
+        "--launcher",
+        launcher(),
+    ]
+    tuner = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "FAKE_EPOCH_SLEEP": "1"})
+    journal = study / "journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (journal.exists() and '"trial": 2' in journal.read_text()):
+        time.sleep(0.1)
+    tuner.send_signal(signal.SIGTERM)
+    _, err = tuner.communicate(timeout=180)
+    assert tuner.returncode == 130, err
+    assert "tune interrupted: 1 running trial(s) stopped" in err
+    assert not (study / "phase1" / "t002" / "summary.json").exists()  # the trial was stopped, not finished
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "t002 started (re-run)" in resumed.stderr
+    state = Study(study).state().phase(1)
+    assert [t.status for t in state.trials.values()] == ["completed"] * 4 and state.trials[2].starts == 2

@@ -1,0 +1,178 @@
+"""Tune faults: a missing dataset is the study's error (refused up front, never told to the optimizer, the
+trial re-run on resume), failed trials re-run with --retry-failed, malformed journal lines, --study a file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.output import without_warnings
+from helpers.trainkit import make_tiny_shapes
+from helpers.tune_fakes import launcher, run_worker, write_recipes
+
+from clipctl.errors import DataError
+from clipctl.tune.store import Study
+
+GRID = """\
+[tune]
+base = "base.toml"
+phase = 1
+strategy = "grid"
+n_trials = 10
+prune = false
+[tune.fixed]
+"train.epochs" = 2
+[tune.space]
+"optim.name" = {optimizers}
+"optim.lr" = [1e-3]
+"""
+
+
+def events(study: Path) -> list[dict]:
+    path = study / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def one_line(err: str) -> None:
+    err = without_warnings(err)
+    assert err.count("\n") == 1 and err.startswith("clipctl: error: ") and "Traceback" not in err, err
+
+
+def test_missing_data_is_refused_before_any_trial_then_the_same_command_trains(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "radam"]'))
+    ready = tmp_path / "data-ready"
+    monkeypatch.setenv("FAKE_NEEDS_FILE", str(ready))
+    args = ("tune", "--recipe", tune, "--study", tmp_path / "study", "--launcher", launcher())
+    code, _, err = run_cli(*args)
+    assert code == 3 and "preflight" in err and "dataset missing" in err and "no trial was started" in err
+    assert err.splitlines()[-1].startswith("clipctl: error: ") and "Traceback" not in err
+    assert not [e for e in events(tmp_path / "study") if e["event"].startswith("trial")]
+    ready.write_text("")
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    trials = Study(tmp_path / "study").state().phase(1).trials
+    assert [t.status for t in trials.values()] == ["completed", "completed"]
+
+
+def test_a_trial_data_error_stops_the_study_untold_and_is_re_run_on_resume(tmp_path, monkeypatch):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "radam"]'))
+    study = tmp_path / "study"
+    ready = tmp_path / "data-ready"
+    monkeypatch.setenv("FAKE_NEEDS_FILE", str(ready))  # the data disappears after the preflight
+    with pytest.raises(DataError) as info:
+        run_worker(str(study), str(tune))
+    assert info.value.exit_code == 3 and "t001" in str(info.value) and "dataset missing" in str(info.value)
+    assert "re-run" in str(info.value) and "\n" not in str(info.value)
+    kinds = [e["event"] for e in events(study)]
+    assert kinds == ["trial_started"]  # no result, no penalty, nothing told to the optimizer
+    ready.write_text("")
+    run_worker(str(study), str(tune))
+    state = Study(study).state().phase(1)
+    assert [(t.status, t.flagged) for t in state.trials.values()] == [("completed", False), ("completed", False)]
+    assert state.trials[1].starts == 2 and not [e for e in events(study) if e["event"] == "trial_failed"]
+
+
+def test_retry_failed_runs_failed_trials_again(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "rmsprop"]'))
+    study = tmp_path / "study"
+    args = ("tune", "--recipe", tune, "--study", study, "--launcher", launcher())
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert Study(study).state().phase(1).trials[2].status == "failed"
+    monkeypatch.setenv("FAKE_RMSPROP_FIXED", "1")
+    code, _, err = run_cli(*args, "--retry-failed")
+    assert code == 0 and "1 failed trial(s) to run again: t002" in err, err
+    state = Study(study).state().phase(1)
+    assert [(t.status, t.flagged) for t in state.trials.values()] == [("completed", False), ("completed", False)]
+    assert state.trials[2].starts == 2 and state.closed is not None and "replaying" not in err
+    code, _, err = run_cli("tune", "--recipe", tmp_path / "other.toml", "--study", tmp_path / "new", "--retry-failed")
+    assert code == 2
+
+
+def test_a_journal_line_without_a_trial_id_is_skipped_in_status(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw"]'))
+    study = tmp_path / "study"
+    run_worker(str(study), str(tune))
+    with open(study / "journal.jsonl", "a") as handle:
+        handle.write(json.dumps({"event": "trial_completed", "phase": 1, "value": 0.9}) + "\n")
+    code, _, err = run_cli("tune", "status", "--study", study, "--phase", "1")
+    assert code == 0 and "skipping an unreadable line" in err and "Traceback" not in err
+    assert "t001" in err
+
+
+def test_study_naming_a_file_is_a_usage_error(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw"]'))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args in (("tune", "status", "--study", afile), ("tune", "--recipe", tune, "--study", afile)):
+        code, _, err = run_cli(*args)
+        assert code == 2 and "is a file" in err
+        one_line(err)
+    assert afile.read_text() == "x"
+
+
+TINY_BASE = """\
+[data]
+train = "{train}"
+image_size = 32
+max_text_len = 16
+num_workers = 0
+persistent_workers = false
+augment = false
+[model]
+image_model = "test_vit"
+image_pretrained = false
+text_pretrained = false
+text_config = {{ n_layers = 1, dim = 32, hidden_dim = 64, n_heads = 2 }}
+tokenizer = "wordpiece"
+vocab_size = 200
+embed_dim = 32
+[sched]
+warmup_epochs = 0
+[train]
+batch_size = 32
+max_steps = 2
+precision = "no"
+device = "cpu"
+[eval]
+batch_size = 64
+val_retrieval = "{shapes}/val.json"
+val_zeroshot = "{shapes}/zeroshot_val"
+test_retrieval = "{shapes}/test.json"
+test_zeroshot = "{shapes}/zeroshot"
+"""
+
+
+@pytest.mark.slow
+def test_tune_on_shapes_without_its_training_data_exits_3_then_trains_the_full_budget(tmp_path, data_root):
+    shapes = make_tiny_shapes(data_root)
+    train = tmp_path / "later" / "train.json"
+    (tmp_path / "base.toml").write_text(TINY_BASE.format(train=train, shapes=shapes))
+    (tmp_path / "tune.toml").write_text(
+        GRID.format(optimizers='["adamw", "radam"]').replace('"train.epochs" = 2', '"train.epochs" = 1')
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "clipctl",
+        "tune",
+        "--phase",
+        "1",
+        "--recipe",
+        str(tmp_path / "tune.toml"),
+        "--study",
+        str(tmp_path / "study"),
+    ]
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 3 and str(train) in missing.stderr, missing.stderr[-2000:]
+    assert "Traceback" not in missing.stderr
+    assert not [e for e in events(tmp_path / "study") if e["event"].startswith("trial")]
+    shutil.copytree(shapes, train.parent)  # the training data arrives
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = Study(tmp_path / "study").state().phase(1).trials
+    assert len(trials) == 2 and all(t.status == "completed" and not t.flagged for t in trials.values())

@@ -1,0 +1,179 @@
+"""Phase hand-over and analysis on one fake study (phase 1 random search, phase 2 grid over its top combos):
+`tune status | best --export | importance | plot`, the phase 1 -> 2 rank correlation, phase 3's start,
+and a live study refusing an edited space."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+from helpers.tune_fakes import launcher, write_recipes
+
+from clipctl.recipe import load_recipe
+from clipctl.tune.phases import build_plan, top_combos
+from clipctl.tune.recipe import load_tune_recipe
+from clipctl.tune.store import Study
+
+PHASE1 = """\
+[tune]
+base = "base.toml"
+phase = 1
+strategy = "random"
+n_trials = 12
+n_initial = 12
+seed = 1
+[tune.fixed]
+"train.epochs" = 2
+[tune.space]
+"loss.name" = ["sogclr", "isogclr_new"]
+"optim.name" = ["adam", "adamw", "radam"]
+"optim.lr" = { low = 1e-4, high = 1e-2, prior = "log-uniform" }
+"optim.weight_decay" = { low = 1e-6, high = 1e-1, prior = "log-uniform" }
+"""
+PHASE2 = """\
+[tune]
+base = "base.toml"
+phase = 2
+strategy = "grid"
+from_phase = 1
+top_k = 3
+n_trials = 20
+[tune.fixed]
+"train.epochs" = 3
+[tune.space]
+"optim.lr" = [1e-3, 2e-3]
+"""
+PHASE3 = """\
+[tune]
+base = "base.toml"
+phase = 3
+strategy = "gp"
+from_phase = 2
+n_trials = 4
+[tune.fixed]
+"train.epochs" = 4
+[tune.space]
+"optim.weight_decay" = { low = 1e-6, high = 1e-2, prior = "log-uniform" }
+"loss.rho_I" = { low = 1.0, high = 10.0 }
+"""
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    """Run the CLI in-process outside a test function's capsys (module-scoped fixture)."""
+    from clipctl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("tune")
+    paths = {n: write_recipes(folder, text, f"phase{n}.toml") for n, text in ((1, PHASE1), (2, PHASE2), (3, PHASE3))}
+    study = folder / "study"
+    outputs = {}
+    for phase in (1, 2):
+        code, _, err = cli("tune", "--recipe", paths[phase], "--study", study, "--launcher", launcher())
+        assert code == 0, err
+        outputs[phase] = err
+    return {"folder": folder, "study": study, "recipes": paths, "output": outputs}
+
+
+def test_phase2_grid_crosses_phase1_top_combinations(studied):
+    state = Study(studied["study"]).state()
+    top3 = {(loss, opt) for loss, opt, _ in top_combos(state.phase(1), 3)}
+    phase1_best = {}
+    for t in state.phase(1).measured():  # recomputed here: best objective per (loss, optimizer)
+        phase1_best[(t.loss, t.optimizer)] = max(t.value, phase1_best.get((t.loss, t.optimizer), -1.0))
+    assert top3 == set(sorted(phase1_best, key=phase1_best.get, reverse=True)[:3])
+    trials = state.phase(2).trials.values()
+    assert len(trials) == 6 and state.phase(2).closed is not None
+    assert {(t.loss, t.optimizer) for t in trials} == top3
+    assert sorted((t.loss, t.optimizer, t.params["optim.lr"]) for t in trials) == sorted(
+        (loss, opt, lr) for loss, opt in top3 for lr in (1e-3, 2e-3)
+    )
+
+
+def test_phase2_reports_rank_correlation_with_phase1(studied):
+    assert "phase 1 -> phase 2 Spearman rank correlation over 3 (loss, optimizer) configs" in studied["output"][2]
+
+
+def test_status_lists_phases_and_lineage(studied):
+    code, out, err = cli("tune", "status", "--study", studied["study"], "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    phases = {p["phase"]: p for p in data["phases"]}
+    assert phases[1]["completed"] == 12 and phases[1]["closed"] and phases[2]["planned"] == 6
+    assert phases[2]["lineage"].startswith("top-3 of phase 1")
+    assert data["correlation_1_2"]["n"] == 3
+
+
+def test_phase3_starts_from_phase2_best(studied):
+    state = Study(studied["study"]).state()
+    best = state.phase(2).best()
+    tune, path = load_tune_recipe(studied["recipes"][3])
+    plan = build_plan(tune, path, state)
+    assert plan.handover["trial"] == best.trial and plan.fixed["optim.name"] == best.optimizer
+    recipe = plan.trial_recipe({"optim.weight_decay": 1e-4}, "t001", "runs")
+    assert (recipe.loss.name, recipe.optim.name, recipe.optim.lr) == (
+        best.loss,
+        best.optimizer,
+        best.params["optim.lr"],
+    )
+    assert recipe.train.epochs == 4
+    if best.loss == "sogclr":  # rho_I has no effect on sogclr: left out of the search, with a note
+        assert plan.space.names == ["optim.weight_decay"] and any("loss.rho_I" in n for n in plan.notes)
+
+
+def test_best_export_writes_a_valid_recipe(studied, tmp_path):
+    target = tmp_path / "best.toml"
+    code, out, err = cli("tune", "best", "--study", studied["study"], "--export", target, "--json")
+    assert code == 0, err
+    best = json.loads(out)
+    recipe = load_recipe(target)
+    assert best["phase"] == 2 and recipe.optim.name == best["optimizer"] and recipe.loss.name == best["loss"]
+    assert recipe.optim.lr == best["params"]["optim.lr"] and recipe.train.epochs == 3
+    code, _, err = cli("tune", "best", "--study", studied["study"], "--export", target)
+    assert code == 2 and "already exists" in err
+
+
+def test_importance_ranks_the_parameter_that_matters_first(studied):
+    code, out, err = cli("tune", "importance", "--study", studied["study"], "--phase", "1", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows[0]["parameter"] == "optim.lr"  # the fake objective is driven by log10(lr)
+    assert {r["parameter"] for r in rows} == {"loss.name", "optim.name", "optim.lr", "optim.weight_decay"}
+    assert abs(sum(r["importance"] for r in rows) - 1.0) < 1e-9
+
+
+def test_plot_writes_non_empty_pngs(studied, tmp_path):
+    code, _, err = cli("tune", "plot", "--study", studied["study"], "--out", tmp_path / "plots")
+    assert code == 0, err
+    names = {p.name for p in (tmp_path / "plots").iterdir()}
+    for phase in (1, 2):
+        for kind in ("objective_by_optimizer", "objective_by_loss", "progression", "convergence", "objective"):
+            assert f"phase{phase}_{kind}.png" in names
+    assert "phase1_importance.png" in names
+    for path in (tmp_path / "plots").iterdir():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+def test_editing_a_live_study_space_exits_2(studied, tmp_path):
+    text = PHASE1.replace("high = 1e-2", "high = 5e-2")
+    edited = write_recipes(tmp_path, text, "phase1.toml")
+    journal = Path(studied["study"]) / "journal.jsonl"
+    before = journal.read_text()
+    code, _, err = cli("tune", "--recipe", edited, "--study", studied["study"], "--launcher", launcher())
+    assert code == 2
+    assert "tune.space.optim.lr.high" in err and "live study" in err and "--study" in err
+    assert journal.read_text() == before
+
+
+def test_a_phase_before_its_hand_over_exits_2(studied, tmp_path):
+    code, _, err = cli("tune", "--recipe", studied["recipes"][2], "--study", tmp_path / "empty")
+    assert code == 2 and "run `clipctl tune --phase 1` first" in err
