@@ -77,6 +77,17 @@ class TextTokenizer:
         return cls(tokenizer, max_len, source="json")
 
 
+def trim_padding(token_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Drop the trailing columns that are padding in every row (keeping at least one).
+
+    Padded keys are masked, so the text tower's output does not change, only its cost. Call it on the host
+    tensor before moving a batch to an accelerator: there the length would cost a device-to-host sync per batch.
+    """
+    used = (token_ids != pad_id).any(0).nonzero()
+    length = int(used[-1]) + 1 if len(used) else 1
+    return token_ids[:, :length]
+
+
 def _find_pad_id(tokenizer: Any) -> int:
     padding = tokenizer.padding
     if padding and padding.get("pad_id") is not None and padding.get("pad_token"):

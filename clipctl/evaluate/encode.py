@@ -12,6 +12,7 @@ from typing import Any, Literal
 import torch
 
 from clipctl.console import ProgressReporter
+from clipctl.data.text import trim_padding
 from clipctl.errors import DataError, UsageError
 
 Precision = Literal["no", "auto", "bf16", "fp16"]
@@ -96,7 +97,8 @@ def iter_text_features(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size={batch_size!r}: expected a positive integer (eval.batch_size)")
     for start in range(0, len(texts), batch_size):
-        ids = tokenizer.encode(list(texts[start : start + batch_size])).to(device, non_blocking=True)
+        ids = trim_padding(tokenizer.encode(list(texts[start : start + batch_size])), tokenizer.pad_id)
+        ids = ids.to(device, non_blocking=True)
         with _inference(model, device, precision):
             features = model.encode_text(ids)
         yield start, features.float()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,9 +14,6 @@ from clipctl.evaluate.encode import Precision, encode_images, encode_texts, mode
 from clipctl.evaluate.objective import objective
 from clipctl.evaluate.retrieval import retrieval_metrics
 from clipctl.evaluate.zeroshot import zeroshot_accuracy, zeroshot_classifier
-
-RETRIEVAL_KEYS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean")
-ZEROSHOT_KEYS = ("acc@1", "acc@5")
 
 
 class _WithFailures(Dataset):
@@ -97,63 +95,20 @@ def evaluate_split(
     with the unwrapped model) and is left in the train/eval mode it had.
     """
     device = model_device(model) if device is None else torch.device(device)
-    metrics: dict[str, float] = {}
-    image_count, image_seconds = 0, 0.0
     for dataset in (retrieval_dataset, classification_dataset):
         if dataset is not None:
             check_missing(dataset, max_missing)  # before any encoding: files absent or unreadable at construction
+    options = _EncodeOptions(batch_size, chunk_size, num_workers, device, precision, prefix if progress else None)
+    metrics: dict[str, float] = {}
+    image_count, image_seconds = 0, 0.0
     if retrieval_dataset is not None:
-        loader = _loader(retrieval_dataset, batch_size, num_workers, device)
-        images = encode_images(
-            model,
-            loader,
-            device=device,
-            precision=precision,
-            progress=f"{prefix}retrieval images" if progress else None,
-        )
-        texts = encode_texts(
-            model,
-            tokenizer,
-            retrieval_dataset.captions,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            progress=f"{prefix}captions" if progress else None,
-        )
-        metrics.update(
-            retrieval_metrics(images.features, texts.features, retrieval_dataset.text_to_image, chunk_size=chunk_size)
-        )
-        image_count, image_seconds = images.features.shape[0], images.seconds
-        metrics["captions_per_s"] = texts.items_per_s
-        metrics["retrieval_scored"], metrics["retrieval_total"] = check_missing(
-            retrieval_dataset, max_missing, _failures(images)
-        )
+        part, count, seconds = _retrieval(model, tokenizer, retrieval_dataset, options, max_missing)
+        metrics.update(part)
+        image_count, image_seconds = image_count + count, image_seconds + seconds
     if classification_dataset is not None:
-        weights = zeroshot_classifier(
-            model,
-            tokenizer,
-            classification_dataset.classnames,
-            classification_dataset.templates,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            progress=f"{prefix}class prompts" if progress else None,
-        )
-        loader = _loader(classification_dataset, batch_size, num_workers, device)
-        images = encode_images(
-            model,
-            loader,
-            device=device,
-            precision=precision,
-            progress=f"{prefix}zero-shot images" if progress else None,
-        )
-        if images.labels is None or bool((images.labels < 0).any()):
-            raise DataError("the classification dataset yields images without labels; items must be (image, label)")
-        metrics.update(zeroshot_accuracy(images.features, images.labels, weights, chunk_size=chunk_size))
-        metrics["zeroshot_scored"], metrics["zeroshot_total"] = check_missing(
-            classification_dataset, max_missing, _failures(images)
-        )
-        image_count, image_seconds = image_count + images.features.shape[0], image_seconds + images.seconds
+        part, count, seconds = _zeroshot(model, tokenizer, classification_dataset, options, max_missing)
+        metrics.update(part)
+        image_count, image_seconds = image_count + count, image_seconds + seconds
     if retrieval_dataset is not None and classification_dataset is not None:
         metrics["objective"] = objective(metrics["tr@1"], metrics["ir@1"], metrics["acc@1"])
     if image_count:
@@ -163,3 +118,64 @@ def evaluate_split(
 
 def _failures(encoded: Any) -> int:
     return int(encoded.failed.sum()) if encoded.failed is not None else 0
+
+
+@dataclass(frozen=True)
+class _EncodeOptions:
+    """How one split is encoded; `progress` is the label prefix of the progress bars (None: no bars)."""
+
+    batch_size: int
+    chunk_size: int
+    num_workers: int
+    device: torch.device
+    precision: Precision
+    progress: str | None
+
+    def label(self, what: str) -> str | None:
+        return None if self.progress is None else f"{self.progress}{what}"
+
+
+def _retrieval(
+    model: Any, tokenizer: Any, dataset: Any, o: _EncodeOptions, max_missing: int | None
+) -> tuple[dict[str, float], int, float]:
+    """Recall@k of a retrieval set, its caption throughput and scored/total images; with its image count and
+    encoding seconds."""
+    loader = _loader(dataset, o.batch_size, o.num_workers, o.device)
+    images = encode_images(model, loader, device=o.device, precision=o.precision, progress=o.label("retrieval images"))
+    texts = encode_texts(
+        model,
+        tokenizer,
+        dataset.captions,
+        batch_size=o.batch_size,
+        device=o.device,
+        precision=o.precision,
+        progress=o.label("captions"),
+    )
+    metrics = retrieval_metrics(images.features, texts.features, dataset.text_to_image, chunk_size=o.chunk_size)
+    metrics["captions_per_s"] = texts.items_per_s
+    metrics["retrieval_scored"], metrics["retrieval_total"] = check_missing(dataset, max_missing, _failures(images))
+    return metrics, images.features.shape[0], images.seconds
+
+
+def _zeroshot(
+    model: Any, tokenizer: Any, dataset: Any, o: _EncodeOptions, max_missing: int | None
+) -> tuple[dict[str, float], int, float]:
+    """Zero-shot accuracy of a classification set and its scored/total images; with its image count and encoding
+    seconds."""
+    weights = zeroshot_classifier(
+        model,
+        tokenizer,
+        dataset.classnames,
+        dataset.templates,
+        batch_size=o.batch_size,
+        device=o.device,
+        precision=o.precision,
+        progress=o.label("class prompts"),
+    )
+    loader = _loader(dataset, o.batch_size, o.num_workers, o.device)
+    images = encode_images(model, loader, device=o.device, precision=o.precision, progress=o.label("zero-shot images"))
+    if images.labels is None or bool((images.labels < 0).any()):
+        raise DataError("the classification dataset yields images without labels; items must be (image, label)")
+    metrics = zeroshot_accuracy(images.features, images.labels, weights, chunk_size=o.chunk_size)
+    metrics["zeroshot_scored"], metrics["zeroshot_total"] = check_missing(dataset, max_missing, _failures(images))
+    return metrics, images.features.shape[0], images.seconds

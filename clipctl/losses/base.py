@@ -26,7 +26,8 @@ from clipctl.losses.config import LossConfig
 
 @dataclass
 class LossOutput:
-    """`loss`: scalar to call backward on; `stats`: floats for logging (same on every rank)."""
+    """`loss`: scalar to call backward on; `stats`: floats for logging (same on every rank), empty unless the
+    call asked for them (computing them costs a device-to-host transfer)."""
 
     loss: Tensor
     stats: dict[str, float] = field(default_factory=dict)
@@ -68,7 +69,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
-    """Base of all losses; subclasses implement `_compute(batch, epoch, step)`."""
+    """Base of all losses; subclasses implement `_compute(batch, epoch, step, with_stats)`."""
 
     name: ClassVar[str] = ""
 
@@ -92,9 +93,19 @@ class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
     # ------------------------------------------------------------------------------------- forward
 
     def forward(
-        self, image_features: Tensor, text_features: Tensor, index: Tensor, epoch: int = 0, step: int | None = None
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        index: Tensor,
+        epoch: int = 0,
+        step: int | None = None,
+        stats: bool = True,
     ) -> LossOutput:
-        """Loss on the global batch from this rank's features and dataset indices (see module docstring)."""
+        """Loss on the global batch from this rank's features and dataset indices (see module docstring).
+
+        `stats = False` (the trainer's steps between logging steps) skips the logging statistics, so the step's
+        only device-to-host transfer is the NaN/inf guard's.
+        """
         self._check_inputs(image_features, text_features, index, epoch)
         step = self._calls if step is None else step
         self._calls += 1
@@ -104,10 +115,10 @@ class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
         dtype = compute_dtype(image_features.dtype)
         with torch.autocast(device_type=image_features.device.type, enabled=False):
             batch = self._layout(image_features.to(dtype), text_features.to(dtype), index.to(image_features.device))
-            return self._compute(batch, int(epoch), int(step))
+            return self._compute(batch, int(epoch), int(step), bool(stats))
 
     @abstractmethod
-    def _compute(self, batch: Batch, epoch: int, step: int) -> LossOutput:
+    def _compute(self, batch: Batch, epoch: int, step: int, with_stats: bool) -> LossOutput:
         """The loss of one (gathered) batch; each loss family implements it."""
 
     def _check_inputs(self, x: Tensor, t: Tensor, index: Tensor, epoch: int) -> None:

@@ -34,7 +34,7 @@ class CLIPLoss(ContrastiveLoss):
         else:
             self.register_buffer("theta", torch.tensor(theta), persistent=False)
 
-    def _compute(self, batch: Batch, epoch: int, step: int) -> LossOutput:
+    def _compute(self, batch: Batch, epoch: int, step: int, with_stats: bool) -> LossOutput:
         scale = torch.exp(self.theta).to(batch.x.dtype)
         logits_I = (batch.x @ batch.t_all.T) * scale
         logits_T = logits_I.T if batch.world == 1 else (batch.t @ batch.x_all.T) * scale
@@ -49,7 +49,7 @@ class CLIPLoss(ContrastiveLoss):
             loss = scaled + (D.all_reduce_sum(local) - scaled).detach()
         tau = torch.exp(-self.theta.detach())
         self._check_finite({"loss": loss.detach(), "tau": tau}, epoch, step)
-        return LossOutput(loss, {"tau": float(tau)})
+        return LossOutput(loss, {"tau": float(tau)} if with_stats else {})
 
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         if not self.learnable:

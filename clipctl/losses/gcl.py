@@ -194,11 +194,15 @@ class GlobalContrastiveLoss(ContrastiveLoss):
 
     # ------------------------------------------------------------------------------------ step
 
-    def _compute(self, batch: Batch, epoch: int, step_no: int) -> LossOutput:
-        self._check_index(batch.index_all)
+    def _compute(self, batch: Batch, epoch: int, step_no: int, with_stats: bool) -> LossOutput:
         device, dtype = batch.x.device, batch.x.dtype
         self.state.place(device)
-        old = self.state.read(batch.index, batch.index_all, dtype, device)
+        # Out-of-range indices are clamped for the read (an accelerator would abort on them) and refused by the
+        # guard, in the same transfer as the NaN/inf check, before anything is written.
+        in_range = (batch.index_all >= 0) & (batch.index_all < self.num_samples)
+        safe_all = batch.index_all.clamp(0, self.num_samples - 1)
+        safe = safe_all[batch.offset : batch.offset + batch.index.shape[0]]
+        old = self.state.read(safe, safe_all, dtype, device)
         tau_I, tau_T = self._anchor_taus(batch, old)
         step = Step(batch, epoch, self.gamma_at(epoch), old, tau_I, tau_T)
         B, scale = batch.global_size, 1.0 / (batch.global_size * (batch.global_size - 1))
@@ -222,7 +226,7 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         self._update(step)
         names = list(step.rows)
         table = Table(names, D.all_gather(torch.stack([step.rows[n].detach() for n in names], dim=1)))
-        self._guard(table, step.scalars, epoch, step_no)
+        self._guard(table, step.scalars, in_range, batch.index_all, epoch, step_no)
         self.state.write(batch.index_all, table.select(self.state.columns))
         for name, value in step.scalars.items():
             self.state.set_scalar(name, value)
@@ -236,7 +240,7 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         extra = self._extra_loss(step, table)
         if extra is not None:
             loss = loss + (extra - extra.detach())
-        return LossOutput(loss, self._stats(step, table))
+        return LossOutput(loss, self._stats(step, table) if with_stats else {})
 
     def _staleness(self, s_old: Tensor, b_old: Tensor, side: Side) -> Tensor:
         """|log(s·e^b / ĝ)| of the estimate carried into this step, per revisited row; −1 for first visits.
@@ -248,26 +252,26 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         gap = (torch.log(s_old.clamp_min(tiny)) + b_old - torch.log(side.ghat.clamp_min(tiny)) - side.b).abs()
         return torch.where(s_old > 0, gap, torch.full_like(gap, -1.0))
 
-    def _check_index(self, index: Tensor) -> None:
-        lo, hi = torch.stack(torch.aminmax(index)).tolist()
-        if lo < 0 or hi >= self.num_samples:
+    def _guard(
+        self, table: Table, scalars: dict[str, Tensor], in_range: Tensor, index: Tensor, epoch: int, step: int
+    ) -> None:
+        """Indices within the training set and no NaN/inf anywhere in the step's results (loss, s, b, τ, ...),
+        checked in one device-to-host transfer: stop before the state is written."""
+        finite = torch.isfinite(table.values).all(dim=0)
+        parts = [in_range.all().reshape(1), finite]
+        if scalars:
+            parts.append(torch.stack([torch.isfinite(v).reshape(()) for v in scalars.values()]))
+        flags = torch.cat(parts)
+        if bool(flags.all()):
+            return
+        if not bool(flags[0]):
+            lo, hi = torch.stack(torch.aminmax(index)).tolist()
             raise UsageError(
                 f"loss {self.name}: dataset index out of range [{lo}, {hi}] for num_samples = {self.num_samples}; "
                 "build_loss(num_samples=...) must be the training set size"
             )
-
-    def _guard(self, table: Table, scalars: dict[str, Tensor], epoch: int, step: int) -> None:
-        """NaN/inf anywhere in the step's results (loss, s, b, τ, ...): stop before the state is written."""
-        finite = torch.isfinite(table.values).all(dim=0)
-        flags = (
-            torch.cat([finite, torch.stack([torch.isfinite(v).reshape(()) for v in scalars.values()])])
-            if scalars
-            else finite
-        )
-        if bool(flags.all()):
-            return
         names = table.names + list(scalars)
-        self._raise_non_finite([n for n, ok in zip(names, flags.tolist()) if not ok], epoch, step)
+        self._raise_non_finite([n for n, ok in zip(names, flags[1:].tolist()) if not ok], epoch, step)
 
     def _stats(self, step: Step, table: Table) -> dict[str, float]:
         means = dict(zip(table.names, table.values.mean(dim=0)))

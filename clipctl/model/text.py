@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from clipctl.data.text import trim_padding
 from clipctl.errors import UsageError
 from clipctl.model.config import ModelConfig
 from clipctl.model.util import first_line
@@ -57,12 +58,9 @@ class TextTower(nn.Module):
         self.width: int = encoder.config.hidden_size
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if token_ids.device.type == "cpu":  # free here; callers on an accelerator trim on the host first
+            token_ids = trim_padding(token_ids, self.pad_id)
         mask = token_ids != self.pad_id
-        # Trailing columns that are padding in every row are masked keys and excluded from the mean, so
-        # dropping them changes nothing but the cost (short captions padded to max_text_len).
-        used = mask.any(0).nonzero()
-        length = int(used[-1]) + 1 if len(used) else 1
-        token_ids, mask = token_ids[:, :length], mask[:, :length]
         hidden = self.encoder(input_ids=token_ids, attention_mask=mask.long()).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]

@@ -16,7 +16,7 @@ from clipctl.data.loader import build_train_loader
 from clipctl.data.lock import DatasetLease
 from clipctl.data.registry import REGISTRY, resolve
 from clipctl.data.shapes import ShapesConfig, ensure_shapes, shapes_present
-from clipctl.data.text import TextTokenizer, build_tokenizer
+from clipctl.data.text import TextTokenizer, build_tokenizer, trim_padding
 from clipctl.data.transforms import eval_transform, train_transform
 from clipctl.errors import DataError, UsageError
 from clipctl.evaluate.splits import evaluate_split
@@ -277,6 +277,7 @@ class CachedFeatures(torch.utils.data.Dataset):
         images, texts = [], []
         try:
             for pixels, tokens, _ in loader:
+                tokens = trim_padding(tokens, model.text_tower.pad_id)
                 image, text = model.tower_features(pixels.to(device), tokens.to(device))
                 images.append(image.float().cpu())
                 texts.append(text.float().cpu())

@@ -22,6 +22,7 @@ import torch
 from accelerate.utils import set_seed
 
 from clipctl.console import ProgressReporter, info
+from clipctl.data.text import trim_padding
 from clipctl.errors import (
     ClipctlError,
     InterruptedRun,
@@ -47,6 +48,7 @@ from clipctl.run.writer import (
 from clipctl.train.components import Components, build_components
 from clipctl.train.devices import build_accelerator
 from clipctl.train.dryrun import MEASURED_STEPS, dry_run_plan, time_updates
+from clipctl.train.host_flags import HostFlags
 from clipctl.train.interrupt import ForcedStop, StopRequest
 from clipctl.train.optim import build_optimizer
 from clipctl.train.rng import rank_rng_state, rng_state, set_rng_state
@@ -130,6 +132,17 @@ def _recipe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
 COUNT_SUFFIXES = ("_per_s", "_scored", "_total")  # validation keys that are not percentages
 
 
+def progress_fields(stats: dict[str, float], samples_per_s: float) -> dict[str, float]:
+    """What the progress line shows of a logging step's stats."""
+    fields = {"loss": stats["loss"], "lr": stats["lr"], "samples/s": samples_per_s}
+    tau = stats.get("tau_I_mean", stats.get("tau"))
+    if tau is not None:
+        fields["tau"] = tau
+    if "tau_I_std" in stats:  # do the per-sample temperatures individualise?
+        fields["tau_sd"] = stats["tau_I_std"]
+    return fields
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, options: TrainOptions) -> None:
         self.recipe, self.options = recipe, options
@@ -137,6 +150,7 @@ class Trainer:
         self.run = resolve_run_dir(recipe, options)
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
+        self.host_flags = HostFlags() if self.world > 1 else None
         global_micro = recipe.train.batch_size // recipe.train.grad_accum
         if global_micro % self.world:
             raise UsageError(
@@ -368,8 +382,7 @@ class Trainer:
         requested = stop.requested or (
             self.options.stop_after_steps is not None and self.progress.step >= self.options.stop_after_steps
         )
-        flag = torch.tensor([1.0 if requested else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return requested if self.host_flags is None else self.host_flags.any(requested)
 
     def _interrupt(self, stop: StopRequest) -> None:
         self.save_state()
@@ -409,7 +422,8 @@ class Trainer:
             if len(fetched) < cfg.grad_accum:
                 break
             wait_seconds += time.perf_counter() - step_start
-            stats = self._update(fetched, epoch)
+            log_now = (p.step + 1) % log_every == 0 or p.batch + 1 == total
+            stats = self._update(fetched, epoch, log=log_now)
             step_seconds = time.perf_counter() - step_start
             p.batch += 1
             p.step += 1
@@ -419,7 +433,7 @@ class Trainer:
             window_samples += samples
             if self.options.on_step is not None:
                 self.options.on_step(p.step)
-            if p.step % log_every == 0 or p.batch == total:
+            if log_now:
                 elapsed = time.perf_counter() - window_start
                 record = {
                     "type": "train",
@@ -432,13 +446,7 @@ class Trainer:
                 self._log(record)
                 window_start, window_samples, wait_seconds = time.perf_counter(), 0, 0.0
             if reporter is not None:
-                tau = stats.get("tau_I_mean", stats.get("tau"))
-                fields = {"loss": stats["loss"], "lr": stats["lr"], "samples/s": samples / step_seconds}
-                if tau is not None:
-                    fields["tau"] = tau
-                if "tau_I_std" in stats:  # do the per-sample temperatures individualise?
-                    fields["tau_sd"] = stats["tau_I_std"]
-                reporter.update(1, **fields)
+                reporter.update(1, **(progress_fields(stats, samples / step_seconds) if log_now else {}))
             if cfg.save_every_steps and p.step % cfg.save_every_steps == 0:
                 self.save_state()
             if self._should_stop(stop):
@@ -467,14 +475,20 @@ class Trainer:
         )
 
     def _update(
-        self, micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int
+        self, micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], epoch: int, log: bool = True
     ) -> dict[str, float]:
-        """One optimizer update over `grad_accum` micro-batches; returns logging stats."""
+        """One optimizer update over `grad_accum` micro-batches; returns logging stats when `log`, else {}.
+
+        Between logging steps nothing is read back from the device but the loss's NaN/inf guard, so an
+        accelerator never waits for the host.
+        """
         device = self.accelerator.device
         loss_fn = self.parts.loss
-        total_loss = 0.0
+        losses: list[torch.Tensor] = []
         stats: dict[str, float] = {}
         for i, (images, tokens, index) in enumerate(micro_batches):
+            if not tokens.is_floating_point():  # token ids (cached tower features are floats)
+                tokens = trim_padding(tokens, self.parts.tokenizer.pad_id)
             images = images.to(device, non_blocking=True)
             if self.recipe.model.channels_last and images.ndim == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -485,11 +499,17 @@ class Trainer:
                 with self.accelerator.autocast():
                     image_features, text_features = self.model(images, tokens)
                 out = loss_fn(
-                    image_features.float(), text_features.float(), index, epoch=epoch, step=self.progress.step
+                    image_features.float(),
+                    text_features.float(),
+                    index,
+                    epoch=epoch,
+                    step=self.progress.step,
+                    stats=log,
                 )
                 self.accelerator.backward(out.loss / len(micro_batches))
-            total_loss += float(out.loss.detach()) / len(micro_batches)
-            stats = dict(out.stats)
+            if log:
+                losses.append(out.loss.detach())
+                stats = dict(out.stats)
         loss_fn.reduce_gradients()
         if self.recipe.optim.clip_grad_norm > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -498,6 +518,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_fn.after_optimizer_step()
         self.scheduler.step_update(self.progress.step + 1)
+        if not log:
+            return {}
+        total_loss = 0.0
+        for loss in losses:
+            total_loss += float(loss) / len(micro_batches)
         stats.update(loss=total_loss, lr=self.optimizer.param_groups[0]["lr"])
         return stats
 

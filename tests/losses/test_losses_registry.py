@@ -30,10 +30,10 @@ class ToyConfig(LossConfig):
 class ToyLoss(ContrastiveLoss):
     name = "toy"
 
-    def _compute(self, batch: Batch, epoch: int, step: int) -> LossOutput:
+    def _compute(self, batch: Batch, epoch: int, step: int, with_stats: bool) -> LossOutput:
         logits = (batch.x @ batch.t_all.T) * self.cfg.scale
         loss = 0.5 * (F.cross_entropy(logits, batch.pos) + F.cross_entropy(logits.T, batch.pos))
-        return LossOutput(loss, {"scale": float(self.cfg.scale)})
+        return LossOutput(loss, {"scale": float(self.cfg.scale)} if with_stats else {})
 
 
 @pytest.fixture
