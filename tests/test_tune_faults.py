@@ -33,8 +33,7 @@ prune = false
 
 
 def events(study: Path) -> list[dict]:
-    path = study / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return Study(study).events(1) if (study / "study.toml").exists() else []
 
 
 def one_line(err: str) -> None:

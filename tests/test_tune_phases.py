@@ -159,7 +159,7 @@ def test_plot_writes_non_empty_pngs(studied, tmp_path):
 def test_editing_a_live_study_space_exits_2(studied, tmp_path):
     text = PHASE1.replace("high = 1e-2", "high = 5e-2")
     edited = write_recipes(tmp_path, text, "phase1.toml")
-    journal = Path(studied["study"]) / "journal.jsonl"
+    journal = Path(studied["study"]) / "optuna-journal.log"
     before = journal.read_text()
     code, _, err = cli("tune", "--recipe", edited, "--study", studied["study"], "--launcher", launcher())
     assert code == 2
