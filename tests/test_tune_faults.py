@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from conftest import without_warnings
@@ -92,15 +93,29 @@ def test_retry_failed_runs_failed_trials_again(tmp_path, run_cli, monkeypatch):
     assert code == 2
 
 
-def test_a_journal_line_without_a_trial_id_is_skipped_in_status(tmp_path, run_cli):
-    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw"]'))
+def test_a_foreign_optuna_trial_in_a_phase_study_is_left_out(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "radam"]'))
     study = tmp_path / "study"
     run_worker(str(study), str(tune))
-    with open(study / "journal.jsonl", "a") as handle:
-        handle.write(json.dumps({"event": "trial_completed", "phase": 1, "value": 0.9}) + "\n")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(Study(study).storage_label()))
+    optuna.load_study(study_name="phase1", storage=storage).add_trial(optuna.trial.create_trial(value=0.99))
     code, _, err = run_cli("tune", "status", "--study", study, "--phase", "1")
-    assert code == 0 and "skipping an unreadable line" in err and "Traceback" not in err
-    assert "t001" in err
+    assert code == 0 and "t001" in err and "t002" in err and "0.99" not in err and "Traceback" not in err
+    assert len(Study(study).phase_state(1).trials) == 2
+
+
+def test_a_study_in_the_old_journal_format_is_refused_in_one_line(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw"]'))
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "study.toml").write_text('[study]\nversion = 1\n')
+    (old / "journal.jsonl").write_text(json.dumps({"event": "phase_closed", "phase": 1}) + "\n")
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    for args in (("tune", "status", "--study", old), ("tune", "--recipe", tune, "--study", old, "--launcher", launcher())):
+        code, _, err = run_cli(*args)
+        assert code == 2 and f"{old}: a study in the old journal.jsonl format" in err and "--study NEW_DIR" in err
+        one_line(err)
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
 
 
 def test_study_naming_a_file_is_a_usage_error(tmp_path, run_cli):

@@ -16,7 +16,7 @@ from clipctl.recipe import load_tune_recipe
 from clipctl.tune.phases import open_phase
 from clipctl.tune.runner import PhaseWorker, SubprocessRunner, TrialLaunch
 from clipctl.tune.store import Study
-from tune_fakes import HERE, fake_command, run_worker, write_recipes
+from tune_fakes import HERE, fake_command, run_worker, storage_url, write_recipes
 
 GP_TUNE = """\
 [tune]
@@ -44,9 +44,16 @@ def started(study: Path) -> dict[int, dict]:
     return {e["trial"]: e for e in events(study) if e["event"] == "trial_started" and not e.get("rerun")}
 
 
-def worker_process(study: Path, tune: Path, parallel: int = 1, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(HERE), "--worker", str(study), str(tune), str(parallel)],
-                            env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+def worker_process(study: Path, tune: Path, parallel: int = 1, storage: str | None = None, heartbeat_s: float = 30.0,
+                   **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(HERE), "--worker", str(study), str(tune), str(parallel), storage or "",
+                             str(heartbeat_s)], env={**os.environ, **env}, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(params=["journal", "sqlite"])
+def storage(request, tmp_path) -> str | None:
+    """Each key test on Optuna's journal file (the default) and on an RDB (SQLite)."""
+    return storage_url(request.param, tmp_path)
 
 
 class KilledAt(SubprocessRunner):
@@ -62,18 +69,18 @@ class KilledAt(SubprocessRunner):
         return super().start(launch, slot)
 
 
-def test_resume_after_a_kill_proposes_what_an_uninterrupted_study_proposes(tmp_path):
+def test_resume_after_a_kill_proposes_what_an_uninterrupted_study_proposes(tmp_path, storage):
     tune = write_recipes(tmp_path, GP_TUNE.format(n_trials=5, n_initial=2))
     run_worker(str(tmp_path / "straight"), str(tune))
     expected = [started(tmp_path / "straight")[n]["proposed"] for n in range(1, 6)]
 
-    killed = Study(tmp_path / "killed")
+    killed = Study(tmp_path / "killed", storage=storage)
     recipe, path = load_tune_recipe(tune)
     with pytest.raises(InterruptedRun):
         PhaseWorker(killed, open_phase(killed, recipe, path), KilledAt(4), log=lambda _: None).run()
     assert sorted(started(killed.root)) == [1, 2, 3, 4]  # t004 was asked for, then the tuner died
 
-    resumed = worker_process(killed.root, tune)  # a fresh process: rebuilds the optimizer from the journal
+    resumed = worker_process(killed.root, tune, storage=storage)  # a fresh process: rebuilds the optimizer from the journal
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "replaying" not in err  # every replayed proposal matched the journal
@@ -99,10 +106,10 @@ prune_grace_epochs = 1
 """
 
 
-def test_crashed_and_diverged_trials_are_failed_with_a_penalty_and_the_study_goes_on(tmp_path):
+def test_crashed_and_diverged_trials_are_failed_with_a_penalty_and_the_study_goes_on(tmp_path, storage):
     space = '"optim.name" = ["adamw", "rmsprop", "momentum", "radam"]\n"optim.lr" = [1e-3]'
     tune = write_recipes(tmp_path, GRID_TUNE.format(prune="false", epochs=3, space=space))
-    run_worker(str(tmp_path / "study"), str(tune))
+    run_worker(str(tmp_path / "study"), str(tune), storage=storage)
     state = Study(tmp_path / "study").state().phase(1)
     t1, t2, t3, t4 = (state.trials[n] for n in range(1, 5))
     assert (t1.status, t4.status) == ("completed", "completed") and not t1.flagged
@@ -129,10 +136,10 @@ def test_a_trial_below_the_median_is_pruned(tmp_path):
     assert len(lines) < 4  # stopped before its last epoch
 
 
-def test_two_workers_share_one_study_without_losing_or_repeating_trials(tmp_path):
+def test_two_workers_share_one_study_without_losing_or_repeating_trials(tmp_path, storage):
     tune = write_recipes(tmp_path, GP_TUNE.format(n_trials=8, n_initial=6))
     study = tmp_path / "study"
-    workers = [worker_process(study, tune, FAKE_EPOCH_SLEEP="0.2") for _ in range(2)]
+    workers = [worker_process(study, tune, storage=storage, FAKE_EPOCH_SLEEP="0.2") for _ in range(2)]
     for worker in workers:
         _, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err

@@ -47,17 +47,30 @@ def tune(
     ctx: typer.Context,
     phase: Optional[int] = typer.Option(None, "--phase", help="1, 2 or 3; default recipe recipes/tune/phaseN.toml (default 1)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="A tune recipe instead of the phase's built-in one."),
-    study: Path = typer.Option(DEFAULT_STUDY, "--study", help="Study folder (study.toml, journal.jsonl, phaseN/tNNN/)."),
+    study: Path = typer.Option(DEFAULT_STUDY, "--study", help="Study folder (study.toml, optuna-journal.log, phaseN/tNNN/)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage for a new study: an RDB URL "
+                                          "(sqlite:///ABS/PATH.db, postgresql://...) or a journal file; default "
+                                          "STUDY/optuna-journal.log. Recorded in study.toml."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="Trials run at once, each on its own GPU(s) when there are any."),
     launcher: str = typer.Option("", "--launcher", help='Start each trial with this, e.g. "accelerate launch --num_processes 2 '
                                  '--main_process_port 2950{slot}" ({slot}: the parallel slot number).'),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print trials x epochs x measured step time per phase; start nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run the phase's failed trials again "
                                       "(their penalties are withdrawn from the search)."),
+    submit: Optional[str] = typer.Option(None, "--submit", help="slurm: submit --workers ordinary `clipctl tune` "
+                                         "workers on this study through submitit and print their job ids; local: "
+                                         "the same through submitit's local executor."),
+    workers: int = typer.Option(1, "--workers", min=1, help="With --submit: how many workers (jobs)."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="With --submit slurm: the SLURM partition."),
+    gpus_per_worker: int = typer.Option(0, "--gpus-per-worker", min=0, help="With --submit slurm: GPUs per job."),
+    time_limit: int = typer.Option(24 * 60, "--time", min=1, help="With --submit: a job's time limit, minutes."),
 ) -> None:
     """Run a tuning phase, or resume it (same command).  Example: clipctl tune --phase 1 --parallel 2"""
     ctx.obj = {"study": study}
     if ctx.invoked_subcommand is not None:
+        return
+    if submit is not None:
+        _submit(ctx, submit, workers, partition, gpus_per_worker, time_limit)
         return
     from clipctl.tune.runner import train_command
 
@@ -69,7 +82,26 @@ def tune(
     if dry_run:
         _dry_run(phase, recipe, study, parallel, train_command(launcher))
         return
-    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed)
+    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed, storage)
+
+
+def _submit(ctx: typer.Context, kind: str, workers: int, partition: Optional[str], gpus: int, time_limit: int) -> None:
+    """Check the recipe and the storage here, then submit the workers (they run this command without --submit)."""
+    from clipctl.tune.store import Study
+    from clipctl.tune.submit import submit_workers, wait_for
+
+    args = ctx.params
+    _load(args["phase"], args["recipe"])
+    Study(_check_study(args["study"]), storage=args["storage"]).open()
+    jobs = submit_workers(args["study"], args["phase"], args["recipe"], args["storage"], kind, workers,
+                          partition=partition, gpus_per_worker=gpus, time_limit=time_limit,
+                          parallel=args["parallel"], launcher=args["launcher"])
+    for job in jobs:
+        typer.echo(job.job_id)
+    info(f"submitted {len(jobs)} `clipctl tune` worker(s) on study {args['study']} through submitit ({kind}); "
+         f"logs under {args['study']}/submitit/")
+    if kind == "local":
+        wait_for(jobs)
 
 
 def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel: int, command: list[str]) -> None:
@@ -99,7 +131,7 @@ def _dry_run(phase: Optional[int], recipe: Optional[str], study: Path, parallel:
 
 
 def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel: int, command: list[str],
-         retry_failed: bool = False) -> None:
+         retry_failed: bool = False, storage: Optional[str] = None) -> None:
     from clipctl.train.interrupt import StopRequest
     from clipctl.tune.estimate import preflight
     from clipctl.tune.phases import open_phase
@@ -107,7 +139,7 @@ def _run(phase: Optional[int], recipe: Optional[str], study_dir: Path, parallel:
     from clipctl.tune.store import Study
 
     tune_recipe, path = _load(phase, recipe)
-    study = Study(study_dir)
+    study = Study(study_dir, storage=storage).open()  # a bad --storage fails before the preflight trains
     if retry_failed and study.frozen_phase(tune_recipe.tune.phase) is None:
         raise UsageError(f"--retry-failed: phase {tune_recipe.tune.phase} has not started in {study.root}; "
                          f"run it first without --retry-failed")
@@ -179,11 +211,12 @@ def status(
                         "closed": ps.closed is not None, "lineage": lineage,
                         "trials": [_trial_json(t) for t in ps.trials.values()]})
     if as_json:
-        emit_json({"study": str(store.root), "phases": payload,
+        emit_json({"study": str(store.root), "storage": store.storage_label(), "phases": payload,
                    "correlation_1_2": phase_correlation(state, 1, 2) if {1, 2} <= set(state.phases) else None})
         return
     print_table(f"study {store.root}", ["phase", "strategy", "finished", "running", "failed", "pruned", "best",
                                         "trial", "state"], rows)
+    info(f"storage {store.storage_label()}; browse it with: optuna-dashboard {store.storage_label()}")
     for entry in payload:
         if entry["lineage"] != "-":
             info(f"phase {entry['phase']} lineage: {entry['lineage']}")

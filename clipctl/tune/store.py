@@ -193,6 +193,11 @@ class Study:
                              f"{storage_label(recorded, self.root)}; drop --storage or pass that one")
         return recorded if recorded is not None else (wanted or "")
 
+    def open(self) -> "Study":
+        """Open the storage now (a bad URL, an unreachable server or a refused study fails here)."""
+        _ = self.storage
+        return self
+
     @property
     def storage(self) -> Any:
         if self._storage is None:
