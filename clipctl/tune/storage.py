@@ -239,14 +239,16 @@ class PhaseStore:
     def set_attr(self, key: str, value: Any) -> None:
         self.storage.set_study_system_attr(self.study_id(create=True), SYS + key, value)
 
-    def add_attempt(self, trial: int, seq: int, point: dict[str, Any], user: dict[str, Any],
-                    system: dict[str, Any], state: TrialState = TrialState.RUNNING) -> None:
-        """A new Optuna trial for clipctl trial `trial`, written as one record."""
+    def add_attempt(self, trial: int, seq: int, point: dict[str, Any], user: dict[str, Any], system: dict[str, Any],
+                    state: TrialState = TrialState.RUNNING, epochs: dict[int, float | None] | None = None) -> None:
+        """A new Optuna trial for clipctl trial `trial`, written as one record (a migration writes finished ones)."""
+        stamp = datetime.now(timezone.utc)
         template = FrozenTrial(
-            number=-1, state=state, value=None, datetime_start=datetime.now(timezone.utc), datetime_complete=None,
-            params=point, distributions={k: self.dists[k] for k in point}, user_attrs={"trial": trial, **user},
+            number=-1, state=state, value=user["raw"] if state == TrialState.COMPLETE else None, datetime_start=stamp,
+            datetime_complete=stamp if state.is_finished() else None, params=point,
+            distributions={k: self.dists[k] for k in point}, user_attrs={"trial": trial, **user},
             system_attrs={SYS + "start_seq": seq, **{SYS + k: v for k, v in system.items()}},
-            intermediate_values={}, trial_id=-1,
+            intermediate_values={k: math.nan if v is None else v for k, v in (epochs or {}).items()}, trial_id=-1,
         )
         self.storage.create_new_trial(self.study_id(create=True), template_trial=template)
 

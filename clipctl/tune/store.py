@@ -21,13 +21,14 @@ from typing import Any
 import tomli_w
 
 from clipctl.atomic import atomic_write_text
+from clipctl.console import info
 from clipctl.errors import UsageError
 from clipctl.recipe import read_toml
+from clipctl.tune.migrate import OLD_JOURNAL, migrate, refuse
 from clipctl.tune.storage import (FINISHED_STATES, SYS, Attempt, Heartbeat, PhaseStore, StudyLock, latest,
                                   open_storage, storage_label)
 
 STUDY_FILE = "study.toml"
-OLD_JOURNAL = "journal.jsonl"
 STUDY_VERSION = 2  # 1: the flock'd journal.jsonl of clipctl before Optuna storage
 HEARTBEAT_S = 30.0
 
@@ -177,17 +178,44 @@ class Study:
         return self
 
     def config(self) -> dict[str, Any]:
-        if (self.root / OLD_JOURNAL).exists() and not self.exists() or (
-                self.exists() and read_toml(self.config_path).get("study", {}).get("version", 1) < STUDY_VERSION):
-            raise UsageError(f"{self.root}: a study in the old journal.jsonl format, which this clipctl does not read; "
-                             "finish it with the clipctl release that started it, or start a new study with "
-                             "--study NEW_DIR (the old files are left as they are)")
-        return read_toml(self.config_path) if self.exists() else {}
+        """study.toml; a study of the old journal.jsonl format is migrated into the storage first."""
+        config = read_toml(self.config_path) if self.exists() else {}
+        if self._old_format(config):
+            self._migrate()
+            config = read_toml(self.config_path)
+        return config
+
+    def _old_format(self, config: dict[str, Any]) -> bool:
+        if not config:
+            return (self.root / OLD_JOURNAL).exists()
+        return config.get("study", {}).get("version", 1) < STUDY_VERSION
+
+    def _migrate(self) -> None:
+        with self.lock.held():
+            config = read_toml(self.config_path) if self.exists() else {}
+            if not self._old_format(config):
+                return  # another worker migrated it while we waited for the lock
+            if not config:
+                raise refuse(self.root, f"no {STUDY_FILE} beside it")
+            spec = self._wanted() or ""
+            self._storage = open_storage(spec, self.root)
+            migrate(self.root, config, self._storage)
+            config["study"] = {**config.get("study", {}), "version": STUDY_VERSION, "storage": spec,
+                               "migrated_from": OLD_JOURNAL, "migrated": now()}
+            atomic_write_text(self.config_path, tomli_w.dumps(config))
+        info(f"{self.root}: migrated the {OLD_JOURNAL} study into {storage_label(spec, self.root)} "
+             f"({OLD_JOURNAL} is kept as it was)")
+
+    def _wanted(self) -> str | None:
+        """--storage as it is recorded: URLs as given, journal file paths absolute."""
+        if self.requested is None or "://" in self.requested:
+            return self.requested
+        return str(Path(self.requested).resolve())
 
     def storage_spec(self) -> str:
         """The storage on record; a different --storage for an existing study is refused."""
         recorded = self.config().get("study", {}).get("storage")
-        wanted = self.requested if self.requested is None or "://" in self.requested else str(Path(self.requested).resolve())
+        wanted = self._wanted()
         if recorded is not None and wanted is not None and wanted != recorded:
             raise UsageError(f"--storage {self.requested}: study {self.root} keeps its trials in "
                              f"{storage_label(recorded, self.root)}; drop --storage or pass that one")
