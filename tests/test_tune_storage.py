@@ -3,12 +3,14 @@ worker's trial is failed after its heartbeat's grace period and re-run, and `--s
 through submitit."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
@@ -60,6 +62,28 @@ def test_plain_optuna_sees_the_trials_with_their_values_and_states(tmp_path, kin
     assert trials[1].user_attrs["told"] == ours[2].value < ours[1].value and trials[1].user_attrs["flagged"]
     assert trials[0].params == {"optim.name": "adamw", "optim.lr": 1e-3}
     assert trials[0].intermediate_values and max(trials[0].intermediate_values.values()) == ours[1].raw
+
+
+def test_the_dashboard_app_lists_the_phase_and_its_trials(tmp_path):
+    dashboard = pytest.importorskip("optuna_dashboard")
+    tune = write_recipes(tmp_path, GRID.format(epochs=2, optimizers='["adamw", "rmsprop"]'))
+    run_worker(str(tmp_path / "study"), str(tune))
+    app = dashboard.wsgi(Study(tmp_path / "study").storage_label())  # what `optuna-dashboard STORAGE` serves
+
+    def get(path: str) -> dict:
+        environ: dict = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = path
+        status: list[str] = []
+        body = b"".join(app(environ, lambda code, headers, exc_info=None: status.append(code)))
+        assert status == ["200 OK"], body[:300]
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == "phase1" and summary["directions"] == ["maximize"]
+    trials = get(f"/api/studies/{summary['study_id']}")["trials"]
+    assert [(t["state"], t.get("values")) for t in trials] == [("Complete", [0.62]), ("Fail", None)]
+    assert {"key": "trial", "value": "2"} in trials[1]["user_attrs"]
 
 
 def test_a_bad_storage_url_is_one_line_exit_2_and_writes_no_study(tmp_path, run_cli):

@@ -250,7 +250,10 @@ class Study:
             if existing is not None:
                 return existing
             spec = self.storage_spec()
-            self.phase_store(phase).study_id(create=True)  # opens the storage: a bad URL fails before any file
+            study_id = self.phase_store(phase).study_id(create=True)  # a bad URL fails before study.toml is written
+            for key, value in (("clipctl_study", str(self.root.resolve())), ("objective", frozen["objective"]),
+                               ("strategy", frozen["strategy"])):  # for the dashboard; the plan is study.toml's
+                self.storage.set_study_user_attr(study_id, key, value)
             config.setdefault("study", {"version": STUDY_VERSION, "created": now(), "storage": spec})
             config[f"phase{phase}"] = frozen
             atomic_write_text(self.config_path, tomli_w.dumps(config))
