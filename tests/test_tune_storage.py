@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import optuna

@@ -19,6 +19,7 @@ trial heartbeat); the phase's close record is `clipctl:closed`.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -75,6 +76,7 @@ class StudyLock:
         self._depth = 0
         self._lock: JournalFileOpenLock | None = None
         self._stop = threading.Event()
+        self._keeper = threading.Thread()
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -83,7 +85,8 @@ class StudyLock:
             self._lock = JournalFileOpenLock(str(self.root / "study"), grace_period=LOCK_GRACE_S)
             self._lock.acquire()
             self._stop.clear()
-            threading.Thread(target=self._keep_fresh, daemon=True).start()
+            self._keeper = threading.Thread(target=self._keep_fresh, daemon=True)
+            self._keeper.start()
         self._depth += 1
         try:
             yield
@@ -91,6 +94,7 @@ class StudyLock:
             self._depth -= 1
             if self._depth == 0 and self._lock is not None:
                 self._stop.set()
+                self._keeper.join()  # never touch the file after it is released
                 try:
                     self._lock.release()
                 except RuntimeError:  # broken by another worker after we stalled past the grace period
@@ -101,7 +105,7 @@ class StudyLock:
         path = self.root / "study.lock"
         while not self._stop.wait(LOCK_GRACE_S / 5):
             try:
-                path.touch(exist_ok=True)
+                os.utime(path)  # never creates it: a lock broken meanwhile stays broken
             except OSError:
                 return
 
