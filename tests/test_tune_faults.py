@@ -162,6 +162,15 @@ def test_an_old_journal_replays_to_the_same_next_proposal_after_migration(tmp_pa
     assert proposed == [e["proposed"] for e in straight.events(1) if e["event"] == "trial_started"]
 
 
+def test_an_old_study_that_never_started_a_trial_is_migrated_empty(tmp_path, run_cli):
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(OLD_STUDY / "study.toml", old / "study.toml")  # its preflight failed: no journal.jsonl yet
+    code, _, err = run_cli("tune", "status", "--study", old, "--json")
+    assert code == 0 and "migrated" in err, err
+    assert Study(old).phase_state(1).trials == {} and "version = 2" in (old / "study.toml").read_text()
+
+
 def test_an_old_journal_that_cannot_be_replayed_is_refused_in_one_line(tmp_path, run_cli):
     old = tmp_path / "old"
     shutil.copytree(OLD_STUDY, old)

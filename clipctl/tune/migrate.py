@@ -62,6 +62,9 @@ def old_worker_running(root: Path) -> bool:
 
 
 def read_events(root: Path) -> list[dict[str, Any]]:
+    """The old journal's events; none if the old study never got past its preflight (no journal yet)."""
+    if not (root / OLD_JOURNAL).exists():
+        return []
     events = []
     for number, line in enumerate((root / OLD_JOURNAL).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

@@ -160,7 +160,8 @@ class Attempt:
 
 
 def decode(frozen: FrozenTrial) -> Attempt | None:
-    """An Optuna trial written by clipctl, or None for anything else in the study."""
+    """An Optuna trial written by clipctl, or None for anything else in the study. The dicts are copied:
+    the journal storage hands out its own trials (`deepcopy=False`)."""
     user, system = frozen.user_attrs, frozen.system_attrs
     if not isinstance(user.get("trial"), int) or not isinstance(system.get(SYS + "start_seq"), int):
         return None
@@ -168,7 +169,7 @@ def decode(frozen: FrozenTrial) -> Attempt | None:
     return Attempt(
         id=frozen._trial_id, trial=user["trial"], state=frozen.state, worker=str(user.get("worker", "")),
         start_seq=system[SYS + "start_seq"], point=dict(frozen.params),
-        proposed=system.get(SYS + "proposed", dict(frozen.params)), params=user.get("run_params", {}),
+        proposed=dict(system.get(SYS + "proposed", frozen.params)), params=dict(user.get("run_params", {})),
         loss=user.get("loss", ""), optimizer=user.get("optimizer", ""), ask=system.get(SYS + "ask"),
         ask_index=system.get(SYS + "ask_index", 0), ask_size=system.get(SYS + "ask_size", 1),
         tell_seq=tell_seq if isinstance(tell_seq, int) else None,
