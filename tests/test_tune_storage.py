@@ -156,3 +156,7 @@ def test_submit_slurm_without_sbatch_is_one_line_exit_2(tmp_path, run_cli, monke
     one_line(err)
     code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--submit", "pbs")
     assert code == 2 and "--submit pbs: expected one of slurm, local" in err
+    code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--workers", "2")
+    assert code == 2 and "go with --submit" in err
+    code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--submit", "local", "--retry-failed")
+    assert code == 2 and "without --submit" in err

@@ -72,6 +72,8 @@ def tune(
     if submit is not None:
         _submit(ctx, submit, workers, partition, gpus_per_worker, time_limit)
         return
+    if workers != 1 or partition or gpus_per_worker:
+        raise UsageError("--workers, --partition and --gpus-per-worker go with --submit slurm|local")
     from clipctl.tune.runner import train_command
 
     if launcher:
@@ -91,6 +93,8 @@ def _submit(ctx: typer.Context, kind: str, workers: int, partition: Optional[str
     from clipctl.tune.submit import submit_workers, wait_for
 
     args = ctx.params
+    if args["dry_run"] or args["retry_failed"]:
+        raise UsageError("--submit: run --dry-run or --retry-failed once without --submit, then submit the workers")
     _load(args["phase"], args["recipe"])
     Study(_check_study(args["study"]), storage=args["storage"]).open()
     jobs = submit_workers(args["study"], args["phase"], args["recipe"], args["storage"], kind, workers,
