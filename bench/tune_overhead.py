@@ -1,10 +1,10 @@
-"""Tuner overhead: one GP ask + tell with 100 observed points, journal replay of 100 trials, journal I/O.
+"""Tuner overhead: one GP ask + tell with 100 observed points, replay of 100 trials, study storage I/O.
 
 A study of phase-1 shape (2 categorical + 2 log-uniform dimensions, gp_hedge, 12 LHS initial points) is
 driven to 100 observations through `SkoptSearch` (every tell refits the GP, as in a real study; the time
 this takes is exactly what resuming a 100-trial study costs, since resume replays the same calls). Then
-`--repeats` further ask+tell pairs are timed at 100..100+repeats observations, and appending/reading
-journal events (one write + fsync each, under the lock) is timed in a temporary study.
+`--repeats` further ask+tell pairs are timed at 100..100+repeats observations, and writing/reading records
+of the default storage (Optuna's journal file: one append + fsync per record) is timed in a temporary study.
 Target: one ask + tell at 100 points costs at most 1% of a 10-minute trial. Prints the numbers and writes
 bench/results/tune_overhead.json.
 
@@ -27,7 +27,7 @@ from _common import check, write_result
 
 from clipctl.console import info, print_table
 from clipctl.tune.space import SearchSpace
-from clipctl.tune.store import Journal
+from clipctl.tune.storage import PhaseStore, open_storage
 from clipctl.tune.strategies import SkoptSearch
 
 SPACE = {
@@ -47,7 +47,7 @@ SPACE = {
     "optim.lr": {"low": 1e-4, "high": 1e-2, "prior": "log-uniform"},
     "optim.weight_decay": {"low": 1e-6, "high": 1e-1, "prior": "log-uniform"},
 }
-JOURNAL_EVENTS = 200
+STORAGE_RECORDS = 200
 # A phase-1 trial (10 epochs on 20% of CC3M-100k) takes minutes; the tuner must stay out of its way.
 REFERENCE_TRIAL_S = 600
 TARGET_SHARE = 0.01
@@ -85,16 +85,16 @@ def main() -> None:
     batch_s = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as tmp:
-        journal = Journal(Path(tmp))
-        event = {"event": "epoch_reported", "phase": 1, "trial": 1, "epoch": 0, "value": 0.5, "worker": "bench"}
+        store = PhaseStore(open_storage("", Path(tmp)), 1, SearchSpace.from_toml(SPACE, "bench"))
+        store.add_attempt(1, 1, point, {"worker": "bench"}, {})
+        attempt = store.attempts()[0]
         t0 = time.perf_counter()
-        for _ in range(JOURNAL_EVENTS):
-            with journal.locked():
-                journal.append([event])
-        append_s = (time.perf_counter() - t0) / JOURNAL_EVENTS
+        for epoch in range(STORAGE_RECORDS):  # an epoch report: one journal record
+            store.report(attempt, epoch, 0.5)
+        append_s = (time.perf_counter() - t0) / STORAGE_RECORDS
         t0 = time.perf_counter()
-        events, _ = journal.read(0)
-        read_s = (time.perf_counter() - t0) / len(events)
+        PhaseStore(open_storage("", Path(tmp)), 1).attempts()  # a fresh process replays the whole journal
+        read_s = (time.perf_counter() - t0) / STORAGE_RECORDS
 
     result = {
         "observed_points": args.observed,
@@ -105,8 +105,8 @@ def main() -> None:
         "ask_4_with_1_pending_s": batch_s,
         "replay_s": replay_s,
         "replay_s_per_trial": replay_s / args.observed,
-        "journal_append_fsync_s_per_event": append_s,
-        "journal_read_s_per_event": read_s,
+        "storage_append_fsync_s_per_record": append_s,
+        "storage_read_s_per_record": read_s,
         "repeats": args.repeats,
         "versions": {
             "python": platform.python_version(),
@@ -125,8 +125,8 @@ def main() -> None:
             ("ask + tell (median)", f"{result['ask_tell_s_median']:.3f}"),
             ("ask 4 points, 1 pending (--parallel)", f"{batch_s:.3f}"),
             (f"replay of {args.observed} trials (resume)", f"{replay_s:.1f}"),
-            ("journal append + fsync, per event", f"{append_s:.5f}"),
-            ("journal read, per event", f"{read_s:.6f}"),
+            ("journal storage append + fsync, per record", f"{append_s:.5f}"),
+            ("journal storage read, per record", f"{read_s:.6f}"),
         ],
     )
     share = result["ask_tell_s_median"] / REFERENCE_TRIAL_S

@@ -40,7 +40,13 @@ def tune(
     ),
     recipe: str | None = typer.Option(None, "--recipe", help="A tune recipe instead of the phase's built-in one."),
     study: Path = typer.Option(
-        DEFAULT_STUDY, "--study", help="Study folder (study.toml, journal.jsonl, phaseN/tNNN/)."
+        DEFAULT_STUDY, "--study", help="Study folder (study.toml, optuna-journal.log, phaseN/tNNN/)."
+    ),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage for a new study: an RDB URL (sqlite:///ABS/PATH.db, postgresql://...) or a journal "
+        "file; default STUDY/optuna-journal.log. Recorded in study.toml.",
     ),
     parallel: int = typer.Option(
         1, "--parallel", min=1, help="Trials run at once, each on its own GPU(s) when there are any."
@@ -59,11 +65,26 @@ def tune(
         "--retry-failed",
         help="Run the phase's failed trials again (their penalties are withdrawn from the search).",
     ),
+    submit: str | None = typer.Option(
+        None,
+        "--submit",
+        help="slurm: submit --workers ordinary `clipctl tune` workers on this study through submitit and print "
+        "their job ids; local: the same through submitit's local executor.",
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="With --submit: how many workers (jobs)."),
+    partition: str | None = typer.Option(None, "--partition", help="With --submit slurm: the SLURM partition."),
+    gpus_per_worker: int = typer.Option(0, "--gpus-per-worker", min=0, help="With --submit slurm: GPUs per job."),
+    time_limit: int = typer.Option(24 * 60, "--time", min=1, help="With --submit: a job's time limit, minutes."),
 ) -> None:
     """Run a tuning phase, or resume it (same command).  Example: clipctl tune --phase 1 --parallel 2"""
     ctx.obj = {"study": study}
     if ctx.invoked_subcommand is not None:
         return
+    if submit is not None:
+        _submit(ctx, submit, workers, partition, gpus_per_worker, time_limit)
+        return
+    if workers != 1 or partition or gpus_per_worker:
+        raise UsageError("--workers, --partition and --gpus-per-worker go with --submit slurm|local")
     from clipctl.tune.runner import train_command
 
     if launcher:
@@ -74,7 +95,41 @@ def tune(
     if dry_run:
         _dry_run(phase, recipe, study, parallel, train_command(launcher))
         return
-    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed)
+    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed, storage)
+
+
+def _submit(ctx: typer.Context, kind: str, workers: int, partition: str | None, gpus: int, time_limit: int) -> None:
+    """Check the recipe and the storage here, then submit the workers (they run this command without --submit)."""
+    from clipctl.tune.recipe import load_phase_recipe
+    from clipctl.tune.store import Study
+    from clipctl.tune.submit import submit_workers, wait_for
+
+    args = ctx.params
+    if args["dry_run"] or args["retry_failed"]:
+        raise UsageError("--submit: run --dry-run or --retry-failed once without --submit, then submit the workers")
+    load_phase_recipe(args["phase"], args["recipe"])
+    Study(_check_study(args["study"]), storage=args["storage"]).open()
+    jobs = submit_workers(
+        args["study"],
+        args["phase"],
+        args["recipe"],
+        args["storage"],
+        kind,
+        workers,
+        partition=partition,
+        gpus_per_worker=gpus,
+        time_limit=time_limit,
+        parallel=args["parallel"],
+        launcher=args["launcher"],
+    )
+    for job in jobs:
+        typer.echo(job.job_id)
+    info(
+        f"submitted {len(jobs)} `clipctl tune` worker(s) on study {args['study']} through submitit ({kind}); "
+        f"logs under {args['study']}/submitit/"
+    )
+    if kind == "local":
+        wait_for(jobs)
 
 
 def _dry_run(phase: int | None, recipe: str | None, study: Path, parallel: int, command: list[str]) -> None:
@@ -121,6 +176,7 @@ def _run(
     parallel: int,
     command: list[str],
     retry_failed: bool = False,
+    storage: str | None = None,
 ) -> None:
     from clipctl.train.interrupt import StopRequest
     from clipctl.tune.estimate import preflight
@@ -130,7 +186,7 @@ def _run(
     from clipctl.tune.store import Study
 
     tune_recipe, path = load_phase_recipe(phase, recipe)
-    study = Study(study_dir)
+    study = Study(study_dir, storage=storage).open()  # a bad --storage fails before the preflight trains
     if retry_failed and study.frozen_phase(tune_recipe.tune.phase) is None:
         raise UsageError(
             f"--retry-failed: phase {tune_recipe.tune.phase} has not started in {study.root}; "
@@ -227,6 +283,7 @@ def status(
         ["phase", "strategy", "finished", "running", "failed", "pruned", "best", "trial", "state"],
         rows,
     )
+    info(f"storage {report['storage']}; browse it with: optuna-dashboard {report['storage']}")
     for entry in report["phases"]:
         if entry["lineage"] != "-":
             info(f"phase {entry['phase']} lineage: {entry['lineage']}")

@@ -223,7 +223,7 @@ def _set_aside_unresumable(run_dir: Path, starts: int) -> None:
 
 class PhaseWorker:
     """One worker on one phase: fills `parallel` slots with proposed or orphaned trials until the
-    phase's budget is handed out and its own trials have finished."""
+    phase's budget is handed out and every trial has finished (a dead worker's trial is re-run here)."""
 
     def __init__(
         self,
@@ -242,11 +242,11 @@ class PhaseWorker:
     @staticmethod
     def retry_failed(study: Study, plan: PhasePlan) -> list[TrialRecord]:
         """Mark the phase's failed trials for re-running; the workers then claim them like orphans."""
-        with study.worker() as lease:
+        with study.worker(plan.phase) as lease:
             return PhaseSession(study, plan, lease.id).retry_failed()
 
     def run(self) -> PhaseState:
-        with self.study.worker() as lease:
+        with self.study.worker(self.plan.phase) as lease:
             self.session = PhaseSession(self.study, self.plan, lease.id)
             state = self.session.refresh()
             if state.trials:
@@ -290,8 +290,8 @@ class PhaseWorker:
                     self._start(record, slot)
                 if trials and not self.active:
                     continue  # every new trial failed before starting (invalid recipe): ask again
-            if not self.active:
-                return
+            if not self.active and not self.session.others_running():
+                return  # while other workers' trials run, stay: if one dies, its trial is re-run here
             pause = POLL_MIN_S if busy else min(POLL_MAX_S, pause * 1.5)
             time.sleep(pause)
 

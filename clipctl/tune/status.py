@@ -59,6 +59,7 @@ def study_status(study: Study) -> dict[str, Any]:
     state = study.state()
     return {
         "study": str(study.root),
+        "storage": study.storage_label(),
         "phases": [phase_status(study, state, n) for n in study.frozen_phases()],
         "correlation_1_2": phase_correlation(state, 1, 2) if {1, 2} <= set(state.phases) else None,
     }

@@ -1,26 +1,20 @@
-"""The study folder: `study.toml` (frozen phase plans) and `journal.jsonl` (append-only events).
+"""The study folder: `study.toml` (frozen phase plans, the storage it uses) beside an Optuna storage.
 
-The journal is the single source of truth. Every event is one JSON line written with one `write` and
-an `fsync`, under an exclusive `flock` on `journal.lock`, so several workers (processes, or machines on
-a shared filesystem with working locks) can share a study. Workers hold a lock on their own file under
-`workers/` while alive; a trial whose worker's lock can be taken was orphaned by a crash and is re-run.
-Replaying the events (`StudyState`) gives every trial's status without any optimizer.
+`study.toml` stays a file in the folder: it is the human-readable, diffable record of each phase's frozen
+plan that `--recipe` edits are checked against, and the folder holds the trials' run directories anyway.
+The trials themselves live in the Optuna storage (`clipctl.tune.storage`): by default Optuna's journal file
+`optuna-journal.log` in the folder, or any RDB URL given with `--storage` when the study is created.
+Replaying the storage (`PhaseState.from_attempts`) gives every trial's status without any optimizer.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
 import os
 import re
 import secrets
-import signal
 import socket
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,116 +22,30 @@ from typing import Any
 import tomli_w
 
 from clipctl.atomic import atomic_write_text
+from clipctl.console import info
 from clipctl.errors import UsageError
 from clipctl.recipe import read_toml
+from clipctl.tune.migrate import OLD_JOURNAL, migrate, refuse
+from clipctl.tune.storage import (
+    FINISHED_STATES,
+    SYS,
+    Attempt,
+    Heartbeat,
+    PhaseStore,
+    StudyLock,
+    latest,
+    open_storage,
+    storage_label,
+)
 
 STUDY_FILE = "study.toml"
-JOURNAL_FILE = "journal.jsonl"
-LOCK_FILE = "journal.lock"
-WORKERS_DIR = "workers"
-FINISHED = ("trial_completed", "trial_failed", "trial_pruned")
-STATUSES = ("completed", "failed", "pruned", "running")
-STUDY_VERSION = 1
+STUDY_VERSION = 2  # 1: the flock'd journal.jsonl of clipctl before Optuna storage
+HEARTBEAT_S = 30.0
+STATUSES = ("completed", "failed", "pruned", "running")  # a trial's status, in the order tables list them
 
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-class Journal:
-    """Append-only JSON lines; `locked()` is re-entrant for one handle and exclusive across handles."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / JOURNAL_FILE
-        self.lock_path = root / LOCK_FILE
-        self._lock_fd: int | None = None
-        self._depth = 0
-        self._warned_offsets: set[int] = set()
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        if self._depth == 0:
-            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0 and self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-                os.close(self._lock_fd)
-                self._lock_fd = None
-
-    def append(self, events: list[dict[str, Any]]) -> None:
-        """Write each event as one line (one write + fsync each); the caller holds the lock. Ctrl-C and
-        SIGTERM wait until the batch is written, so a batch of proposals is never half recorded."""
-        if self._depth == 0:
-            raise RuntimeError("Journal.append needs the journal lock")
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                if size:
-                    with open(self.path, "rb") as handle:  # a crash mid-line must not glue two events together
-                        handle.seek(size - 1)
-                        if handle.read(1) != b"\n":
-                            os.write(fd, b"\n")
-                for event in events:
-                    line = json.dumps(event, sort_keys=True, allow_nan=False) + "\n"
-                    os.write(fd, line.encode("utf-8"))
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-    def read(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Complete events after byte `offset`, and the offset after the last complete line."""
-        if not self.path.exists():
-            return [], 0
-        with open(self.path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-        end = data.rfind(b"\n") + 1
-        events = []
-        position = offset
-        for raw in data[:end].split(b"\n")[:-1]:
-            if raw.strip():
-                try:
-                    event = json.loads(raw)
-                    if not _well_formed(event):
-                        raise ValueError("not an event object")
-                    events.append(event)
-                except ValueError:
-                    if position not in self._warned_offsets:
-                        self._warned_offsets.add(position)
-                        sys.stderr.write(
-                            f"clipctl: warning: {self.path}: skipping an unreadable line at byte {position}\n"
-                        )
-            position += len(raw) + 1
-        return events, offset + end
-
-
-def _well_formed(event: Any) -> bool:
-    """An event the replay can apply: trial events carry an integer trial id, every event its phase."""
-    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-        return False
-    if not isinstance(event.get("phase"), int) or isinstance(event.get("phase"), bool):
-        return False
-    if event["event"] == "phase_closed":
-        return True
-    trial = event.get("trial")
-    if not isinstance(trial, int) or isinstance(trial, bool):
-        return False
-    return (
-        event["event"] != "trial_started"
-        or event.get("rerun")
-        or (isinstance(event.get("point"), dict) and isinstance(event.get("params"), dict))
-    )
 
 
 @dataclass
@@ -177,40 +85,38 @@ class PhaseState:
         self.trials: dict[int, TrialRecord] = {}
         self.closed: dict[str, Any] | None = None
 
-    def apply(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "trial_started":
-            number = event["trial"]
-            record = self.trials.get(number)
-            if record is None or not event.get("rerun"):
-                self.trials[number] = TrialRecord(
-                    phase=self.phase,
-                    trial=number,
-                    point=event["point"],
-                    params=event["params"],
-                    proposed=event.get("proposed", event["point"]),
-                    loss=event.get("loss", ""),
-                    optimizer=event.get("optimizer", ""),
-                    ask=event.get("ask"),
-                    worker=event.get("worker", ""),
-                )
-            else:
-                record.status, record.worker, record.starts = "running", event.get("worker", ""), record.starts + 1
-            self.closed = None
-        elif kind == "trial_retried" and event["trial"] in self.trials:
-            record = self.trials[event["trial"]]  # running with no live worker: the next worker claims it
-            record.status, record.worker, record.epochs = "running", "", {}
-            self.closed = None
-        elif kind == "epoch_reported" and event["trial"] in self.trials:
-            self.trials[event["trial"]].epochs[int(event["epoch"])] = event.get("value")
-        elif kind in FINISHED and event["trial"] in self.trials:
-            record = self.trials[event["trial"]]
-            record.status = kind.removeprefix("trial_")
-            record.value, record.raw = event["value"], event.get("raw")
-            record.flagged, record.reason = bool(event.get("flagged")), event.get("reason", "")
-            record.wall_s = float(event.get("wall_s", 0.0))
-        elif kind == "phase_closed":
-            self.closed = event
+    @classmethod
+    def from_attempts(cls, phase: int, attempts: list[Attempt], closed: dict[str, Any] | None) -> PhaseState:
+        """A trial is its first attempt's point and its last attempt's status: waiting, running, or untold
+        (a dead worker's attempt failed by a heartbeat check) all count as running until re-run."""
+        state = cls(phase)
+        last_seq = 0
+        for number, group in latest(attempts).items():
+            first, last = group[0], group[-1]
+            record = TrialRecord(
+                phase=phase,
+                trial=number,
+                point=first.point,
+                params=first.params,
+                proposed=first.proposed,
+                loss=first.loss,
+                optimizer=first.optimizer,
+                ask=first.ask,
+                worker=last.worker,
+                starts=sum(a.state.name != "WAITING" for a in group),
+                epochs=dict(last.epochs),
+            )
+            if last.told:
+                result = last.result
+                record.status = FINISHED_STATES[last.state]
+                record.value, record.raw = result.get("told"), result.get("raw")
+                record.flagged, record.reason = bool(result.get("flagged")), str(result.get("reason", ""))
+                record.wall_s = float(result.get("wall_s", 0.0))
+            state.trials[number] = record
+            last_seq = max(last_seq, last.start_seq)
+        if closed is not None and closed.get("seq", 0) > last_seq:  # a later start (a retry) reopened it
+            state.closed = closed
+        return state
 
     def running(self) -> list[TrialRecord]:
         return [t for _, t in sorted(self.trials.items()) if t.status == "running"]
@@ -247,9 +153,6 @@ class StudyState:
     def phase(self, number: int) -> PhaseState:
         return self.phases.setdefault(number, PhaseState(number))
 
-    def apply(self, event: dict[str, Any]) -> None:
-        self.phase(int(event["phase"])).apply(event)
-
 
 def finite(value: Any) -> float | None:
     """A float objective, or None for missing/NaN/inf (which must never reach the optimizer)."""
@@ -259,35 +162,31 @@ def finite(value: Any) -> float | None:
 
 
 class WorkerLease:
-    """This worker's liveness lock: held while the worker runs, released by the kernel if it dies."""
+    """This worker's id and heartbeat on one phase: other workers re-run its trials once it stops beating."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, store: PhaseStore, interval_s: float) -> None:
         host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
         self.id = f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.path = root / WORKERS_DIR / f"{self.id}.lock"
-        self._fd: int | None = None
+        self._heartbeat = Heartbeat(store, self.id, interval_s)
 
     def __enter__(self) -> WorkerLease:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(self._fd, f"{socket.gethostname()} pid {os.getpid()} since {now()}\n".encode())
+        self._heartbeat.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._heartbeat.__exit__(*exc)
 
 
 class Study:
-    """A study folder; `study.toml` freezes each phase's plan the first time the phase starts."""
+    """A study folder; `study.toml` freezes each phase's plan the first time the phase starts and names the
+    storage (`storage`: "" for the folder's journal file, else an RDB URL or a journal file path)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, storage: str | None = None, heartbeat_s: float = HEARTBEAT_S) -> None:
         self.root = Path(root)
-        self.journal = Journal(self.root)
+        self.requested = storage
+        self.heartbeat_s = heartbeat_s
+        self.lock = StudyLock(self.root)
+        self._storage: Any = None
 
     @property
     def config_path(self) -> Path:
@@ -305,7 +204,72 @@ class Study:
         return self
 
     def config(self) -> dict[str, Any]:
-        return read_toml(self.config_path) if self.exists() else {}
+        """study.toml; a study of the old journal.jsonl format is migrated into the storage first."""
+        config = read_toml(self.config_path) if self.exists() else {}
+        if self._old_format(config):
+            self._migrate()
+            config = read_toml(self.config_path)
+        return config
+
+    def _old_format(self, config: dict[str, Any]) -> bool:
+        if not config:
+            return (self.root / OLD_JOURNAL).exists()
+        return config.get("study", {}).get("version", 1) < STUDY_VERSION
+
+    def _migrate(self) -> None:
+        with self.lock.held():
+            config = read_toml(self.config_path) if self.exists() else {}
+            if not self._old_format(config):
+                return  # another worker migrated it while we waited for the lock
+            if not config:
+                raise refuse(self.root, f"no {STUDY_FILE} beside it")
+            spec = self._wanted() or ""
+            self._storage = open_storage(spec, self.root)
+            migrate(self.root, config, self._storage)
+            config["study"] = {
+                **config.get("study", {}),
+                "version": STUDY_VERSION,
+                "storage": spec,
+                "migrated_from": OLD_JOURNAL,
+                "migrated": now(),
+            }
+            atomic_write_text(self.config_path, tomli_w.dumps(config))
+        info(
+            f"{self.root}: migrated the {OLD_JOURNAL} study into {storage_label(spec, self.root)} "
+            f"({OLD_JOURNAL} is kept as it was)"
+        )
+
+    def _wanted(self) -> str | None:
+        """--storage as it is recorded: URLs as given, journal file paths absolute."""
+        if self.requested is None or "://" in self.requested:
+            return self.requested
+        return str(Path(self.requested).resolve())
+
+    def storage_spec(self) -> str:
+        """The storage on record; a different --storage for an existing study is refused."""
+        recorded = self.config().get("study", {}).get("storage")
+        wanted = self._wanted()
+        if recorded is not None and wanted is not None and wanted != recorded:
+            raise UsageError(
+                f"--storage {self.requested}: study {self.root} keeps its trials in "
+                f"{storage_label(recorded, self.root)}; drop --storage or pass that one"
+            )
+        return recorded if recorded is not None else (wanted or "")
+
+    def open(self) -> Study:
+        """Open the storage now (a bad URL, an unreachable server or a refused study fails here)."""
+        _ = self.storage
+        return self
+
+    @property
+    def storage(self) -> Any:
+        if self._storage is None:
+            self._storage = open_storage(self.storage_spec(), self.root)
+        return self._storage
+
+    def storage_label(self) -> str:
+        """The argument for `optuna-dashboard` / `optuna.load_study(storage=...)`."""
+        return storage_label(self.storage_spec(), self.root)
 
     def frozen_phase(self, phase: int) -> dict[str, Any] | None:
         return self.config().get(f"phase{phase}")
@@ -315,19 +279,27 @@ class Study:
 
     def freeze_phase(self, phase: int, frozen: dict[str, Any]) -> dict[str, Any]:
         """Record a phase's plan unless another worker froze it first; returns the plan on record."""
-        with self.journal.locked():
+        with self.lock.held():
             config = self.config()
             existing = config.get(f"phase{phase}")
             if existing is not None:
                 return existing
-            config.setdefault("study", {"version": STUDY_VERSION, "created": now()})
+            spec = self.storage_spec()
+            study_id = self.phase_store(phase).study_id(create=True)  # a bad URL fails before study.toml is written
+            for key, value in (
+                ("clipctl_study", str(self.root.resolve())),
+                ("objective", frozen["objective"]),
+                ("strategy", frozen["strategy"]),
+            ):  # for the dashboard; the plan is study.toml's
+                self.storage.set_study_user_attr(study_id, key, value)
+            config.setdefault("study", {"version": STUDY_VERSION, "created": now(), "storage": spec})
             config[f"phase{phase}"] = frozen
             atomic_write_text(self.config_path, tomli_w.dumps(config))
             return frozen
 
     def set_trial_budget(self, phase: int, n_trials: int) -> None:
         """Record a changed tune.n_trials (extending or shortening a phase is allowed; its space is not)."""
-        with self.journal.locked():
+        with self.lock.held():
             config = self.config()
             if config[f"phase{phase}"]["n_trials"] != n_trials:
                 config[f"phase{phase}"]["n_trials"] = n_trials
@@ -336,29 +308,53 @@ class Study:
     def phase_dir(self, phase: int) -> Path:
         return self.root / f"phase{phase}"
 
-    def worker(self) -> WorkerLease:
-        return WorkerLease(self.root)
+    def phase_store(self, phase: int, space: Any = None) -> PhaseStore:
+        return PhaseStore(self.storage, phase, space)
 
-    def worker_alive(self, worker_id: str) -> bool:
-        path = self.root / WORKERS_DIR / f"{worker_id}.lock"
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing also drops a lock we just took
-        path.unlink(missing_ok=True)
-        return False
+    def worker(self, phase: int) -> WorkerLease:
+        return WorkerLease(self.phase_store(phase), self.heartbeat_s)
 
-    def events(self) -> list[dict[str, Any]]:
-        return self.journal.read(0)[0]
+    def phase_state(self, phase: int) -> PhaseState:
+        store = self.phase_store(phase)
+        return PhaseState.from_attempts(phase, store.attempts(), store.attrs().get(SYS + "closed"))
 
     def state(self) -> StudyState:
         state = StudyState()
-        for event in self.events():
-            state.apply(event)
+        for number in self.frozen_phases():
+            state.phases[number] = self.phase_state(number)
         return state
+
+    def events(self, phase: int = 1) -> list[dict[str, Any]]:
+        """The phase as a timeline of events (started, retried, finished, closed) in decision order."""
+        store = self.phase_store(phase)
+        timeline: list[tuple[int, int, dict[str, Any]]] = []
+        for number, group in latest(store.attempts()).items():
+            for k, attempt in enumerate(group):
+                base = {"phase": phase, "trial": number, "worker": attempt.worker}
+                if k == 0:
+                    timeline.append(
+                        (
+                            attempt.start_seq,
+                            0,
+                            {
+                                **base,
+                                "event": "trial_started",
+                                "proposed": attempt.proposed,
+                                "point": attempt.point,
+                                "params": attempt.params,
+                                "ask": attempt.ask,
+                            },
+                        )
+                    )
+                else:
+                    if group[k - 1].told:
+                        timeline.append((attempt.start_seq, 0, {**base, "event": "trial_retried", "worker": ""}))
+                    if attempt.worker:
+                        timeline.append((attempt.start_seq, 1, {**base, "event": "trial_started", "rerun": True}))
+                if attempt.told:
+                    kind = "trial_" + FINISHED_STATES[attempt.state]
+                    timeline.append((attempt.tell_seq, 0, {**base, "event": kind, "value": attempt.result.get("told")}))
+        closed = store.attrs().get(SYS + "closed")
+        if closed is not None:
+            timeline.append((closed["seq"], 0, {"event": "phase_closed", "phase": phase, **closed}))
+        return [event for _, _, event in sorted(timeline, key=lambda item: item[:2])]

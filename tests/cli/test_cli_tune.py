@@ -84,9 +84,10 @@ def test_sigterm_stops_the_running_trial_and_the_same_command_resumes_it(tmp_pat
         launcher(),
     ]
     tuner = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "FAKE_EPOCH_SLEEP": "1"})
-    journal = study / "journal.jsonl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (journal.exists() and '"trial": 2' in journal.read_text()):
+    while time.monotonic() < deadline and not (
+        (study / "study.toml").exists() and len(Study(study).phase_state(1).trials) >= 2
+    ):
         time.sleep(0.1)
     tuner.send_signal(signal.SIGTERM)
     _, err = tuner.communicate(timeout=180)

@@ -107,6 +107,11 @@ epochs = 3
 """
 
 
+def storage_url(kind: str, folder: Path) -> str | None:
+    """A test storage: None (the study's journal file) or a SQLite URL for a database in `folder`."""
+    return None if kind == "journal" else f"sqlite:///{folder / 'optuna.db'}"
+
+
 def write_recipes(folder: Path, tune: str, name: str = "tune.toml") -> Path:
     """A base recipe and a tune recipe (the `[tune]` table text) in `folder`; returns the tune recipe."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,15 +130,18 @@ def launcher() -> str:
     return f"{sys.executable} {HERE}"
 
 
-def run_worker(study_dir: str, tune_path: str, parallel: int = 1) -> None:
-    """Run one worker on a phase with the fake trainer (used in-process and by subprocess workers)."""
+def run_worker(
+    study_dir: str, tune_path: str, parallel: int = 1, storage: str | None = None, heartbeat_s: float = 30.0
+) -> None:
+    """Run one worker on a phase with the fake trainer (used in-process and by subprocess workers);
+    `storage` None is the study folder's journal file."""
     from clipctl.tune.phases import open_phase
     from clipctl.tune.recipe import load_tune_recipe
     from clipctl.tune.runner import PhaseWorker, SubprocessRunner
     from clipctl.tune.store import Study
 
     tune, path = load_tune_recipe(tune_path)
-    study = Study(Path(study_dir))
+    study = Study(Path(study_dir), storage=storage, heartbeat_s=heartbeat_s)
     plan = open_phase(study, tune, path)
     runner = SubprocessRunner(fake_command(), parallel=parallel, gpus=[])
     PhaseWorker(study, plan, runner, parallel=parallel, log=lambda line: None).run()
@@ -141,6 +149,6 @@ def run_worker(study_dir: str, tune_path: str, parallel: int = 1) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        run_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        run_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] or None, float(sys.argv[6]))
     else:
         sys.exit(fake_train(sys.argv[1:]))

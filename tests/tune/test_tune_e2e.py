@@ -86,8 +86,9 @@ def tune_cmd(*args: object) -> list[str]:
 
 
 def proposals(study: Path) -> list[dict]:
-    lines = [json.loads(line) for line in (study / "journal.jsonl").read_text().splitlines()]
-    return [e["proposed"] for e in lines if e["event"] == "trial_started" and not e.get("rerun")]
+    from clipctl.tune.store import Study
+
+    return [e["proposed"] for e in Study(study).events(1) if e["event"] == "trial_started" and not e.get("rerun")]
 
 
 @pytest.mark.slow
@@ -118,7 +119,7 @@ def test_tune_on_shapes_killed_and_resumed_matches_an_uninterrupted_study(tmp_pa
     )
     deadline = time.monotonic() + 1200
     while time.monotonic() < deadline and process.poll() is None:  # stop it while trial 2 trains
-        if (killed / "journal.jsonl").exists() and len(proposals(killed)) >= 2:
+        if (killed / "study.toml").exists() and len(proposals(killed)) >= 2:
             process.send_signal(signal.SIGTERM)
             break
         time.sleep(0.2)

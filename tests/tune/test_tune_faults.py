@@ -4,19 +4,35 @@ trial re-run on resume), failed trials re-run with --retry-failed, malformed jou
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from helpers.output import without_warnings
 from helpers.trainkit import make_tiny_shapes
-from helpers.tune_fakes import launcher, run_worker, write_recipes
+from helpers.tune_fakes import HERE, launcher, run_worker, write_recipes
 
 from clipctl.errors import DataError
 from clipctl.tune.store import Study
 
+GP = """\
+[tune]
+base = "base.toml"
+phase = 1
+strategy = "gp"
+n_trials = {n_trials}
+n_initial = 2
+seed = 5
+[tune.fixed]
+"train.epochs" = 2
+[tune.space]
+"optim.name" = ["adamw", "radam"]
+"optim.lr" = {{ low = 1e-4, high = 1e-2, prior = "log-uniform" }}
+"""
 GRID = """\
 [tune]
 base = "base.toml"
@@ -33,8 +49,7 @@ prune = false
 
 
 def events(study: Path) -> list[dict]:
-    path = study / "journal.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return Study(study).events(1) if (study / "study.toml").exists() else []
 
 
 def one_line(err: str) -> None:
@@ -93,15 +108,88 @@ def test_retry_failed_runs_failed_trials_again(tmp_path, run_cli, monkeypatch):
     assert code == 2
 
 
-def test_a_journal_line_without_a_trial_id_is_skipped_in_status(tmp_path, run_cli):
-    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw"]'))
+def test_a_foreign_optuna_trial_in_a_phase_study_is_left_out(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "radam"]'))
     study = tmp_path / "study"
     run_worker(str(study), str(tune))
-    with open(study / "journal.jsonl", "a") as handle:
-        handle.write(json.dumps({"event": "trial_completed", "phase": 1, "value": 0.9}) + "\n")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(Study(study).storage_label()))
+    optuna.load_study(study_name="phase1", storage=storage).add_trial(optuna.trial.create_trial(value=0.99))
     code, _, err = run_cli("tune", "status", "--study", study, "--phase", "1")
-    assert code == 0 and "skipping an unreadable line" in err and "Traceback" not in err
-    assert "t001" in err
+    assert code == 0 and "t001" in err and "t002" in err and "0.99" not in err and "Traceback" not in err
+    assert len(Study(study).phase_state(1).trials) == 2
+
+
+OLD_STUDY = Path(__file__).parent / "fixtures" / "old_journal"  # written by clipctl before Optuna storage
+
+
+def test_an_old_journal_study_is_migrated_once_keeping_the_file_and_goes_on(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "rmsprop", "radam"]'))
+    old = tmp_path / "old"
+    shutil.copytree(OLD_STUDY, old)
+    journal = (old / "journal.jsonl").read_bytes()
+    code, _, err = run_cli("tune", "status", "--study", old, "--phase", "1")
+    assert code == 0 and f"{old}: migrated the journal.jsonl study into {old / 'optuna-journal.log'}" in err, err
+    state = Study(old).phase_state(1)
+    t1, t2, t3 = (state.trials[n] for n in (1, 2, 3))
+    assert (t1.status, t1.value, t1.epochs) == ("completed", 0.62, {0: 0.31, 1: 0.62})
+    assert t2.status == "running" and t2.worker == "" and t2.starts == 1  # --retry-failed was asked for
+    assert (t3.status, t3.value) == ("completed", 0.63) and state.closed is None
+    monkeypatch.setenv("FAKE_RMSPROP_FIXED", "1")
+    code, _, err = run_cli("tune", "--recipe", tune, "--study", old, "--launcher", launcher())
+    assert code == 0 and "migrated" not in err and "t002 started (re-run)" in err, err
+    state = Study(old).phase_state(1)
+    assert [t.status for t in state.trials.values()] == ["completed"] * 3 and state.trials[2].starts == 2
+    assert state.closed is not None and (old / "journal.jsonl").read_bytes() == journal
+    assert "migrated_from" in (old / "study.toml").read_text()
+
+
+def test_an_old_journal_replays_to_the_same_next_proposal_after_migration(tmp_path):
+    gp = GP.format(n_trials=5)
+    tune = write_recipes(tmp_path, gp)
+    run_worker(str(tmp_path / "straight"), str(tune))
+    straight = Study(tmp_path / "straight")
+    old = tmp_path / "old"  # the first 3 trials as the old clipctl recorded them
+    old.mkdir()
+    config = (tmp_path / "straight" / "study.toml").read_text()
+    (old / "study.toml").write_text(re.sub(r"version = 2\n(storage = .*\n)?", "version = 1\n", config))
+    lines = [
+        {k: v for k, v in e.items() if k != "ask" or v}
+        for e in straight.events(1)
+        if e["event"] != "phase_closed" and e["trial"] <= 3
+    ]
+    (old / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    worker = subprocess.run(
+        [sys.executable, str(HERE), "--worker", str(old), str(tune), "1", "", "30"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert worker.returncode == 0 and "replaying" not in worker.stderr, worker.stderr
+    proposed = [e["proposed"] for e in Study(old).events(1) if e["event"] == "trial_started"]
+    assert proposed == [e["proposed"] for e in straight.events(1) if e["event"] == "trial_started"]
+
+
+def test_an_old_study_that_never_started_a_trial_is_migrated_empty(tmp_path, run_cli):
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(OLD_STUDY / "study.toml", old / "study.toml")  # its preflight failed: no journal.jsonl yet
+    code, _, err = run_cli("tune", "status", "--study", old, "--json")
+    assert code == 0 and "migrated" in err, err
+    assert Study(old).phase_state(1).trials == {} and "version = 2" in (old / "study.toml").read_text()
+
+
+def test_an_old_journal_that_cannot_be_replayed_is_refused_in_one_line(tmp_path, run_cli):
+    old = tmp_path / "old"
+    shutil.copytree(OLD_STUDY, old)
+    with open(old / "journal.jsonl", "a") as handle:
+        handle.write("{not json\n")
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    code, _, err = run_cli("tune", "status", "--study", old)
+    assert code == 2 and f"{old}: cannot migrate the old journal.jsonl study (line 13 is not JSON)" in err
+    assert "--study NEW_DIR" in err
+    one_line(err)
+    assert {p.name: p.read_bytes() for p in old.iterdir() if p.name in before} == before
+    assert (old / "study.toml").read_text() == before["study.toml"].decode()
 
 
 def test_study_naming_a_file_is_a_usage_error(tmp_path, run_cli):

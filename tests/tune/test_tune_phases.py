@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.tune_fakes import launcher, write_recipes
+from helpers.tune_fakes import launcher, storage_url, write_recipes
 
 from clipctl.recipe import load_recipe
 from clipctl.tune.phases import build_plan, top_combos
@@ -71,14 +71,25 @@ def cli(*args: object) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.fixture(scope="module")
-def studied(tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=["journal", "sqlite"])
+def studied(tmp_path_factory, request) -> dict:
+    """Phases 1 and 2 run through the CLI, on the default journal file and on SQLite."""
     folder = tmp_path_factory.mktemp("tune")
     paths = {n: write_recipes(folder, text, f"phase{n}.toml") for n, text in ((1, PHASE1), (2, PHASE2), (3, PHASE3))}
     study = folder / "study"
+    storage = storage_url(request.param, folder)
     outputs = {}
     for phase in (1, 2):
-        code, _, err = cli("tune", "--recipe", paths[phase], "--study", study, "--launcher", launcher())
+        code, _, err = cli(
+            "tune",
+            "--recipe",
+            paths[phase],
+            "--study",
+            study,
+            "--launcher",
+            launcher(),
+            *(["--storage", storage] if storage else []),
+        )
         assert code == 0, err
         outputs[phase] = err
     return {"folder": folder, "study": study, "recipes": paths, "output": outputs}
@@ -166,12 +177,12 @@ def test_plot_writes_non_empty_pngs(studied, tmp_path):
 def test_editing_a_live_study_space_exits_2(studied, tmp_path):
     text = PHASE1.replace("high = 1e-2", "high = 5e-2")
     edited = write_recipes(tmp_path, text, "phase1.toml")
-    journal = Path(studied["study"]) / "journal.jsonl"
-    before = journal.read_text()
+    config = Path(studied["study"]) / "study.toml"
+    before = (config.read_text(), Study(studied["study"]).events(1))
     code, _, err = cli("tune", "--recipe", edited, "--study", studied["study"], "--launcher", launcher())
     assert code == 2
     assert "tune.space.optim.lr.high" in err and "live study" in err and "--study" in err
-    assert journal.read_text() == before
+    assert (config.read_text(), Study(studied["study"]).events(1)) == before
 
 
 def test_a_phase_before_its_hand_over_exits_2(studied, tmp_path):

@@ -1,0 +1,103 @@
+"""`clipctl tune --submit slurm --workers K`: K ordinary `clipctl tune` workers on one shared study, as jobs.
+
+submitit does the cluster part (sbatch scripts, job arrays, logs under `STUDY/submitit/`); each job only runs
+the same `python -m clipctl tune ...` a user would type on a node, so nothing here is cluster code and a job
+that dies is like any killed worker: its trial is re-run by another worker once its heartbeat stops.
+`--submit local` takes the same path through submitit's local executor (jobs are local processes) and waits
+for them, which is how the path is tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipctl.errors import ClipctlError, UsageError
+
+KINDS = ("slurm", "local")
+
+
+@dataclass(frozen=True)
+class TuneWorker:
+    """The job's payload: run one `clipctl tune` worker; its output goes to the job's log files."""
+
+    command: tuple[str, ...]
+    cwd: str
+
+    def __call__(self) -> int:
+        return subprocess.run(list(self.command), cwd=self.cwd, stdin=subprocess.DEVNULL, check=False).returncode
+
+
+def worker_command(
+    study: Path, phase: int | None, recipe: str | None, storage: str | None, parallel: int, launcher: str
+) -> list[str]:
+    """The command each job runs: this interpreter, absolute paths (a job may start in another folder)."""
+    command = [sys.executable, "-m", "clipctl", "tune", "--study", str(study.resolve()), "--parallel", str(parallel)]
+    if phase is not None:
+        command += ["--phase", str(phase)]
+    if recipe is not None:
+        command += ["--recipe", str(Path(recipe).resolve()) if Path(recipe).is_file() else recipe]
+    if storage is not None:
+        command += ["--storage", storage if "://" in storage else str(Path(storage).resolve())]
+    if launcher:
+        command += ["--launcher", launcher]
+    return command
+
+
+def make_executor(kind: str, folder: Path, *, partition: str | None, gpus_per_worker: int, time_limit: int) -> Any:
+    """A submitit executor; SLURM needs `sbatch` here (a login node), local runs jobs as processes."""
+    if kind not in KINDS:
+        raise UsageError(f"--submit {kind}: expected one of {', '.join(KINDS)}")
+    if kind == "slurm" and shutil.which("sbatch") is None:
+        raise UsageError(
+            "--submit slurm: sbatch is not on PATH, so submitit cannot reach SLURM here; run it on a "
+            "login node, or try the same path on this machine with --submit local"
+        )
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
+    params: dict[str, Any] = {"name": "clipctl-tune", "timeout_min": time_limit, "nodes": 1, "tasks_per_node": 1}
+    if gpus_per_worker:
+        params["gpus_per_node"] = gpus_per_worker
+    if kind == "slurm" and partition:
+        params["slurm_partition"] = partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit_workers(
+    study: Path,
+    phase: int | None,
+    recipe: str | None,
+    storage: str | None,
+    kind: str,
+    workers: int,
+    *,
+    partition: str | None = None,
+    gpus_per_worker: int = 0,
+    time_limit: int = 24 * 60,
+    parallel: int = 1,
+    launcher: str = "",
+) -> list[Any]:
+    """Submit the workers; returns their submitit jobs (`job.job_id`)."""
+    executor = make_executor(
+        kind, study / "submitit", partition=partition, gpus_per_worker=gpus_per_worker, time_limit=time_limit
+    )
+    payload = TuneWorker(tuple(worker_command(study, phase, recipe, storage, parallel, launcher)), os.getcwd())
+    return [executor.submit(payload) for _ in range(workers)]
+
+
+def wait_for(jobs: list[Any]) -> None:
+    """Wait for local jobs; the first that failed is the command's error, with its exit code and log."""
+    for job in jobs:
+        code = job.result()
+        if code != 0:
+            raise ClipctlError(
+                f"--submit local: worker job {job.job_id} exited with code {code}; see its log {job.paths.stderr}",
+                exit_code=code,
+            )

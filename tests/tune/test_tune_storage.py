@@ -1,0 +1,181 @@
+"""The study's Optuna storage: plain Optuna sees the trials, bad storages are one-line errors, a SIGKILLed
+worker's trial is failed after its heartbeat's grace period and re-run, and `--submit local` runs workers
+through submitit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import pytest
+from helpers.output import without_warnings
+from helpers.tune_fakes import HERE, launcher, run_worker, storage_url, write_recipes
+
+from clipctl.tune.store import Study
+
+GRID = """\
+[tune]
+base = "base.toml"
+phase = 1
+strategy = "grid"
+n_trials = 10
+prune = false
+[tune.fixed]
+"train.epochs" = {epochs}
+[tune.space]
+"optim.name" = {optimizers}
+"optim.lr" = [1e-3]
+"""
+
+
+def one_line(err: str) -> None:
+    err = without_warnings(err)
+    assert err.count("\n") == 1 and err.startswith("clipctl: error: ") and "Traceback" not in err, err
+
+
+def load(study: Study) -> optuna.Study:
+    """The phase-1 study as any Optuna client (or `optuna-dashboard`) opens it: by URL or journal file."""
+    label = study.storage_label()
+    if "://" in label:
+        return optuna.load_study(study_name="phase1", storage=label)
+    backend = optuna.storages.journal.JournalFileBackend(label)
+    return optuna.load_study(study_name="phase1", storage=optuna.storages.JournalStorage(backend))
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_plain_optuna_sees_the_trials_with_their_values_and_states(tmp_path, kind):
+    tune = write_recipes(tmp_path, GRID.format(epochs=2, optimizers='["adamw", "rmsprop", "radam"]'))
+    run_worker(str(tmp_path / "study"), str(tune), storage=storage_url(kind, tmp_path))
+    study = Study(tmp_path / "study")
+    trials = sorted(load(study).trials, key=lambda t: t.user_attrs["trial"])
+    assert [t.state for t in trials] == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.COMPLETE,
+    ]
+    ours = study.phase_state(1).trials
+    assert [t.value for t in trials if t.value is not None] == [ours[1].raw, ours[3].raw]
+    assert trials[1].user_attrs["told"] == ours[2].value < ours[1].value and trials[1].user_attrs["flagged"]
+    assert trials[0].params == {"optim.name": "adamw", "optim.lr": 1e-3}
+    assert trials[0].intermediate_values and max(trials[0].intermediate_values.values()) == ours[1].raw
+
+
+def test_the_dashboard_app_lists_the_phase_and_its_trials(tmp_path):
+    dashboard = pytest.importorskip("optuna_dashboard")
+    tune = write_recipes(tmp_path, GRID.format(epochs=2, optimizers='["adamw", "rmsprop"]'))
+    run_worker(str(tmp_path / "study"), str(tune))
+    app = dashboard.wsgi(Study(tmp_path / "study").storage_label())  # what `optuna-dashboard STORAGE` serves
+
+    def get(path: str) -> dict:
+        environ: dict = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = path
+        status: list[str] = []
+        body = b"".join(app(environ, lambda code, headers, exc_info=None: status.append(code)))
+        assert status == ["200 OK"], body[:300]
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    assert summary["study_name"] == "phase1" and summary["directions"] == ["maximize"]
+    trials = get(f"/api/studies/{summary['study_id']}")["trials"]
+    assert [(t["state"], t.get("values")) for t in trials] == [("Complete", [0.62]), ("Fail", None)]
+    assert {"key": "trial", "value": "2"} in trials[1]["user_attrs"]
+
+
+def test_a_bad_storage_url_is_one_line_exit_2_and_writes_no_study(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID.format(epochs=1, optimizers='["adamw"]'))
+    for url in ("nosuchdb://host/db", f"sqlite:///{tmp_path}/missing/dir/x.db"):
+        code, _, err = run_cli(
+            "tune", "--recipe", tune, "--study", tmp_path / "s", "--storage", url, "--launcher", launcher()
+        )
+        assert code == 2 and f"--storage {url}: cannot open it" in err
+        one_line(err)
+        assert not (tmp_path / "s" / "study.toml").exists()
+
+
+def test_another_storage_for_an_existing_study_is_refused(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID.format(epochs=1, optimizers='["adamw"]'))
+    run_worker(str(tmp_path / "study"), str(tune))
+    code, _, err = run_cli(
+        "tune",
+        "--recipe",
+        tune,
+        "--study",
+        tmp_path / "study",
+        "--storage",
+        f"sqlite:///{tmp_path}/other.db",
+        "--launcher",
+        launcher(),
+    )
+    assert code == 2 and "keeps its trials in" in err and "optuna-journal.log" in err
+    one_line(err)
+    code, _, err = run_cli("tune", "status", "--study", tmp_path / "study")
+    assert code == 0 and f"optuna-dashboard {tmp_path / 'study' / 'optuna-journal.log'}" in err
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_sigkilled_worker_s_trial_is_failed_after_the_grace_period_and_re_run(tmp_path, kind):
+    tune = write_recipes(tmp_path, GRID.format(epochs=3, optimizers='["adamw"]'))
+    study, storage = tmp_path / "study", storage_url(kind, tmp_path)
+    env = {**os.environ, "FAKE_EPOCH_SLEEP": "1"}
+
+    def worker() -> subprocess.Popen:  # heartbeat every 1 s: declared dead 4 s after its last beat
+        return subprocess.Popen(
+            [sys.executable, str(HERE), "--worker", str(study), str(tune), "1", storage or "", "1"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    doomed = worker()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        (study / "study.toml").exists() and 1 in (trials := Study(study).phase_state(1).trials) and trials[1].epochs
+    ):
+        time.sleep(0.1)
+    doomed.send_signal(signal.SIGKILL)  # mid-trial, no sign-off: only the heartbeat can tell
+    doomed.wait(timeout=30)
+    killed_at = time.time()
+    rescuer = worker()
+    _, err = rescuer.communicate(timeout=300)
+    assert rescuer.returncode == 0, err
+    record = Study(study).phase_state(1).trials[1]
+    assert record.status == "completed" and record.starts == 2 and not record.flagged
+    attempts = sorted(load(Study(study)).trials, key=lambda t: t.number)
+    assert [t.state for t in attempts] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "stopped; trial re-run by" in attempts[0].user_attrs["reason"] and "told" not in attempts[0].user_attrs
+    assert attempts[1].datetime_start.timestamp() - killed_at > 2.5  # waited for the grace period first
+    assert attempts[0].user_attrs["worker"] != attempts[1].user_attrs["worker"]
+
+
+def test_submit_local_runs_two_workers_through_submitit_to_the_end(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, GRID.format(epochs=2, optimizers='["adamw", "radam", "adam", "rmsprop"]'))
+    study = tmp_path / "study"
+    code, out, err = run_cli(
+        "tune", "--recipe", tune, "--study", study, "--launcher", launcher(), "--submit", "local", "--workers", "2"
+    )
+    assert code == 0, err
+    assert len(out.split()) == 2 and "submitted 2 `clipctl tune` worker(s)" in err
+    state = Study(study).phase_state(1)
+    assert [t.status for t in state.trials.values()] == ["completed", "completed", "completed", "failed"]
+    assert state.closed is not None and (study / "submitit").is_dir()
+
+
+def test_submit_slurm_without_sbatch_is_one_line_exit_2(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
+    tune = write_recipes(tmp_path, GRID.format(epochs=1, optimizers='["adamw"]'))
+    code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--submit", "slurm", "--workers", "2")
+    assert code == 2 and "sbatch is not on PATH" in err and "--submit local" in err
+    one_line(err)
+    code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--submit", "pbs")
+    assert code == 2 and "--submit pbs: expected one of slurm, local" in err
+    code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--workers", "2")
+    assert code == 2 and "go with --submit" in err
+    code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--submit", "local", "--retry-failed")
+    assert code == 2 and "without --submit" in err
