@@ -28,6 +28,7 @@ def _print_unwrapped(table: Table) -> None:
     Console(file=sys.stderr, width=max(width, con.width), no_color=True, highlight=False).print(table)
 
 
+# Over 60 lines: most of them declare its Typer options; the body only parses, calls and renders.
 def compare(
     runs: list[Path] | None = typer.Argument(
         None, help="Run directories, or folders searched recursively for them (default: ./runs)."

@@ -251,6 +251,8 @@ class _Retry(Exception):
         self.reason, self.responded, self.no_network = reason, responded, no_network
 
 
+# Over 60 lines: one request's whole protocol (range, status, length, body, checksum) in one place, so every
+# early exit is seen together.
 def _fetch_once(
     session: requests.Session,
     url: str,

@@ -233,6 +233,7 @@ def _hub_files(spec: DatasetSpec, root: Path) -> tuple[dict[str, Path], dict[str
     return paths, downloads, sources
 
 
+# Over 60 lines: the three ImageNet source layouts side by side inside one temp-folder transaction.
 def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any]:
     target = dataset_dir(spec, root)
     tmp = root / f".{spec.folder}.tmp-{os.getpid()}"

@@ -453,6 +453,7 @@ def _dump(value: Any) -> bytes:
     return (json.dumps(value, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
 
 
+# Over 60 lines: one temp-folder transaction (generate, digest, swap in, manifest last) that reads best in order.
 def generate_shapes(root: Path, config: ShapesConfig = ShapesConfig(), workers: int | None = None) -> dict[str, Any]:
     """Generate into a temp folder, swap it in atomically, write the manifest last; returns the manifest."""
     config.check()

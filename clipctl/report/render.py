@@ -187,6 +187,7 @@ def _stat_json(stat: Stat) -> dict[str, Any]:
     return {"mean": stat.mean, "std": stat.std, "n": stat.n, "values": stat.values}
 
 
+# Over 60 lines: one literal, the schema of `compare --json`, kept whole so it can be read as one.
 def to_json(c: Comparison) -> dict[str, Any]:
     """The whole comparison; metrics and their stats are fractions, deltas are percent."""
     groups = []

@@ -394,6 +394,7 @@ class Trainer:
             f"{self.run.state_dir} (resume with --resume auto)"
         )
 
+    # Over 60 lines: the step loop; fetch, update, logging, progress, checkpoints and the stop check read best in order.
     def _train_epoch(self, epoch: int, stop: StopRequest) -> None:
         cfg, p = self.recipe.train, self.progress
         loader = self.parts.train_loader(epoch, start_batch=p.batch)
