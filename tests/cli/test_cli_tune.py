@@ -8,22 +8,12 @@ import subprocess
 import sys
 import time
 
-from helpers.tune_fakes import launcher, write_recipes
+from helpers.tune_fakes import grid_recipe, launcher, write_recipes
+
 
 from clipctl.tune.store import Study
 
-GRID = """\
-[tune]
-base = "base.toml"
-phase = 1
-strategy = "grid"
-n_trials = 10
-[tune.fixed]
-"train.epochs" = 3
-[tune.space]
-"optim.name" = ["adamw", "radam"]
-"optim.lr" = [1e-3, 2e-3]
-"""
+GRID = grid_recipe(["adamw", "radam"], epochs=3, lrs=(1e-3, 2e-3), prune=True)
 
 
 def test_dry_run_prints_trials_epochs_and_measured_step_time(tmp_path, run_cli):

@@ -112,6 +112,17 @@ def storage_url(kind: str, folder: Path) -> str | None:
     return None if kind == "journal" else f"sqlite:///{folder / 'optuna.db'}"
 
 
+def grid_recipe(optimizers: list[str], epochs: int = 2, lrs: tuple[float, ...] = (1e-3,), prune: bool = False) -> str:
+    """A phase-1 grid over optimizers x learning rates, every trial `epochs` long (TOML text)."""
+    names = ", ".join(f'"{name}"' for name in optimizers)
+    return (
+        '[tune]\nbase = "base.toml"\nphase = 1\nstrategy = "grid"\nn_trials = 10\n'
+        + ("" if prune else "prune = false\n")
+        + f'[tune.fixed]\n"train.epochs" = {epochs}\n'
+        + f'[tune.space]\n"optim.name" = [{names}]\n"optim.lr" = [{", ".join(map(str, lrs))}]\n'
+    )
+
+
 def write_recipes(folder: Path, tune: str, name: str = "tune.toml") -> Path:
     """A base recipe and a tune recipe (the `[tune]` table text) in `folder`; returns the tune recipe."""
     folder.mkdir(parents=True, exist_ok=True)

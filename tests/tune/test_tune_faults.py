@@ -14,7 +14,7 @@ import optuna
 import pytest
 from helpers.output import without_warnings
 from helpers.trainkit import make_tiny_shapes
-from helpers.tune_fakes import HERE, launcher, run_worker, write_recipes
+from helpers.tune_fakes import HERE, grid_recipe, launcher, run_worker, write_recipes
 
 from clipctl.errors import DataError
 from clipctl.tune.store import Study
@@ -33,19 +33,6 @@ seed = 5
 "optim.name" = ["adamw", "radam"]
 "optim.lr" = {{ low = 1e-4, high = 1e-2, prior = "log-uniform" }}
 """
-GRID = """\
-[tune]
-base = "base.toml"
-phase = 1
-strategy = "grid"
-n_trials = 10
-prune = false
-[tune.fixed]
-"train.epochs" = 2
-[tune.space]
-"optim.name" = {optimizers}
-"optim.lr" = [1e-3]
-"""
 
 
 def events(study: Path) -> list[dict]:
@@ -58,7 +45,7 @@ def one_line(err: str) -> None:
 
 
 def test_missing_data_is_refused_before_any_trial_then_the_same_command_trains(tmp_path, run_cli, monkeypatch):
-    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "radam"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam"]))
     ready = tmp_path / "data-ready"
     monkeypatch.setenv("FAKE_NEEDS_FILE", str(ready))
     args = ("tune", "--recipe", tune, "--study", tmp_path / "study", "--launcher", launcher())
@@ -74,7 +61,7 @@ def test_missing_data_is_refused_before_any_trial_then_the_same_command_trains(t
 
 
 def test_a_trial_data_error_stops_the_study_untold_and_is_re_run_on_resume(tmp_path, monkeypatch):
-    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "radam"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam"]))
     study = tmp_path / "study"
     ready = tmp_path / "data-ready"
     monkeypatch.setenv("FAKE_NEEDS_FILE", str(ready))  # the data disappears after the preflight
@@ -92,7 +79,7 @@ def test_a_trial_data_error_stops_the_study_untold_and_is_re_run_on_resume(tmp_p
 
 
 def test_retry_failed_runs_failed_trials_again(tmp_path, run_cli, monkeypatch):
-    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "rmsprop"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "rmsprop"]))
     study = tmp_path / "study"
     args = ("tune", "--recipe", tune, "--study", study, "--launcher", launcher())
     code, _, err = run_cli(*args)
@@ -109,7 +96,7 @@ def test_retry_failed_runs_failed_trials_again(tmp_path, run_cli, monkeypatch):
 
 
 def test_a_foreign_optuna_trial_in_a_phase_study_is_left_out(tmp_path, run_cli):
-    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "radam"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam"]))
     study = tmp_path / "study"
     run_worker(str(study), str(tune))
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(Study(study).storage_label()))
@@ -123,7 +110,7 @@ OLD_STUDY = Path(__file__).parent / "fixtures" / "old_journal"  # written by cli
 
 
 def test_an_old_journal_study_is_migrated_once_keeping_the_file_and_goes_on(tmp_path, run_cli, monkeypatch):
-    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw", "rmsprop", "radam"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "rmsprop", "radam"]))
     old = tmp_path / "old"
     shutil.copytree(OLD_STUDY, old)
     journal = (old / "journal.jsonl").read_bytes()
@@ -193,7 +180,7 @@ def test_an_old_journal_that_cannot_be_replayed_is_refused_in_one_line(tmp_path,
 
 
 def test_study_naming_a_file_is_a_usage_error(tmp_path, run_cli):
-    tune = write_recipes(tmp_path, GRID.format(optimizers='["adamw"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"]))
     afile = tmp_path / "afile"
     afile.write_text("x")
     for args in (("tune", "status", "--study", afile), ("tune", "--recipe", tune, "--study", afile)):
@@ -241,7 +228,7 @@ def test_tune_on_shapes_without_its_training_data_exits_3_then_trains_the_full_b
     train = tmp_path / "later" / "train.json"
     (tmp_path / "base.toml").write_text(TINY_BASE.format(train=train, shapes=shapes))
     (tmp_path / "tune.toml").write_text(
-        GRID.format(optimizers='["adamw", "radam"]').replace('"train.epochs" = 2', '"train.epochs" = 1')
+        grid_recipe(["adamw", "radam"]).replace('"train.epochs" = 2', '"train.epochs" = 1')
     )
     command = [
         sys.executable,

@@ -15,23 +15,9 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pytest
 from helpers.output import without_warnings
-from helpers.tune_fakes import HERE, launcher, run_worker, storage_url, write_recipes
+from helpers.tune_fakes import HERE, grid_recipe, launcher, run_worker, storage_url, write_recipes
 
 from clipctl.tune.store import Study
-
-GRID = """\
-[tune]
-base = "base.toml"
-phase = 1
-strategy = "grid"
-n_trials = 10
-prune = false
-[tune.fixed]
-"train.epochs" = {epochs}
-[tune.space]
-"optim.name" = {optimizers}
-"optim.lr" = [1e-3]
-"""
 
 
 def one_line(err: str) -> None:
@@ -50,7 +36,7 @@ def load(study: Study) -> optuna.Study:
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_plain_optuna_sees_the_trials_with_their_values_and_states(tmp_path, kind):
-    tune = write_recipes(tmp_path, GRID.format(epochs=2, optimizers='["adamw", "rmsprop", "radam"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "rmsprop", "radam"], epochs=2))
     run_worker(str(tmp_path / "study"), str(tune), storage=storage_url(kind, tmp_path))
     study = Study(tmp_path / "study")
     trials = sorted(load(study).trials, key=lambda t: t.user_attrs["trial"])
@@ -68,7 +54,7 @@ def test_plain_optuna_sees_the_trials_with_their_values_and_states(tmp_path, kin
 
 def test_the_dashboard_app_lists_the_phase_and_its_trials(tmp_path):
     dashboard = pytest.importorskip("optuna_dashboard")
-    tune = write_recipes(tmp_path, GRID.format(epochs=2, optimizers='["adamw", "rmsprop"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "rmsprop"], epochs=2))
     run_worker(str(tmp_path / "study"), str(tune))
     app = dashboard.wsgi(Study(tmp_path / "study").storage_label())  # what `optuna-dashboard STORAGE` serves
 
@@ -89,7 +75,7 @@ def test_the_dashboard_app_lists_the_phase_and_its_trials(tmp_path):
 
 
 def test_a_bad_storage_url_is_one_line_exit_2_and_writes_no_study(tmp_path, run_cli):
-    tune = write_recipes(tmp_path, GRID.format(epochs=1, optimizers='["adamw"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"], epochs=1))
     for url in ("nosuchdb://host/db", f"sqlite:///{tmp_path}/missing/dir/x.db"):
         code, _, err = run_cli(
             "tune", "--recipe", tune, "--study", tmp_path / "s", "--storage", url, "--launcher", launcher()
@@ -100,7 +86,7 @@ def test_a_bad_storage_url_is_one_line_exit_2_and_writes_no_study(tmp_path, run_
 
 
 def test_another_storage_for_an_existing_study_is_refused(tmp_path, run_cli):
-    tune = write_recipes(tmp_path, GRID.format(epochs=1, optimizers='["adamw"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"], epochs=1))
     run_worker(str(tmp_path / "study"), str(tune))
     code, _, err = run_cli(
         "tune",
@@ -121,7 +107,7 @@ def test_another_storage_for_an_existing_study_is_refused(tmp_path, run_cli):
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_a_sigkilled_worker_s_trial_is_failed_after_the_grace_period_and_re_run(tmp_path, kind):
-    tune = write_recipes(tmp_path, GRID.format(epochs=3, optimizers='["adamw"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"], epochs=3))
     study, storage = tmp_path / "study", storage_url(kind, tmp_path)
     env = {**os.environ, "FAKE_EPOCH_SLEEP": "1"}
 
@@ -155,7 +141,7 @@ def test_a_sigkilled_worker_s_trial_is_failed_after_the_grace_period_and_re_run(
 
 
 def test_submit_local_runs_two_workers_through_submitit_to_the_end(tmp_path, run_cli):
-    tune = write_recipes(tmp_path, GRID.format(epochs=2, optimizers='["adamw", "radam", "adam", "rmsprop"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam", "adam", "rmsprop"], epochs=2))
     study = tmp_path / "study"
     code, out, err = run_cli(
         "tune", "--recipe", tune, "--study", study, "--launcher", launcher(), "--submit", "local", "--workers", "2"
@@ -169,7 +155,7 @@ def test_submit_local_runs_two_workers_through_submitit_to_the_end(tmp_path, run
 
 def test_submit_slurm_without_sbatch_is_one_line_exit_2(tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
-    tune = write_recipes(tmp_path, GRID.format(epochs=1, optimizers='["adamw"]'))
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"], epochs=1))
     code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--submit", "slurm", "--workers", "2")
     assert code == 2 and "sbatch is not on PATH" in err and "--submit local" in err
     one_line(err)
