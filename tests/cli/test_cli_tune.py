@@ -10,7 +10,6 @@ import time
 
 from helpers.tune_fakes import grid_recipe, launcher, write_recipes
 
-
 from clipctl.tune.store import Study
 
 GRID = grid_recipe(["adamw", "radam"], epochs=3, lrs=(1e-3, 2e-3), prune=True)
