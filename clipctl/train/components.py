@@ -19,6 +19,7 @@ from clipctl.data.shapes import ShapesConfig, ensure_shapes, shapes_present
 from clipctl.data.text import TextTokenizer, build_tokenizer, trim_padding
 from clipctl.data.transforms import eval_transform, train_transform
 from clipctl.errors import DataError, UsageError
+from clipctl.evaluate.encode import Precision
 from clipctl.evaluate.splits import evaluate_split
 from clipctl.losses import build_loss
 from clipctl.model.clip import CLIPModel, ProjectionHeads, build_model
@@ -129,8 +130,9 @@ class Components:
             persistent_workers=data.persistent_workers,
         )
 
-    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, Any]:
-        """Validation (`split="val"`, keys prefixed `val/`) or test metrics (unprefixed, with their sources)."""
+    def evaluate(self, model: torch.nn.Module, split: str, precision: Precision = "no") -> dict[str, Any]:
+        """Validation (`split="val"`, keys prefixed `val/`) or test metrics (unprefixed, with their sources),
+        encoded in `precision` (the training run's: bf16 where it trains in bf16)."""
         ev = self.recipe.eval
         retrieval_ref, zeroshot_ref = (
             (ev.val_retrieval, ev.val_zeroshot) if split == "val" else (ev.test_retrieval, ev.test_zeroshot)
@@ -150,6 +152,7 @@ class Components:
             num_workers=self.recipe.data.num_workers,
             device=self.device,
             prefix="val/" if split == "val" else "",
+            precision=precision,
             max_missing=ev.max_missing,
         )
         model.train(was_training)

@@ -543,7 +543,7 @@ class Trainer:
             return False
         improved = False
         if self.main:
-            metrics = self.parts.evaluate(self.parts.model, split="val")
+            metrics = self.parts.evaluate(self.parts.model, split="val", precision=self.accelerator.mixed_precision)
             self._log({"type": "eval", "epoch": epoch, "step": p.step, "split": self.recipe.eval.select_on, **metrics})
             objective = metrics["val/objective"]
             improved = objective > p.best_objective
@@ -592,7 +592,7 @@ class Trainer:
         if self.main and self.run.checkpoint.is_file():
             model = self.parts.model
             model.load_state_dict(load_checkpoint(self.run.checkpoint)["model"])
-            test = self.parts.evaluate(model, split="test")
+            test = self.parts.evaluate(model, split="test", precision=self.accelerator.mixed_precision)
             self._log({"type": "test", "epoch": self.progress.best_epoch, "step": self.progress.step, **test})
         self.accelerator.wait_for_everyone()
         return test

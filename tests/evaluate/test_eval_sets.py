@@ -100,3 +100,19 @@ def test_eval_says_how_many_it_scored(damaged, run_cli):
     code, _, err = run_cli("eval", ckpt, "--shapes", "--max-missing", "3")
     assert code == 0  # the table's SCORED column may be cut off the terminal's width; the line below is not
     assert f"shapes: scored {total - 3} of {total} retrieval images, 64 of 64 zero-shot images" in err
+
+
+def test_a_run_evaluates_in_its_training_precision(tmp_path, monkeypatch):
+    """Validation and the final test encode in the precision the run trains in (bf16 here, on the CPU)."""
+    shapes = make_tiny_shapes(tmp_path / "data", TINY_SHAPES)
+    seen: list[tuple[str, str]] = []
+    original = components.evaluate_split
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["prefix"], kwargs["precision"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(components, "evaluate_split", spy)
+    recipe = tiny_recipe(shapes, **{"train.epochs": 1, "data.train_fraction": 0.25, "train.precision": "bf16"})
+    train(recipe, TrainOptions(out_dir=tmp_path / "runs", name="bf16"))
+    assert seen == [("val/", "bf16"), ("", "bf16")]
