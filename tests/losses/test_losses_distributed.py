@@ -96,6 +96,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         for name, cfg in CONFIGS.items():
             torch.save(run(cfg, rank, WORLD), Path(out_dir) / f"{name}.{rank}.pt")
+        dist.barrier()  # no rank tears the group down while a peer may still be sending to it
     finally:
         dist.destroy_process_group()
 

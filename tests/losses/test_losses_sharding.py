@@ -94,6 +94,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 from_two = torch.load(out / f"{name}.2.0.pt", weights_only=True)["first"]["resume"]
                 records["resumed"] = run(sharded(cfg), rank, world, SCHEDULE[CUT:], from_two)
             torch.save(records, out / f"{name}.{world}.{rank}.pt")
+        # no rank tears the group down while a peer may still be sending to it (gloo aborts the process then)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
