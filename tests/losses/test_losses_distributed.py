@@ -39,9 +39,9 @@ CONFIGS = {
 SCHEDULE = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (epoch, batch in epoch): 2 epochs, every index revisited
 
 
-def global_batch(epoch: int, k: int):
-    """Like the loader: a seeded permutation per epoch, global batch k = perm[k*B:(k+1)*B]."""
-    perm = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
+def global_batch(epoch: int, k: int, n: int = N) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like the loader over `n` samples: a seeded permutation per epoch, global batch k = perm[k*B:(k+1)*B]."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
     gen = torch.Generator().manual_seed(100 * epoch + k)
     return (
         torch.randn(GLOBAL_B, DIM_IN, generator=gen),
@@ -59,18 +59,16 @@ class TwoTowers(torch.nn.Module):
         return F.normalize(self.image(xi), dim=1), F.normalize(self.text(xt), dim=1)
 
 
-def run(cfg: dict, rank: int, world: int) -> dict:
-    """The same training loop for both runs: rank r takes the r-th slice of every global batch."""
-    torch.manual_seed(0)
-    model = TwoTowers()
-    loss_fn = build_loss(cfg, num_samples=N, embed_dim=DIM)
+def record_steps(model: TwoTowers, loss_fn, rank: int, world: int, steps, n: int, lr: float) -> dict:
+    """The training loop of every multi-process test: rank r of `world` takes the r-th slice of each global
+    batch `(epoch, k)` of `steps`; records the loss, parameter gradients and this rank's feature gradients."""
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.SGD([{"params": model.parameters()}, *loss_fn.param_groups(0.5)], lr=0.5)
+    optimizer = torch.optim.SGD([{"params": model.parameters()}, *loss_fn.param_groups(lr)], lr=lr)
     b = GLOBAL_B // world
     rows = slice(rank * b, (rank + 1) * b)
     record: dict = {"loss": [], "grads": [], "feature_grads": []}
-    for epoch, k in SCHEDULE:
-        xi, xt, index = global_batch(epoch, k)
+    for epoch, k in steps:
+        xi, xt, index = global_batch(epoch, k, n)
         optimizer.zero_grad()
         fi, ft = wrapped(xi[rows], xt[rows])
         fi.retain_grad()
@@ -80,11 +78,19 @@ def run(cfg: dict, rank: int, world: int) -> dict:
         loss_fn.reduce_gradients()
         record["loss"].append(out.loss.item())
         record["grads"].append([p.grad.clone() for p in list(model.parameters()) + list(loss_fn.parameters())])
-        record["feature_grads"].append(
-            torch.cat([fi.grad, ft.grad], dim=1) / world
-        )  # out.loss carries K x this rank's share
+        # out.loss carries K x this rank's share
+        record["feature_grads"].append(torch.cat([fi.grad, ft.grad], dim=1) / world)
         optimizer.step()
         loss_fn.after_optimizer_step()
+    return record
+
+
+def run(cfg: dict, rank: int, world: int) -> dict:
+    """The same training loop for both runs, then the final state and parameters."""
+    torch.manual_seed(0)
+    model = TwoTowers()
+    loss_fn = build_loss(cfg, num_samples=N, embed_dim=DIM)
+    record = record_steps(model, loss_fn, rank, world, SCHEDULE, N, lr=0.5)
     record["state"] = {k: v.clone() for k, v in getattr(getattr(loss_fn, "state", None), "tensors", {}).items()}
     record["params"] = [p.detach().clone() for p in list(model.parameters()) + list(loss_fn.parameters())]
     return record

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_losses_distributed import CONFIGS, DIM, TwoTowers, check
+from test_losses_distributed import CONFIGS, DIM, GLOBAL_B, TwoTowers, check, record_steps
 
 from clipctl.errors import ResumeError, UsageError
 from clipctl.losses import build_loss
 from clipctl.recipe import validate_recipe
 
-N, GLOBAL_B = 18, 8  # N not divisible by 4: two of four shards keep a padding row
+N = 18  # not divisible by 4: two of four shards keep a padding row
 SCHEDULE = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (epoch, batch in epoch): 2 epochs, indices revisited
 CUT = 2  # the resumed runs stop after this many steps and continue in another world size
 # Below the 0.5 of test_losses_distributed: the K-process runs round differently from one process (~1e-7,
@@ -31,17 +31,6 @@ def sharded(cfg: dict) -> dict:
     return {**cfg, "state_sharding": "sharded"}
 
 
-def global_batch(epoch: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Like the loader: a seeded permutation per epoch, global batch k = perm[k*B:(k+1)*B]."""
-    perm = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
-    gen = torch.Generator().manual_seed(100 * epoch + k)
-    return (
-        torch.randn(GLOBAL_B, 6, generator=gen),
-        torch.randn(GLOBAL_B, 6, generator=gen),
-        perm[k * GLOBAL_B : (k + 1) * GLOBAL_B],
-    )
-
-
 def run(cfg: dict, rank: int, world: int, steps: list[tuple[int, int]], resume: dict | None = None) -> dict:
     """Train `steps` (rank r takes the r-th slice of each global batch), optionally from a saved state;
     record losses, gradients, the loss's state_dict (every rank calls it: a collective when sharded)."""
@@ -51,25 +40,7 @@ def run(cfg: dict, rank: int, world: int, steps: list[tuple[int, int]], resume: 
     if resume is not None:
         model.load_state_dict(resume["model"])
         loss_fn.load_state_dict(resume["loss"])
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.SGD([{"params": model.parameters()}, *loss_fn.param_groups(LR)], lr=LR)
-    b = GLOBAL_B // world
-    rows = slice(rank * b, (rank + 1) * b)
-    record: dict = {"loss": [], "grads": [], "feature_grads": []}
-    for epoch, k in steps:
-        xi, xt, index = global_batch(epoch, k)
-        optimizer.zero_grad()
-        fi, ft = wrapped(xi[rows], xt[rows])
-        fi.retain_grad()
-        ft.retain_grad()
-        out = loss_fn(fi, ft, index[rows], epoch=epoch)
-        out.loss.backward()
-        loss_fn.reduce_gradients()
-        record["loss"].append(out.loss.item())
-        record["grads"].append([p.grad.clone() for p in list(model.parameters()) + list(loss_fn.parameters())])
-        record["feature_grads"].append(torch.cat([fi.grad, ft.grad], dim=1) / world)
-        optimizer.step()
-        loss_fn.after_optimizer_step()
+    record = record_steps(model, loss_fn, rank, world, steps, N, LR)
     saved = loss_fn.state_dict()
     record["state"] = {"values": saved["_extra_state"]["values"], "scalars": saved["_extra_state"]["scalars"]}
     record["shard"] = loss_fn.state.values.clone()
