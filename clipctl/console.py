@@ -27,13 +27,24 @@ _stderr: Console | None = None
 OFF_TERMINAL_WIDTH = 1000  # a log or pipe has no width: tables keep whole cells instead of Rich's 80 columns
 
 
+def launched_rank() -> int:
+    """This process's rank when a launcher started several (torchrun and `accelerate launch` set RANK), else 0."""
+    return int(os.environ.get("RANK") or 0)
+
+
 def console() -> Console:
-    """The stderr console; honours NO_COLOR and plain output off a terminal."""
+    """The stderr console; honours NO_COLOR and plain output off a terminal. Under a multi-process launch every
+    rank runs the same command, so only rank 0 talks; errors bypass the console and come from every rank."""
     global _stderr
     if _stderr is None or _stderr.file is not sys.stderr:
         width = None if sys.stderr.isatty() else OFF_TERMINAL_WIDTH
         _stderr = Console(
-            stderr=True, no_color=bool(os.environ.get("NO_COLOR")), highlight=False, soft_wrap=True, width=width
+            stderr=True,
+            no_color=bool(os.environ.get("NO_COLOR")),
+            highlight=False,
+            soft_wrap=True,
+            width=width,
+            quiet=launched_rank() != 0,
         )
     return _stderr
 
@@ -52,7 +63,9 @@ def warn(message: str) -> None:
 
 
 def emit_json(payload: Any) -> None:
-    """Machine output: one JSON document on stdout."""
+    """Machine output: one JSON document on stdout (rank 0's, under a multi-process launch)."""
+    if launched_rank() != 0:
+        return
     sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
@@ -43,10 +45,22 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         raise UsageError("train.device = 'mps': no Apple GPU visible; use train.device = 'auto' or 'cpu'")
     use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     precision = resolve_precision(cfg, on_cuda=not use_cpu and torch.cuda.is_available())
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=precision,
         dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
         # rank 0 evaluates while the others wait in a collective; NCCL's 10-minute default can abort them all
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
     )
+    if dist.is_available() and dist.is_initialized():
+        atexit.unregister(destroy_process_groups)  # once per process, however many runs it trains
+        atexit.register(destroy_process_groups)
+    return accelerator
+
+
+def destroy_process_groups() -> None:
+    """Tear the process groups down at exit while the interpreter is still whole: left to finalisation, gloo's
+    worker threads can abort the process ("terminate called without an active exception") after a finished run.
+    Not after each run: a script may train several in one launch, and Accelerate keeps its state for them."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

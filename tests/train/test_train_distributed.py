@@ -56,6 +56,9 @@ def test_two_process_run_matches_one_process(tmp_path):
     env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # every rank ran the same command; one talks (the recipe's rho warning, the result table)
+    assert proc.stderr.count("warning: loss.rho_I") == 1 and proc.stderr.count("test metrics of the best") == 1
+    assert "terminate called" not in proc.stderr
     run = tmp_path / "two" / "two"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["steps"] == 4
