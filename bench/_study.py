@@ -13,6 +13,10 @@ runs' own end-of-training test. The chosen seed-0 run is copied into `--out` (sa
 run), the other seeds are trained there, then `clipctl compare` writes `compare.{md,json,png}` beside
 `grid.json` (every grid run's validation objective and last logged loss diagnostics). Finished runs are kept, so
 a rerun only completes what is missing. `--jobs K` trains K runs at a time with the torch threads split.
+
+A cell whose best value is its grid's smallest or largest is widened: the next point beyond that edge (the same
+ratio as to its neighbour) is trained and the choice made again, at most `--widen` times (default 2); grid.json
+lists the added points and any cell still at its edge.
 """
 
 from __future__ import annotations
@@ -131,6 +135,33 @@ def grid_rows(jobs: list[Job], runs: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def cell_rows(rows: list[dict[str, Any]], stem: str) -> list[dict[str, Any]]:
+    return [row for row in rows if row["recipe"] == stem]
+
+
+def widened(values: list[str], best: str) -> str | None:
+    """The point beyond the grid's edge when `best` is that edge (same ratio as to its neighbour), else None:
+    a best value on the edge says the optimum may lie outside the grid."""
+    ordered = sorted(values, key=float)
+    if len(ordered) < 2 or best not in (ordered[0], ordered[-1]):
+        return None
+    edge, inner = (ordered[-1], ordered[-2]) if best == ordered[-1] else (ordered[0], ordered[1])
+    return f"{float(edge) ** 2 / float(inner):.3g}"
+
+
+def refuse_other_values(out: Path, key: str, chosen: dict[str, str]) -> None:
+    """Final runs of a cell at a value other than its chosen one (the grid changed since) would be compared with
+    the new ones as one group: stop before training and say which."""
+    field = key.split(".")[-1]
+    for stem, value in chosen.items():
+        for run_dir in sorted(out.glob(f"{stem}-{field}-*-seed*")):
+            if run_dir.name.rsplit("-seed", 1)[0] != f"{stem}-{field}-{value}":
+                raise SystemExit(
+                    f"study: {run_dir} was trained at another {key} than the chosen {value}; move it out of "
+                    f"{out} (compare would group it with the new runs)"
+                )
+
+
 def compare(out: Path, results: Path) -> None:
     clipctl = [sys.executable, "-m", "clipctl", "compare", str(out)]
     markdown = subprocess.run(
@@ -156,21 +187,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where the final runs go (needed with seeds besides 0)")
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--widen", type=int, default=2, help="at most this many points added beyond a grid's edge")
     args = parser.parse_args()
     recipes = sorted(args.recipes.glob("*.toml")) if args.recipes.is_dir() else [args.recipes]
     recipes = [r for r in recipes if not r.stem.startswith("base")]
-    grid = [
-        Job(r, args.key, v, 0, args.grid_out)
-        for r in recipes
-        for v in grid_values(r, args.key, args.values, args.factors)
-    ]
-    rows = grid_rows(grid, run_all(grid, args.jobs))
-    chosen = {}
-    for recipe in recipes:
-        candidates = [row for row in rows if row["recipe"] == recipe.stem]
-        chosen[recipe.stem] = max(candidates, key=lambda row: row["val_objective"])["value"]
-        scores = ", ".join(f"{row['value']}: {100 * row['val_objective']:.2f}" for row in candidates)
-        info(f"{recipe.stem}: {args.key} = {chosen[recipe.stem]} chosen on validation ({scores})")
+    values = {r.stem: grid_values(r, args.key, args.values, args.factors) for r in recipes}
+    widened_by: dict[str, list[str]] = {r.stem: [] for r in recipes}
+    for round_ in range(args.widen + 1):
+        grid = [Job(r, args.key, v, 0, args.grid_out) for r in recipes for v in values[r.stem]]
+        rows = grid_rows(grid, run_all(grid, args.jobs))
+        chosen = {r.stem: max(cell_rows(rows, r.stem), key=lambda row: row["val_objective"])["value"] for r in recipes}
+        beyond = {stem: widened(values[stem], best) for stem, best in chosen.items()}
+        if round_ == args.widen or not any(beyond.values()):
+            break
+        for stem, value in beyond.items():
+            if value is not None:
+                info(f"study: {stem}: best {args.key} = {chosen[stem]} is the grid's edge; adding {value}")
+                values[stem].append(value)
+                widened_by[stem].append(value)
+    for stem, best in chosen.items():
+        scores = ", ".join(f"{row['value']}: {100 * row['val_objective']:.2f}" for row in cell_rows(rows, stem))
+        edge = " (still the grid's edge)" if beyond[stem] else ""
+        info(f"{stem}: {args.key} = {best} chosen on validation{edge} ({scores})")
     args.results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         args.results / "grid.json",
@@ -179,12 +217,15 @@ def main() -> None:
             "selected_on": "validation split (best epoch's val/objective), seed 0",
             "rows": rows,
             "chosen": chosen,
+            "widened": widened_by,
+            "still_at_edge": sorted(stem for stem, value in beyond.items() if value),
             "load": Path("/proc/loadavg").read_text().split()[:3],
         },
         indent=2,
     )
     if args.out is None:
         return
+    refuse_other_values(args.out, args.key, chosen)
     final = []
     for recipe in recipes:
         picked = Job(recipe, args.key, chosen[recipe.stem], 0, args.grid_out)
