@@ -1,0 +1,112 @@
+"""Paired per-seed differences between the groups of a study, read from its `clipctl compare --json` output.
+
+    python bench/_paired.py bench/results/study2/b/compare.json
+
+A seed fixes the initial weights and the data order for every recipe of a study, so the difference of two groups
+seed by seed is the comparison to read, not the difference of their means over a spread of seeds. Every two
+groups whose names differ in exactly one `_`-separated part (the loss, the batch, the towers) are paired;
+`paired.{md,json}` beside the input list, per pair, the per-seed differences of each metric in points (second
+minus first, names in natural order: b8 before b32), their mean, and on how many seeds the second was higher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from _common import info
+
+from clipctl.atomic import atomic_write_json, atomic_write_text
+
+METRICS = ("average", "tr@1", "ir@1", "acc@1")
+
+
+def natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def differing_part(first: str, second: str) -> int | None:
+    """The index of the one `_`-separated part in which the names differ, else None."""
+    a, b = first.split("_"), second.split("_")
+    if len(a) != len(b):
+        return None
+    differ = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+    return differ[0] if len(differ) == 1 else None
+
+
+def per_seed(group: dict[str, Any], metric: str) -> dict[int, float]:
+    return dict(zip(group["seeds"], group["metrics"][metric]["values"], strict=True))
+
+
+def pair(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any] | None:
+    """Differences on the seeds both groups have (None when they share fewer than two)."""
+    seeds = sorted(set(first["seeds"]) & set(second["seeds"]) - {None})
+    if len(seeds) < 2:
+        return None
+    row: dict[str, Any] = {"first": first["label"], "second": second["label"], "seeds": seeds}
+    for metric in METRICS:
+        a, b = per_seed(first, metric), per_seed(second, metric)
+        deltas = [100 * (b[s] - a[s]) for s in seeds]
+        row[metric] = {
+            "deltas": deltas,
+            "mean": statistics.fmean(deltas),
+            "std": statistics.stdev(deltas),
+            "second_higher": sum(d > 0 for d in deltas),
+        }
+    return row
+
+
+def paired_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    measured = sorted((g for g in groups if g["kind"] == "measured"), key=lambda g: natural_key(g["label"]))
+    rows = []
+    for first, second in itertools.combinations(measured, 2):
+        if differing_part(first["label"], second["label"]) is not None and (row := pair(first, second)):
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], source: Path) -> str:
+    lines = [
+        f"### Paired per-seed differences ({source})",
+        "",
+        "| first | second | seeds | Δaverage per seed | mean ± std | second higher | ΔTR@1 | ΔIR@1 | ΔACC@1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        avg = row["average"]
+        others = " | ".join(f"{row[m]['mean']:+.2f}" for m in METRICS[1:])
+        lines.append(
+            f"| {row['first']} | {row['second']} | {', '.join(map(str, row['seeds']))} | "
+            f"{', '.join(f'{d:+.2f}' for d in avg['deltas'])} | {avg['mean']:+.2f} ± {avg['std']:.2f} | "
+            f"{avg['second_higher']}/{len(row['seeds'])} | {others} |"
+        )
+    lines += [
+        "",
+        "- Δ = second − first, test metrics in points (percent of items); the two groups differ in one part of "
+        "their names; average = (TR@1 + IR@1 + ACC@1) / 3; ΔTR@1, ΔIR@1, ΔACC@1 are means over the seeds",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_paired(compare_json: Path) -> Path:
+    """paired.{md,json} beside `compare_json`; returns the markdown's path."""
+    rows = paired_rows(json.loads(compare_json.read_text())["groups"])
+    out = compare_json.parent
+    atomic_write_json(out / "paired.json", {"source": str(compare_json), "pairs": rows}, indent=2)
+    atomic_write_text(out / "paired.md", markdown(rows, compare_json))
+    return out / "paired.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("compare_json", type=Path, help="`clipctl compare RUNS --json` output of the study")
+    info(f"paired: {write_paired(parser.parse_args().compare_json)}")
+
+
+if __name__ == "__main__":
+    main()
