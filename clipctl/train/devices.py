@@ -9,6 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from clipctl.errors import UsageError
@@ -45,6 +46,7 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         raise UsageError("train.device = 'mps': no Apple GPU visible; use train.device = 'auto' or 'cpu'")
     use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     precision = resolve_precision(cfg, on_cuda=not use_cpu and torch.cuda.is_available())
+    _forget_another_setup(use_cpu, precision)
     accelerator = Accelerator(
         cpu=use_cpu,
         mixed_precision=precision,
@@ -56,6 +58,17 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         atexit.unregister(destroy_process_groups)  # once per process, however many runs it trains
         atexit.register(destroy_process_groups)
     return accelerator
+
+
+def _forget_another_setup(use_cpu: bool, precision: str) -> None:
+    """Accelerate keeps one state per process and refuses a second precision in it, so a script or notebook that
+    trains a float32 run and then a bf16 one would fail: a single process starts afresh. A launched multi-process
+    job keeps its state, which holds its process group."""
+    state = AcceleratorState._shared_state
+    if not state or (dist.is_available() and dist.is_initialized()):
+        return
+    if state.get("_mixed_precision") != precision or state.get("_cpu") != use_cpu:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def destroy_process_groups() -> None:

@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState
 from helpers.trainkit import TINY_SHAPES, make_tiny_shapes, tiny_recipe
 
 from clipctl.data.datasets import ClassificationDataset, RetrievalDataset
@@ -103,16 +102,7 @@ def test_eval_says_how_many_it_scored(damaged, run_cli):
     assert f"shapes: scored {total - 3} of {total} retrieval images, 64 of 64 zero-shot images" in err
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Accelerate keeps one process-wide state whose mixed precision cannot change: a bf16 run in a process
-    that already trained in float32 needs it cleared, and the next test needs it cleared again."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def test_a_run_evaluates_in_its_training_precision(tmp_path, monkeypatch, fresh_accelerate_state):
+def test_a_run_evaluates_in_its_training_precision(tmp_path, monkeypatch):
     """Validation and the final test encode in the precision the run trains in (bf16 here, on the CPU)."""
     shapes = make_tiny_shapes(tmp_path / "data", TINY_SHAPES)
     seen: list[tuple[str, str]] = []

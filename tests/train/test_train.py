@@ -234,6 +234,16 @@ def test_state_holds_one_rng_entry_per_rank_and_model_is_on_device_before_the_op
     assert devices == [{torch.device("cpu")}]
 
 
+def test_one_process_can_train_in_another_precision_after_a_run():
+    """Accelerate's per-process state refuses a second precision; a script training a float32 run and then a
+    bf16 one (and back) must not need a fresh interpreter."""
+    from clipctl.recipe import TrainConfig
+    from clipctl.train.devices import build_accelerator
+
+    for precision in ("no", "bf16", "no"):
+        assert build_accelerator(TrainConfig(device="cpu", precision=precision)).mixed_precision == precision
+
+
 def test_process_group_timeout_is_a_recipe_key_and_not_tracked_for_resume():
     from clipctl.recipe import TrainConfig
     from clipctl.train.devices import build_accelerator
