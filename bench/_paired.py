@@ -4,7 +4,8 @@
 
 A seed fixes the initial weights and the data order for every recipe of a study, so the difference of two groups
 seed by seed is the comparison to read, not the difference of their means over a spread of seeds. Every two
-groups whose names differ in exactly one `_`-separated part (the loss, the batch, the towers) are paired;
+groups whose recipe names differ in exactly one `_`-separated part (the loss, the batch, the towers) are paired
+(a grid value chosen per cell, `-lr-0.002` in a group's name, is not a part);
 `paired.{md,json}` beside the input list, per pair, the per-seed differences of each metric in points (second
 minus first, names in natural order: b8 before b32), their mean, and on how many seeds the second was higher.
 """
@@ -30,9 +31,15 @@ def natural_key(name: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def recipe_of(label: str) -> str:
+    """A study group's recipe: its label without the grid value (`cliptowers_clip_b8-lr-0.002`: the lr was
+    chosen per cell, so it is not a factor of the comparison)."""
+    return label.split("-")[0]
+
+
 def differing_part(first: str, second: str) -> int | None:
-    """The index of the one `_`-separated part in which the names differ, else None."""
-    a, b = first.split("_"), second.split("_")
+    """The index of the one `_`-separated part in which the recipes differ, else None."""
+    a, b = recipe_of(first).split("_"), recipe_of(second).split("_")
     if len(a) != len(b):
         return None
     differ = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
@@ -62,7 +69,7 @@ def pair(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any] | None
 
 
 def paired_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    measured = sorted((g for g in groups if g["kind"] == "measured"), key=lambda g: natural_key(g["label"]))
+    measured = sorted((g for g in groups if g["kind"] == "measured"), key=lambda g: natural_key(recipe_of(g["label"])))
     rows = []
     for first, second in itertools.combinations(measured, 2):
         if differing_part(first["label"], second["label"]) is not None and (row := pair(first, second)):

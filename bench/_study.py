@@ -11,8 +11,8 @@ Grid values are `--values` as given, or `--factors` times the recipe's own value
 summary (the validation metrics of its selected epoch) is compared; the test split is read once, by the final
 runs' own end-of-training test. The chosen seed-0 run is copied into `--out` (same recipe, same seed: the same
 run), the other seeds are trained there, then `clipctl compare` writes `compare.{md,json,png}` beside
-`grid.json` (every grid run's validation objective and last logged loss diagnostics) and `paired.{md,json}`
-(per-seed differences, bench/_paired.py). Finished runs are kept, so
+`grid.json` (every grid run's validation objective and last logged loss diagnostics), `paired.{md,json}`
+(per-seed differences, bench/_paired.py) and `by_batch.png` (bench/_by_batch.py). Finished runs are kept, so
 a rerun only completes what is missing. `--jobs K` trains K runs at a time with the torch threads split.
 
 A cell whose best value is its grid's smallest or largest is widened: the next point beyond that edge (the same
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _by_batch import plot_by_batch
 from _common import ROOT, info
 from _paired import write_paired
 
@@ -177,6 +178,7 @@ def compare(out: Path, results: Path) -> None:
     (results / "compare.md").write_text(markdown)
     (results / "compare.json").write_text(machine)
     write_paired(results / "compare.json")
+    plot_by_batch(results / "compare.json")
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ def group(label: str, seeds: list[int], averages: list[float], kind: str = "meas
 
 def test_pairs_differ_in_one_part_and_are_taken_seed_by_seed(tmp_path):
     groups = [
-        group("towers_sogclr_b32", [2, 0, 1], [0.30, 0.20, 0.26]),  # seeds out of order: matched by seed
+        group("towers_sogclr_b32-lr-0.004", [2, 0, 1], [0.30, 0.20, 0.26]),  # seeds out of order: matched by seed
         group("towers_clip_b32", [0, 1, 2], [0.21, 0.24, 0.31]),
         group("towers_clip_b8", [0, 1], [0.10, 0.12]),
         group("other_sogclr_b8", [0, 1], [0.5, 0.5]),  # differs from towers_clip_b8 in two parts
@@ -29,15 +29,16 @@ def test_pairs_differ_in_one_part_and_are_taken_seed_by_seed(tmp_path):
     (tmp_path / "compare.json").write_text(json.dumps({"groups": groups}))
     _paired.write_paired(tmp_path / "compare.json")
     rows = {(r["first"], r["second"]): r for r in json.loads((tmp_path / "paired.json").read_text())["pairs"]}
-    assert set(rows) == {("towers_clip_b8", "towers_clip_b32"), ("towers_clip_b32", "towers_sogclr_b32")}
-    loss = rows["towers_clip_b32", "towers_sogclr_b32"]
+    assert set(rows) == {("towers_clip_b8", "towers_clip_b32"), ("towers_clip_b32", "towers_sogclr_b32-lr-0.004")}
+    loss = rows["towers_clip_b32", "towers_sogclr_b32-lr-0.004"]  # the chosen lr is no factor
     assert loss["seeds"] == [0, 1, 2]
     assert loss["average"]["deltas"] == pytest.approx([-1.0, 2.0, -1.0])
     assert loss["average"]["mean"] == pytest.approx(0.0) and loss["average"]["second_higher"] == 1
     batch = rows["towers_clip_b8", "towers_clip_b32"]  # natural order: b8 first; seed 2 only in one group
     assert batch["seeds"] == [0, 1] and batch["tr@1"]["deltas"] == pytest.approx([11.0, 12.0])
     table = (tmp_path / "paired.md").read_text()
-    assert "| towers_clip_b32 | towers_sogclr_b32 | 0, 1, 2 | -1.00, +2.00, -1.00 | +0.00 ± 1.73 | 1/3 |" in table
+    row = "| towers_clip_b32 | towers_sogclr_b32-lr-0.004 | 0, 1, 2 | -1.00, +2.00, -1.00 | +0.00 ± 1.73 | 1/3 |"
+    assert row in table
 
 
 def test_differing_part_needs_exactly_one():
@@ -45,3 +46,4 @@ def test_differing_part_needs_exactly_one():
     assert _paired.differing_part("a_clip_b8", "b_sogclr_b8") is None
     assert _paired.differing_part("clip_b16", "sogclr_g1_b16") is None
     assert _paired.differing_part("clip_b16", "clip_b16") is None
+    assert _paired.differing_part("a_clip_b8-lr-0.002", "a_sogclr_b8-lr-0.0005") == 1
