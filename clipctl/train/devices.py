@@ -54,7 +54,7 @@ def build_accelerator(cfg: TrainConfig) -> Accelerator:
         # rank 0 evaluates while the others wait in a collective; NCCL's 10-minute default can abort them all
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
     )
-    if dist.is_available() and dist.is_initialized():
+    if _in_process_group():
         atexit.unregister(destroy_process_groups)  # once per process, however many runs it trains
         atexit.register(destroy_process_groups)
     return accelerator
@@ -65,7 +65,7 @@ def _forget_another_setup(use_cpu: bool, precision: str) -> None:
     trains a float32 run and then a bf16 one would fail: a single process starts afresh. A launched multi-process
     job keeps its state, which holds its process group."""
     state = AcceleratorState._shared_state
-    if not state or (dist.is_available() and dist.is_initialized()):
+    if not state or _in_process_group():
         return
     if state.get("_mixed_precision") != precision or state.get("_cpu") != use_cpu:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -75,5 +75,9 @@ def destroy_process_groups() -> None:
     """Tear the process groups down at exit while the interpreter is still whole: left to finalisation, gloo's
     worker threads can abort the process ("terminate called without an active exception") after a finished run.
     Not after each run: a script may train several in one launch, and Accelerate keeps its state for them."""
-    if dist.is_initialized():
+    if _in_process_group():
         dist.destroy_process_group()
+
+
+def _in_process_group() -> bool:
+    return dist.is_available() and dist.is_initialized()
