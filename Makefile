@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]" $(TORCH_PINS)
 	touch $(STAMP)
 
-# Lint and format check (ruff, configured in pyproject.toml), then the whole suite.
+# Lint and format check (ruff, configured in pyproject.toml), then the whole suite: one pytest-xdist worker per
+# core, at most 4 (most of the suite waits on trainer subprocesses importing torch, one core each).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal --durations=15
 
 # Generates shapes (once), trains the quickstart, prints its test metrics; rerunning prints the finished run's.
 demo: $(STAMP)

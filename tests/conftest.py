@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("NO_COLOR", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one worker per core: one intra-op thread each (the trainers they start inherit
+    # it), or OpenMP threads spin against the other worker's and a step takes tens of times longer
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
