@@ -1,5 +1,6 @@
 """The test average of every study cell against its global batch, one line per recipe family, from a study's
-`clipctl compare --json` output (recipes named `<family>_b<batch>`).
+`clipctl compare --json` output (recipes named `[<source>towers_]<loss>_b<batch>`, read by
+`_paired.factors`: the towers and the loss make the family).
 
     python bench/_by_batch.py bench/results/study2/b/compare.json   # writes by_batch.png beside it
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,19 +21,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from _common import info  # noqa: E402
-from _paired import recipe_of  # noqa: E402
-
-CELL = re.compile(r"(?P<family>.+)_b(?P<batch>\d+)")
+from _paired import factors  # noqa: E402
 
 
 def families(groups: list[dict[str, Any]]) -> dict[str, list[tuple[int, float, float]]]:
     """family -> [(batch, mean, std)] of the test average in points, batches ascending."""
     lines: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     for group in groups:
-        cell = CELL.fullmatch(recipe_of(group["label"]))
-        if group["kind"] == "measured" and cell:
+        cell = factors(group["label"])
+        if group["kind"] == "measured" and cell["batch"]:
+            family = "_".join(part for part in (cell["towers"], cell["loss"]) if part)
             average = group["metrics"]["average"]
-            lines[cell["family"]].append((int(cell["batch"]), 100 * average["mean"], 100 * (average["std"] or 0.0)))
+            lines[family].append((int(cell["batch"][1:]), 100 * average["mean"], 100 * (average["std"] or 0.0)))
     return {family: sorted(points) for family, points in sorted(lines.items())}
 
 

@@ -3,11 +3,13 @@
     python bench/_paired.py bench/results/study2/b/compare.json
 
 A seed fixes the initial weights and the data order for every recipe of a study, so the difference of two groups
-seed by seed is the comparison to read, not the difference of their means over a spread of seeds. Every two
-groups whose recipe names differ in exactly one `_`-separated part (the loss, the batch, the towers) are paired
-(a grid value chosen per cell, `-lr-0.002` in a group's name, is not a part);
-`paired.{md,json}` beside the input list, per pair, the per-seed differences of each metric in points (second
-minus first, names in natural order: b8 before b32), their mean, and on how many seeds the second was higher.
+seed by seed is the comparison to read, not the difference of their means over a spread of seeds. A study's
+recipe names are read as factors: `[<source>towers_]<loss and its settings>_b<global batch>`
+(`cliptowers_clip_b8`, `sogclr_g08_b16`, `isogclr_new_v2_b32`), and every two groups that differ in exactly one
+factor are paired (a grid value chosen per cell, `-lr-0.002` in a group's name, is not a factor);
+`paired.{md,json}` beside the input list, per pair, the factor, the per-seed differences of each metric in
+points (second minus first, names in natural order: b8 before b32), their mean, and on how many seeds the
+second was higher.
 """
 
 from __future__ import annotations
@@ -37,12 +39,19 @@ def recipe_of(label: str) -> str:
     return label.split("-")[0]
 
 
-def differing_part(first: str, second: str) -> int | None:
-    """The index of the one `_`-separated part in which the recipes differ, else None."""
-    a, b = recipe_of(first).split("_"), recipe_of(second).split("_")
-    if len(a) != len(b):
-        return None
-    differ = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+def factors(label: str) -> dict[str, str]:
+    """A study recipe's factors: the tower source (a first part ending in `towers`), the global batch (a last
+    part `b<N>`) and the loss with its settings (the parts between); a factor a name lacks is ""."""
+    parts = recipe_of(label).split("_")
+    batch = parts.pop() if len(parts) > 1 and re.fullmatch(r"b\d+", parts[-1]) else ""
+    towers = parts.pop(0) if len(parts) > 1 and parts[0].endswith("towers") else ""
+    return {"towers": towers, "loss": "_".join(parts), "batch": batch}
+
+
+def differing_factor(first: str, second: str) -> str | None:
+    """The one factor in which two recipes differ, else None."""
+    a, b = factors(first), factors(second)
+    differ = [name for name in a if a[name] != b[name]]
     return differ[0] if len(differ) == 1 else None
 
 
@@ -50,12 +59,12 @@ def per_seed(group: dict[str, Any], metric: str) -> dict[int, float]:
     return dict(zip(group["seeds"], group["metrics"][metric]["values"], strict=True))
 
 
-def pair(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any] | None:
+def pair(first: dict[str, Any], second: dict[str, Any], factor: str) -> dict[str, Any] | None:
     """Differences on the seeds both groups have (None when they share fewer than two)."""
     seeds = sorted(set(first["seeds"]) & set(second["seeds"]) - {None})
     if len(seeds) < 2:
         return None
-    row: dict[str, Any] = {"first": first["label"], "second": second["label"], "seeds": seeds}
+    row: dict[str, Any] = {"first": first["label"], "second": second["label"], "factor": factor, "seeds": seeds}
     for metric in METRICS:
         a, b = per_seed(first, metric), per_seed(second, metric)
         deltas = [100 * (b[s] - a[s]) for s in seeds]
@@ -72,7 +81,8 @@ def paired_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     measured = sorted((g for g in groups if g["kind"] == "measured"), key=lambda g: natural_key(recipe_of(g["label"])))
     rows = []
     for first, second in itertools.combinations(measured, 2):
-        if differing_part(first["label"], second["label"]) is not None and (row := pair(first, second)):
+        factor = differing_factor(first["label"], second["label"])
+        if factor is not None and (row := pair(first, second, factor)):
             rows.append(row)
     return rows
 
@@ -81,21 +91,21 @@ def markdown(rows: list[dict[str, Any]], source: Path) -> str:
     lines = [
         f"### Paired per-seed differences ({source})",
         "",
-        "| first | second | seeds | Δaverage per seed | mean ± std | second higher | ΔTR@1 | ΔIR@1 | ΔACC@1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| first | second | factor | seeds | Δaverage per seed | mean ± std | second higher | ΔTR@1 | ΔIR@1 | ΔACC@1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         avg = row["average"]
         others = " | ".join(f"{row[m]['mean']:+.2f}" for m in METRICS[1:])
         lines.append(
-            f"| {row['first']} | {row['second']} | {', '.join(map(str, row['seeds']))} | "
+            f"| {row['first']} | {row['second']} | {row['factor']} | {', '.join(map(str, row['seeds']))} | "
             f"{', '.join(f'{d:+.2f}' for d in avg['deltas'])} | {avg['mean']:+.2f} ± {avg['std']:.2f} | "
             f"{avg['second_higher']}/{len(row['seeds'])} | {others} |"
         )
     lines += [
         "",
-        "- Δ = second − first, test metrics in points (percent of items); the two groups differ in one part of "
-        "their names; average = (TR@1 + IR@1 + ACC@1) / 3; ΔTR@1, ΔIR@1, ΔACC@1 are means over the seeds",
+        "- Δ = second − first, test metrics in points (percent of items); the two groups differ in one factor "
+        "(towers, loss or batch); average = (TR@1 + IR@1 + ACC@1) / 3; ΔTR@1, ΔIR@1, ΔACC@1 are means over the seeds",
     ]
     return "\n".join(lines) + "\n"
 
