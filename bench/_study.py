@@ -12,7 +12,8 @@ summary (the validation metrics of its selected epoch) is compared; the test spl
 runs' own end-of-training test. The chosen seed-0 run is copied into `--out` (same recipe, same seed: the same
 run), the other seeds are trained there, then `clipctl compare` writes `compare.{md,json,png}` beside
 `grid.json` (every grid run's validation objective and last logged loss diagnostics), `paired.{md,json}`
-(per-seed differences, bench/_paired.py) and `by_batch.png` (bench/_by_batch.py). Finished runs are kept, so
+(per-seed differences, bench/_paired.py), `by_batch.png` (bench/_by_batch.py) and `diagnostics.{md,json}` (the
+final runs' τ and staleness per group, bench/_diagnostics.py). Finished runs are kept, so
 a rerun only completes what is missing. `--jobs K` trains K runs at a time with the torch threads split.
 
 A cell whose best value is its grid's smallest or largest is widened: the next point beyond that edge (the same
@@ -35,22 +36,12 @@ from typing import Any
 
 from _by_batch import plot_by_batch
 from _common import ROOT, info
+from _diagnostics import last_train_record, write_diagnostics
 from _paired import write_paired
 
 from clipctl.atomic import atomic_write_json
 from clipctl.recipe import load_recipe
 from clipctl.run.layout import RunDir, RunStatus
-
-DIAGNOSTICS = (
-    "loss",
-    "tau_I_mean",
-    "tau_I_std",
-    "tau_I_at_min",
-    "tau_I_at_max",
-    "tau_grad_I_pos",
-    "stale_I",
-    "stale_T",
-)
 
 
 @dataclass(frozen=True)
@@ -115,12 +106,6 @@ def grid_values(recipe: Path, key: str, values: list[str] | None, factors: list[
     return [f"{base * factor:.3g}" for factor in factors or [1.0]]
 
 
-def last_train_record(run_dir: Path) -> dict[str, Any]:
-    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line.strip()]
-    train_records = [r for r in records if r.get("type") == "train"]
-    return {k: train_records[-1].get(k) for k in DIAGNOSTICS if train_records and k in train_records[-1]}
-
-
 def grid_rows(jobs: list[Job], runs: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for job, run_dir in zip(jobs, runs):
@@ -179,6 +164,7 @@ def compare(out: Path, results: Path) -> None:
     (results / "compare.json").write_text(machine)
     write_paired(results / "compare.json")
     plot_by_batch(results / "compare.json")
+    write_diagnostics(out, results)
 
 
 def main() -> None:
