@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_losses_distributed import CONFIGS, DIM, GLOBAL_B, TwoTowers, check, record_steps
+from test_losses_distributed import CONFIGS, DIM, GLOBAL_B, TwoTowers, check, in_process_group, record_steps
 
 from clipctl.errors import ResumeError, UsageError
 from clipctl.losses import build_loss
@@ -51,10 +50,9 @@ def run(cfg: dict, rank: int, world: int, steps: list[tuple[int, int]], resume: 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """Per loss: the whole schedule sharded and replicated, the first CUT steps sharded (a checkpoint),
     and with 4 processes the rest of the schedule resumed from the 2-process checkpoint."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     out = Path(out_dir)
-    try:
+
+    def body() -> None:
         for name, cfg in STATEFUL.items():
             records = {
                 "sharded": run(sharded(cfg), rank, world, SCHEDULE),
@@ -65,10 +63,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 from_two = torch.load(out / f"{name}.2.0.pt", weights_only=True)["first"]["resume"]
                 records["resumed"] = run(sharded(cfg), rank, world, SCHEDULE[CUT:], from_two)
             torch.save(records, out / f"{name}.{world}.{rank}.pt")
-        # no rank tears the group down while a peer may still be sending to it (gloo aborts the process then)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+
+    in_process_group(rank, world, init_file, body)
 
 
 @pytest.fixture(scope="module")
