@@ -57,6 +57,9 @@ study: $(STAMP)
 	$(BIN)/clipctl compare $(STUDY_OUT) --json > $(STUDY_RESULTS)/compare.json.tmp
 	mv $(STUDY_RESULTS)/compare.md.tmp $(STUDY_RESULTS)/compare.md
 	mv $(STUDY_RESULTS)/compare.json.tmp $(STUDY_RESULTS)/compare.json
+	$(BIN)/python bench/_paired.py $(STUDY_RESULTS)/compare.json
+	$(BIN)/python bench/_by_batch.py $(STUDY_RESULTS)/compare.json
+	$(BIN)/python bench/_diagnostics.py $(STUDY_OUT) $(STUDY_RESULTS)
 
 # Study 2 (recipes/study2/, README): A, long horizon, and B, locked towers of the first study's clip_b32 and
 # sogclr_b32 seed-0 runs (so `make study` first). Each cell's lr is chosen on the validation split (seed 0,
