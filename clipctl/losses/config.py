@@ -119,8 +119,9 @@ class IndividualTempConfig(_TauBox):
     tau_grad_clip: float = Field(5.0, ge=0)
 
     def warnings(self, contrast_batch: int) -> list[str]:
-        """The τ-gradient is G_i = H(p_i) − log(B−1) + ρ ≥ ρ − log(B−1) (H, the entropy of the anchor's softmax
-        over its B−1 negatives, is ≥ 0), so with ρ ≥ log(B−1) every τ can only fall."""
+        """On a fresh estimate the τ-gradient is G_i = H(p_i) − log(B−1) + ρ ≥ ρ − log(B−1) (H, the entropy of the
+        anchor's softmax over its B−1 negatives, is ≥ 0), so with ρ ≥ log(B−1) every τ can only fall; a stale
+        moving estimate lets a few anchors step the other way now and then."""
         bound = math.log(max(contrast_batch - 1, 1))
         high = [f"loss.{key} = {getattr(self, key):g}" for key in ("rho_I", "rho_T") if getattr(self, key) >= bound]
         if not high:
@@ -128,7 +129,8 @@ class IndividualTempConfig(_TauBox):
         return [
             f"{' and '.join(high)} >= log(B-1) = {bound:.2f} for the contrast batch B = {contrast_batch} "
             "(train.batch_size / "
-            f"train.grad_accum): every τ-gradient is positive, so every temperature of {self.name} can only fall; "
+            f"train.grad_accum): every τ-gradient on a fresh estimate is positive, so every temperature of "
+            f"{self.name} can only fall (a stale estimate lets a few rise now and then); "
             f"use rho < {bound:.2f} for temperatures that can also rise"
         ]
 

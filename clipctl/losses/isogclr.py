@@ -69,9 +69,10 @@ class ISogCLRLoss(GlobalContrastiveLoss):
     def _extra_stats(self, step: Step, table: Table) -> dict[str, Tensor]:
         """τ-gradient mean and diagnostics of the temperatures this step used.
 
-        `tau_grad_{side}_pos` is the share of anchors whose τ-gradient is positive (their τ falls);
-        when ρ ≥ log(B−1) it is 1 at every step (G ≥ ρ − log(B−1)), and `tau_{side}_std` shows whether the
-        temperatures individualise at all. `tau_{side}_at_min/max`: share of τ on the box's bounds.
+        `tau_grad_{side}_pos` is the share of anchors whose τ-gradient is positive (their τ falls); when
+        ρ ≥ log(B−1) it is 1 on a fresh estimate (G ≥ ρ − log(B−1)), and only a stale one can bring it below.
+        `tau_{side}_std` shows whether the temperatures individualise at all; `tau_{side}_at_min/max`: share of
+        τ on the box's bounds.
         """
         out: dict[str, Tensor] = {}
         for side in ("I", "T"):
