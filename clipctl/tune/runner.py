@@ -128,10 +128,18 @@ class _PopenTrial:
         self._signal(signal.SIGKILL)
 
 
+def cpu_threads(parallel: int) -> int:
+    """Intra-op threads per CPU trial when `parallel` share this machine's cores (at least 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // parallel)
+
+
 class SubprocessRunner:
     """Starts `command + launch.train_args()`; output goes to `phaseN/tNNN.log` (appended on re-runs).
     `{slot}` in the command becomes the parallel slot number, so multi-process trials running side by
-    side can use distinct ports (`accelerate launch --main_process_port 2950{slot}`)."""
+    side can use distinct ports (`accelerate launch --main_process_port 2950{slot}`). CPU trials side by
+    side split the cores (`OMP_NUM_THREADS`, unless it is set already): each with torch's default of every
+    core, their OpenMP threads spin against each other and a step takes many times longer."""
 
     def __init__(self, command: list[str] | None = None, *, parallel: int = 1, gpus: list[str] | None = None) -> None:
         self.command = command or train_command()
@@ -146,6 +154,8 @@ class SubprocessRunner:
         devices = self.devices(slot)
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        elif self.parallel > 1:
+            env.setdefault("OMP_NUM_THREADS", str(cpu_threads(self.parallel)))
         launch.log.parent.mkdir(parents=True, exist_ok=True)
         with open(launch.log, "ab") as log:
             try:

@@ -7,8 +7,8 @@ so it can stand in as `--launcher "python tests/helpers/tune_fakes.py"`). It wri
 so `optim.lr` clearly matters and `optim.weight_decay` does not. `optim.name = "rmsprop"` crashes,
 `"momentum"` diverges (NaN objective); $FAKE_EPOCH_SLEEP slows epochs; SIGTERM exits 130.
 $FAKE_RMSPROP_FIXED stops the rmsprop crash; $FAKE_NEEDS_FILE naming a missing file is a data error
-(exit 3). A leading `--slot=N` argument (a launcher's `{slot}`) and $CUDA_VISIBLE_DEVICES are recorded
-in summary.json.
+(exit 3). A leading `--slot=N` argument (a launcher's `{slot}`), $CUDA_VISIBLE_DEVICES and $OMP_NUM_THREADS are
+recorded in summary.json.
 Only the standard library is imported at module level: every trial starts a fresh interpreter.
 """
 
@@ -87,6 +87,7 @@ def fake_train(argv: list[str]) -> int:
         "error": None,
         "slot": slot,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     (run / "summary.json").write_text(json.dumps(summary))
     return 0

@@ -16,7 +16,7 @@ from helpers.tune_fakes import HERE, fake_command, run_worker, storage_url, writ
 from clipctl.errors import InterruptedRun
 from clipctl.tune.phases import open_phase
 from clipctl.tune.recipe import load_tune_recipe
-from clipctl.tune.runner import PhaseWorker, SubprocessRunner, TrialLaunch
+from clipctl.tune.runner import PhaseWorker, SubprocessRunner, TrialLaunch, cpu_threads
 from clipctl.tune.store import Study
 
 GP_TUNE = """\
@@ -175,3 +175,25 @@ def test_parallel_slots_get_their_own_gpus_and_slot_number(tmp_path):
     assert all(s["cuda_visible_devices"] == ("0,1" if s["slot"] == "0" else "2,3") for s in summaries)
     first, second = [e for e in events(study.root) if e["event"] == "trial_started"][:2]
     assert first["ask"] == second["ask"]  # both slots were filled by one ask(n_points=2)
+    assert all(s["omp_num_threads"] == os.environ.get("OMP_NUM_THREADS") for s in summaries)  # GPU trials: as it was
+
+
+@pytest.mark.parametrize("preset", [None, "3"])
+def test_parallel_cpu_trials_split_the_cores_unless_told(tmp_path, monkeypatch, preset):
+    if preset is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", preset)
+    monkeypatch.setattr("clipctl.tune.runner.cpu_threads", lambda parallel: 8 // parallel)  # an 8-core machine
+    space = '"optim.name" = ["adamw", "radam"]\n"optim.lr" = [1e-3, 2e-3]'
+    tune = write_recipes(tmp_path, GRID_TUNE.format(prune="false", epochs=1, space=space))
+    study = Study(tmp_path / "study")
+    recipe, path = load_tune_recipe(tune)
+    runner = SubprocessRunner(fake_command(), parallel=2, gpus=[])
+    PhaseWorker(study, open_phase(study, recipe, path), runner, parallel=2, log=lambda _: None).run()
+    summaries = [json.loads((study.root / "phase1" / f"t{n:03d}" / "summary.json").read_text()) for n in range(1, 5)]
+    assert [s["omp_num_threads"] for s in summaries] == [preset or "4"] * 4
+
+
+def test_cpu_threads_never_fall_below_one():
+    assert cpu_threads(10_000) == 1 and cpu_threads(1) >= 1
