@@ -18,9 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import info
+from _common import info, write_table
 
-from clipctl.atomic import atomic_write_json, atomic_write_text
 from clipctl.run.layout import RunDir, RunStatus
 
 # the last train record's diagnostics, also kept per grid run in a study's grid.json
@@ -115,9 +114,7 @@ def write_diagnostics(out: Path, results: Path) -> Path:
     """diagnostics.{md,json} in `results` for the final runs in `out`; returns the markdown's path."""
     rows = study_diagnostics(out)
     results.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results / "diagnostics.json", {"runs": str(out), "groups": rows}, indent=2)
-    atomic_write_text(results / "diagnostics.md", markdown(rows, out))
-    return results / "diagnostics.md"
+    return write_table(results, "diagnostics", {"runs": str(out), "groups": rows}, markdown(rows, out))
 
 
 def main() -> None:

@@ -22,9 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import info
-
-from clipctl.atomic import atomic_write_json, atomic_write_text
+from _common import info, write_table
 
 METRICS = ("average", "tr@1", "ir@1", "acc@1")
 
@@ -113,10 +111,9 @@ def markdown(rows: list[dict[str, Any]], source: Path) -> str:
 def write_paired(compare_json: Path) -> Path:
     """paired.{md,json} beside `compare_json`; returns the markdown's path."""
     rows = paired_rows(json.loads(compare_json.read_text())["groups"])
-    out = compare_json.parent
-    atomic_write_json(out / "paired.json", {"source": str(compare_json), "pairs": rows}, indent=2)
-    atomic_write_text(out / "paired.md", markdown(rows, compare_json))
-    return out / "paired.md"
+    return write_table(
+        compare_json.parent, "paired", {"source": str(compare_json), "pairs": rows}, markdown(rows, compare_json)
+    )
 
 
 def main() -> None:
