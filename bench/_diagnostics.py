@@ -11,8 +11,6 @@ Values are means over a group's seeds; staleness is given at the end and average
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +18,8 @@ from typing import Any
 
 from _common import info, write_table
 
-from clipctl.run.layout import RunDir, RunStatus
+from clipctl.run.layout import RunDir
+from clipctl.run.reader import completed_summary, finite_number, read_metrics
 
 # the last train record's diagnostics, also kept per grid run in a study's grid.json
 DIAGNOSTICS = (
@@ -48,25 +47,27 @@ COLUMNS = (
 
 
 def train_records(run_dir: Path) -> list[dict[str, Any]]:
-    lines = RunDir(run_dir).metrics.read_text().splitlines()
-    return [r for r in map(json.loads, filter(str.strip, lines)) if r.get("type") == "train"]
+    return [r for r in read_metrics(RunDir(run_dir)) if r.get("type") == "train"]
 
 
-def last_train_record(run_dir: Path) -> dict[str, Any]:
-    """The diagnostics of a run's last logged training step (those its loss logs)."""
-    records = train_records(run_dir)
+def last_diagnostics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The diagnostics of the last logged training step (those its loss logs)."""
     return {k: records[-1][k] for k in DIAGNOSTICS if records and k in records[-1]}
 
 
-def finite_mean(values: list[float]) -> float | None:
-    kept = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+def last_train_record(run_dir: Path) -> dict[str, Any]:
+    return last_diagnostics(train_records(run_dir))
+
+
+def finite_mean(values: list[Any]) -> float | None:
+    kept = [v for v in map(finite_number, values) if v is not None]
     return statistics.fmean(kept) if kept else None
 
 
 def run_diagnostics(run_dir: Path) -> dict[str, Any]:
     """The last step's diagnostics, plus each staleness averaged over the run's logged steps (`stale_I_run`)."""
     records = train_records(run_dir)
-    row = last_train_record(run_dir)
+    row = last_diagnostics(records)
     for key in STALENESS:
         row[f"{key}_run"] = finite_mean([r.get(key) for r in records])
     return row
@@ -79,8 +80,8 @@ def group_of(run_dir: Path) -> str:
 def study_diagnostics(out: Path) -> list[dict[str, Any]]:
     """Per group of completed runs under `out` (named `<group>-seed<N>`): seeds and the mean of each value."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for run_dir in sorted(p for p in out.iterdir() if RunDir(p).summary.is_file()):
-        if json.loads(RunDir(run_dir).summary.read_text()).get("status") == RunStatus.COMPLETED:
+    for run_dir in sorted(p for p in out.iterdir() if p.is_dir()):
+        if completed_summary(RunDir(run_dir)) is not None:
             runs[group_of(run_dir)].append(run_diagnostics(run_dir))
     rows = []
     for group, per_run in sorted(runs.items()):

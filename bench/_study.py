@@ -41,7 +41,8 @@ from _paired import write_paired
 
 from clipctl.atomic import atomic_write_json
 from clipctl.recipe import load_recipe
-from clipctl.run.layout import RunDir, RunStatus
+from clipctl.run.layout import RunDir
+from clipctl.run.reader import completed_summary
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,7 @@ class Job:
 
 
 def train(job: Job, threads: int) -> Path:
-    summary = RunDir(job.run_dir).summary
-    if summary.is_file() and json.loads(summary.read_text())["status"] == RunStatus.COMPLETED:
+    if completed_summary(RunDir(job.run_dir)) is not None:
         return job.run_dir
     logs = job.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
