@@ -62,17 +62,19 @@ study: $(STAMP)
 	$(BIN)/python bench/_diagnostics.py $(STUDY_OUT) $(STUDY_RESULTS)
 
 # Study 2 (recipes/study2/, README): A, long horizon, and B, locked towers of the first study's clip_b32 and
-# sogclr_b32 seed-0 runs (so `make study` first). Each cell's lr is chosen on the validation split (seed 0,
-# 0.5x/1x/2x), then the other seeds train with it; grid, tables and plots go to $(STUDY2_RESULTS)/{a,b}.
+# sogclr_b32 seed-0 runs (so `make study` first, for B only). Each cell's lr is chosen on the validation split
+# (seed 0, 0.5x/1x/2x), then the other seeds train with it; grid, tables and plots go to $(STUDY2_RESULTS)/{a,b}.
+# STUDY2_PARTS picks the experiments: `make study2 STUDY2_PARTS=a` needs no first study.
+STUDY2_PARTS ?= a b
 STUDY2_SEEDS ?= 0 1 2
 STUDY2_OUT ?= runs/study2
 STUDY2_RESULTS ?= bench/results/study2
 
 study2: $(STAMP)
 	$(BIN)/clipctl data fetch shapes --train-size $(STUDY_SHAPES_TRAIN_SIZE)
-	test -f $(STUDY_OUT)/clip_b32-seed0/ckpt.pt -a -f $(STUDY_OUT)/sogclr_b32-seed0/ckpt.pt || \
-	  { echo "study2: experiment B starts from the first study's seed-0 runs: run 'make study' first"; exit 3; }
-	for part in a b; do $(BIN)/python bench/_study.py recipes/study2/$$part --key optim.lr --factors 0.5 1 2 \
+	case " $(STUDY2_PARTS) " in *" b "*) test -f $(STUDY_OUT)/clip_b32-seed0/ckpt.pt -a -f $(STUDY_OUT)/sogclr_b32-seed0/ckpt.pt || \
+	  { echo "study2: experiment B starts from the first study's seed-0 runs: run 'make study' first"; exit 3; };; esac
+	for part in $(STUDY2_PARTS); do $(BIN)/python bench/_study.py recipes/study2/$$part --key optim.lr --factors 0.5 1 2 \
 	  --seeds $(STUDY2_SEEDS) --jobs $(STUDY_JOBS) --grid-out $(STUDY2_OUT)/$$part-grid --out $(STUDY2_OUT)/$$part \
 	  --results $(STUDY2_RESULTS)/$$part || exit 1; done
 

@@ -100,3 +100,32 @@ def test_make_study2_chooses_lr_on_validation_then_trains_seeds():
     ).stdout
     assert "bench/_study.py recipes/study2/$part --key optim.lr --factors 0.5 1 2" in plan
     assert "--seeds 0 1 2" in plan and "runs/study/clip_b32-seed0/ckpt.pt" in plan
+
+
+def _make_study2(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """`make study2` with stand-ins for clipctl and python that only record their calls, and no first study."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for tool in ("clipctl", "python"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
+        (bin_dir / tool).chmod(0o755)
+    result = subprocess.run(
+        ["make", "study2", "STAMP=Makefile", f"BIN={bin_dir}", f"STUDY_OUT={tmp_path / 'no-study'}", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return result, calls.read_text() if calls.exists() else ""
+
+
+def test_make_study2_part_a_needs_no_first_study(tmp_path):
+    result, calls = _make_study2(tmp_path, "STUDY2_PARTS=a", f"STUDY2_OUT={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    studies = [line for line in calls.splitlines() if line.startswith("python bench/_study.py")]
+    assert len(studies) == 1 and "recipes/study2/a " in studies[0]
+
+
+def test_make_study2_part_b_refuses_without_the_first_study(tmp_path):
+    result, calls = _make_study2(tmp_path, f"STUDY2_OUT={tmp_path / 'out'}")
+    assert result.returncode != 0 and "run 'make study' first" in result.stdout
+    assert "bench/_study.py" not in calls
