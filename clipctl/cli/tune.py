@@ -74,7 +74,9 @@ def tune(
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="With --submit: how many workers (jobs)."),
     partition: str | None = typer.Option(None, "--partition", help="With --submit slurm: the SLURM partition."),
-    gpus_per_worker: int = typer.Option(0, "--gpus-per-worker", min=0, help="With --submit slurm: GPUs per job."),
+    gpus_per_worker: int = typer.Option(
+        0, "--gpus-per-worker", min=0, help="With --submit: GPUs per job (local: each worker its own)."
+    ),
     time_limit: int = typer.Option(24 * 60, "--time", min=1, help="With --submit: a job's time limit, minutes."),
 ) -> None:
     """Run a tuning phase, or resume it (same command).  Example: clipctl tune --phase 1 --parallel 2"""

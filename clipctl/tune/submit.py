@@ -4,7 +4,9 @@ submitit does the cluster part (sbatch scripts, job arrays, logs under `STUDY/su
 the same `python -m clipctl tune ...` a user would type on a node, so nothing here is cluster code and a job
 that dies is like any killed worker: its trial is re-run by another worker once its heartbeat stops.
 `--submit local` takes the same path through submitit's local executor (jobs are local processes) and waits
-for them, which is how the path is tested without a cluster.
+for them, which is how the path is tested without a cluster. Local workers share one machine, so they split
+it: each gets its own `--gpus-per-worker` GPUs, and without GPUs each CPU trial gets cores / (workers x
+parallel) threads; a SLURM job has its node's share to itself.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clipctl.errors import ClipctlError, UsageError
+from clipctl.tune.runner import cpu_threads, visible_gpus
 
 KINDS = ("slurm", "local")
 
@@ -28,9 +31,13 @@ class TuneWorker:
 
     command: tuple[str, ...]
     cwd: str
+    env: tuple[tuple[str, str], ...] = ()  # set over the job's environment
 
     def __call__(self) -> int:
-        return subprocess.run(list(self.command), cwd=self.cwd, stdin=subprocess.DEVNULL, check=False).returncode
+        env = {**os.environ, **dict(self.env)}
+        return subprocess.run(
+            list(self.command), cwd=self.cwd, stdin=subprocess.DEVNULL, env=env, check=False
+        ).returncode
 
 
 def worker_command(
@@ -88,8 +95,29 @@ def submit_workers(
     executor = make_executor(
         kind, study / "submitit", partition=partition, gpus_per_worker=gpus_per_worker, time_limit=time_limit
     )
-    payload = TuneWorker(tuple(worker_command(study, phase, recipe, storage, parallel, launcher)), os.getcwd())
-    return [executor.submit(payload) for _ in range(workers)]
+    command = tuple(worker_command(study, phase, recipe, storage, parallel, launcher))
+    shares = local_shares(workers, gpus_per_worker, parallel) if kind == "local" else [()] * workers
+    return [executor.submit(TuneWorker(command, os.getcwd(), share)) for share in shares]
+
+
+def local_shares(workers: int, gpus_per_worker: int, parallel: int) -> list[tuple[tuple[str, str], ...]]:
+    """Each local worker's share of this machine, as environment variables: its own GPUs (submitit's local
+    executor would give every job the same first ones), or without GPUs its trials' threads, so that K workers
+    x P trials do not each start one thread per core (OMP_NUM_THREADS set by the user is kept)."""
+    if gpus_per_worker:
+        gpus = visible_gpus()
+        if workers * gpus_per_worker > len(gpus):
+            raise UsageError(
+                f"--submit local: --workers {workers} x --gpus-per-worker {gpus_per_worker} needs "
+                f"{workers * gpus_per_worker} GPUs, this machine shows {len(gpus)}; lower one of them"
+            )
+        return [
+            (("CUDA_VISIBLE_DEVICES", ",".join(gpus[i * gpus_per_worker : (i + 1) * gpus_per_worker])),)
+            for i in range(workers)
+        ]
+    if "OMP_NUM_THREADS" in os.environ:
+        return [()] * workers
+    return [(("OMP_NUM_THREADS", str(cpu_threads(workers * parallel))),)] * workers
 
 
 def wait_for(jobs: list[Any]) -> None:

@@ -17,7 +17,9 @@ import pytest
 from helpers.output import without_warnings
 from helpers.tune_fakes import HERE, grid_recipe, launcher, run_worker, storage_url, write_recipes
 
+from clipctl.errors import UsageError
 from clipctl.tune.store import Study
+from clipctl.tune.submit import local_shares
 
 
 def one_line(err: str) -> None:
@@ -140,7 +142,9 @@ def test_a_sigkilled_worker_s_trial_is_failed_after_the_grace_period_and_re_run(
     assert attempts[0].user_attrs["worker"] != attempts[1].user_attrs["worker"]
 
 
-def test_submit_local_runs_two_workers_through_submitit_to_the_end(tmp_path, run_cli):
+def test_submit_local_runs_two_workers_through_submitit_to_the_end(tmp_path, run_cli, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("clipctl.tune.submit.cpu_threads", lambda sharers: 8 // sharers)  # an 8-core machine
     tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam", "adam", "rmsprop"], epochs=2))
     study = tmp_path / "study"
     code, out, err = run_cli(
@@ -151,6 +155,23 @@ def test_submit_local_runs_two_workers_through_submitit_to_the_end(tmp_path, run
     state = Study(study).phase_state(1)
     assert [t.status for t in state.trials.values()] == ["completed", "completed", "completed", "failed"]
     assert state.closed is not None and (study / "submitit").is_dir()
+    trial_summaries = [json.loads(path.read_text()) for path in sorted((study / "phase1").glob("t*/summary.json"))]
+    assert trial_summaries and all(s["omp_num_threads"] == "4" for s in trial_summaries)  # 8 cores / 2 workers
+
+
+def test_local_workers_split_the_machine(monkeypatch):
+    monkeypatch.setattr("clipctl.tune.submit.visible_gpus", lambda: ["0", "1", "2", "3", "4"])
+    assert local_shares(2, 2, parallel=1) == [
+        (("CUDA_VISIBLE_DEVICES", "0,1"),),
+        (("CUDA_VISIBLE_DEVICES", "2,3"),),
+    ]
+    with pytest.raises(UsageError, match="--workers 3 x --gpus-per-worker 2 needs 6 GPUs, this machine shows 5"):
+        local_shares(3, 2, parallel=1)
+    monkeypatch.setattr("clipctl.tune.submit.cpu_threads", lambda sharers: max(1, 12 // sharers))  # 12 cores
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert local_shares(3, 0, parallel=2) == [(("OMP_NUM_THREADS", "2"),)] * 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the user's choice stands
+    assert local_shares(3, 0, parallel=2) == [()] * 3
 
 
 def test_submit_slurm_without_sbatch_is_one_line_exit_2(tmp_path, run_cli, monkeypatch):
