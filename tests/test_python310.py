@@ -9,8 +9,11 @@ import sys
 import pytest
 from helpers.paths import REPO_ROOT
 
+# Third-party packages pick tomllib or tomli by sys.version_info (transformers' modeling code loads `kernels`,
+# which does), so they are imported first, as this Python would; then tomllib is blocked for clipctl.
 BLOCK_TOMLLIB = """
 import importlib.abc, pkgutil, sys
+import transformers.modeling_utils
 import tomllib as real
 del sys.modules["tomllib"]
 
