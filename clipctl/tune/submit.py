@@ -92,11 +92,11 @@ def submit_workers(
     launcher: str = "",
 ) -> list[Any]:
     """Submit the workers; returns their submitit jobs (`job.job_id`)."""
+    shares = local_shares(workers, gpus_per_worker, parallel) if kind == "local" else [()] * workers
     executor = make_executor(
         kind, study / "submitit", partition=partition, gpus_per_worker=gpus_per_worker, time_limit=time_limit
     )
     command = tuple(worker_command(study, phase, recipe, storage, parallel, launcher))
-    shares = local_shares(workers, gpus_per_worker, parallel) if kind == "local" else [()] * workers
     return [executor.submit(TuneWorker(command, os.getcwd(), share)) for share in shares]
 
 
