@@ -4,7 +4,7 @@
 
 A study's scores say which loss won; these say why it could: whether the temperatures moved apart or only fell
 (τ mean and spread at the end, the share at τ's bounds, the share of positive τ-gradients) and how stale each
-sample's moving estimate was when it was revisited (median |log(s·e^b / ĝ)| before the update, per logged step).
+sample's moving estimate was when it was revisited (median |ℓ − log ĝ| before the update, per logged step).
 Values are means over a group's seeds; staleness is given at the end and averaged over the run's logged steps.
 """
 
@@ -104,7 +104,7 @@ def markdown(rows: list[dict[str, Any]], out: Path) -> str:
         "",
         "- means over the group's seeds; τ columns at the last logged step (image side; — for a loss without "
         "individual temperatures); τ-grad > 0: share of the step's τ-gradients that were positive (τ can only "
-        "fall when it is 100%); stale: median |log(s·e^b / ĝ)| of the revisited samples before their update, "
+        "fall when it is 100%); stale: median |ℓ − log ĝ| of the revisited samples before their update, "
         "at the last logged step and averaged over the run's logged steps (— for a loss without moving "
         "estimates)",
     ]

@@ -62,6 +62,16 @@ def warn(message: str) -> None:
     console().print(f"warning: {message}", style="yellow", markup=False)
 
 
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """A warning a process prints once however often its cause recurs (e.g. every resume of a converted state)."""
+    if message not in _warned:
+        _warned.add(message)
+        warn(message)
+
+
 def emit_json(payload: Any) -> None:
     """Machine output: one JSON document on stdout (rank 0's, under a multi-process launch)."""
     if launched_rank() != 0:

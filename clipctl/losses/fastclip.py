@@ -6,10 +6,9 @@ parameter in its own optimizer group (`lr_tau`, no weight decay), clamped so τ 
 
 Exact τ-derivative. With g_i(τ) = (1/(B−1)) Σ_j exp(h_ij/τ) and z_ij = h_ij/τ,
     d/dτ [τ·log g_i(τ)] = log g_i + τ·g_i'(τ)/g_i = log g_i − (1/(B−1)) Σ_j (exp(z_ij)/g_i)·z_ij,
-because g_i'(τ) = −(1/(B−1)) Σ_j exp(z_ij)·h_ij/τ². Replacing g_i by its shifted estimate s_i·e^{b_i}
-(log g_i → log(s_i + ε) + b_i and exp(z_ij)/g_i → exp(z_ij − b_i)/(s_i + ε) = w_ij) gives
-    dF/dτ = mean_i [log(s_I,i+ε) + b_I,i − (1/(B−1)) Σ_j w^I_ij z^I_ij]
-          + mean_i [log(s_T,i+ε) + b_T,i − (1/(B−1)) Σ_j w^T_ij z^T_ij] + 2ρ,
+because g_i'(τ) = −(1/(B−1)) Σ_j exp(z_ij)·h_ij/τ². Replacing g_i by its tracked estimate u_i = e^{ℓ_i}
+(log g_i → ℓ_i and exp(z_ij)/g_i → exp(z_ij − ℓ_i) = w_ij) gives
+    dF/dτ = mean_i [ℓ_I,i − (1/(B−1)) Σ_j w^I_ij z^I_ij] + mean_i [ℓ_T,i − (1/(B−1)) Σ_j w^T_ij z^T_ij] + 2ρ,
 and dF/dθ = −τ·dF/dτ. Both the log g term and the −Σ w·z term are kept (the public reference code uses a
 different expression); with γ = 1 this is exactly the autograd derivative of F on the batch.
 """
@@ -54,7 +53,7 @@ class FastCLIPv3Loss(GlobalContrastiveLoss):
 
     def _update(self, step: Step) -> None:
         for side, result in (("I", step.side_I), ("T", step.side_T)):
-            step.rows[f"grad_tau_{side}"] = torch.log(result.s + self.eps) + result.b - result.wz
+            step.rows[f"grad_tau_{side}"] = result.tau_slope
 
     def _tau_derivative(self, table: Table) -> Tensor:
         return (table["grad_tau_I"] + table["grad_tau_T"]).mean() + 2.0 * self.rho
@@ -66,7 +65,7 @@ class FastCLIPv3Loss(GlobalContrastiveLoss):
 
     def _extra_stats(self, step: Step, table: Table) -> dict[str, Tensor]:
         tau = self.tau.detach().to(table.values)
-        logs = torch.log(table["s_I"] + self.eps) + table["b_I"] + torch.log(table["s_T"] + self.eps) + table["b_T"]
+        logs = table["log_u_I"] + table["log_u_T"]
         return {
             "tau": tau,
             "tau_grad": self._tau_derivative(table),

@@ -1,17 +1,21 @@
 """Global contrastive losses (SogCLR family): the shared per-step machinery of specs/losses.md.
 
 For one side (image anchors shown; text anchors use the transposed similarities), with h_ij = S_ij − S_ii,
-z_ij = h_ij/τ_i (detached) and j over the B−1 negatives:
-  b_i ← max(b_i, max_j z_ij) with the diagonal z_ii = 0 included (so b ≥ 0, never decreasing),
-  ĝ_i = mean_j exp(z_ij − b_i),  s_i ← (1−γ)·s_i·exp(b_old − b_i) + γ·ĝ_i  (γ = 1 in epoch 0),
-  w_ij = exp(z_ij − b_i)/(s_i + ε),  surrogate L = mean_i mean_j w_ij·h_ij.
+z_ij = h_ij/τ_i (detached) and j over the B−1 negatives, the moving estimate u_i of g_i is kept in the log
+domain as ℓ_i = log u_i (−∞ before the first visit):
+  log ĝ_i = logsumexp_j z_ij − log(B−1),
+  ℓ_i ← logaddexp(log(1−γ) + ℓ_i, log γ + log ĝ_i)   (ℓ_i ← log ĝ_i in epoch 0 and on a first visit),
+  w_ij = exp(z_ij − ℓ_i),  surrogate L = mean_i mean_j w_ij·h_ij.
+No shift and no ε: every exponent z_ij − ℓ_i is at most log(B−1) − log γ, so nothing overflows, and a weight
+that underflows is a true zero (the old shifted form with an additive ε damped well-separated anchors at small
+τ; specs/losses.md "Why the log domain").
 The surrogate's gradient with respect to the similarity matrix is the constant matrix W' (w_ij off the
 diagonal, −Σ_j w_ij on it), so the backward is two matmuls (dX = W'T, dT = W'ᵀX) and autograd never
 stores a B×B graph: one B×B buffer is built in place per side and turned into W'.
 
 A loss whose objective contrasts the negatives on RAW similarities (`relative_negatives = False`,
-isogclr_new_v2: τ_i log mean_j e^{S_ij/τ_i}) uses z_ij = S_ij/τ_i, takes the shift over the negatives
-only and leaves the positive entries of W' at zero: the positive pair gets no pull from this term.
+isogclr_new_v2: τ_i log mean_j e^{S_ij/τ_i}) uses z_ij = S_ij/τ_i and leaves the positive entries of W' at
+zero: the positive pair gets no pull from this term.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from clipctl.console import warn_once
 from clipctl.errors import ResumeError, UsageError
 from clipctl.losses import distributed as D
 from clipctl.losses.base import Batch, ContrastiveLoss, LossOutput
@@ -37,11 +42,10 @@ class Side:
     """One side's results for the local anchors (all detached)."""
 
     W: Tensor  # (b, B) scaled ∂L/∂S for these rows
-    s: Tensor  # updated moving estimate
-    b: Tensor  # updated shift
+    log_u: Tensor  # updated moving estimate ℓ = log u
     surrogate: Tensor  # (1/(B−1)) Σ_j w_ij h_ij (raw form: S_ij): this row's surrogate value
-    wz: Tensor  # (1/(B−1)) Σ_j w_ij z_ij: enters the τ-gradient
-    ghat: Tensor  # this step's mini-batch estimate ĝ, in units of the new shift b
+    tau_slope: Tensor  # ℓ − (1/(B−1)) Σ_j w_ij z_ij = ∂/∂τ_i [τ_i log g_i] with g replaced by u = e^ℓ
+    log_ghat: Tensor  # this step's mini-batch estimate log ĝ
 
 
 def positives(M: Tensor, offset: int) -> Tensor:
@@ -49,44 +53,89 @@ def positives(M: Tensor, offset: int) -> Tensor:
     return M[:, offset : offset + M.shape[0]].diagonal()
 
 
+def log_moving_average(log_old: Tensor, log_new: Tensor, gamma: float) -> Tensor:
+    """log((1−γ)·e^{log_old} + γ·e^{log_new}), exact at any magnitude; an unvisited entry (−∞) takes log_new.
+
+    γ = 1 (epoch 0) keeps the new estimate only. A first visit takes it whole rather than γ of it: there is
+    no old estimate to average with, and γ·ĝ would understate g by the factor γ.
+    """
+    if gamma >= 1.0:
+        return log_new.clone()
+    mixed = torch.logaddexp(log_old + math.log1p(-gamma), log_new + math.log(gamma))
+    return torch.where(torch.isneginf(log_old), log_new, mixed)
+
+
 @torch.no_grad()
 def contrast_side(
     S: Tensor,
     offset: int,
     tau: Tensor,
-    s_old: Tensor,
-    b_old: Tensor,
+    log_u_old: Tensor,
     gamma: float,
-    eps: float,
     scale: float,
     relative: bool = True,
 ) -> Side:
-    """Shift, moving average and weights for the local rows of S (b×B) in one reused B-wide buffer.
+    """Batch estimate, moving average and weights for the local rows of S (b×B) in one reused B-wide buffer.
 
-    `relative` (h = S − S_ii): max_j z_ij = (max_j S_ij − S_ii)/τ_i (τ > 0) with the diagonal included, so
-    the new shift comes from a row max of S and z − b is formed in one fused pass: exp(z_ij − b_i) ≤ 1
-    never overflows. Raw (`relative=False`): z_ij = S_ij/τ_i over the negatives only.
+    The buffer holds z (positives at −∞), then w = exp(z − ℓ) in place; `relative` (h = S − S_ii) also puts
+    −Σ_j w_ij on the positives, raw (`relative=False`) leaves them at zero.
+
+    The τ-slope ℓ − mean_j w_ij z_ij is formed as ℓ·(1 − mean_j w_ij) − mean_j w_ij log w_ij (z = ℓ + log w):
+    both terms of the first form are of size 1/τ and cancel to O(1), which float32 rounds at about 1e-5 at
+    τ = 0.01; the second has no such cancellation (on a fresh estimate mean_j w = 1 and it is −mean w log w).
     """
     negatives = S.shape[1] - 1
     inv_tau = tau.reciprocal()
     if relative:
-        diag = positives(S, offset)
-        b = torch.maximum(b_old, (S.amax(dim=1) - diag) * inv_tau)
-        work = torch.addcmul((-(diag * inv_tau + b)).unsqueeze(1), S, inv_tau.unsqueeze(1)).exp_()
+        work = torch.addcmul((-(positives(S, offset) * inv_tau)).unsqueeze(1), S, inv_tau.unsqueeze(1))
     else:
         work = S * inv_tau.unsqueeze(1)
-        positives(work, offset).fill_(-math.inf)
-        b = torch.maximum(b_old, work.amax(dim=1))
-        work.sub_(b.unsqueeze(1)).exp_()
-    positives(work, offset).zero_()
-    ghat = work.sum(dim=1).div_(negatives)
-    s = (1.0 - gamma) * s_old * torch.exp(b_old - b) + gamma * ghat
-    coef = scale / (s + eps)
-    work.mul_(coef.unsqueeze(1))  # scale · w
+    positives(work, offset).fill_(-math.inf)
+    log_ghat = torch.logsumexp(work, dim=1).sub_(math.log(negatives))
+    log_u = log_moving_average(log_u_old, log_ghat, gamma)
+    work.sub_(log_u.unsqueeze(1)).exp_()  # w; the positives' exp(−∞) = 0
+    tau_slope = log_u * -torch.expm1(log_ghat - log_u) - torch.special.xlogy(work, work).sum(dim=1) / negatives
+    work.mul_(scale)
     if relative:
-        positives(work, offset).copy_(-(ghat * negatives) * coef)
+        positives(work, offset).copy_(-scale * negatives * torch.exp(log_ghat - log_u))  # −scale · Σ_j w_ij
     surrogate = torch.linalg.vecdot(work, S).div_(scale * negatives)
-    return Side(work, s, b, surrogate, surrogate * inv_tau, ghat)
+    return Side(work, log_u, surrogate, tau_slope, log_ghat)
+
+
+def staleness(log_u_old: Tensor, log_ghat: Tensor) -> Tensor:
+    """|ℓ − log ĝ| of the estimate carried into this step, per revisited row; −1 for first visits.
+
+    How far the moving estimate (last refreshed at the previous visit) is from this step's batch estimate:
+    large values mean the global estimator averages in badly outdated values.
+    """
+    visited = torch.isfinite(log_u_old)
+    return torch.where(visited, (log_u_old - log_ghat).abs(), torch.full_like(log_ghat, -1.0))
+
+
+def from_shifted_form(payload: dict[str, Any]) -> dict[str, Any]:
+    """Loss state saved before the log domain (columns s_X, b_X; v2's scalars b_pos, r) in today's form.
+
+    u = s·e^b, so ℓ = log s + b, and s = 0 means never visited (ℓ = −∞); the other columns keep their order.
+    """
+    columns, values = list(payload["columns"]), payload.get("values")
+    at = {name: i for i, name in enumerate(columns)}
+    names = [f"log_u_{c[2:]}" if c.startswith("s_") else c for c in columns if not c.startswith("b_")]
+    converted = None
+    if isinstance(values, Tensor):
+        rows = values.detach().double()
+        parts = []
+        for name in columns:
+            if name.startswith("s_"):
+                s, b = rows[:, at[name]], rows[:, at[f"b_{name[2:]}"]]
+                parts.append(torch.where(s > 0, torch.log(s) + b, torch.full_like(s, -math.inf)))
+            elif not name.startswith("b_"):
+                parts.append(rows[:, at[name]])
+        converted = torch.stack(parts, dim=1).float()
+    scalars = dict(payload.get("scalars") or {})
+    if "r" in scalars and "b_pos" in scalars:
+        r, b = float(scalars.pop("r")), float(scalars.pop("b_pos"))
+        scalars["log_u_pos"] = torch.tensor(math.log(r) + b if r > 0 else -math.inf)
+    return {**payload, "columns": names, "values": converted, "scalars": scalars}
 
 
 class _SurrogateGradient(torch.autograd.Function):
@@ -154,20 +203,19 @@ class Table:
 class GlobalContrastiveLoss(ContrastiveLoss):
     """SogCLR machinery with per-anchor temperatures supplied by `_anchor_taus`; subclasses add hooks."""
 
-    state_columns: tuple[str, ...] = ("s_I", "b_I", "s_T", "b_T")
+    state_columns: tuple[str, ...] = ("log_u_I", "log_u_T")
     relative_negatives: bool = True  # negatives contrasted on h = S_ij − S_ii (False: on raw S_ij)
 
     def __init__(
         self, cfg: GCLConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None
     ) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
-        self.eps = float(cfg.eps)
         self.state = PerSampleState(
             self.num_samples, self._column_init(), self._scalar_init(), cfg.state_device, cfg.state_sharding
         )
 
     def _column_init(self) -> dict[str, float]:
-        return {name: 0.0 for name in self.state_columns}
+        return {name: -math.inf if name.startswith("log_u") else 0.0 for name in self.state_columns}
 
     def _scalar_init(self) -> dict[str, float]:
         return {}
@@ -209,19 +257,17 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         with torch.no_grad():
             S_I = batch.x.detach() @ batch.t_all.detach().T
             S_T = S_I.T if batch.world == 1 else batch.t.detach() @ batch.x_all.detach().T
-            args = (step.gamma, self.eps, scale, self.relative_negatives)
-            step.side_I = contrast_side(S_I, batch.offset, tau_I.detach(), old["s_I"], old["b_I"], *args)
-            step.side_T = contrast_side(S_T, batch.offset, tau_T.detach(), old["s_T"], old["b_T"], *args)
+            args = (step.gamma, scale, self.relative_negatives)
+            step.side_I = contrast_side(S_I, batch.offset, tau_I.detach(), old["log_u_I"], *args)
+            step.side_T = contrast_side(S_T, batch.offset, tau_T.detach(), old["log_u_T"], *args)
         step.rows = {
             "loss": (step.side_I.surrogate + step.side_T.surrogate) / B,
-            "s_I": step.side_I.s,
-            "b_I": step.side_I.b,
+            "log_u_I": step.side_I.log_u,
             "used_tau_I": tau_I.detach(),
-            "s_T": step.side_T.s,
-            "b_T": step.side_T.b,
+            "log_u_T": step.side_T.log_u,
             "used_tau_T": tau_T.detach(),
-            "stale_I": self._staleness(old["s_I"], old["b_I"], step.side_I),
-            "stale_T": self._staleness(old["s_T"], old["b_T"], step.side_T),
+            "stale_I": staleness(old["log_u_I"], step.side_I.log_ghat),
+            "stale_T": staleness(old["log_u_T"], step.side_T.log_ghat),
         }
         self._update(step)
         names = list(step.rows)
@@ -241,16 +287,6 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         if extra is not None:
             loss = loss + (extra - extra.detach())
         return LossOutput(loss, self._stats(step, table) if with_stats else {})
-
-    def _staleness(self, s_old: Tensor, b_old: Tensor, side: Side) -> Tensor:
-        """|log(s·e^b / ĝ)| of the estimate carried into this step, per revisited row; −1 for first visits.
-
-        How far the moving estimate (last refreshed at the previous visit) is from this step's batch
-        estimate: large values mean the global estimator averages in badly outdated values.
-        """
-        tiny = torch.finfo(s_old.dtype).tiny
-        gap = (torch.log(s_old.clamp_min(tiny)) + b_old - torch.log(side.ghat.clamp_min(tiny)) - side.b).abs()
-        return torch.where(s_old > 0, gap, torch.full_like(gap, -1.0))
 
     def _guard(
         self, table: Table, scalars: dict[str, Tensor], in_range: Tensor, index: Tensor, epoch: int, step: int
@@ -279,9 +315,8 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         lo, hi = torch.aminmax(taus, dim=0)
         named: dict[str, Tensor] = {}
         for k, side in enumerate(("I", "T")):
-            named[f"s_{side}"] = means[f"s_{side}"]
-            named[f"b_{side}"] = means[f"b_{side}"]
-            named[f"gcl_{side}"] = (taus[:, k] * (torch.log(table[f"s_{side}"] + self.eps) + table[f"b_{side}"])).mean()
+            named[f"log_u_{side}"] = means[f"log_u_{side}"]
+            named[f"gcl_{side}"] = (taus[:, k] * table[f"log_u_{side}"]).mean()
             named[f"tau_{side}_mean"] = means[f"used_tau_{side}"]
             named[f"tau_{side}_min"] = lo[k]
             named[f"tau_{side}_max"] = hi[k]
@@ -307,6 +342,12 @@ class GlobalContrastiveLoss(ContrastiveLoss):
         if not isinstance(payload, dict) or payload.get("format") != "clipctl-loss-state":
             raise ResumeError(
                 f"loss {self.name}: the checkpoint holds no clipctl loss state; resume from a clipctl state/ directory"
+            )
+        if "s_I" in payload.get("columns", ()):
+            payload = from_shifted_form(payload)
+            warn_once(
+                f"loss {self.name}: the checkpoint keeps its moving estimate in the old shifted form (s, b, eps); "
+                "converted to the log domain (log u = log s + b, s = 0: unvisited)"
             )
         if payload.get("loss") != self.name:
             raise ResumeError(

@@ -1,13 +1,14 @@
 """`isogclr`, `isogclr_new`, `isogclr_new_v2`: global contrastive losses with individual temperatures.
 
 Objective per side: mean_i τ_i(log g_i(τ_i) + ρ), τ_i ∈ [τ_min, τ_max]. After the shared SogCLR step
-(which uses the current τ), with the UPDATED s and b:
-  G_i = log(s_i + ε) + b_i + ρ − (1/(B−1)) Σ_j w_ij z_ij     (= ∂/∂τ_i [τ_i(log g_i + ρ)] with g ≈ s·e^b)
+(which uses the current τ), with the UPDATED log-domain estimate ℓ:
+  G_i = ℓ_i + ρ − (1/(B−1)) Σ_j w_ij z_ij     (= ∂/∂τ_i [τ_i(log g_i + ρ)] with g replaced by u = e^ℓ)
   G_i ← clip(G_i, ±tau_grad_clip)  (0: off);  m_i ← (1−β)m_i + β·G_i;  τ_i ← clip(τ_i − η·m_i, τ_min, τ_max)
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 from clipctl.errors import UsageError
 from clipctl.losses.base import Batch
 from clipctl.losses.config import IndividualTempConfig, ISogCLRNewConfig
-from clipctl.losses.gcl import GlobalContrastiveLoss, Step, Table, positives
+from clipctl.losses.gcl import GlobalContrastiveLoss, Step, Table, log_moving_average, positives
 from clipctl.losses.schedules import eta_at
 from clipctl.losses.tempnet import TemperatureNet
 
@@ -25,7 +26,7 @@ class ISogCLRLoss(GlobalContrastiveLoss):
     """Per-sample τ and momentum buffers per side, updated by momentum SGD on G inside the loss."""
 
     name = "isogclr"
-    state_columns = ("s_I", "b_I", "s_T", "b_T", "tau_I", "m_I", "tau_T", "m_T")
+    state_columns = ("log_u_I", "log_u_T", "tau_I", "m_I", "tau_T", "m_T")
 
     def __init__(
         self, cfg: IndividualTempConfig, num_samples: int, total_epochs: int | None = None, embed_dim: int | None = None
@@ -53,7 +54,7 @@ class ISogCLRLoss(GlobalContrastiveLoss):
 
     def _tau_gradient(self, step: Step, side: str) -> Tensor:
         result = step.side_I if side == "I" else step.side_T
-        grad = torch.log(result.s + self.eps) + result.b + self.rho[side] - result.wz
+        grad = result.tau_slope + self.rho[side]
         clip = float(self.cfg.tau_grad_clip)
         return grad.clamp_(-clip, clip) if clip > 0 else grad
 
@@ -154,17 +155,17 @@ class ISogCLRNewV2Loss(ISogCLRLoss):
     + ρ(τ_I,i + τ_T,i)] + λ log mean_i e^{−2S_ii/λ}. The positive pair appears once, in the DRO term: the
     negatives use z_ij = S_ij/τ_i and the positive entries of the weight matrix stay zero (contrasting on
     h = S_ij − S_ii as well would pull every positive twice and collapses training from random towers).
-    a_i = −2·S_ii/λ (detached); global scalar shift b_pos ← max(b_pos, max_i a_i) (starts at 0, like b);
-    r ← (1−γ)·r·exp(b_pos,old − b_pos) + γ·mean_i exp(a_i − b_pos) (γ = 1 in epoch 0);
-    term mean_i[−2·(exp(a_i − b_pos)/(r + ε))·S_ii], whose gradient is that of λ·log mean_i exp(−2S_ii/λ)
-    with the mean tracked by r. b_pos and r are part of the checkpointed state.
+    a_i = −2·S_ii/λ (detached); a global scalar estimate in the log domain,
+    ℓ_pos ← logaddexp(log(1−γ) + ℓ_pos, log γ + logmeanexp_i a_i) (ℓ_pos = logmeanexp_i a_i in epoch 0 and
+    on the first step); term mean_i[−2·exp(a_i − ℓ_pos)·S_ii], whose gradient is that of
+    λ·log mean_i exp(−2S_ii/λ) with the mean tracked by e^{ℓ_pos}. ℓ_pos is part of the checkpointed state.
     """
 
     name = "isogclr_new_v2"
     relative_negatives = False
 
     def _scalar_init(self) -> dict[str, float]:
-        return {"b_pos": 0.0, "r": 0.0}
+        return {"log_u_pos": -math.inf}
 
     def _update(self, step: Step) -> None:
         super()._update(step)
@@ -173,18 +174,16 @@ class ISogCLRNewV2Loss(ISogCLRLoss):
         with torch.no_grad():
             pos_sim = (batch.x_all.detach() * batch.t_all.detach()).sum(dim=1)  # S_ii of the global batch
             a = pos_sim.mul(-2.0 / float(self.cfg.dro_lambda))
-            b_old = self.state.scalar("b_pos", dtype, device)
-            r_old = self.state.scalar("r", dtype, device)
-            b_pos = torch.maximum(b_old, a.max())
-            r = (1.0 - step.gamma) * r_old * torch.exp(b_old - b_pos) + step.gamma * torch.exp(a - b_pos).mean()
+            log_mean = torch.logsumexp(a, dim=0) - math.log(a.shape[0])
+            log_u_pos = log_moving_average(self.state.scalar("log_u_pos", dtype, device), log_mean, step.gamma)
             local = slice(batch.offset, batch.offset + batch.local_size)
-            weight = torch.exp(a[local] - b_pos) / (r + self.eps)
+            weight = torch.exp(a[local] - log_u_pos)
             positives(step.side_I.W, batch.offset).sub_((2.0 / batch.global_size) * weight)
             step.rows["loss"] = step.rows["loss"] - (2.0 / batch.global_size) * weight * pos_sim[local]
             step.rows["dro_weight"] = weight
-        step.scalars = {"b_pos": b_pos, "r": r}
+        step.scalars = {"log_u_pos": log_u_pos}
 
     def _extra_stats(self, step: Step, table: Table) -> dict[str, Tensor]:
         out = super()._extra_stats(step, table)
-        out.update(b_pos=step.scalars["b_pos"], r=step.scalars["r"], dro_weight_max=table["dro_weight"].max())
+        out.update(log_u_pos=step.scalars["log_u_pos"], dro_weight_max=table["dro_weight"].max())
         return out

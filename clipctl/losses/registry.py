@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from clipctl.errors import UsageError
 from clipctl.losses.config import (
+    REMOVED_KEYS,
     CLIPConfig,
     FastCLIPv3Config,
     ISogCLRConfig,
@@ -87,6 +88,11 @@ def check_loss_keys(source: str, raw: dict[str, Any], explicit: set[str] | None 
     users_of = key_users()
     inherited = set()
     for key in loss:
+        if key in REMOVED_KEYS:
+            if explicit is None or key in explicit:
+                raise UsageError(f"{source}: loss.{key}: {REMOVED_KEYS[key]}")
+            inherited.add(key)
+            continue
         users = users_of.get(key)
         if users is None or name in users:
             continue

@@ -58,7 +58,7 @@ def last_occurrence(index: Tensor) -> Tensor:
 
 
 class PerSampleState:
-    """Columns (e.g. s_I, b_I, tau_I, m_I, ...) of a (rows, k) float32 matrix, and named float32 scalars.
+    """Columns (e.g. log_u_I, tau_I, m_I, ...) of a (rows, k) float32 matrix, and named float32 scalars.
 
     `sharding` is `replicated` (rows = N) or `sharded` (rows = ceil(N/K) for the world size K at
     construction: build the loss after the process group exists). Scalars are always replicated.
@@ -85,7 +85,7 @@ class PerSampleState:
         self.reset()
 
     def reset(self, device: torch.device | str = "cpu") -> None:
-        """Initial values: s = 0, b = 0, m = 0, tau = tau_init, ... (as given at construction)."""
+        """Initial values: log u = −∞ (unvisited), m = 0, tau = tau_init, ... (as given at construction)."""
         self.values = self._column_init.to(device).repeat(self.rows, 1)
         self.scalars = {n: torch.tensor(v, dtype=torch.float32, device=device) for n, v in self._scalar_init.items()}
 

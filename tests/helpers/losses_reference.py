@@ -2,7 +2,8 @@
 
 Gradients are checked against autograd of objectives written here: the TRUE objectives (exact g) at
 epoch 0 and, at later steps, the objective whose gradient the spec prescribes (g replaced by the
-tracked s·e^b, everything forming a weight held constant).
+tracked u, everything forming a weight held constant). The estimate u is kept in the LINEAR domain in float64
+(exp(±400) is still finite there), so nothing here shares the implementation's log-domain arithmetic.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def h_rows(S: torch.Tensor) -> torch.Tensor:
 
 
 def true_g(H: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """g_i(τ_i) = (1/(B−1)) Σ_{j≠i} exp(h_ij/τ_i), unshifted (fine in float64 for |h| ≤ 2, τ ≥ 0.005)."""
+    """g_i(τ_i) = (1/(B−1)) Σ_{j≠i} exp(h_ij/τ_i), unshifted (finite in float64 for |h| ≤ 2, τ ≥ 0.005)."""
     B = H.shape[0]
     return (torch.exp(H / tau.unsqueeze(1)) * offdiag(B)).sum(1) / (B - 1)
 
@@ -42,36 +43,27 @@ def gamma_ref(epoch: int, schedule: str, gamma: float, gamma_min: float, E: int)
     return gamma_min if epoch >= E else gamma_min + 0.5 * (1 - gamma_min) * (1 + math.cos(math.pi * epoch / E))
 
 
-def shift_and_average(H: torch.Tensor, tau: torch.Tensor, s_old, b_old, gamma: float):
-    """Spec steps 1-4 for one side: returns (s, b) after the update, as plain loops over anchors."""
-    B = H.shape[0]
-    s_new, b_new = s_old.clone(), b_old.clone()
-    for i in range(B):
-        z = [(H[i, j] / tau[i]).item() if j != i else 0.0 for j in range(B)]
-        b = max(b_old[i].item(), max(z))
-        ghat = sum(math.exp(z[j] - b) for j in range(B) if j != i) / (B - 1)
-        s_new[i] = (1 - gamma) * s_old[i].item() * math.exp(b_old[i].item() - b) + gamma * ghat
-        b_new[i] = b
-    return s_new, b_new
+def moving_estimate(u_old: torch.Tensor, ghat: torch.Tensor, gamma: float) -> torch.Tensor:
+    """u ← (1−γ)·u + γ·ĝ in the linear domain, float64; an unvisited sample (u = 0) takes ĝ whole."""
+    return torch.where(u_old > 0, (1 - gamma) * u_old + gamma * ghat, ghat)
 
 
-def linearized_objective(
-    H: torch.Tensor, tau: torch.Tensor, s: torch.Tensor, b: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """mean_i τ_i·(1/(B−1)) Σ_j exp(h_ij/τ_i − b_i)/(s_i+ε): its gradient is mean_i mean_j w_ij ∇h_ij."""
-    B = H.shape[0]
-    e = torch.exp(H / tau.unsqueeze(1) - b.unsqueeze(1)) * offdiag(B)
-    return (tau * e.sum(1) / (B - 1) / (s + eps)).mean()
+def stored(u: torch.Tensor) -> torch.Tensor:
+    """What a float32 buffer of log u gives back: u rounded as the spec stores it (0 stays 0)."""
+    return torch.exp(torch.log(u).to(torch.float32).to(torch.float64))
 
 
-def tau_gradient(
-    H: torch.Tensor, tau: torch.Tensor, s: torch.Tensor, b: torch.Tensor, rho: float, eps: float
-) -> torch.Tensor:
-    """∂/∂τ_i [τ_i(log g_i(τ_i) + ρ)] with g replaced by s·e^b: log(s+ε) + b + ρ + τ·g'(τ)·e^{−b}/(s+ε),
-    g' by autograd of the exact batch g."""
+def linearized_objective(H: torch.Tensor, tau: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """mean_i τ_i·g_i(h)/u_i with u held constant: its gradient is mean_i τ_i∇g_i/u_i, the true objective's
+    gradient mean_i τ_i∇log g_i with g replaced by the tracked u in the denominator."""
+    return (tau * true_g(H, tau) / u).mean()
+
+
+def tau_gradient(H: torch.Tensor, tau: torch.Tensor, u: torch.Tensor, rho: float) -> torch.Tensor:
+    """∂/∂τ_i [τ_i(log g_i(τ_i) + ρ)] with g replaced by u: log u + ρ + τ·g'(τ)/u, g' by autograd of the exact g."""
     tau_leaf = tau.detach().clone().requires_grad_(True)
     (dg,) = torch.autograd.grad(true_g(H.detach(), tau_leaf).sum(), tau_leaf)
-    return torch.log(s + eps) + b + rho + tau * dg * torch.exp(-b) / (s + eps)
+    return torch.log(u) + rho + tau * dg / u
 
 
 def isogclr_new_v2_objective(
@@ -94,3 +86,16 @@ def isogclr_new_v2_objective(
     negatives = side(S, tau_I) + side(S.T, tau_T) + rho * (tau_I + tau_T)
     dro = lam * (torch.logsumexp(-2.0 * S.diagonal() / lam, dim=0) - math.log(B))
     return negatives.mean() + dro
+
+
+def separated(gen: torch.Generator, rows: int, gap: float = 0.4, jitter: float = 0.01) -> tuple[torch.Tensor, ...]:
+    """Image and text features whose every positive sits about `gap` above every negative (S_ii ≈ 1,
+    S_ij ≈ 1 − gap): at τ = 0.01 each anchor's z_ij ≈ −gap/τ = −40, where g ≈ e^{−40}. Built from orthonormal
+    directions e_i plus a shared component c·v with 1/(1 + c²) = gap; `jitter` breaks the ties."""
+    dim = rows + 1
+    c = math.sqrt(1.0 / gap - 1.0)
+    base = torch.eye(rows, dim, dtype=torch.float64)
+    base[:, rows] = c
+    x = F.normalize(base + jitter * torch.randn(rows, dim, generator=gen, dtype=torch.float64), dim=1)
+    t = F.normalize(base + jitter * torch.randn(rows, dim, generator=gen, dtype=torch.float64), dim=1)
+    return x, t

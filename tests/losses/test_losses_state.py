@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -67,10 +68,9 @@ def test_save_load_round_trip_continues_the_same_trajectory(name):
         assert torch.equal(value, second.state.tensors[key]), key
     assert not torch.equal(first.state.tensors["tau_I"], torch.full((12,), 0.01))  # τ really moved
     if name == "isogclr_new_v2":
-        assert (
-            first.state.tensors["r"].item() > 0 and second.state.tensors["r"].item() == first.state.tensors["r"].item()
-        )
-        assert set(saved["_extra_state"]["scalars"]) == {"b_pos", "r"}
+        log_u_pos = first.state.tensors["log_u_pos"].item()
+        assert math.isfinite(log_u_pos) and second.state.tensors["log_u_pos"].item() == log_u_pos
+        assert set(saved["_extra_state"]["scalars"]) == {"log_u_pos"}
 
 
 def test_round_trip_keeps_learnable_temperature_and_network():
@@ -99,7 +99,7 @@ def test_loading_state_for_another_dataset_size_needs_reset():
         other.load_state_dict(saved)
     assert err.value.exit_code == 5 and "\n" not in str(err.value) and "reset_loss_state" in str(err.value)
     other.load_state_dict(saved, reset=True)
-    assert other.state.tensors["s_I"].shape == (20,) and float(other.state.tensors["s_I"].abs().sum()) == 0.0
+    assert other.state.tensors["log_u_I"].shape == (20,) and bool(torch.isneginf(other.state.tensors["log_u_I"]).all())
     with pytest.raises(ResumeError, match="belongs to loss 'sogclr'"):
         build_loss({"name": "isogclr"}, num_samples=12).load_state_dict(saved)
 
@@ -160,7 +160,7 @@ def test_duplicate_indices_last_write_wins():
     single = build_loss({"name": "sogclr"}, num_samples=6)
     single(x, t, torch.arange(6), epoch=0)
     for pos, i in ((5, 3), (4, 1), (3, 0)):
-        assert loss_fn.state.tensors["s_I"][i] == single.state.tensors["s_I"][pos]
+        assert loss_fn.state.tensors["log_u_I"][i] == single.state.tensors["log_u_I"][pos]
 
 
 def test_state_lives_outside_module_buffers_and_on_cpu_when_asked():
@@ -220,4 +220,4 @@ def test_temperature_network_stays_in_its_box_and_trains_only_itself():
     assert all(p.grad is not None for p in loss_fn.parameters())
     optimizer.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, loss_fn.parameters()))
-    assert set(out.stats) >= {"s_I", "b_T", "gcl_I", "tau_T_min", "tau_I_max", "tau_grad_I"}
+    assert set(out.stats) >= {"log_u_I", "log_u_T", "gcl_I", "tau_T_min", "tau_I_max", "tau_grad_I"}
