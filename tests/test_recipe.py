@@ -259,3 +259,32 @@ def test_rho_warning_is_printed_by_validate_and_ignores_other_losses(run_cli, tm
     code, _, err = run_cli("recipes", "validate", str(path))
     assert code == 0 and "loss.rho_I = 6 and loss.rho_T = 6 >= log(B-1) = 3.43" in " ".join(err.split())
     assert recipe_warnings(validate_recipe({"loss": {"name": "sogclr"}, "train": {"batch_size": 4}})) == []
+
+
+@pytest.mark.parametrize(("rho", "batch", "warned"), [(4.0, 128, False), (4.0, 32, True), (6.5, 1024, False)])
+def test_fastclip_v3_warns_when_its_global_tau_can_only_fall(rho, batch, warned):
+    """dF/dτ ≥ 2(ρ − log(B−1)) on a fresh estimate, with ρ the mean of rho_I and rho_T."""
+    recipe = validate_recipe(
+        {"loss": {"name": "fastclip_v3", "rho_I": rho, "rho_T": rho}, "train": {"batch_size": batch}}
+    )
+    messages = recipe_warnings(recipe)
+    assert len(messages) == (1 if warned else 0)
+    if warned:
+        assert f"(loss.rho_I + loss.rho_T)/2 = {rho:g} >= log(B-1) = {math.log(batch - 1):.2f}" in messages[0]
+        assert "global temperature of fastclip_v3 can only fall" in messages[0] and "\n" not in messages[0]
+
+
+def test_fastclip_v3_default_rho_lets_tau_move_at_the_recipes_batch():
+    recipe = validate_recipe({"loss": {"name": "fastclip_v3"}, "train": {"batch_size": 128}})
+    assert recipe.loss.rho_I == recipe.loss.rho_T == 4.0 and recipe_warnings(recipe) == []
+
+
+@pytest.mark.parametrize("start", [0.005, 2.0])
+def test_clip_refuses_a_learnable_start_outside_its_box(start, run_cli, tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(f'[loss]\nname = "clip"\nlearnable_temp = true\ntemperature = {start}\n')
+    code, _, err = run_cli("recipes", "validate", str(path))
+    assert code == 2 and "Traceback" not in err
+    line = " ".join(err.split())
+    assert f"loss: temperature = {start:g} is outside the learnable box [0.01, 1] of clip" in line
+    assert validate_recipe({"loss": {"name": "clip", "temperature": start}}).loss.temperature == start  # fixed τ: ok

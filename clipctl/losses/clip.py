@@ -15,9 +15,9 @@ from torch import nn
 
 from clipctl.losses import distributed as D
 from clipctl.losses.base import Batch, ContrastiveLoss, LossOutput
-from clipctl.losses.config import CLIPConfig
+from clipctl.losses.config import CLIP_TAU_BOX, CLIPConfig
 
-THETA_MAX = math.log(100.0)
+THETA_MAX = -math.log(CLIP_TAU_BOX[0])
 
 
 class CLIPLoss(ContrastiveLoss):
@@ -28,7 +28,7 @@ class CLIPLoss(ContrastiveLoss):
     ) -> None:
         super().__init__(cfg, num_samples, total_epochs, embed_dim)
         self.learnable = bool(cfg.learnable_temp)
-        theta = min(max(-math.log(cfg.temperature), 0.0), THETA_MAX) if self.learnable else -math.log(cfg.temperature)
+        theta = -math.log(cfg.temperature)  # a learnable start is inside [0, THETA_MAX] (CLIPConfig checks)
         if self.learnable:
             self.theta = nn.Parameter(torch.tensor(theta))
         else:

@@ -51,6 +51,9 @@ REMOVED_KEYS = {
 }
 
 
+CLIP_TAU_BOX = (0.01, 1.0)  # where clip's learnable τ lives: θ = log(1/τ) ∈ [0, ln 100]
+
+
 class LossConfig(Section):
     """Base of every loss's model; `name` picks the model and the loss class (see `registry`)."""
 
@@ -74,6 +77,17 @@ class CLIPConfig(LossConfig):
     temperature: float = Field(0.01, gt=0, le=10)
     learnable_temp: bool = False
     lr_tau: float | None = Field(None, gt=0)  # None: optim.lr
+
+    @model_validator(mode="after")
+    def _check_learnable_start(self) -> CLIPConfig:
+        """A learnable τ is clamped into [0.01, 1] after every step: a start outside would be moved there silently."""
+        if self.learnable_temp and not CLIP_TAU_BOX[0] <= self.temperature <= CLIP_TAU_BOX[1]:
+            raise ValueError(
+                f"temperature = {self.temperature:g} is outside the learnable box [{CLIP_TAU_BOX[0]:g}, "
+                f"{CLIP_TAU_BOX[1]:g}] of clip (θ = log(1/τ) is clamped to [0, ln 100]); start inside it, or set "
+                "learnable_temp = false"
+            )
+        return self
 
     def fill_optim_defaults(self, lr: float) -> None:
         if self.lr_tau is None:
@@ -100,7 +114,7 @@ class SogCLRConfig(GCLConfig):
 
 
 class _TauBox(GCLConfig):
-    """Losses whose temperatures live in a box [tau_min, tau_max]."""
+    """Losses whose temperatures live in a box [tau_min, tau_max] and are moved by the robust objective's ρ."""
 
     tau_min: float = Field(0.005, gt=0, le=10)
     tau_max: float = Field(0.05, gt=0, le=10)
@@ -113,6 +127,29 @@ class _TauBox(GCLConfig):
             raise ValueError(f"tau_min ({self.tau_min}) must not exceed tau_max ({self.tau_max})")
         return self
 
+    def _rhos(self) -> dict[str, float]:
+        """The ρ values that set the sign of a τ-gradient, by the name a user sets them under."""
+        return {"loss.rho_I": self.rho_I, "loss.rho_T": self.rho_T}
+
+    def _moved(self) -> str:
+        return f"every temperature of {self.name}"
+
+    def warnings(self, contrast_batch: int) -> list[str]:
+        """On a fresh estimate an anchor's τ-slope is H(p_i) − log(B−1) (H, the entropy of its softmax over the B−1
+        negatives, is ≥ 0), so its τ-gradient is ≥ ρ − log(B−1): with ρ ≥ log(B−1) every τ can only fall, whatever
+        the data; a stale moving estimate lets a few step the other way now and then."""
+        bound = math.log(max(contrast_batch - 1, 1))
+        high = [f"{key} = {value:g}" for key, value in self._rhos().items() if value >= bound]
+        if not high:
+            return []
+        return [
+            f"{' and '.join(high)} >= log(B-1) = {bound:.2f} for the contrast batch B = {contrast_batch} "
+            "(train.batch_size / "
+            f"train.grad_accum): every τ-gradient on a fresh estimate is positive, so {self._moved()} can only "
+            f"fall (a stale estimate lets a few rise now and then); use rho < {bound:.2f} for temperatures that can "
+            "also rise"
+        ]
+
 
 class IndividualTempConfig(_TauBox):
     """The iSogCLR family: one τ per sample and side, moved by momentum SGD on its τ-gradient."""
@@ -122,22 +159,6 @@ class IndividualTempConfig(_TauBox):
     eta_schedule: Literal["const", "cosine", "exp"] = "const"
     beta_u: float = Field(0.9, gt=0, le=1)
     tau_grad_clip: float = Field(5.0, ge=0)
-
-    def warnings(self, contrast_batch: int) -> list[str]:
-        """On a fresh estimate the τ-gradient is G_i = H(p_i) − log(B−1) + ρ ≥ ρ − log(B−1) (H, the entropy of the
-        anchor's softmax over its B−1 negatives, is ≥ 0), so with ρ ≥ log(B−1) every τ can only fall; a stale
-        moving estimate lets a few anchors step the other way now and then."""
-        bound = math.log(max(contrast_batch - 1, 1))
-        high = [f"loss.{key} = {getattr(self, key):g}" for key in ("rho_I", "rho_T") if getattr(self, key) >= bound]
-        if not high:
-            return []
-        return [
-            f"{' and '.join(high)} >= log(B-1) = {bound:.2f} for the contrast batch B = {contrast_batch} "
-            "(train.batch_size / "
-            f"train.grad_accum): every τ-gradient on a fresh estimate is positive, so every temperature of "
-            f"{self.name} can only fall (a stale estimate lets a few rise now and then); "
-            f"use rho < {bound:.2f} for temperatures that can also rise"
-        ]
 
 
 class ISogCLRConfig(IndividualTempConfig):
@@ -173,14 +194,27 @@ class ISogCLRNewV2Config(IndividualTempConfig):
 
 
 class FastCLIPv3Config(_TauBox):
-    """One learnable global τ in [tau_min, tau_max] = [0.01, 1] by default, starting at `temperature`."""
+    """One learnable global τ in [tau_min, tau_max] = [0.01, 1] by default, starting at `temperature`.
+
+    ρ = (rho_I + rho_T)/2 defaults to 4.0: on a fresh estimate dF/dτ ≥ 2(ρ − log(B−1)), so τ can rise only below
+    log(B−1), and clipctl's recipes train at B = 128 (log 127 = 4.84, a margin of 0.84 in the mean entropy of the
+    negatives' softmax). FastCLIP's own runs use ρ ≈ 6.5 at B = 1024 (margin 0.43); set that for such batches.
+    """
 
     name: Literal["fastclip_v3"] = "fastclip_v3"
     temperature: float = Field(0.01, gt=0, le=10)
     tau_min: float = Field(0.01, gt=0, le=10)
     tau_max: float = Field(1.0, gt=0, le=10)
+    rho_I: float = Field(4.0, ge=0, le=100)
+    rho_T: float = Field(4.0, ge=0, le=100)
     lr_tau: float | None = Field(None, gt=0)  # None: optim.lr
 
     def fill_optim_defaults(self, lr: float) -> None:
         if self.lr_tau is None:
             object.__setattr__(self, "lr_tau", lr)
+
+    def _rhos(self) -> dict[str, float]:
+        return {"(loss.rho_I + loss.rho_T)/2": 0.5 * (self.rho_I + self.rho_T)}
+
+    def _moved(self) -> str:
+        return "the global temperature of fastclip_v3"
