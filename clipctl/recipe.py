@@ -90,6 +90,10 @@ class SchedConfig(Section):
     min_lr: float = Field(1e-5, ge=0)
     decay_rate: float = Field(0.1, gt=0, le=1)
     decay_epochs: float = Field(10.0, gt=0)  # step scheduler period
+    # The loss's own parameter groups (learnable τ, temperature network); unset: min_lr and warmup_lr scaled by the
+    # group's lr / optim.lr, the model's schedule relative to the group's own lr
+    loss_min_lr: float | None = Field(None, ge=0)
+    loss_warmup_lr: float | None = Field(None, ge=0)
 
 
 class TrainConfig(Section):

@@ -10,6 +10,7 @@ shapes, and the index contract the per-sample loss buffers rely on, stay intact.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -192,6 +193,19 @@ def _scan_shards(folder: Path) -> tuple[list[Path], list[tuple[_ShardMember, str
     return shards, [(member, caption) for _, member, caption in samples]
 
 
+def sample_identity(keys: Sequence[str], captions: Sequence[str]) -> str:
+    """sha256 of the ordered (key, caption) pairs: which sample each dense index 0..N-1 is.
+
+    Per-sample loss state is stored by index, so a reordered, regenerated or edited dataset of the same size
+    would hand every sample another's state; the keys are relative (image path as written, shard member), so
+    moving the data root keeps the identity.
+    """
+    digest = hashlib.sha256()
+    for key, caption in zip(keys, captions, strict=True):
+        digest.update(f"{key}\t{caption}\n".encode())
+    return digest.hexdigest()
+
+
 class PairsDataset(Dataset):
     """Training pairs; item -> (image tensor, token ids (max_len,), dense index in [0, len)).
 
@@ -229,9 +243,12 @@ class PairsDataset(Dataset):
         self._handles_pid = -1
         if self.source.is_dir():
             self._shards, raw = _scan_shards(self.source)
-            names = [member.name for member, _ in raw]
+            names = keys = [member.name for member, _ in raw]
         else:
-            raw, names = self._read_pairs_json(self.source, Path(image_root) if image_root else self.source.parent)
+            root = Path(image_root) if image_root else self.source.parent
+            raw, keys = self._read_pairs_json(self.source)
+            names = [str(root / key) for key in keys]
+            raw = [(root / key, caption) for key, caption in raw]
         total = len(raw)
         positions = list(range(total))
         if subset_indices is not None:
@@ -266,13 +283,15 @@ class PairsDataset(Dataset):
         self._items = [raw[i][0] for i in positions]
         self._names = [names[i] for i in positions]
         self.captions = [cleaned[i] for i in positions]
+        self.identity = sample_identity([keys[i] for i in positions], self.captions)
         self.tokens: torch.Tensor | None = None
         self._tokenizer: TextTokenizer | None = None
         if tokenizer is not None:
             self.tokenizer = tokenizer
 
     @staticmethod
-    def _read_pairs_json(path: Path, image_root: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    def _read_pairs_json(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+        """[(image path as written, caption)] and the image paths as written (relative to the image root)."""
         data = _read_json(path)
         if not isinstance(data, list):
             raise DataError(f'{path}: expected a JSON list of {{"image", "caption", "image_id"}} objects')
@@ -287,8 +306,8 @@ class PairsDataset(Dataset):
                     f'{path}: entry {i}: expected {{"image": str, "caption": str, "image_id": int|str}}, got '
                     f"{str(entry)[:80]}"
                 )
-            raw.append((image_root / entry["image"], entry["caption"]))
-            names.append(str(image_root / entry["image"]))
+            raw.append((entry["image"], entry["caption"]))
+            names.append(entry["image"])
         return raw, names
 
     @property

@@ -196,6 +196,9 @@ class ContrastiveLoss(nn.Module, metaclass=ABCMeta):
     def after_optimizer_step(self) -> None:
         """Project learnable temperatures back into their box (no-op by default)."""
 
+    def reset_state(self) -> None:
+        """Forget the per-sample state (a loss that keeps none has nothing to forget)."""
+
     # ------------------------------------------------------------------------------ checkpointing
 
     def load_state_dict(

@@ -220,6 +220,9 @@ class GlobalContrastiveLoss(ContrastiveLoss):
     def _scalar_init(self) -> dict[str, float]:
         return {}
 
+    def reset_state(self) -> None:
+        self.state.reset(self.state.device)
+
     def gamma_at(self, epoch: int) -> float:
         c = self.cfg
         return gamma_at(epoch, c.gamma_schedule, c.gamma, c.gamma_min, c.gamma_decay_epochs)

@@ -185,6 +185,7 @@ def build_summary(
     *,
     world_size: int,
     train_subset: Any,
+    sample_identity: str | None = None,
     error: str | None = None,
     test: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -207,6 +208,7 @@ def build_summary(
         "world_size": world_size,
         "selected_on": recipe.eval.select_on,
         "train_subset": train_subset,
+        "sample_identity": sample_identity,
         "error": error,
     }
     if test is not None:

@@ -103,6 +103,11 @@ class Components:
         return self.train_set.subset_indices
 
     @property
+    def sample_identity(self) -> str:
+        """Which sample each training index is (the per-sample loss state is stored by index)."""
+        return self.train_set.identity
+
+    @property
     def micro_batch(self) -> int:
         """Samples per process per loss call."""
         train = self.recipe.train

@@ -59,7 +59,8 @@ TRACKED_RUN_KEYS = ("seed",)  # run.name and run.out_dir may change (a moved run
 UNTRACKED_KEYS = {
     ("train", "dist_timeout_s"),
     ("loss", "state_sharding"),
-}  # change no result: how long ranks wait, where the state lives
+    ("train", "reset_loss_state"),
+}  # change no result: how long ranks wait, where the state lives; or an instruction to the resume itself
 
 
 @dataclass
@@ -234,6 +235,7 @@ class Trainer:
             "progress": vars(self.progress).copy(),
             "tokenizer_json": self.parts.tokenizer.to_json(),
             "subset_indices": self.parts.subset_indices,
+            "sample_identity": self.parts.sample_identity,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -242,7 +244,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.accelerator.scaler is not None and state["scaler"]:
             self.accelerator.scaler.load_state_dict(state["scaler"])
-        self.parts.loss.load_state_dict(state["loss"], reset=self.recipe.train.reset_loss_state)
+        self._restore_loss(state)
         self.progress = Progress(**state["progress"])
         mine = rank_rng_state(state["rng"], self.accelerator.process_index, self.world)
         if mine is not None:
@@ -253,6 +255,23 @@ class Trainer:
                 "and other random streams start from the seed, so the resumed run is not identical to an "
                 "uninterrupted one"
             )
+
+    def _restore_loss(self, state: dict[str, Any]) -> None:
+        """The per-sample loss state, refused when it belongs to other samples (stored by index: a reordered or
+        regenerated dataset of the same size would attach each sample's state to another) unless reset."""
+        reset = self.recipe.train.reset_loss_state
+        saved, current = state.get("sample_identity"), self.parts.sample_identity
+        changed = saved is not None and saved != current  # a state from before identities were kept: not known
+        if changed and not reset:
+            raise ResumeError(
+                f"{self.resume_from}: the training pairs changed since the state was saved (same count, other "
+                f"samples or order: identity {saved[:12]} -> {current[:12]}), so the per-sample loss state would "
+                "attach to other samples; restore the data, or set train.reset_loss_state = true to restart it"
+            )
+        self.parts.loss.load_state_dict(state["loss"], reset=reset)
+        if changed:
+            self.parts.loss.reset_state()
+            info(f"{self.resume_from}: the training pairs changed; per-sample loss state restarted (reset_loss_state)")
 
     def _rng_states(self) -> list[dict[str, Any]]:
         """Every rank's RNG state, in rank order: each rank draws its own dropout masks, and resuming one from
@@ -295,6 +314,7 @@ class Trainer:
             self.progress,
             world_size=self.world,
             train_subset=self.parts.train_subset,
+            sample_identity=self.parts.sample_identity,
             error=error,
             test=test,
         )

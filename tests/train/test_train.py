@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,3 +254,28 @@ def test_process_group_timeout_is_a_recipe_key_and_not_tracked_for_resume():
     assert accelerator.init_handler.timeout.total_seconds() == 1234
     assert TrainConfig().dist_timeout_s == 7200
     assert _recipe_difference({"train": {"dist_timeout_s": 600}}, {"train": {"dist_timeout_s": 7200}}) == ""
+
+
+def test_resume_on_reordered_pairs_of_the_same_count_is_refused_unless_the_loss_state_is_reset(
+    shapes, tmp_path, run_cli
+):
+    """The per-sample loss state is stored by index: reordered (or regenerated) pairs of the same count would
+    hand every sample another's state, so the state records which samples it belongs to."""
+    data = tmp_path / "shapes"
+    shutil.copytree(shapes, data)
+    with pytest.raises(InterruptedRun):
+        run(data, tmp_path, "r", stop_after=5)
+    saved = load_state(tmp_path / "r" / "state" / "last.pt")["sample_identity"]
+    assert len(saved) == 64 and json.loads((tmp_path / "r" / "summary.json").read_text())["sample_identity"] == saved
+    pairs = json.loads((data / "train.json").read_text())
+    (data / "train.json").write_text(json.dumps(pairs[::-1]))
+    args = ["train", "quickstart", *tiny_overrides(data), "--out", str(tmp_path), "--name", "r", "--resume", "auto"]
+    listing = sorted(p.name for p in (tmp_path / "r").rglob("*"))
+    code, _, err = run_cli(*args)
+    line = " ".join(err.split())
+    assert code == 5 and "Traceback" not in err and "the training pairs changed since the state was saved" in line
+    assert "train.reset_loss_state = true" in line and sorted(p.name for p in (tmp_path / "r").rglob("*")) == listing
+    code, _, err = run_cli(*args, "train.reset_loss_state=true")
+    assert code == 0 and "per-sample loss state restarted" in " ".join(err.split())
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["sample_identity"] != saved

@@ -107,3 +107,72 @@ def test_const_schedule_holds_lr_after_warmup():
     curve = lr_curve(["sched.name=const", "sched.warmup_epochs=1", "sched.warmup_lr=1e-5"])
     assert curve[0] == pytest.approx(1e-5)
     assert curve[10:] == pytest.approx([1e-3] * 90)
+
+
+def group_curves(overrides: list[str], tau_lr: float, epochs: int = 10, updates: int = 10) -> dict[str, list[float]]:
+    """lr per update of the model's group and of a loss group ("loss.tau") with its own lr."""
+    recipe = load_recipe("quickstart", [f"train.epochs={epochs}", "optim.lr=1e-3", *overrides])
+    model, tau = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD(
+        [{"params": [model], "name": "decay"}, {"params": [tau], "lr": tau_lr, "name": "loss.tau"}], lr=recipe.optim.lr
+    )
+    scheduler = build_scheduler(optimizer, recipe.sched, recipe.train.epochs, updates)
+    curves: dict[str, list[float]] = {"decay": [], "loss.tau": []}
+    for update in range(epochs * updates):
+        scheduler.step_update(update)
+        for group in optimizer.param_groups:
+            curves[group["name"]].append(group["lr"])
+    return curves
+
+
+def test_a_loss_group_below_min_lr_follows_the_model_relatively_and_never_rises():
+    """lr_tau = 1e-6 under min_lr = 1e-5: timm's one schedule would lift it toward min_lr; here it decays."""
+    curves = group_curves(["sched.name=cosine", "sched.warmup_epochs=0", "sched.min_lr=1e-5"], tau_lr=1e-6)
+    tau, model = curves["loss.tau"], curves["decay"]
+    assert tau[0] == pytest.approx(1e-6) and max(tau) <= 1e-6 * (1 + 1e-9)
+    assert all(a >= b - 1e-18 for a, b in zip(tau, tau[1:])), "the loss group's lr must never rise"
+    ratios = [t / m for t, m in zip(tau, model)]
+    assert ratios == pytest.approx([1e-3] * len(ratios))  # the model's schedule, scaled by 1e-6 / 1e-3
+
+
+def test_a_loss_group_warms_up_relatively_and_takes_absolute_keys_when_given():
+    relative = group_curves([*COMMON, "sched.name=cosine"], tau_lr=1e-2)
+    assert relative["loss.tau"][0] == pytest.approx(1e-6 * 10)  # warmup_lr x (1e-2 / 1e-3)
+    assert relative["loss.tau"][-1] == pytest.approx(1e-5 * 10)
+    absolute = group_curves(
+        [*COMMON, "sched.name=cosine", "sched.loss_min_lr=1e-4", "sched.loss_warmup_lr=2e-3"], tau_lr=1e-2
+    )
+    assert absolute["loss.tau"][0] == pytest.approx(2e-3) and absolute["loss.tau"][-1] == pytest.approx(1e-4)
+    assert absolute["decay"] == relative["decay"]  # the model's own schedule is untouched
+
+
+def test_a_loss_floor_above_the_groups_lr_is_refused():
+    with pytest.raises(UsageError, match=r"sched.loss_min_lr = 0.1 exceeds the learning rate 0.01 .*'loss.tau'"):
+        group_curves(["sched.loss_min_lr=0.1"], tau_lr=1e-2)
+
+
+def test_a_schedule_state_saved_as_one_timm_schedule_still_loads():
+    """Before loss groups had their own schedule the state was one timm scheduler's state_dict."""
+    recipe = load_recipe("quickstart", ["train.epochs=4"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=recipe.optim.lr)
+    scheduler = build_scheduler(optimizer, recipe.sched, recipe.train.epochs, 10)
+    old = scheduler.parts["model"].state_dict()
+    fresh = build_scheduler(optimizer, recipe.sched, recipe.train.epochs, 10)
+    fresh.load_state_dict(old)
+    fresh.step_update(25)
+    scheduler.step_update(25)
+    assert fresh.state_dict() == scheduler.state_dict()
+
+
+def test_the_schedule_still_drives_the_groups_after_the_optimizer_reloads_its_state():
+    """A resume and Accelerate's prepare call optimizer.load_state_dict, which replaces the group dicts."""
+    recipe = load_recipe("quickstart", ["train.epochs=2", "optim.lr=1e-3", "sched.warmup_epochs=1"])
+    tau = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD(
+        [{"params": [torch.nn.Parameter(torch.zeros(1))]}, {"params": [tau], "lr": 1e-2, "name": "loss.tau"}], lr=1e-3
+    )
+    scheduler = build_scheduler(optimizer, recipe.sched, recipe.train.epochs, 10)
+    optimizer.load_state_dict(optimizer.state_dict())
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-5, 1e-4])  # warmup starts
+    scheduler.step_update(10)  # warmup over, halfway down the cosine: min + (lr − min)/2
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5.05e-4, 5.05e-3])
