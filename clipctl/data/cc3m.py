@@ -39,6 +39,7 @@ from clipctl.data.archive import extract, iter_tar_files, unsafe_reason
 from clipctl.data.datasets import wds_key
 from clipctl.data.fetch import download, http_session
 from clipctl.data.hub import hub_file
+from clipctl.data.localfiles import file_kind, regular_file_inside
 from clipctl.data.manifest import check_hashes, files_digest, read_manifest, sha256_file
 from clipctl.data.registry import (
     CC3M_ARCHIVE_ENV,
@@ -233,7 +234,7 @@ def training_subset(ref: str, root: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not _is_pairs(data):
+    if _pairs_problem(data) is not None:
         return None
     kind = "course-json" if path.name == COURSE_JSON else "pairs-json"
     return subset_identity([Path(e["image"]).as_posix() for e in data], kind)
@@ -253,7 +254,9 @@ def check_prepare_size(ref: str, root: Path, size: int) -> None:
         )
 
 
-def _is_pairs(data: Any) -> bool:
+def _looks_like_pairs(data: Any) -> bool:
+    """The shape of a pairs JSON, judged on its first 100 entries: picks the candidate in a folder, whose every
+    entry `_pairs_problem` then checks."""
     return (
         isinstance(data, list)
         and bool(data)
@@ -264,27 +267,62 @@ def _is_pairs(data: Any) -> bool:
     )
 
 
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {list: "a list", dict: "an object", str: "a string"}.get(type(value), f"a {type(value).__name__}")
+
+
+def _pairs_problem(data: Any) -> str | None:
+    """What keeps `data` from being a pairs JSON, naming the first bad entry (index and what is wrong); None
+    when every entry has a `caption` string and an `image` string naming a path inside the image folder.
+
+    Why every entry: a bad entry past the first ones would otherwise pass the fetch and fail training later.
+    """
+    if not isinstance(data, list) or not data:
+        what = "an empty list" if data == [] else _json_type(data)
+        return f'{what}, not a list of {{"image", "caption"}} objects'
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            return f"entry {i} is {_json_type(entry)}, not an object"
+        for key in ("image", "caption"):
+            if key not in entry:
+                return f'entry {i} has no "{key}"'
+            if not isinstance(entry[key], str):
+                return f'entry {i}: "{key}" is {_json_type(entry[key])}, not a string'
+        if unsafe_reason(entry["image"]):
+            return f"entry {i}: image path {entry['image']!r} refused ({unsafe_reason(entry['image'])})"
+    return None
+
+
 def _read_pairs(path: Path) -> list[dict[str, Any]]:
+    """Every entry of the pairs JSON at `path`, all checked; a one-line DataError naming the first bad one."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not a readable JSON file ({err}); expected the course's {COURSE_JSON}") from None
-    if not _is_pairs(data):
+    problem = _pairs_problem(data)
+    if problem is not None:
         raise DataError(
-            f'{path}: not a pairs JSON (a list of {{"image", "caption"}}); expected the course\'s {COURSE_JSON}'
+            f'{path}: {problem}; every entry needs "image" and "caption" strings (the course\'s {COURSE_JSON}): '
+            "fix or remove that entry"
         )
     return data
 
 
 def _find_pairs_json(folder: Path) -> Path:
-    """The largest pairs-format JSON under `folder`."""
+    """The largest pairs-format JSON under `folder` (regular files inside it only)."""
     best: tuple[int, Path] | None = None
     for path in sorted(folder.rglob("*.json")):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(regular_file_inside(path, folder).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if _is_pairs(data) and (best is None or len(data) > best[0]):
+        if _looks_like_pairs(data) and (best is None or len(data) > best[0]):
             best = (len(data), path)
     if best is None:
         raise DataError(f'{folder}: no pairs JSON (a list of {{"image", "caption"}}) found; is this the CC3M subset?')
@@ -297,16 +335,18 @@ def _image_root(json_path: Path, first: str, within: Path | None) -> Path:
     images = os.environ.get(CC3M_IMAGES_ENV, "")
     if images:
         base = Path(images).expanduser()
-        if not (base / first).is_file():
+        if not os.path.lexists(base / first):
             raise DataError(
                 f"{CC3M_IMAGES_ENV}={images}: {base / first} (the first entry of {json_path.name}) is not "
                 f"there; point it at the folder the entries' image paths start from"
             )
+        regular_file_inside(base / first, base)
         return base.resolve()
     for base in [json_path.parent, *json_path.parents]:
         if within is not None and within not in (base, *base.parents):
             break
-        if (base / first).is_file():
+        if os.path.lexists(base / first):
+            regular_file_inside(base / first, base)
             return base.resolve()
     raise DataError(
         f"{json_path}: image {first!r} not found next to the JSON or in a parent folder; set "
@@ -324,6 +364,8 @@ def _from_archive(spec: DatasetSpec, source: Path, tmp: Path) -> tuple[dict[str,
     elif source.is_file():
         extract(source, tmp / "data")
         json_path, within, in_place = _find_pairs_json(tmp / "data"), tmp / "data", False
+    elif source.exists():
+        raise DataError(f"{CC3M_ARCHIVE_ENV}={source}: {file_kind(source)}, not a JSON file, an archive or a folder")
     else:
         raise DataError(f"{CC3M_ARCHIVE_ENV}={source}: no such file or folder")
     json_path = json_path.resolve()
@@ -332,11 +374,9 @@ def _from_archive(spec: DatasetSpec, source: Path, tmp: Path) -> tuple[dict[str,
     in_place = in_place or not base.is_relative_to(tmp)  # an archive's JSON with $CLIPCTL_CC3M_IMAGES elsewhere
     pairs, keys = [], []
     for i, entry in enumerate(entries):
-        if unsafe_reason(entry["image"]):
-            raise DataError(
-                f"{json_path}: entry {i}: image path {entry['image']!r} refused ({unsafe_reason(entry['image'])})"
-            )
         image = base / entry["image"]
+        if os.path.lexists(image):  # an absent image is the loader's business (on_bad_image); a FIFO or link out is not
+            regular_file_inside(image, base)
         keys.append(Path(entry["image"]).as_posix())
         pairs.append(
             {

@@ -17,6 +17,7 @@ from clipctl.atomic import atomic_write_json
 from clipctl.console import ProgressReporter, info
 from clipctl.data.archive import extract, unsafe_reason
 from clipctl.data.fetch import SourceUnavailable, download, run_sources
+from clipctl.data.localfiles import regular_file_inside
 from clipctl.data.manifest import check_hashes, files_digest, sha256_file
 from clipctl.data.registry import DatasetSpec, RemoteFile, dataset_dir, source_url
 from clipctl.errors import DataError
@@ -55,13 +56,17 @@ def _present(path: Path) -> bool:
 
 
 def _from_local_folder(folder: Path, downloads: Path, missing: list[str]) -> str:
-    """Copy from images the user placed under downloads/ (same relative paths as the annotations)."""
+    """Copy from images the user placed under downloads/ (same relative paths as the annotations): regular
+    files inside downloads/ only."""
+    placed = {
+        rel: regular_file_inside(downloads / rel, downloads) for rel in missing if os.path.lexists(downloads / rel)
+    }
     absent = [rel for rel in missing if not _present(downloads / rel)]
     if absent:
         raise SourceUnavailable(f"{downloads}: {len(absent)} needed images are absent (first: {absent[0]})")
     for rel in missing:
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(downloads / rel, folder / f"{rel}.tmp")
+        shutil.copyfile(placed[rel], folder / f"{rel}.tmp")
         os.replace(folder / f"{rel}.tmp", folder / rel)
     return str(downloads / Path(missing[0]).parent)
 

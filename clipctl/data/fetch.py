@@ -9,6 +9,7 @@ and hash, and only then is renamed into place. A wrong hash moves the file to `d
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import time
 from collections.abc import Callable
@@ -24,7 +25,8 @@ from PIL import Image
 
 from clipctl import __version__
 from clipctl.console import ProgressReporter, info, warn
-from clipctl.data.lock import replacing
+from clipctl.data.localfiles import regular_file_inside
+from clipctl.data.lock import one_maker, replacing
 from clipctl.data.manifest import hash_file, read_manifest, write_manifest
 from clipctl.data.registry import REGISTRY, DatasetSpec, RemoteFile, get_spec
 from clipctl.errors import DataError
@@ -163,7 +165,8 @@ def download(
     policy = policy or POLICY
     dest.parent.mkdir(parents=True, exist_ok=True)
     unverified = not _expected_hashes(expected)
-    if dest.exists():
+    if os.path.lexists(dest):
+        regular_file_inside(dest, dest.parent)  # a file placed by hand: never a FIFO or a link out of its folder
         try:
             if unverified and (problem := content_problem(dest, expected.name)):
                 raise DataError(f"{dest}: {problem}")
@@ -210,8 +213,8 @@ def _download_part(
     host = urlparse(url).netloc or url
     attempt, last_error, got_response = 0, "", False
     while True:
-        offset = part.stat().st_size if part.exists() else 0
-        if expected.size is not None and offset >= expected.size:
+        offset = _usable_part(part, expected)
+        if expected.size is not None and offset == expected.size:
             break
         try:
             if _fetch_once(
@@ -221,6 +224,9 @@ def _download_part(
             got_response = True
             last_error = f"the body ended early at {part.stat().st_size if part.exists() else 0} bytes"
         except _Retry as retry:
+            if retry.restart:  # a stale .part, now deleted: start over at once, not a failed try
+                info(f"{expected.name}: {retry.reason}")
+                continue
             got_response = got_response or retry.responded
             last_error = retry.reason
             if retry.no_network and not got_response:
@@ -245,10 +251,24 @@ def _download_part(
         time.sleep(delay)
 
 
+def _usable_part(part: Path, expected: RemoteFile) -> int:
+    """The bytes of `part` to resume from; a `.part` longer than the file (left by another version of it) is
+    deleted, so the download starts over instead of failing verification."""
+    offset = part.stat().st_size if part.exists() else 0
+    if expected.size is not None and offset > expected.size:
+        info(f"{expected.name}: {part} is longer than the file ({offset} > {expected.size} bytes); starting over")
+        part.unlink()
+        return 0
+    return offset
+
+
 class _Retry(Exception):
-    def __init__(self, reason: str, responded: bool, no_network: bool = False) -> None:
+    """A failed request to try again; `restart`: the `.part` was stale and is gone, so the next request is a
+    fresh start that costs no try."""
+
+    def __init__(self, reason: str, responded: bool, no_network: bool = False, restart: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.responded, self.no_network = reason, responded, no_network
+        self.reason, self.responded, self.no_network, self.restart = reason, responded, no_network, restart
 
 
 # Over 60 lines: one request's whole protocol (range, status, length, body, checksum) in one place, so every
@@ -283,6 +303,20 @@ def _fetch_once(
         raise _Retry(reason, responded=False, no_network="name" in reason.lower() or "Errno -" in reason) from None
     except requests.exceptions.Timeout as err:
         raise _Retry(f"timed out ({_short_reason(err)})", responded=False) from None
+    except requests.exceptions.TooManyRedirects:
+        raise SourceUnavailable(
+            f"{expected.name}: {url} redirects in a loop (over {session.max_redirects} redirects); nothing was "
+            f"written to {_final(part)}; {_SOURCE_FIX}"
+        ) from None
+    except (
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+    ) as err:
+        raise SourceUnavailable(
+            f"{expected.name}: {url} leads to {_named_url(err)}, not an http(s) URL: refused; nothing was written "
+            f"to {_final(part)}; {_SOURCE_FIX}"
+        ) from None
     with response:
         status = response.status_code
         if status in (401, 403):
@@ -295,11 +329,15 @@ def _fetch_once(
                 f"{expected.name}: not found at {url} ({status}); "
                 f"{access_hint or 'set CLIPCTL_MIRROR or place the file in <data root>/downloads/'}"
             )
-        if status == 416:  # our .part is already complete (size unknown) or longer than the file
-            if expected.size is None and offset:
+        if status == 416 and offset:  # our .part is already the whole file (size unknown) or is stale
+            if expected.size is None and _range_total(response.headers.get("Content-Range", "")) == offset:
                 return True
             part.unlink(missing_ok=True)
-            raise _Retry("the server rejected the resume range; restarting", responded=True)
+            raise _Retry(
+                f"the server has no byte {offset} (HTTP 416): the .part was stale; starting over",
+                responded=True,
+                restart=True,
+            )
         if status in _RETRY_STATUS or status >= 500:
             raise _Retry(f"HTTP {status}", responded=True)
         if status not in (200, 206):
@@ -336,6 +374,25 @@ def _fetch_once(
         if length and length.isdigit() and received < start + int(length):
             return False
         return expected.size is None or received >= expected.size
+
+
+_SOURCE_FIX = "the source is misconfigured: set CLIPCTL_MIRROR to a working mirror or place the file there yourself"
+
+
+def _final(part: Path) -> Path:
+    return part.with_name(part.name.removesuffix(".part"))
+
+
+def _named_url(err: Exception) -> str:
+    """The URL requests names in its error (the redirect target it has no adapter for)."""
+    match = re.search(r"'([^']+)'", str(err))
+    return match.group(1) if match else str(err)
+
+
+def _range_total(content_range: str) -> int | None:
+    """N of a 416's `Content-Range: bytes */N` (the file's length), None when absent."""
+    match = re.fullmatch(r"bytes \*/(\d+)", content_range.strip())
+    return int(match.group(1)) if match else None
 
 
 class _Silent:
@@ -386,23 +443,29 @@ def fetch_dataset(
         from clipctl.data import shapes
 
         config = shapes.ShapesConfig(seed=seed, train_size=train_size, image_size=image_size)
-        if not force and shapes.is_current(read_manifest(root, "shapes"), config):
-            return "verified", _mark_verified(root, spec, shapes.verify_shapes(root))
-        shapes.ensure_shapes(root, seed=seed, train_size=train_size, image_size=image_size, force=True)
-        return "generated", read_manifest(root, "shapes") or {}
+        if force or not shapes.is_current(read_manifest(root, "shapes"), config):
+            if shapes.make_shapes(root, config, force=force):  # else another process just made these settings
+                return "generated", read_manifest(root, "shapes") or {}
+        return "verified", _mark_verified(root, spec, shapes.verify_shapes(root))
     info(f"{dataset_id}: licence: {spec.licence}")
-    manifest = read_manifest(root, dataset_id)
-    if manifest is not None and not force:
+    if read_manifest(root, dataset_id) is not None and not force:
         return "verified", verify_dataset(dataset_id, root)
-    options = {"prepare_size": prepare_size} if prepare_size is not None else {}
-    with replacing(root, dataset_id, "fetching it again"):  # never under a run that reads it
-        manifest = _preparer(dataset_id).prepare(spec, root, force=force, **options)
-        _note_unverified_downloads(manifest)
-        manifest.update(
-            {"id": dataset_id, "clipctl_version": __version__, "fetched_at": now_iso(), "verified_at": now_iso()}
-        )
-        write_manifest(root, dataset_id, manifest)
+    with one_maker(root, dataset_id):  # a second fetch started together waits, then verifies the first one's copy
+        if read_manifest(root, dataset_id) is not None and not force:
+            return "verified", verify_dataset(dataset_id, root)
+        with replacing(root, dataset_id, "fetching it again"):  # never under a run that reads it
+            manifest = _prepare(spec, root, force, prepare_size)
     return "fetched", manifest
+
+
+def _prepare(spec: DatasetSpec, root: Path, force: bool, prepare_size: int | None) -> dict[str, Any]:
+    """Run the dataset's preparer and write its manifest last; returns the manifest."""
+    options = {"prepare_size": prepare_size} if prepare_size is not None else {}
+    manifest = _preparer(spec.id).prepare(spec, root, force=force, **options)
+    _note_unverified_downloads(manifest)
+    manifest.update({"id": spec.id, "clipctl_version": __version__, "fetched_at": now_iso(), "verified_at": now_iso()})
+    write_manifest(root, spec.id, manifest)
+    return manifest
 
 
 def verify_dataset(dataset_id: str, root: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from clipctl.data.archive import iter_tar_files
 from clipctl.data.fetch import download, verify_file
 from clipctl.data.hub import hub_snapshot
 from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
+from clipctl.data.localfiles import regular_file_inside
 from clipctl.data.manifest import check_hashes, sha256_file, tree_digest
 from clipctl.data.registry import IMAGENET_ENV, MIRROR_ENV, DatasetSpec, dataset_dir, source_url
 from clipctl.errors import DataError
@@ -55,6 +56,7 @@ class LocalSource:
 
     kind: str
     path: Path
+    within: Path  # the folder the user named: nothing is read through a link out of it
     devkit: Path | None = None
 
 
@@ -66,14 +68,14 @@ def _layout(folder: Path) -> LocalSource | None:
     """The layout `folder` holds, or None when it is none of the three."""
     devkit = folder / DEVKIT
     if (folder / VAL_TAR).is_file() and devkit.is_file():
-        return LocalSource("tars", folder / VAL_TAR, devkit)
+        return LocalSource("tars", folder / VAL_TAR, folder, devkit)
     for candidate in (folder / "val", folder):
         if not candidate.is_dir():
             continue
         if _wnid_folders(candidate):
-            return LocalSource("folders", candidate)
+            return LocalSource("folders", candidate, folder)
         if devkit.is_file() and next(candidate.glob("ILSVRC2012_val_*.JPEG"), None) is not None:
-            return LocalSource("flat", candidate, devkit)
+            return LocalSource("flat", candidate, folder, devkit)
     return None
 
 
@@ -99,22 +101,23 @@ def _local_source(root: Path) -> LocalSource | None:
         return found
     downloads = root / "downloads"
     if (downloads / VAL_TAR).is_file() and (downloads / DEVKIT).is_file():
-        return LocalSource("tars", downloads / VAL_TAR, downloads / DEVKIT)
+        return LocalSource("tars", downloads / VAL_TAR, downloads, downloads / DEVKIT)
     return None
 
 
-def _link_folders(source: Path, tmp: Path, expected: int) -> int:
+def _link_folders(source: Path, within: Path, tmp: Path, expected: int) -> int:
     """Hard-link (or copy, across file systems) every val/<wnid>/*.JPEG into `tmp`: no 6 GB duplicate where
-    the file system allows it, and the user's folder is never changed."""
+    the file system allows it, and the user's folder is never changed. Only regular files inside `within`."""
     count = 0
     with ProgressReporter("imagenet-val", total=expected, unit="img") as progress:
         for wnid in _wnid_folders(source):
             (tmp / wnid.name).mkdir()
             for image in sorted(wnid.glob("*.JPEG")):
+                real = regular_file_inside(image, within)
                 try:
-                    os.link(image, tmp / wnid.name / image.name)
+                    os.link(real, tmp / wnid.name / image.name)
                 except OSError:
-                    shutil.copyfile(image, tmp / wnid.name / image.name)
+                    shutil.copyfile(real, tmp / wnid.name / image.name)
                 count += 1
                 progress.update(1)
     return count
@@ -245,17 +248,16 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
         if local is not None and local.kind == "folders":
             info(f"imagenet-val: using the extracted class folders in {local.path}")
             downloads, sources = {}, [str(local.path)]
-            count = _link_folders(local.path, tmp, expected)
+            count = _link_folders(local.path, local.within, tmp, expected)
             words = _folder_words([p.name for p in _wnid_folders(tmp)], local.path)
         elif local is not None:
             assert local.devkit is not None
             info(f"imagenet-val: using {local.path} and {local.devkit}")
-            checked = [(local.devkit, spec.file(DEVKIT))]
+            within = local.within
+            checked = [(regular_file_inside(local.devkit, within), spec.file(DEVKIT))]
             if local.kind == "tars":
-                checked.append((local.path, spec.file(VAL_TAR)))
-            downloads = {
-                f.name: verify_file(p, f, spec.id, move_bad=p.parent == root / "downloads") for p, f in checked
-            }
+                checked.append((regular_file_inside(local.path, within), spec.file(VAL_TAR)))
+            downloads = {f.name: verify_file(p, f, spec.id, move_bad=within == root / "downloads") for p, f in checked}
             id_to_wnid, words, truth = read_devkit(local.devkit)
 
             def label_of(number: int, _wnid: str | None) -> str:
@@ -264,7 +266,10 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
             members = (
                 iter_tar_files(local.path)
                 if local.kind == "tars"
-                else ((p.name, p.read_bytes()) for p in sorted(local.path.glob("ILSVRC2012_val_*.JPEG")))
+                else (
+                    (p.name, regular_file_inside(p, within).read_bytes())
+                    for p in sorted(local.path.glob("ILSVRC2012_val_*.JPEG"))
+                )
             )
             count = _write_folders(tmp, members, label_of, expected)
             sources = [str(local.path), str(local.devkit)]

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from clipctl import __version__
 from clipctl.atomic import atomic_write_bytes, replace_dir
 from clipctl.console import ProgressReporter, info
-from clipctl.data.lock import replacing
+from clipctl.data.lock import one_maker, replacing
 from clipctl.data.manifest import check_hashes, read_manifest, sha256_file, tree_digest, write_manifest
 from clipctl.errors import DataError, UsageError
 
@@ -570,23 +570,32 @@ def ensure_shapes(
     re-hashes everything).
     """
     root = Path(root)
-    config = ShapesConfig(seed=seed, train_size=train_size, image_size=image_size)
-    target = root / DATASET_ID
+    make_shapes(root, ShapesConfig(seed=seed, train_size=train_size, image_size=image_size), force, workers)
+    return root / DATASET_ID
+
+
+def make_shapes(root: Path, config: ShapesConfig, force: bool = False, workers: int | None = None) -> bool:
+    """Generate `shapes` with `config` unless it is present with it (or `force`); True when this call generated.
+
+    Makers take turns (`one_maker`): a process that finds another generating waits, then uses that copy when the
+    settings are its own, so runs with the same settings started together share the data.
+    """
     if not force and shapes_present(root, config):
-        return target
-    what = f"generating it with seed {seed}, train {train_size}, {image_size} px"
-    with replacing(root, DATASET_ID, what):  # never under a run that reads it (clipctl.data.lock)
-        manifest = read_manifest(root, DATASET_ID)
+        return False
+    with one_maker(root, DATASET_ID):
         if not force and shapes_present(root, config):  # another process made it while we waited
-            return target
-        if manifest is not None and not force:
-            have = manifest.get("params", {})
-            info(
-                f"shapes: regenerating (on disk: seed {have.get('seed')}, train {have.get('train_size')}, "
-                f"{have.get('image_size')} px)"
-            )
-        generate_shapes(root, config, workers)
-    return target
+            return False
+        what = f"generating it with seed {config.seed}, train {config.train_size}, {config.image_size} px"
+        with replacing(root, DATASET_ID, what):  # never under a run that reads it (clipctl.data.lock)
+            manifest = read_manifest(root, DATASET_ID)
+            if manifest is not None and not force:
+                have = manifest.get("params", {})
+                info(
+                    f"shapes: regenerating (on disk: seed {have.get('seed')}, train {have.get('train_size')}, "
+                    f"{have.get('image_size')} px)"
+                )
+            generate_shapes(root, config, workers)
+    return True
 
 
 def shapes_present(root: Path, config: ShapesConfig) -> bool:
