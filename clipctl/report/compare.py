@@ -287,7 +287,7 @@ def _points_note(in_points: list[str], references: dict[str, float | None]) -> s
     shown = ", ".join(f"{METRIC_TITLES[m]} {references[m]:.2f}%" for m in in_points)
     return (
         f"; {', '.join('Δ' + METRIC_TITLES[m] for m in in_points)} in percentage points (pp): the baseline is "
-        f"below {NEAR_ZERO_PCT:g}% there ({shown}), near chance, where a relative change mostly measures the baseline"
+        f"below {NEAR_ZERO_PCT:g}% there ({shown}), where a relative change would mostly measure the baseline"
     )
 
 
@@ -514,7 +514,7 @@ def _notes(groups: list[Group], deltas: dict[str, list[Delta]], excluded: list[R
         "IR@1 = text->image, ACC@1 = zero-shot top-1, average = (TR@1 + IR@1 + ACC@1) / 3",
         "deltas: relative change in percent, (value - baseline) / baseline, of the group means"
         + (
-            f"; against a baseline below {NEAR_ZERO_PCT:g}% (near chance), the absolute difference "
+            f"; against a baseline below {NEAR_ZERO_PCT:g}%, the absolute difference "
             "value - baseline in percentage points (pp)"
             if in_points
             else ""
