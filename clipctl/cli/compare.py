@@ -13,8 +13,9 @@ from rich.table import Table
 from clipctl.console import console, emit_json, info
 from clipctl.errors import UsageError
 from clipctl.report.compare import DEFAULT_BASELINES, DEFAULT_METRICS, METRIC_TITLES, build_comparison
-from clipctl.report.render import rich_tables, to_csv, to_json, to_markdown
+from clipctl.report.render import note_lines, rich_tables, summary_line, to_csv, to_json, to_markdown
 from clipctl.report.runs import scan_runs
+from clipctl.report.text import printable
 from clipctl.run.layout import RUN_MARKERS
 
 
@@ -61,7 +62,7 @@ def compare(
 
     Runs whose resolved recipes differ only in run.seed, run.name and run.out_dir form one group; only completed runs count, the others (incomplete, failed, interrupted, running, corrupt) are listed with their status and reason.
 
-    Deltas are relative changes in percent against a measured baseline group (same loss, same test data) when the runs hold one, else against the published row, and only where the published test sets (MSCOCO 5k, ImageNet) match; shapes runs get no published deltas.
+    Deltas are relative changes in percent against a measured baseline group (same loss, same test data) when the runs hold one, else against the published row, and only where the published test sets (MSCOCO 5k, ImageNet) match; shapes runs get no published deltas. Against a baseline below 1% a delta is the absolute difference in percentage points (pp). A measured baseline whose recipe differs in more than the loss (the starting temperature included) says so in its note.
 
     TR@1 = image->text retrieval, IR@1 = text->image. Tables go to stderr, --json/--csv/--markdown to stdout. No run directory found: exit 2.
 
@@ -93,14 +94,11 @@ def compare(
     else:
         for table in rich_tables(comparison):
             _print_unwrapped(table)
-        for note in comparison.notes:
-            info(f"- {note}")
+        for line in note_lines(comparison):
+            info(line)
     if formats:
-        info(
-            f"compare: {comparison.counted_runs} completed run(s) in {len(comparison.groups)} group(s), "
-            f"{len(comparison.excluded)} not counted"
-        )
+        info(summary_line(comparison))
     if plot is not None:
         from clipctl.report.plots import write_plot
 
-        info(f"wrote {write_plot(comparison, plot)}")
+        info(f"wrote {printable(str(write_plot(comparison, plot)))}")

@@ -4,7 +4,11 @@ Runs are grouped when their resolved recipes are equal once run.seed, run.name a
 removed (and they were tested on the same data). Only completed runs count; the rest are listed with
 their status. Deltas are relative changes in percent, as in the report's abstract ("+25.0% TR@1 vs
 CLIP"); they use a measured baseline group on the same test data when one exists, else the published
-row, and only where the published numbers were measured on the same kind of data.
+row, and only where the published numbers were measured on the same kind of data. Against a baseline
+below 1% (chance level on most test sets) a relative change measures the baseline more than the run, so
+the absolute difference in percentage points is shown instead. A measured baseline whose recipe differs
+from the group's in more than the loss says where, the starting temperature first: changing only
+`loss.name` drops the group's τ for the baseline loss's default.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipctl.errors import UsageError
-from clipctl.losses.registry import loss_names
+from clipctl.errors import UsageError, shorten
+from clipctl.losses.registry import loss_configs, loss_names
 from clipctl.report import baselines as pub
 from clipctl.report.runs import Run
 from clipctl.run.layout import RunStatus
+from clipctl.run.reader import finite_number
 
 METRIC_TITLES = {
     "tr@1": "TR@1",
@@ -49,6 +54,10 @@ _PUBLISHED_SETTING = (
     ("train.epochs", 30),
     ("train.batch_size", 128),
 )
+# Where a loss section keeps the τ it starts from: the iSogCLR family reads tau_init, the others temperature.
+TEMPERATURE_KEYS = ("tau_init", "temperature")
+# A baseline value (percent) below which deltas are absolute differences in points, not relative changes.
+NEAR_ZERO_PCT = 1.0
 
 
 @dataclass
@@ -113,10 +122,23 @@ class Group:
         return ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A recipe key where a group and its measured baseline differ. For the starting temperature the two
+    losses may name it differently (`loss.tau_init` here, `loss.temperature` there)."""
+
+    key: str
+    value: Any
+    baseline_key: str
+    baseline_value: Any
+
+
 @dataclass
 class Delta:
     """One group against one baseline: `kind` is measured, published, self (it is the baseline and no
-    comparable published row exists) or none (nothing comparable)."""
+    comparable published row exists) or none (nothing comparable). `percent` holds relative changes,
+    `points` absolute differences in percentage points; `in_points` lists the metrics whose baseline is
+    below NEAR_ZERO_PCT, shown in points only (their `percent` is None)."""
 
     baseline: str
     kind: str
@@ -124,6 +146,9 @@ class Delta:
     runs: list[str]
     percent: dict[str, float | None]
     note: str
+    points: dict[str, float | None] = field(default_factory=dict)
+    in_points: list[str] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
 
 
 @dataclass
@@ -232,16 +257,97 @@ def _assign_labels(groups: list[Group]) -> None:
             group.label = f"{group.label} [{group.key[:6]}]"
 
 
-def _relative_change(value: float | None, reference: float | None) -> float | None:
-    if value is None or reference is None or reference == 0:
+def _compare_values(
+    values: dict[str, float | None], references: dict[str, float | None]
+) -> tuple[dict[str, float | None], dict[str, float | None], list[str]]:
+    """Per metric (percent in, percent out): the relative change, the difference in points, and the metrics
+    whose reference is below NEAR_ZERO_PCT, where only the points are kept (+2225% over a 0.4% baseline
+    near chance says more about the baseline than about the run)."""
+    percent: dict[str, float | None] = {}
+    points: dict[str, float | None] = {}
+    in_points = []
+    for metric, value in values.items():
+        reference = references.get(metric)
+        if value is None or reference is None:
+            percent[metric] = points[metric] = None
+            continue
+        points[metric] = value - reference
+        if reference < NEAR_ZERO_PCT:
+            in_points.append(metric)
+            percent[metric] = None
+        else:
+            percent[metric] = (value - reference) / reference * 100.0
+    return percent, points, in_points
+
+
+def _points_note(in_points: list[str], references: dict[str, float | None]) -> str:
+    """Why some deltas of a row are in points; empty when none are."""
+    if not in_points:
+        return ""
+    shown = ", ".join(f"{METRIC_TITLES[m]} {references[m]:.2f}%" for m in in_points)
+    return (
+        f"; {', '.join('Δ' + METRIC_TITLES[m] for m in in_points)} in percentage points (pp): the baseline is "
+        f"below {NEAR_ZERO_PCT:g}% there ({shown}), where a relative change would mostly measure the baseline"
+    )
+
+
+def _group_means(group: Group, metrics: list[str]) -> dict[str, float | None]:
+    """The group's means in percent."""
+    return {m: None if (mean := group.stat(m).mean) is None else 100.0 * mean for m in metrics}
+
+
+def start_temperature(recipe: dict[str, Any]) -> tuple[str, float] | None:
+    """(`loss.KEY`, τ) a recipe starts from, whichever key its loss reads it from; None when it has none."""
+    loss = recipe.get("loss")
+    if not isinstance(loss, dict):
         return None
-    return (value - reference) / reference * 100.0
+    for key in TEMPERATURE_KEYS:
+        value = finite_number(loss.get(key))
+        if value is not None:
+            return f"loss.{key}", value
+    return None
 
 
-def _differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Recipe keys (outside the loss section, which differs by design) whose values differ."""
-    fa, fb = flatten(a), flatten(b)
-    return sorted(k for k in set(fa) | set(fb) if not k.startswith("loss.") and fa.get(k) != fb.get(k))
+def recipe_differences(recipe: dict[str, Any], baseline: dict[str, Any]) -> list[Difference]:
+    """Where a group's recipe and its measured baseline's differ beyond `loss.name`: the starting temperature
+    first, then every other key. A loss key only one of the two losses reads is the method itself, not a
+    difference of setting (clip has no tau_min to match)."""
+    ours, theirs = flatten(recipe), flatten(baseline)
+    found = []
+    tau, base_tau = start_temperature(recipe), start_temperature(baseline)
+    if tau is not None and base_tau is not None and tau[1] != base_tau[1]:
+        found.append(Difference(tau[0], tau[1], base_tau[0], base_tau[1]))
+    skipped = {"loss.name", *(f"loss.{key}" for key in TEMPERATURE_KEYS)}
+    for key in sorted(set(ours) | set(theirs)):
+        one_sided_loss_key = key.startswith("loss.") and not (key in ours and key in theirs)
+        if key not in skipped and not one_sided_loss_key and ours.get(key) != theirs.get(key):
+            found.append(Difference(key, ours.get(key), key, theirs.get(key)))
+    return found
+
+
+def _describe_differences(differences: list[Difference], reference: str, limit: int = 4) -> str:
+    """`the starting temperature (loss.tau_init = 0.05 here, loss.temperature = 0.01 in REF), data.augment`."""
+    parts = []
+    for d in differences:
+        if d.key.removeprefix("loss.") in TEMPERATURE_KEYS:
+            parts.append(
+                f"the starting temperature ({d.key} = {d.value!r} here, {d.baseline_key} = {d.baseline_value!r} "
+                f"in {reference})"
+            )
+        else:
+            parts.append(d.key)
+    more = len(parts) - limit
+    return ", ".join(parts[:limit]) + (f" and {more} more" if more > 0 else "")
+
+
+def loss_only_overrides(group: Group, baseline: str) -> str:
+    """The overrides that turn the group's recipe into its `baseline` twin, keeping its starting temperature
+    (`loss.name` alone would give the baseline loss's default τ)."""
+    config = loss_configs().get(baseline)
+    key = next((k for k in TEMPERATURE_KEYS if config is not None and k in config.model_fields), None)
+    tau = start_temperature(group.recipe)
+    keep = f" loss.{key}={tau[1]!r}" if key is not None and tau is not None else ""
+    return f"loss.name={baseline}{keep}"
 
 
 def _measured_delta(group: Group, baseline: str, candidates: list[Group], metrics: list[str]) -> Delta:
@@ -258,14 +364,20 @@ def _measured_delta(group: Group, baseline: str, candidates: list[Group], metric
             {m: None for m in metrics},
             f"this group is the measured {baseline} baseline",
         )
-    ref = min(candidates, key=lambda g: (len(_differing_keys(group.recipe, g.recipe)), -len(g.runs), g.label))
-    percent = {m: _relative_change(group.stat(m).mean, ref.stat(m).mean) for m in metrics}
-    differs = _differing_keys(group.recipe, ref.recipe)
+    ref = min(candidates, key=lambda g: (len(recipe_differences(group.recipe, g.recipe)), -len(g.runs), g.label))
+    references = _group_means(ref, metrics)
+    percent, points, in_points = _compare_values(_group_means(group, metrics), references)
+    differences = recipe_differences(group.recipe, ref.recipe)
     note = f"measured {baseline} baseline: {ref.label} (n={len(ref.runs)}, same test data)"
-    if differs:
-        shown = ", ".join(differs[:4]) + (f" and {len(differs) - 4} more" if len(differs) > 4 else "")
-        note += f"; its recipe also differs in {shown}"
-    return Delta(baseline, "measured", ref.label, [r.label for r in ref.runs], percent, note)
+    if differences:
+        note += (
+            f"; its recipe also differs in {_describe_differences(differences, ref.label)}; for a baseline that "
+            f"differs in the loss only, train this group's recipe with `{loss_only_overrides(group, baseline)}`"
+        )
+    note += _points_note(in_points, references)
+    return Delta(
+        baseline, "measured", ref.label, [r.label for r in ref.runs], percent, note, points, in_points, differences
+    )
 
 
 def _published_delta(group: Group, baseline: str, metrics: list[str]) -> Delta:
@@ -293,20 +405,21 @@ def _published_delta(group: Group, baseline: str, metrics: list[str]) -> Delta:
             [],
             {m: None for m in metrics},
             f"no measured {baseline} run on {sources}; the published row is {pub.RETRIEVAL_LABEL} / "
-            f"{pub.ZEROSHOT_LABEL} and not comparable, so no delta (train the same recipe with loss.name={baseline})",
+            f"{pub.ZEROSHOT_LABEL} and not comparable, so no delta (train the same recipe with "
+            f"`{loss_only_overrides(group, baseline)}`)",
         )
-    percent = {
-        m: (
-            _relative_change(100.0 * group.stat(m).mean, row.metric(m))
-            if m in usable and group.stat(m).mean is not None
-            else None
-        )
-        for m in metrics
-    }
+    references = {m: row.metric(m) if m in usable else None for m in metrics}
+    percent, points, in_points = _compare_values(_group_means(group, metrics), references)
     own = group.loss == baseline
     note = f"published {row.label} ({row.citation}); " + (
         f"this group is the measured {baseline} run on {sources}" if own else f"no measured {baseline} run on {sources}"
     )
+    note += _published_setting_note(group, usable) + _points_note(in_points, references)
+    return Delta(baseline, "published", row.label, [], percent, note, points, in_points)
+
+
+def _published_setting_note(group: Group, usable: list[str]) -> str:
+    """How the group's training and test setting differs from the report's, for a published delta's note."""
     flat = flatten(group.recipe)
     subset = _train_subset(group)
     course = bool(subset and subset.get("course"))
@@ -315,16 +428,18 @@ def _published_delta(group: Group, baseline: str, metrics: list[str]) -> Delta:
         for k, v in _PUBLISHED_SETTING
         if str(flat.get(k, "")).split(":")[0] != str(v) and not (k == "data.train" and course)
     ]
+    note = ""
     if mismatched:
         note += f"; training setting differs from the report's ({', '.join(mismatched)})"
     if (subset is not None or str(flat.get("data.train", "")).startswith("cc3m-100k")) and not course:
-        what = f"{subset['source']}, keys sha256 {subset['keys_sha256'][:12]}" if subset else "unrecorded"
+        source = shorten(str(subset.get("source", "?"))) if subset else ""
+        what = f"{source}, keys sha256 {subset['keys_sha256'][:12]}" if subset else "unrecorded"
         note += (
             f"; different training subset ({what}): the published rows trained on the course's cc3m_train_subset.json"
         )
     if any(m.startswith("acc@") or m == "average" for m in usable) and ":" in group.zeroshot_source:
         note += f"; ACC@1 on {group.zeroshot_source}, the published rows on all 50k ImageNet val images"
-    return Delta(baseline, "published", row.label, [], percent, note)
+    return note
 
 
 def _train_subset(group: Group) -> dict[str, Any] | None:
@@ -393,10 +508,17 @@ def _top(entries: list[tuple[str, float]], column: str) -> set[tuple[str, str]]:
 
 
 def _notes(groups: list[Group], deltas: dict[str, list[Delta]], excluded: list[Run]) -> list[str]:
+    in_points = any(d.in_points for rows in deltas.values() for d in rows)
     notes = [
         "values: mean ± sample std over seeds, in percent; n = runs counted; TR@1 = image->text retrieval, "
         "IR@1 = text->image, ACC@1 = zero-shot top-1, average = (TR@1 + IR@1 + ACC@1) / 3",
-        "deltas: relative change in percent, (value - baseline) / baseline, of the group means",
+        "deltas: relative change in percent, (value - baseline) / baseline, of the group means"
+        + (
+            f"; against a baseline below {NEAR_ZERO_PCT:g}%, the absolute difference "
+            "value - baseline in percentage points (pp)"
+            if in_points
+            else ""
+        ),
         "bold: best value per column among rows tested on the same data",
         pub.SETTING,
         "† " + pub.ACC_TYPO_FOOTNOTE,

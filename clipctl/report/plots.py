@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from clipctl.errors import UsageError
 from clipctl.report import baselines as pub
 from clipctl.report.compare import METRIC_TITLES, Comparison
+from clipctl.report.text import plot_text
 
 
 def plot_metrics(c: Comparison) -> list[str]:
@@ -55,7 +56,7 @@ def _bars(c: Comparison, ax: Axes) -> None:
         stats = [g.stat(m) for m in metrics]
         rows.append(
             (
-                f"{g.label}\n(n={len(g.runs)})",
+                f"{plot_text(g.label)}\n(n={len(g.runs)})",
                 [100 * (s.mean or 0.0) for s in stats],
                 [100 * (s.std or 0.0) for s in stats],
                 False,
@@ -96,7 +97,7 @@ def _bars(c: Comparison, ax: Axes) -> None:
     )
     ax.set_ylabel("test metric (%)")
     sources = sorted({f"{g.retrieval_source} / {g.zeroshot_source}" for g in c.groups})
-    ax.set_title("test metrics, mean ± std over seeds\n" + "; ".join(sources), fontsize=9)
+    ax.set_title("test metrics, mean ± std over seeds\n" + plot_text("; ".join(sources)), fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
 
@@ -119,7 +120,7 @@ def _curves(c: Comparison, ax: Axes) -> None:
             markersize=3,
             color=color,
             linestyle="-" if run.counted else "--",
-            label=f"{os.path.basename(run.label)}{suffix}",
+            label=plot_text(f"{os.path.basename(run.label)}{suffix}"),
         )
         drawn += 1
     if not drawn:

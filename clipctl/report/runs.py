@@ -5,11 +5,15 @@ Anything a crash, a kill or a hand edit leaves behind must be reported, never ra
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipctl.console import warn
+from clipctl.errors import shorten
+from clipctl.report.text import printable
 from clipctl.run.layout import SUMMARY_FILE, RunDir, RunProblem, RunStatus
 from clipctl.run.reader import (
     SUMMARY_MISSING,
@@ -24,6 +28,18 @@ from clipctl.run.reader import (
 
 # Test metrics a completed run must carry (fractions); the others are optional extras.
 REQUIRED_TEST_METRICS = ("tr@1", "ir@1", "acc@1")
+# A summary number beyond this (wall time: 30,000 years) is no measurement, and a mean of several would overflow.
+MAX_SUMMARY_NUMBER = 1e12
+
+
+def _bounded_repr() -> reprlib.Repr:
+    """repr for values quoted in reasons: a 1 MB string or a deep list from summary.json stays a few words."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlist, shown.maxdict = 2, 40, 40, 4, 4
+    return shown
+
+
+_shown = _bounded_repr().repr
 
 
 @dataclass
@@ -85,17 +101,21 @@ class Run:
     def _source(self, summary_key: str, recipe_key: str) -> str:
         test = (self.summary or {}).get("test")
         if isinstance(test, dict) and isinstance(test.get(summary_key), str):
-            return test[summary_key]
+            return shorten(test[summary_key])  # a dataset id; a megabyte of text there would fill every cell
         value = self.recipe_value("eval", recipe_key)
-        return value if isinstance(value, str) else "?"
+        return shorten(value) if isinstance(value, str) else "?"
 
     def summary_number(self, key: str) -> float | None:
-        return finite_number((self.summary or {}).get(key))
+        value = finite_number((self.summary or {}).get(key))
+        return value if value is not None and abs(value) <= MAX_SUMMARY_NUMBER else None
 
     def evals(self) -> list[EvalPoint]:
         """Eval lines of metrics.jsonl, read on first use (only plots need them)."""
         if self._evals is None:
-            self._evals, self.bad_metric_lines = read_eval_lines(RunDir(self.path).metrics)
+            lines = read_eval_lines(RunDir(self.path).metrics)
+            if lines.problem:
+                warn(f"{printable(self.label)}: {lines.problem}; its eval lines are skipped")
+            self._evals, self.bad_metric_lines = lines.points, lines.bad
         return self._evals
 
 
@@ -132,7 +152,7 @@ def _classify(run: Run, recipe_problem: str, summary_problem: str) -> tuple[str,
     status = summary.get("status")
     statuses = [s.value for s in RunStatus]
     if status not in statuses:
-        return corrupt, f"{SUMMARY_FILE}: status = {status!r}, expected one of {', '.join(statuses)}"
+        return corrupt, f"{SUMMARY_FILE}: status = {_shown(status)}, expected one of {', '.join(statuses)}"
     progress = _progress(summary)
     error = summary.get("error")
     error = _one_line(error) if isinstance(error, str) and error.strip() else ""
@@ -151,7 +171,7 @@ def _classify(run: Run, recipe_problem: str, summary_problem: str) -> tuple[str,
     for key in REQUIRED_TEST_METRICS:
         value = finite_number(test.get(key))
         if value is None or not 0.0 <= value <= 1.0:
-            return corrupt, f"{SUMMARY_FILE}: test.{key} = {test.get(key)!r}, expected a fraction in [0, 1]"
+            return corrupt, f"{SUMMARY_FILE}: test.{key} = {_shown(test.get(key))}, expected a fraction in [0, 1]"
     if recipe_problem:
         return corrupt, f"{recipe_problem}; cannot tell which recipe produced it"
     return RunStatus.COMPLETED.value, ""
@@ -164,10 +184,15 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 def _progress(summary: dict[str, Any]) -> str:
-    done, planned = int_or_none(summary.get("epochs_completed")), int_or_none(summary.get("epochs_planned"))
+    done, planned = (_count(summary.get(key)) for key in ("epochs_completed", "epochs_planned"))
     if done is None:
         return ""
     return f" after epoch {done}/{planned}" if planned is not None else f" after epoch {done}"
+
+
+def _count(value: Any) -> int | None:
+    number = int_or_none(value)
+    return number if number is not None and abs(number) <= MAX_SUMMARY_NUMBER else None
 
 
 def scan_runs(roots: Sequence[Path]) -> list[Run]:

@@ -9,7 +9,15 @@ import os
 import subprocess
 import sys
 
-from helpers.rundirs import COCO_IMAGENET, make_run
+import pytest
+from helpers.rundirs import (
+    COCO_IMAGENET,
+    HOSTILE_SHOWN,
+    SPOILED_SUMMARIES,
+    make_hostile_run,
+    make_run,
+    spoil_summary,
+)
 
 
 def _runs(root):
@@ -94,3 +102,63 @@ def test_no_traceback_from_the_console_script(tmp_path):
         [sys.executable, "-m", "clipctl", "compare", str(tmp_path / "nothing")], capture_output=True, text=True, env=env
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def _hostile_runs(root):
+    """Two seeds of isog and a clip baseline beside a spoiled summary of every kind and a hostile folder name."""
+    for seed in range(2):
+        make_run(root, f"isog-s{seed}", seed=seed, tr1=0.30 + 0.02 * seed)
+    make_run(root, "clip-s0", loss="clip", tr1=0.25)
+    for how in SPOILED_SUMMARIES:
+        spoil_summary(make_run(root, f"spoiled-{how}", seed=10), how)
+    make_hostile_run(root, seed=11, status="failed")
+    return root
+
+
+def _lines_naming(text, name):
+    return [line for line in text.splitlines() if name in line]
+
+
+@pytest.mark.parametrize("output", ["tables", "--markdown", "--csv", "--json"])
+def test_hostile_run_folders_get_one_line_each_and_the_other_runs_are_still_shown(run_cli, tmp_path, output):
+    runs = _hostile_runs(tmp_path / "runs")
+    code, out, err = run_cli("compare", runs, *([] if output == "tables" else [output]))
+    assert code == 0 and "Traceback" not in out + err
+    assert all(ch.isprintable() or ch == "\n" for ch in out + err)  # no ESC, bidi override or surrogate on either
+    if output == "--json":
+        data = json.loads(out)
+        assert {g["label"]: g["n"] for g in data["groups"]} == {"clip-s0": 1, "isog": 2}
+        reasons = {r["run"].rsplit("/", 1)[-1]: r["reason"] for r in data["not_counted"]}
+        for how, reason in SPOILED_SUMMARIES.items():
+            assert reason in reasons[f"spoiled-{how}"]
+        assert reasons[HOSTILE_SHOWN] == "RuntimeError: loss is NaN at step 212 (lower optim.lr)"
+        return
+    text = out if output != "tables" else err
+    for how, reason in SPOILED_SUMMARIES.items():
+        [line] = _lines_naming(text, f"spoiled-{how}")  # one line, naming the run and why
+        assert reason in line and "corrupt" in line
+    [line] = _lines_naming(text, HOSTILE_SHOWN)
+    assert "failed" in line and "loss is NaN" in line
+    if output == "--csv":  # the others are still compared
+        rows = {r["label"]: r for r in csv.DictReader(io.StringIO(out))}
+        assert rows["isog"]["n"] == "2" and rows["isog"]["tr@1_mean_pct"] == "31" and rows["clip-s0"]["n"] == "1"
+    else:
+        assert "31.00 ± 1.41" in text and _lines_naming(text, "clip-s0")
+
+
+@pytest.mark.slow
+def test_the_console_script_prints_no_escape_and_no_traceback_for_hostile_runs(tmp_path):
+    runs = _hostile_runs(tmp_path / "runs")
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("CLIPCTL_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipctl", "compare", str(runs), "--markdown", "--plot", str(tmp_path / "c.png")],
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
+    assert b"\x1b" not in proc.stdout + proc.stderr and b"\n| " in proc.stdout
+    out = proc.stdout.decode("utf-8")  # strict: a folder name that is not UTF-8 arrives escaped, not raw
+    assert HOSTILE_SHOWN in out and out.count("spoiled-") == len(SPOILED_SUMMARIES)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # bad math in a label: still drawn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,41 @@ def make_run(
     summary.update(summary_extra or {})
     (run / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return run
+
+
+# What a crash, a hostile user or a foreign tool can leave as a run's summary.json (compare must list, never die).
+SPOILED_SUMMARIES = {
+    "deep": "nested more than 32 levels deep",  # 100,000 nested arrays: past the JSON parser's recursion limit
+    "huge": "over the 1.0 MiB limit",  # a 2 GiB sparse file: never read into memory
+    "binary": "is not UTF-8 text",
+    "fifo": "is not a regular file",  # a read would block forever
+}
+
+
+def spoil_summary(run: Path, how: str) -> Path:
+    """Replace the run's summary.json by one of SPOILED_SUMMARIES; returns the run folder."""
+    path = run / "summary.json"
+    path.unlink()
+    if how == "deep":
+        path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    elif how == "huge":
+        with open(path, "wb") as handle:
+            handle.truncate(2 << 30)
+    elif how == "binary":
+        path.write_bytes(bytes(range(256)) * 16)
+    elif how == "fifo":
+        os.mkfifo(path)
+    else:
+        raise ValueError(how)
+    return run
+
+
+# A folder name with an ANSI escape, a newline, a bidi override, a byte that is not UTF-8 and what would be bad math
+# for matplotlib, and how compare shows it.
+HOSTILE_NAME = "evil\x1b[31mRED\nline\u202e\udcff$\\frac$"
+HOSTILE_SHOWN = "evil\\x1b[31mRED\\nline\\u202e\\udcff$\\frac$"
+
+
+def make_hostile_run(root: Path, **kwargs: Any) -> Path:
+    """A completed run in a folder named HOSTILE_NAME (make_run's name becomes run.name, which must stay TOML)."""
+    return make_run(root, "hostile", **kwargs).rename(root / HOSTILE_NAME)

@@ -5,17 +5,27 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import statistics
 
 import pytest
-from helpers.rundirs import COCO_IMAGENET, make_run
+from helpers.rundirs import (
+    COCO_IMAGENET,
+    HOSTILE_NAME,
+    HOSTILE_SHOWN,
+    SPOILED_SUMMARIES,
+    make_hostile_run,
+    make_run,
+    spoil_summary,
+)
 
 from clipctl.errors import UsageError
 from clipctl.report import baselines as pub
 from clipctl.report.compare import build_comparison, group_runs
 from clipctl.report.render import to_csv, to_json, to_markdown
 from clipctl.report.runs import load_run, scan_runs
-from clipctl.run.reader import find_run_dirs
+from clipctl.report.text import plot_text, printable
+from clipctl.run.reader import MAX_SEARCH_DEPTH, find_run_dirs, read_eval_lines
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -312,3 +322,172 @@ def test_recipes_outside_the_schema_still_group_without_crashing(tmp_path):
     odd = next(g for g in c.groups if g.label == "odd")
     assert odd.loss == "isogclr_new" and odd.runs[0].seed == 0  # from summary.json
     assert odd.retrieval_source == "shapes:test"
+
+
+# ------------------------------------------------------------------------------ hostile run folders
+
+
+@pytest.mark.parametrize("how", sorted(SPOILED_SUMMARIES))
+def test_a_spoiled_summary_is_one_reason_and_the_other_runs_still_count(tmp_path, how):
+    make_run(tmp_path, "good-s0")
+    make_run(tmp_path, "good-s1", seed=1)
+    spoil_summary(make_run(tmp_path, "bad", seed=2), how)
+    c = build_comparison(scan_runs([tmp_path]))
+    assert [(g.label, len(g.runs)) for g in c.groups] == [("good", 2)]
+    [bad] = c.excluded
+    assert bad.path.name == "bad" and bad.status == "corrupt" and SPOILED_SUMMARIES[how] in bad.reason
+    assert c.groups[0].others == [bad]  # same recipe: listed beside its group, never averaged in
+
+
+def test_run_files_past_the_readers_limits_are_named(tmp_path):
+    (make_run(tmp_path, "deep-recipe") / "recipe.toml").write_text("a = " + "[" * 5000 + "]" * 5000)
+    (make_run(tmp_path, "deep-40") / "summary.json").write_text('{"a": ' + "[" * 40 + "]" * 40 + "}")  # parses, refused
+    (make_run(tmp_path, "long-number") / "summary.json").write_text('{"status": ' + "1" * 5000 + "}")
+    make_run(tmp_path, "long-status", summary_extra={"status": "x" * 1_000_000})
+    runs = _by_label(scan_runs([tmp_path]))
+    reasons = {name: run.reason for name, run in runs.items()}
+    assert {run.status for run in runs.values()} == {"corrupt"}
+    assert "recipe.toml is nested more than 32 levels deep" in reasons["deep-recipe"]
+    assert "summary.json is nested more than 32 levels deep" in reasons["deep-40"]
+    assert "a number too long to read" in reasons["long-number"]
+    assert "status = 'xxx" in reasons["long-status"] and len(reasons["long-status"]) < 200
+
+
+def test_absurd_summary_numbers_are_left_out_not_averaged(tmp_path):
+    make_run(tmp_path, "x-s0", wall_time_s=1e308, samples_per_s=1e308)
+    make_run(tmp_path, "x-s1", seed=1, wall_time_s=1e308, samples_per_s=-1e308)
+    c = build_comparison(scan_runs([tmp_path]))  # fmean/stdev of these would overflow
+    data = json.loads(json.dumps(to_json(c), allow_nan=False))
+    assert data["groups"][0]["wall_time_s"]["n"] == 0 and data["groups"][0]["samples_per_s"]["mean"] is None
+
+
+def test_a_train_subset_without_a_source_still_gets_its_note(tmp_path):
+    make_run(tmp_path, "coco", overrides=COCO_IMAGENET, summary_extra={"train_subset": {"keys_sha256": "ab" * 32}})
+    c = build_comparison(scan_runs([tmp_path]))
+    assert "different training subset (?, keys sha256 abababababab)" in c.deltas[c.groups[0].key][0].note
+
+
+def test_metrics_lines_past_the_parser_are_bad_lines_and_a_huge_log_is_skipped(tmp_path):
+    run = make_run(tmp_path, "r")
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write("[" * 100_000 + "]" * 100_000 + "\n" + '{"type": "eval", "epoch": ' + "1" * 5000 + "}\n")
+    lines = read_eval_lines(run / "metrics.jsonl")
+    assert len(lines.points) == 4 and lines.bad == 2 and lines.problem == ""
+    with open(run / "metrics.jsonl", "wb") as handle:
+        handle.truncate(65 << 20)
+    lines = read_eval_lines(run / "metrics.jsonl")
+    assert lines.points == [] and "65.0 MiB, over the 64.0 MiB limit" in lines.problem
+
+
+def test_search_stops_at_the_depth_limit_with_one_warning(tmp_path, capsys):
+    shallow = make_run(tmp_path / ("d/" * (MAX_SEARCH_DEPTH - 1)), "shallow")
+    chain = [tmp_path / "a"]
+    for _ in range(1100):  # os.walk recurses once per level: past ~1000 it used to die with RecursionError
+        chain.append(chain[-1] / "a")
+    try:
+        for folder in chain:
+            folder.mkdir()
+        make_run(chain[-1], "too-deep")
+        assert find_run_dirs([tmp_path]) == [shallow.resolve()]
+    finally:  # pytest's own clean-up of tmp_path recurses too: leave no tree it cannot remove
+        shutil.rmtree(chain[-1] / "too-deep", ignore_errors=True)
+        for folder in reversed(chain):
+            if folder.is_dir():
+                folder.rmdir()
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"not searched deeper than {MAX_SEARCH_DEPTH} folder levels" in err
+
+
+def test_printable_escapes_what_would_move_the_cursor_or_break_a_line():
+    assert printable(HOSTILE_NAME) == HOSTILE_SHOWN
+    assert printable("tab\there\r\x9b\u2028\U000e0001") == "tab\\there\\r\\x9b\\u2028\\U000e0001"
+    assert printable("isogclr_new-b128 ± ü 中") == "isogclr_new-b128 ± ü 中"  # printable text is left alone
+    assert plot_text("run$x$") == "run\\$x\\$"
+
+
+def test_every_format_escapes_folder_names_and_summary_text(tmp_path):
+    make_hostile_run(tmp_path, status="failed", summary_extra={"error": "boom \x1b]0;owned\x07 \u202eevil"})
+    make_hostile_run(tmp_path / "done")
+    c = build_comparison(scan_runs([tmp_path]))
+    outputs = {"markdown": to_markdown(c), "csv": to_csv(c), "json": json.dumps(to_json(c), ensure_ascii=False)}
+    for name, text in outputs.items():
+        assert all(ch.isprintable() or ch == "\n" for ch in text), name  # no ESC, bidi override or surrogate
+        assert (json.dumps(HOSTILE_SHOWN)[1:-1] if name == "json" else HOSTILE_SHOWN) in text, name
+    assert len(list(csv.DictReader(io.StringIO(outputs["csv"])))) == len(outputs["csv"].splitlines()) - 1
+    assert "boom \\x1b]0;owned\\x07 \\u202eevil" in outputs["markdown"]
+    assert json.loads(outputs["json"])["not_counted"][0]["run"].endswith(f"/{HOSTILE_SHOWN}")
+
+
+# ------------------------------------------------------------------------------ measured baselines (issue 25)
+
+
+def test_a_measured_baseline_names_its_other_differences_the_temperature_first(tmp_path):
+    make_run(tmp_path, "quickstart", tr1=0.093)  # tau_init = 0.05
+    make_run(tmp_path, "quickstart-clip", loss="clip", tr1=0.02, overrides=["data.augment=true"])  # clip's τ 0.01
+    c = build_comparison(scan_runs([tmp_path]), baselines=["clip"])
+    group = next(g for g in c.groups if g.label == "quickstart")
+    delta = c.deltas[group.key][0]
+    assert delta.kind == "measured" and delta.reference == "quickstart-clip"
+    assert (
+        "its recipe also differs in the starting temperature (loss.tau_init = 0.05 here, loss.temperature = 0.01 "
+        "in quickstart-clip), data.augment;" in delta.note
+    )
+    assert "train this group's recipe with `loss.name=clip loss.temperature=0.05`" in delta.note
+    assert "tau_min" not in delta.note and "learnable_temp" not in delta.note  # one loss's own keys: the method
+    data = json.loads(json.dumps(to_json(c)))
+    clip = next(g for g in data["groups"] if g["label"] == "quickstart")["deltas_pct"]["clip"]
+    assert clip["recipe_differences"] == [
+        {"key": "loss.tau_init", "value": 0.05, "baseline_key": "loss.temperature", "baseline_value": 0.01},
+        {"key": "data.augment", "value": False, "baseline_key": "data.augment", "baseline_value": True},
+    ]
+    assert "starting temperature (loss.tau_init = 0.05 here" in to_markdown(c)
+
+
+def test_a_baseline_that_differs_in_the_loss_only_is_preferred_and_says_nothing_more(tmp_path):
+    make_run(tmp_path, "qs", tr1=0.30)
+    make_run(tmp_path, "qs-clip-default", loss="clip", tr1=0.02)
+    make_run(tmp_path, "qs-clip-warm", loss="clip", tr1=0.24, overrides=["loss.temperature=0.05"])
+    make_run(tmp_path, "qs-sog", loss="sogclr", tr1=0.25, overrides=["loss.temperature=0.05", "loss.gamma=0.9"])
+    c = build_comparison(scan_runs([tmp_path]))
+    deltas = {d.baseline: d for d in c.deltas[next(g.key for g in c.groups if g.label == "qs")]}
+    clip = deltas["clip"]
+    assert clip.reference == "qs-clip-warm" and clip.differences == [] and clip.percent["tr@1"] == pytest.approx(25.0)
+    assert clip.note == "measured clip baseline: qs-clip-warm (n=1, same test data)"
+    sog = deltas["sogclr"]  # gamma is read by both losses: a setting, not the method
+    assert [d.key for d in sog.differences] == ["loss.gamma"] and "`loss.name=sogclr loss.temperature=0.05`" in sog.note
+
+
+def test_the_no_baseline_hint_keeps_the_groups_temperature(tmp_path):
+    make_run(tmp_path, "qs", overrides=["loss.tau_init=0.03"])
+    c = build_comparison(scan_runs([tmp_path]))
+    notes = {d.baseline: d.note for d in c.deltas[c.groups[0].key]}
+    assert "train the same recipe with `loss.name=clip loss.temperature=0.03`" in notes["clip"]
+    assert "train the same recipe with `loss.name=sogclr loss.temperature=0.03`" in notes["sogclr"]
+
+
+def _md_cell(text):
+    return text.replace("|", "\\|")
+
+
+def test_deltas_against_a_baseline_below_one_percent_are_points(tmp_path):
+    make_run(tmp_path, "qs", tr1=0.093, ir1=0.0766, acc1=0.1488)
+    make_run(tmp_path, "qs-clip", loss="clip", tr1=0.004, ir1=0.0, acc1=0.01, overrides=["loss.temperature=0.05"])
+    c = build_comparison(scan_runs([tmp_path]), metrics=["tr@1", "ir@1", "acc@1"], baselines=["clip"])
+    group = next(g for g in c.groups if g.label == "qs")
+    delta = c.deltas[group.key][0]
+    assert delta.in_points == ["tr@1", "ir@1"]  # ACC@1 at exactly 1% stays relative
+    assert delta.percent["tr@1"] is None and delta.points["tr@1"] == pytest.approx(8.9)
+    assert delta.percent["acc@1"] == pytest.approx(1388.0) and delta.points["acc@1"] == pytest.approx(13.88)
+    assert "ΔTR@1, ΔIR@1 in percentage points (pp): the baseline is below 1% there (TR@1 0.40%, IR@1 0.00%)" in (
+        delta.note
+    )
+    md = to_markdown(c)
+    row = next(line for line in md.splitlines() if line.startswith("| qs | clip |"))
+    assert row.endswith("| +8.90 pp | +7.66 pp | +1388.0% | " + _md_cell(delta.note) + " |")
+    assert any("absolute difference value - baseline in percentage points (pp)" in n for n in c.notes)
+    data = json.loads(json.dumps(to_json(c), allow_nan=False))
+    clip = next(g for g in data["groups"] if g["label"] == "qs")["deltas_pct"]["clip"]
+    assert clip["in_points"] == ["tr@1", "ir@1"] and clip["values"]["tr@1"] is None
+    assert clip["points"]["tr@1"] == pytest.approx(8.9) and clip["values"]["acc@1"] == pytest.approx(1388.0)
+    rows = {r["label"]: r for r in csv.DictReader(io.StringIO(to_csv(c)))}
+    assert rows["qs"]["delta_clip_tr@1_pct"] == "" and float(rows["qs"]["delta_clip_tr@1_pp"]) == pytest.approx(8.9)
