@@ -244,6 +244,8 @@ def check_sequence(case: str, cfg: LossConfig, batches, N: int, learn: bool, ato
             close(c.grad, true_c, rtol=1e-6, atol=min(atol, 1e-8), what=f"{what}: true-objective gradient")
 
         if cfg.name.startswith("isogclr"):
+            if exact and min(cfg.rho_I, cfg.rho_T) >= math.log(B - 1):  # fresh: G_i = H(p_i) − log(B−1) + ρ > 0
+                assert out.stats["tau_grad_I_pos"] == out.stats["tau_grad_T_pos"] == 1.0, f"{what}: a negative G"
             for k, M in (("I", x2 @ t2.T), ("T", t2 @ x2.T)):
                 G = extras["G"][k]
                 H_true = M.detach() if cfg.name == "isogclr_new_v2" else h_rows(M).detach()
