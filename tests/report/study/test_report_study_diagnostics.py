@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+from helpers.paths import REPO_ROOT
 
 from clipctl.errors import UsageError
 from clipctl.report.study import diagnostics
@@ -44,8 +45,6 @@ def test_groups_average_their_seeds_and_staleness_over_the_run(tmp_path):
 def test_the_committed_tables_render_again_from_their_json():
     """The markdown of every committed study's diagnostics.json is what this module writes (its footnote's
     staleness symbol was renamed since: |log(s·e^b / ĝ)| then, |ℓ − log ĝ| now, the same quantity)."""
-    from helpers.paths import REPO_ROOT
-
     found = sorted((REPO_ROOT / "bench" / "results").glob("study*/**/diagnostics.json"))
     assert len(found) >= 3
     for path in found:
