@@ -36,7 +36,8 @@ bench: $(STAMP)
 
 # The loss x batch-size study (recipes/study/): every <loss>_b<batch> recipe x STUDY_SEEDS, STUDY_JOBS runs at a
 # time (torch threads split between them), logs appended to $(STUDY_OUT)/logs; finished runs are kept, so rerunning
-# only completes what is missing. Then the comparison goes to $(STUDY_RESULTS) (markdown, JSON, PNG).
+# only completes what is missing. Then the comparison goes to $(STUDY_RESULTS) (markdown, JSON, PNG), with the paired
+# per-seed differences, the by-batch plot and the loss diagnostics (`clipctl study`).
 STUDY_SEEDS ?= 0 1 2
 STUDY_JOBS ?= 2
 STUDY_OUT ?= runs/study
@@ -57,13 +58,14 @@ study: $(STAMP)
 	$(BIN)/clipctl compare $(STUDY_OUT) --json > $(STUDY_RESULTS)/compare.json.tmp
 	mv $(STUDY_RESULTS)/compare.md.tmp $(STUDY_RESULTS)/compare.md
 	mv $(STUDY_RESULTS)/compare.json.tmp $(STUDY_RESULTS)/compare.json
-	$(BIN)/python bench/_paired.py $(STUDY_RESULTS)/compare.json
-	$(BIN)/python bench/_by_batch.py $(STUDY_RESULTS)/compare.json
-	$(BIN)/python bench/_diagnostics.py $(STUDY_OUT) $(STUDY_RESULTS)
+	$(BIN)/clipctl study paired $(STUDY_RESULTS)/compare.json
+	$(BIN)/clipctl study by-batch $(STUDY_RESULTS)/compare.json
+	$(BIN)/clipctl study diagnostics $(STUDY_OUT) $(STUDY_RESULTS)
 
 # Study 2 (recipes/study2/, README): A, long horizon, and B, locked towers of the first study's clip_b32 and
 # sogclr_b32 seed-0 runs (so `make study` first, for B only). Each cell's lr is chosen on the validation split
-# (seed 0, 0.5x/1x/2x), then the other seeds train with it; grid, tables and plots go to $(STUDY2_RESULTS)/{a,b}.
+# (seed 0, 0.5x/1x/2x; `clipctl study run`), then the other seeds train with it; grid, tables and plots go to
+# $(STUDY2_RESULTS)/{a,b}.
 # STUDY2_PARTS picks the experiments: `make study2 STUDY2_PARTS=a` needs no first study.
 STUDY2_PARTS ?= a b
 STUDY2_SEEDS ?= 0 1 2
@@ -74,8 +76,8 @@ study2: $(STAMP)
 	$(BIN)/clipctl data fetch shapes --train-size $(STUDY_SHAPES_TRAIN_SIZE)
 	case " $(STUDY2_PARTS) " in *" b "*) test -f $(STUDY_OUT)/clip_b32-seed0/ckpt.pt -a -f $(STUDY_OUT)/sogclr_b32-seed0/ckpt.pt || \
 	  { echo "study2: experiment B starts from the first study's seed-0 runs: run 'make study' first"; exit 3; };; esac
-	for part in $(STUDY2_PARTS); do $(BIN)/python bench/_study.py recipes/study2/$$part --key optim.lr --factors 0.5 1 2 \
-	  --seeds $(STUDY2_SEEDS) --jobs $(STUDY_JOBS) --grid-out $(STUDY2_OUT)/$$part-grid --out $(STUDY2_OUT)/$$part \
+	for part in $(STUDY2_PARTS); do $(BIN)/clipctl study run recipes/study2/$$part --key optim.lr --factors 0.5,1,2 \
+	  --seeds "$(STUDY2_SEEDS)" --jobs $(STUDY_JOBS) --grid-out $(STUDY2_OUT)/$$part-grid --out $(STUDY2_OUT)/$$part \
 	  --results $(STUDY2_RESULTS)/$$part || exit 1; done
 
 # The three tuning phases on `shapes` (recipes/tune/quick/), about 15 minutes on 2 CPU cores, in their own study

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(os.environ.get("CLIPCTL_BENCH_RESULTS") or ROOT / "bench" / "results")
 sys.path.insert(0, str(ROOT))
 
-from clipctl.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from clipctl.atomic import atomic_write_json  # noqa: E402
 from clipctl.console import info  # noqa: E402
 
 _COMPARE = {"<=": operator.le, ">=": operator.ge}
@@ -28,13 +28,6 @@ def check(measure: str, value: float | None, op: str, target: float, unit: str =
     """One target: `value op target` (e.g. a ratio <= 1.5); a value that could not be measured is 'not run'."""
     status = "not run" if value is None else "met" if _COMPARE[op](value, target) else "missed"
     return {"measure": measure, "value": value, "op": op, "target": target, "unit": unit, "status": status}
-
-
-def write_table(folder: Path, stem: str, payload: dict[str, Any], markdown: str) -> Path:
-    """A study table as `<stem>.json` (for scripts) and `<stem>.md` (for people), both atomic; the markdown's path."""
-    atomic_write_json(folder / f"{stem}.json", payload, indent=2)
-    atomic_write_text(folder / f"{stem}.md", markdown)
-    return folder / f"{stem}.md"
 
 
 def write_result(name: str, payload: dict[str, Any], checks: list[dict[str, Any]]) -> Path:

@@ -12,7 +12,7 @@ from types import FrameType
 import typer
 
 from clipctl import __version__
-from clipctl.cli import compare, data, doctor, recipes, train, tune
+from clipctl.cli import compare, data, doctor, recipes, study, train, tune
 from clipctl.cli import eval as eval_cli
 from clipctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, ClipctlError, os_error_message, shorten
 
@@ -45,6 +45,7 @@ def _root(
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(data.app, name="data")
 app.add_typer(tune.app, name="tune")
+app.add_typer(study.app, name="study")
 app.command("train")(train.train)
 app.command("eval")(eval_cli.eval_command)
 app.command("compare")(compare.compare)

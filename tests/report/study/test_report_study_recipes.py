@@ -1,5 +1,5 @@
-"""The loss × batch-size study: eight recipes that differ only in the loss and the batch (and its lr), on one sample
-budget."""
+"""The studies' recipes (recipes/study/, recipes/study2/) and the make targets that run them through
+`clipctl study` (Makefile: study, study2)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def test_make_study_runs_every_recipe_and_seed_then_compares():
     assert "clipctl data fetch shapes --train-size 8000" in plan
     assert "run.seed=$1" in plan and "--resume auto" in plan and "xargs -P 2" in plan
     assert "compare runs/study --markdown" in plan and "compare runs/study --json" in plan
+    assert "clipctl study paired bench/results/study/compare.json" in plan
+    assert "clipctl study by-batch bench/results/study/compare.json" in plan
+    assert "clipctl study diagnostics runs/study bench/results/study" in plan
+    assert "bench/_" not in plan  # the study tools are the package's
     listing = subprocess.run(
         ["bash", "-c", "for recipe in recipes/study/*_b*.toml; do echo $recipe; done"],
         cwd=REPO_ROOT,
@@ -98,8 +102,9 @@ def test_make_study2_chooses_lr_on_validation_then_trains_seeds():
     plan = subprocess.run(
         ["make", "-n", "study2", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout
-    assert "bench/_study.py recipes/study2/$part --key optim.lr --factors 0.5 1 2" in plan
-    assert "--seeds 0 1 2" in plan and "runs/study/clip_b32-seed0/ckpt.pt" in plan
+    assert "clipctl study run recipes/study2/$part --key optim.lr --factors 0.5,1,2" in plan
+    assert '--seeds "0 1 2"' in plan and "runs/study/clip_b32-seed0/ckpt.pt" in plan
+    assert "--grid-out runs/study2/$part-grid --out runs/study2/$part" in plan and "bench/results/study2/$part" in plan
 
 
 def _make_study2(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
@@ -121,11 +126,11 @@ def _make_study2(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess[str]
 def test_make_study2_part_a_needs_no_first_study(tmp_path):
     result, calls = _make_study2(tmp_path, "STUDY2_PARTS=a", f"STUDY2_OUT={tmp_path / 'out'}")
     assert result.returncode == 0, result.stdout + result.stderr
-    studies = [line for line in calls.splitlines() if line.startswith("python bench/_study.py")]
-    assert len(studies) == 1 and "recipes/study2/a " in studies[0]
+    studies = [line for line in calls.splitlines() if line.startswith("clipctl study run")]
+    assert len(studies) == 1 and "recipes/study2/a " in studies[0] and "--seeds 0 1 2 " in studies[0]
 
 
 def test_make_study2_part_b_refuses_without_the_first_study(tmp_path):
     result, calls = _make_study2(tmp_path, f"STUDY2_OUT={tmp_path / 'out'}")
     assert result.returncode != 0 and "run 'make study' first" in result.stdout
-    assert "bench/_study.py" not in calls
+    assert "clipctl study" not in calls

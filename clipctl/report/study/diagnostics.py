@@ -1,7 +1,5 @@
 """The loss diagnostics of a study's final runs, per group: what the temperatures and the moving estimates did.
 
-    python bench/_diagnostics.py runs/study2/a bench/results/study2/a   # writes diagnostics.{md,json} there
-
 A study's scores say which loss won; these say why it could: whether the temperatures moved apart or only fell
 (τ mean and spread at the end, the share at τ's bounds, the share of positive τ-gradients) and how stale each
 sample's moving estimate was when it was revisited (median |ℓ − log ĝ| before the update, per logged step).
@@ -10,14 +8,14 @@ Values are means over a group's seeds; staleness is given at the end and average
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import info, write_table
-
+from clipctl.errors import UsageError
+from clipctl.report.study.files import cell, write_table
+from clipctl.report.text import printable
 from clipctl.run.layout import RunDir
 from clipctl.run.reader import completed_summary, finite_number, read_metrics
 
@@ -79,6 +77,8 @@ def group_of(run_dir: Path) -> str:
 
 def study_diagnostics(out: Path) -> list[dict[str, Any]]:
     """Per group of completed runs under `out` (named `<group>-seed<N>`): seeds and the mean of each value."""
+    if not out.is_dir():
+        raise UsageError(f"{printable(str(out))}: not a folder of runs; pass the study's folder of final runs")
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for run_dir in sorted(p for p in out.iterdir() if p.is_dir()):
         if completed_summary(RunDir(run_dir)) is not None:
@@ -92,14 +92,14 @@ def study_diagnostics(out: Path) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]], out: Path) -> str:
     lines = [
-        f"### Loss diagnostics of the final runs ({out})",
+        f"### Loss diagnostics of the final runs ({cell(str(out))})",
         "",
         "| group | n | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
     ]
     for row in rows:
         cells = [fmt.format(row[key]) if row.get(key) is not None else "—" for key, _, fmt in COLUMNS]
-        lines.append(f"| {row['group']} | {row['n']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {cell(row['group'])} | {row['n']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "- means over the group's seeds; τ columns at the last logged step (image side; — for a loss without "
@@ -114,17 +114,4 @@ def markdown(rows: list[dict[str, Any]], out: Path) -> str:
 def write_diagnostics(out: Path, results: Path) -> Path:
     """diagnostics.{md,json} in `results` for the final runs in `out`; returns the markdown's path."""
     rows = study_diagnostics(out)
-    results.mkdir(parents=True, exist_ok=True)
     return write_table(results, "diagnostics", {"runs": str(out), "groups": rows}, markdown(rows, out))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, help="the study's folder of final runs (`<group>-seed<N>`)")
-    parser.add_argument("results", type=Path, help="where diagnostics.{md,json} go")
-    args = parser.parse_args()
-    info(f"diagnostics: {write_diagnostics(args.runs, args.results)}")
-
-
-if __name__ == "__main__":
-    main()

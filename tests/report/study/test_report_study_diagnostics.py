@@ -1,18 +1,17 @@
-"""bench/_diagnostics.py: a study's final runs, grouped over seeds, with the loss diagnostics that explain them."""
+"""report/study/diagnostics.py: a study's final runs, grouped over seeds, with the loss diagnostics that explain
+them."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 from helpers.paths import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "bench"))
-
-import _diagnostics  # noqa: E402
+from clipctl.errors import UsageError
+from clipctl.report.study import diagnostics
 
 
 def fake_run(out: Path, name: str, steps: list[dict], status: str = "completed") -> None:
@@ -31,7 +30,7 @@ def test_groups_average_their_seeds_and_staleness_over_the_run(tmp_path):
     fake_run(tmp_path, "v2_b16-lr-0.001-seed2", [{"tau_I_mean": 0.5}], status="interrupted")  # not final: left out
     fake_run(tmp_path, "clip_b16-seed0", [{"loss": 3.0}, {"loss": 2.0}])
     (tmp_path / "logs").mkdir()  # a study's log folder is no run
-    md = _diagnostics.write_diagnostics(tmp_path, tmp_path / "results")
+    md = diagnostics.write_diagnostics(tmp_path, tmp_path / "results")
     rows = {r["group"]: r for r in json.loads((tmp_path / "results" / "diagnostics.json").read_text())["groups"]}
     assert set(rows) == {"v2_b16-lr-0.001", "clip_b16"}
     v2 = rows["v2_b16-lr-0.001"]
@@ -41,3 +40,20 @@ def test_groups_average_their_seeds_and_staleness_over_the_run(tmp_path):
     table = md.read_text()
     assert "| v2_b16-lr-0.001 | 2 | 0.0300 | 3.0e-03 | — | — | — | 0.40 | 0.40 | — | — |" in table
     assert "| clip_b16 | 1 | — | — | — | — | — | — | — | — | — |" in table
+
+
+def test_the_committed_tables_render_again_from_their_json():
+    """The markdown of every committed study's diagnostics.json is what this module writes (its footnote's
+    staleness symbol was renamed since: |log(s·e^b / ĝ)| then, |ℓ − log ĝ| now, the same quantity)."""
+    found = sorted((REPO_ROOT / "bench" / "results").glob("study*/**/diagnostics.json"))
+    assert len(found) >= 3
+    for path in found:
+        payload = json.loads(path.read_text())
+        rendered = diagnostics.markdown(payload["groups"], Path(payload["runs"]))
+        assert rendered.replace("|ℓ − log ĝ|", "|log(s·e^b / ĝ)|") == path.with_suffix(".md").read_text(), path
+
+
+def test_a_missing_runs_folder_is_refused_and_nothing_written(tmp_path):
+    with pytest.raises(UsageError, match="not a folder of runs"):
+        diagnostics.write_diagnostics(tmp_path / "nope", tmp_path / "results")
+    assert not (tmp_path / "results").exists()
