@@ -38,6 +38,15 @@ CONFIGS = {
         "tau_min": 0.02,
         "dro_lambda": 0.5,
     },
+    "siglip": {"name": "siglip", "temperature": 0.2, "bias_init": -2.0},
+    "dcl": {"name": "dcl", "temperature": 0.05},
+    "cyclip": {
+        "name": "cyclip",
+        "temperature": 0.05,
+        "learnable_temp": True,
+        "lambda_in_modal": 0.3,
+        "lambda_cross_modal": 0.6,
+    },
 }
 SCHEDULE = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (epoch, batch in epoch): 2 epochs, every index revisited
 
