@@ -12,6 +12,7 @@ import torch
 from helpers.losses_reference import cyclip_objective, dcl_objective, normalized, siglip_objective
 from helpers.trainkit import make_tiny_shapes, tiny_recipe
 
+from clipctl.errors import ResumeError
 from clipctl.losses import build_loss
 from clipctl.recipe import builtin_recipes_dir
 from clipctl.run.checkpoint import load_state
@@ -94,6 +95,20 @@ def test_siglip_starts_as_the_paper_and_learns_t_and_b_in_their_own_group():
     assert loss_fn.theta.item() == pytest.approx(math.log(100)) and loss_fn.bias.item() == 55.0  # b is not boxed
     x, t = features(3)
     assert loss_fn(x.float(), t.float(), torch.arange(B)).stats == {"tau": pytest.approx(0.01), "bias": 55.0}
+
+
+def test_siglip_t_and_b_resume_and_another_losss_state_is_refused():
+    trained = build_loss({"name": "siglip"}, num_samples=B)
+    with torch.no_grad():
+        trained.theta.fill_(3.0)
+        trained.bias.fill_(-4.5)
+    resumed = build_loss({"name": "siglip"}, num_samples=B)
+    resumed.load_state_dict(trained.state_dict())
+    assert resumed.theta.item() == 3.0 and resumed.bias.item() == -4.5
+    clip_state = build_loss({"name": "clip", "learnable_temp": True}, num_samples=B).state_dict()
+    with pytest.raises(ResumeError, match="does not match this loss configuration.*bias") as err:
+        resumed.load_state_dict(clip_state)
+    assert err.value.exit_code == 5 and "\n" not in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------- dcl
