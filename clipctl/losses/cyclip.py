@@ -5,10 +5,10 @@
 i.e. ‖S_II − S_TT‖²/B and ‖S_IT − S_TI‖²/B with S_II = X Xᵀ, S_TT = T Tᵀ, S_IT = X Tᵀ, S_TI = T Xᵀ = S_ITᵀ, on raw
 cosine similarities (no temperature). L_clip is `clip` exactly, with its fixed or learnable τ.
 
-Normalisation: 1/B times the sum over the B² entries, as the paper writes it and as its code computes it (the mean
-over the B² entries times the batch size): λ = 0.25 then weighs the terms as in the paper. Against the InfoNCE term
-(≈ log B) these terms grow about linearly with B at a fixed geometry; a λ tuned at one batch size is not the same
-regularisation at another.
+Normalisation: 1/B times the sum over the B² entries, not the mean over them: the authors' training code takes the
+mean over the B² entries and multiplies it by the batch size, so λ = 0.25 weighs the terms as in the paper's runs
+(a mean over B² would weaken them B-fold). Against the InfoNCE term (≈ log B) these terms grow about linearly
+with B at a fixed geometry: a λ tuned at one batch size is not the same regularisation at another.
 
 Multi-process: local rows against global columns, as every clipctl loss (base module docstring): rank r adds its
 rows j of both sums over all k, so the shares sum to the single-process value on the global batch.

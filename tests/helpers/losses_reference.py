@@ -136,7 +136,7 @@ def cyclip_objective(
     L_CLIP = −(1/2N) Σ_j log(e^{⟨I_j,T_j⟩/τ} / Σ_k e^{⟨I_j,T_k⟩/τ})
              − (1/2N) Σ_k log(e^{⟨I_k,T_k⟩/τ} / Σ_j e^{⟨I_j,T_k⟩/τ}),
     L_in = (1/N) Σ_j Σ_k (⟨I_j,I_k⟩ − ⟨T_j,T_k⟩)², L_cross = (1/N) Σ_j Σ_k (⟨I_j,T_k⟩ − ⟨I_k,T_j⟩)²
-    (the paper's normalisation; its code computes the mean over the N² entries times N)."""
+    (1/N times the sum over the N² pairs: the authors' code takes the mean over them times the batch size N)."""
     N = x.shape[0]
     E = torch.exp(x @ t.T / tau)
     image = sum(torch.log(E[j, j] / E[j].sum()) for j in range(N))
