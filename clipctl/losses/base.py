@@ -63,6 +63,16 @@ class Batch:
         return torch.arange(self.offset, self.offset + self.local_size, device=self.x.device)
 
 
+def sum_over_ranks(local: Tensor, batch: Batch) -> Tensor:
+    """A loss that is a sum of per-row terms, from this rank's share: the value of the sum over all ranks (the
+    single-process loss on the global batch, one all-reduce) with the gradient K × this rank's share (module
+    docstring). `local` may be a vector of such sums (one per term, for the statistics)."""
+    if batch.world == 1:
+        return local
+    scaled = local * batch.world
+    return scaled + (D.all_reduce_sum(local) - scaled).detach()
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 at least (τ ≈ 0.01 turns bf16/fp16 rounding of S into large errors in exp); float64 stays."""
     return torch.promote_types(dtype, torch.float32)

@@ -1,8 +1,9 @@
 """The `[loss]` table: one model per loss, holding exactly the keys that loss reads (specs/losses.md).
 
 These models import no torch, so reading a recipe (every command does) stays fast; the loss classes that
-consume them live in the family modules (`clip`, `sogclr`, `isogclr`, `fastclip`). Which loss reads a key
-is the model's own field list: `registry.key_users()` derives the "used by" table from these models.
+consume them live in the family modules (`clip`, `sogclr`, `isogclr`, `fastclip`, `siglip`, `dcl`, `cyclip`).
+Which loss reads a key is the model's own field list: `registry.key_users()` derives the "used by" table from
+these models.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ WRITE_ORDER = (
     "name",
     "temperature",
     "learnable_temp",
+    "bias_init",
+    "lambda_in_modal",
+    "lambda_cross_modal",
     "gamma",
     "gamma_schedule",
     "gamma_min",
@@ -72,6 +76,17 @@ class LossConfig(Section):
         return []
 
 
+def _outside_tau_box(loss: str, temperature: float) -> str | None:
+    """Why a learnable start is refused: it is clamped into [0.01, 1] after every step, so a start outside would
+    be moved there silently."""
+    if CLIP_TAU_BOX[0] <= temperature <= CLIP_TAU_BOX[1]:
+        return None
+    return (
+        f"temperature = {temperature:g} is outside the learnable box [{CLIP_TAU_BOX[0]:g}, {CLIP_TAU_BOX[1]:g}] "
+        f"of {loss} (θ = log(1/τ) is clamped to [0, ln 100]); start inside it"
+    )
+
+
 class CLIPConfig(LossConfig):
     name: Literal["clip"] = "clip"
     temperature: float = Field(0.01, gt=0, le=10)
@@ -80,13 +95,9 @@ class CLIPConfig(LossConfig):
 
     @model_validator(mode="after")
     def _check_learnable_start(self) -> CLIPConfig:
-        """A learnable τ is clamped into [0.01, 1] after every step: a start outside would be moved there silently."""
-        if self.learnable_temp and not CLIP_TAU_BOX[0] <= self.temperature <= CLIP_TAU_BOX[1]:
-            raise ValueError(
-                f"temperature = {self.temperature:g} is outside the learnable box [{CLIP_TAU_BOX[0]:g}, "
-                f"{CLIP_TAU_BOX[1]:g}] of clip (θ = log(1/τ) is clamped to [0, ln 100]); start inside it, or set "
-                "learnable_temp = false"
-            )
+        problem = _outside_tau_box(self.name, self.temperature) if self.learnable_temp else None
+        if problem:
+            raise ValueError(f"{problem}, or set learnable_temp = false")
         return self
 
     def fill_optim_defaults(self, lr: float) -> None:
@@ -218,3 +229,43 @@ class FastCLIPv3Config(_TauBox):
 
     def _moved(self) -> str:
         return "the global temperature of fastclip_v3"
+
+
+class SigLIPConfig(LossConfig):
+    """The pairwise sigmoid loss; its logit scale e^{t'} = 1/τ and bias b are always learned.
+
+    The paper's start t' = log 10, b = −10 is `temperature = 0.1` (τ = e^{−t'}, as for every clipctl loss) and
+    `bias_init = -10`. t' and b share one optimizer group (`lr_tau`, default `optim.lr`, no weight decay), as the
+    paper trains both with the model's optimizer at one learning rate.
+    """
+
+    name: Literal["siglip"] = "siglip"
+    temperature: float = Field(0.1, gt=0, le=10)
+    bias_init: float = Field(-10.0, ge=-100, le=100)
+    lr_tau: float | None = Field(None, gt=0)  # None: optim.lr
+
+    @model_validator(mode="after")
+    def _check_start(self) -> SigLIPConfig:
+        problem = _outside_tau_box(self.name, self.temperature)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def fill_optim_defaults(self, lr: float) -> None:
+        if self.lr_tau is None:
+            object.__setattr__(self, "lr_tau", lr)
+
+
+class DCLConfig(LossConfig):
+    """The decoupled contrastive loss: InfoNCE without the positive in the denominator, one fixed τ."""
+
+    name: Literal["dcl"] = "dcl"
+    temperature: float = Field(0.01, gt=0, le=10)
+
+
+class CyCLIPConfig(CLIPConfig):
+    """`clip` (fixed or learnable τ) plus CyCLIP's consistency regularisers; the paper's weights are 0.25 each."""
+
+    name: Literal["cyclip"] = "cyclip"
+    lambda_in_modal: float = Field(0.25, ge=0, le=100)
+    lambda_cross_modal: float = Field(0.25, ge=0, le=100)

@@ -19,11 +19,14 @@ from clipctl.errors import UsageError
 from clipctl.losses.config import (
     REMOVED_KEYS,
     CLIPConfig,
+    CyCLIPConfig,
+    DCLConfig,
     FastCLIPv3Config,
     ISogCLRConfig,
     ISogCLRNewConfig,
     ISogCLRNewV2Config,
     LossConfig,
+    SigLIPConfig,
     SogCLRConfig,
 )
 from clipctl.schema import format_validation_error, tagged_union
@@ -147,3 +150,6 @@ register_loss(ISogCLRConfig, "clipctl.losses.isogclr:ISogCLRLoss")
 register_loss(ISogCLRNewConfig, "clipctl.losses.isogclr:ISogCLRNewLoss")
 register_loss(ISogCLRNewV2Config, "clipctl.losses.isogclr:ISogCLRNewV2Loss")
 register_loss(FastCLIPv3Config, "clipctl.losses.fastclip:FastCLIPv3Loss")
+register_loss(SigLIPConfig, "clipctl.losses.siglip:SigLIPLoss")
+register_loss(DCLConfig, "clipctl.losses.dcl:DCLLoss")
+register_loss(CyCLIPConfig, "clipctl.losses.cyclip:CyCLIPLoss")

@@ -99,3 +99,50 @@ def separated(gen: torch.Generator, rows: int, gap: float = 0.4, jitter: float =
     x = F.normalize(base + jitter * torch.randn(rows, dim, generator=gen, dtype=torch.float64), dim=1)
     t = F.normalize(base + jitter * torch.randn(rows, dim, generator=gen, dtype=torch.float64), dim=1)
     return x, t
+
+
+# ------------------------------------------------------------------------- baselines: SigLIP, DCL, CyCLIP
+
+
+def siglip_objective(x: torch.Tensor, t: torch.Tensor, t_prime: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Zhai et al. 2023, as written: −(1/|B|) Σ_i Σ_j log 1/(1 + e^{z_ij(−t·x_i·y_j − b)}), t = exp(t'),
+    z_ij = 1 for the pair's own text and −1 for every other, |B| the batch size."""
+    B = x.shape[0]
+    temperature = torch.exp(t_prime)
+    total = x.new_zeros(())
+    for i in range(B):
+        for j in range(B):
+            z = 1.0 if i == j else -1.0
+            total = total + torch.log(1.0 / (1.0 + torch.exp(z * (-temperature * torch.dot(x[i], t[j]) - b))))
+    return -total / B
+
+
+def dcl_objective(x: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
+    """Yeh et al. 2022 for image–text pairs: the InfoNCE ratio with the positive removed from the denominator,
+    −log(e^{⟨x_i,t_i⟩/τ} / Σ_{j≠i} e^{⟨x_i,t_j⟩/τ}) for every image anchor and likewise for every text anchor,
+    averaged over the anchors of each side and summed over the two sides. Plain exponentials (finite in float64
+    for |S|/τ ≤ 200)."""
+    B = x.shape[0]
+    E = torch.exp(x @ t.T / tau)
+    image = [-torch.log(E[i, i] / sum(E[i, j] for j in range(B) if j != i)) for i in range(B)]
+    text = [-torch.log(E[i, i] / sum(E[j, i] for j in range(B) if j != i)) for i in range(B)]
+    return torch.stack(image).mean() + torch.stack(text).mean()
+
+
+def cyclip_objective(
+    x: torch.Tensor, t: torch.Tensor, tau: torch.Tensor, lam_in: float, lam_cross: float
+) -> torch.Tensor:
+    """Goel et al. 2022: L_CLIP + λ₁·L_in + λ₂·L_cross with
+    L_CLIP = −(1/2N) Σ_j log(e^{⟨I_j,T_j⟩/τ} / Σ_k e^{⟨I_j,T_k⟩/τ})
+             − (1/2N) Σ_k log(e^{⟨I_k,T_k⟩/τ} / Σ_j e^{⟨I_j,T_k⟩/τ}),
+    L_in = (1/N) Σ_j Σ_k (⟨I_j,I_k⟩ − ⟨T_j,T_k⟩)², L_cross = (1/N) Σ_j Σ_k (⟨I_j,T_k⟩ − ⟨I_k,T_j⟩)²
+    (1/N times the sum over the N² pairs: the authors' code takes the mean over them times the batch size N)."""
+    N = x.shape[0]
+    E = torch.exp(x @ t.T / tau)
+    image = sum(torch.log(E[j, j] / E[j].sum()) for j in range(N))
+    text = sum(torch.log(E[k, k] / E[:, k].sum()) for k in range(N))
+    clip = -(image + text) / (2 * N)
+    pairs = [(j, k) for j in range(N) for k in range(N)]
+    in_modal = sum((torch.dot(x[j], x[k]) - torch.dot(t[j], t[k])) ** 2 for j, k in pairs) / N
+    cross_modal = sum((torch.dot(x[j], t[k]) - torch.dot(x[k], t[j])) ** 2 for j, k in pairs) / N
+    return clip + lam_in * in_modal + lam_cross * cross_modal

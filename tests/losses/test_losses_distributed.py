@@ -39,6 +39,18 @@ CONFIGS = {
         "dro_lambda": 0.5,
     },
 }
+# Stateless baselines, kept apart from CONFIGS (whose losses but clip the sharding tests run with sharded state).
+BASELINES = {
+    "siglip": {"name": "siglip", "temperature": 0.2, "bias_init": -2.0},
+    "dcl": {"name": "dcl", "temperature": 0.05},
+    "cyclip": {
+        "name": "cyclip",
+        "temperature": 0.05,
+        "learnable_temp": True,
+        "lambda_in_modal": 0.3,
+        "lambda_cross_modal": 0.6,
+    },
+}
 SCHEDULE = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (epoch, batch in epoch): 2 epochs, every index revisited
 
 
@@ -129,7 +141,7 @@ def in_process_group(rank: int, world: int, init_file: str, body: Callable[[], N
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     def body() -> None:
-        for name, cfg in CONFIGS.items():
+        for name, cfg in {**CONFIGS, **BASELINES}.items():
             torch.save(run(cfg, rank, WORLD), Path(out_dir) / f"{name}.{rank}.pt")
 
     in_process_group(rank, WORLD, init_file, body)
@@ -149,7 +161,7 @@ def check64(actual, expected, label: str) -> None:
 def test_two_processes_match_one_process(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     b = GLOBAL_B // WORLD
-    for name, cfg in CONFIGS.items():
+    for name, cfg in {**CONFIGS, **BASELINES}.items():
         single = run(cfg, 0, 1)
         ranks = [torch.load(tmp_path / f"{name}.{r}.pt", weights_only=True) for r in range(WORLD)]
         for r, rec in enumerate(ranks):

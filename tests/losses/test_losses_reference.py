@@ -367,7 +367,7 @@ def test_float64_inputs_stay_float64():
     assert x.grad.dtype == torch.float64
 
 
-@pytest.mark.parametrize("name", ["clip", "sogclr", "isogclr_new_v2"])
+@pytest.mark.parametrize("name", ["clip", "sogclr", "isogclr_new_v2", "siglip", "dcl", "cyclip"])
 def test_similarities_stay_float32_under_autocast(name):
     gen = torch.Generator().manual_seed(7)
     x, t = normalized(gen, 6, 4).float().requires_grad_(True), normalized(gen, 6, 4).float()

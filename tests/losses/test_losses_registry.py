@@ -54,7 +54,7 @@ def test_a_registered_loss_is_a_recipe_loss(toy):
         validate_recipe({"loss": {"name": "sogclr", "scale": 1.0}})
     with pytest.raises(UsageError, match=r"loss.scale = -1.0: Input should be greater than 0"):
         validate_recipe({"loss": {"name": "toy", "scale": -1.0}})
-    with pytest.raises(UsageError, match=r"'fastclip_v3' or 'toy'"):
+    with pytest.raises(UsageError, match=r"'cyclip' or 'toy'"):
         validate_recipe({"loss": {"name": "simclr"}})
 
 

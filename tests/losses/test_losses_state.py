@@ -34,7 +34,9 @@ def roundtrip(sd):
 
 def test_registry_lists_every_recipe_loss():
     assert (
-        tuple(LOSSES) == loss_names() == ("clip", "sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3")
+        tuple(LOSSES)
+        == loss_names()
+        == ("clip", "sogclr", "isogclr", "isogclr_new", "isogclr_new_v2", "fastclip_v3", "siglip", "dcl", "cyclip")
     )
     for name in loss_names():
         assert isinstance(build_loss({"name": name}, num_samples=4), LOSSES[name])
@@ -121,7 +123,9 @@ def test_state_of_another_layout_cannot_resume():
         fastclip.load_state_dict(sd)
 
 
-@pytest.mark.parametrize("name", ["clip", "sogclr", "isogclr", "isogclr_new_v2", "fastclip_v3"])
+@pytest.mark.parametrize(
+    "name", ["clip", "sogclr", "isogclr", "isogclr_new_v2", "fastclip_v3", "siglip", "dcl", "cyclip"]
+)
 def test_non_finite_values_stop_the_step(name):
     loss_fn = build_loss({"name": name}, num_samples=12)
     steps = list(batches(2, 2))
