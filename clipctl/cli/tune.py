@@ -1,4 +1,4 @@
-"""`clipctl tune [--phase N] ...` and `tune status | best | importance | plot`."""
+"""`clipctl tune [--phase N] ...` and `tune status | best | importance | plot | repair`."""
 
 from __future__ import annotations
 
