@@ -1,4 +1,4 @@
-"""`clipctl tune [--phase N] ...` and `tune status | best | importance | plot`."""
+"""`clipctl tune [--phase N] ...` and `tune status | best | importance | plot | repair`."""
 
 from __future__ import annotations
 
@@ -105,34 +105,34 @@ def _submit(ctx: typer.Context, kind: str, workers: int, partition: str | None, 
     """Check the recipe and the storage here, then submit the workers (they run this command without --submit)."""
     from clipctl.tune.recipe import load_phase_recipe
     from clipctl.tune.store import Study
-    from clipctl.tune.submit import submit_workers, wait_for
+    from clipctl.tune.submit import check_submission, submit_workers
 
     args = ctx.params
     if args["dry_run"] or args["retry_failed"]:
         raise UsageError("--submit: run --dry-run or --retry-failed once without --submit, then submit the workers")
+    shares = check_submission(kind, workers, gpus, args["parallel"])  # a refusal leaves nothing on disk
     load_phase_recipe(args["phase"], args["recipe"])
     Study(_check_study(args["study"]), storage=args["storage"]).open()
-    jobs = submit_workers(
+    submission = submit_workers(
         args["study"],
         args["phase"],
         args["recipe"],
         args["storage"],
         kind,
-        workers,
+        shares,
         partition=partition,
         gpus_per_worker=gpus,
         time_limit=time_limit,
         parallel=args["parallel"],
         launcher=args["launcher"],
     )
-    for job in jobs:
-        typer.echo(job.job_id)
+    for job_id in submission.ids:
+        typer.echo(job_id)
     info(
-        f"submitted {len(jobs)} `clipctl tune` worker(s) on study {args['study']} through submitit ({kind}); "
-        f"logs under {args['study']}/submitit/"
+        f"submitted {len(submission.jobs)} `clipctl tune` worker(s) on study {args['study']} through submitit "
+        f"({kind}); logs under {args['study']}/submitit/"
     )
-    if kind == "local":
-        wait_for(jobs)
+    submission.finish()
 
 
 def _dry_run(phase: int | None, recipe: str | None, study: Path, parallel: int, command: list[str]) -> None:
@@ -311,6 +311,28 @@ def status(
         )
     if {1, 2} <= set(state.phases) and state.phase(2).measured():
         _print_correlation(store, 1, 2)
+
+
+@app.command("repair")
+def repair(
+    ctx: typer.Context,
+    study: Path | None = typer.Option(None, "--study", help="Study folder (default runs/tune)."),
+) -> None:
+    """Rewrite a study's journal file without the lines that do not replay (the original is kept beside it).
+    Example: clipctl tune repair --study runs/tune"""
+    from clipctl.tune.store import Study
+
+    done = Study(_study_dir(ctx, study)).repair()
+    if not done.dropped:
+        info(f"{done.path}: every line replays ({done.kept} operations); nothing to repair")
+        return
+    lines = ", ".join(map(str, done.dropped[:10])) + (
+        f" and {len(done.dropped) - 10} more" if len(done.dropped) > 10 else ""
+    )
+    info(
+        f"{done.path}: dropped {len(done.dropped)} line(s) that do not replay (line {lines}); kept {done.kept} "
+        f"operations; the original is kept as {done.backup}"
+    )
 
 
 @app.command("best")

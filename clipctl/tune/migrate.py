@@ -160,22 +160,47 @@ def write_phase(store: PhaseStore, drafts: list[_Draft], closed: dict[str, Any] 
         store.set_attr("closed", closed)
 
 
-def migrate(root: Path, config: dict[str, Any], storage: Any) -> None:
-    """Write every phase of the old journal into `storage` (a phase study left by a migration cut short is
-    replaced). The caller holds the study lock and records the migration in study.toml afterwards."""
+@dataclass
+class PhaseMigration:
+    """One phase of an old study, replayed and ready to write."""
+
+    phase: int
+    space: SearchSpace
+    drafts: list[_Draft]
+    closed: dict[str, Any] | None
+
+
+def prepare(root: Path, config: dict[str, Any]) -> list[PhaseMigration]:
+    """Read and replay every phase of the old journal; a refusal here happens before anything is written."""
     if old_worker_running(root):
         raise refuse(root, "an old clipctl worker is still running on it; let it finish first")
     events = list(enumerate(read_events(root), 1))
+    phases = []
     for key in [k for k in config if k.startswith("phase")]:
         phase = int(key.removeprefix("phase"))
         try:
             space = SearchSpace.from_toml(config[key]["space"], f"study.toml {key}")
-            store = PhaseStore(storage, phase, space)
-            if store.study_id() is not None:
-                storage.delete_study(store.study_id())
-                store = PhaseStore(storage, phase, space)
-            write_phase(store, *replay(root, [(s, e) for s, e in events if e["phase"] == phase]))
-        except (KeyError, ValueError, TypeError, UsageError, optuna.exceptions.OptunaError) as err:
+            drafts, closed = replay(root, [(s, e) for s, e in events if e["phase"] == phase])
+            for draft in drafts:
+                if outside := sorted(set(draft.first["point"]) - set(space.names)):
+                    raise refuse(root, f"phase {phase} trial {draft.trial}: {outside} not in the phase's space")
+        except (KeyError, ValueError, TypeError, UsageError) as err:
             if isinstance(err, UsageError) and "cannot migrate" in str(err):
                 raise
             raise refuse(root, f"phase {phase}: {type(err).__name__}: {err}") from None
+        phases.append(PhaseMigration(phase, space, drafts, closed))
+    return phases
+
+
+def migrate(root: Path, phases: list[PhaseMigration], storage: Any) -> None:
+    """Write the prepared phases into `storage` (a phase study left by a migration cut short is replaced).
+    The caller holds the study lock and records the migration in study.toml afterwards."""
+    for migration in phases:
+        try:
+            store = PhaseStore(storage, migration.phase, migration.space)
+            if store.study_id() is not None:
+                storage.delete_study(store.study_id())
+                store = PhaseStore(storage, migration.phase, migration.space)
+            write_phase(store, migration.drafts, migration.closed)
+        except (KeyError, ValueError, TypeError, optuna.exceptions.OptunaError) as err:
+            raise refuse(root, f"phase {migration.phase}: {type(err).__name__}: {err}") from None

@@ -11,6 +11,7 @@ interface (`TrialRunner`): tests pass one that starts a fake trainer.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import shlex
 import shutil
@@ -25,15 +26,27 @@ from typing import Protocol
 
 from clipctl.atomic import atomic_write_text
 from clipctl.console import info
-from clipctl.errors import EXIT_DATA, EXIT_USAGE, ClipctlError, DataError, InterruptedRun, UsageError
+from clipctl.errors import (
+    EXIT_DATA,
+    EXIT_USAGE,
+    ClipctlError,
+    DataError,
+    InterruptedRun,
+    StorageError,
+    UsageError,
+)
 from clipctl.run.layout import SUMMARY_FILE, RunDir, RunStatus
 from clipctl.run.reader import MetricsFollower, read_summary
 from clipctl.tune.phases import PhasePlan
 from clipctl.tune.session import PhaseSession
+from clipctl.tune.storage import STORAGE_ERRORS, storage_failure
 from clipctl.tune.store import PhaseState, Study, TrialRecord, finite
 
 STOP_GRACE_S = 120.0  # a stopped trainer finishes its step and writes resumable state first
 POLL_MIN_S, POLL_MAX_S = 0.05, 1.0  # poll fast right after activity, back off to 1 Hz while trials train
+# A trial failing with one of these (the trainer's one-line error or a raw OSError says so) failed for the
+# disk it writes to, not for its point: disk full, over quota, read-only, forbidden, over the file-size limit.
+OUTSIDE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -223,6 +236,24 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def error_line(launch: TrialLaunch, code: int) -> str:
+    """The trial's one-line error (the trainer prints it last), else its exit code."""
+    return _last_line(launch.log).removeprefix("clipctl: error: ") or f"exit code {code}"
+
+
+def outside_error(launch: TrialLaunch, code: int) -> type[ClipctlError] | None:
+    """The study's error class when a trial failed for a reason outside the trial, which would fail every
+    trial alike and must not be told to the optimizer as a bad point: its recipe or data (the trainer's exit
+    2 or 3), or the disk (full, over quota, read-only, forbidden, over the file-size limit)."""
+    if code in (EXIT_USAGE, EXIT_DATA):
+        return UsageError if code == EXIT_USAGE else DataError
+    if code == 0:
+        return None
+    summary = read_summary(launch.run_dir)[0] or {}
+    text = f"{_last_line(launch.log)} {summary.get('error') or ''}".lower()
+    return StorageError if any(os.strerror(e).lower() in text for e in OUTSIDE_ERRNOS) else None
+
+
 def _set_aside_unresumable(run_dir: Path, starts: int) -> None:
     """A re-run trial whose earlier attempt left files but no resumable state starts fresh: its files are
     kept beside it as `.tNNN.attempt-K` (`--resume auto` refuses such a folder rather than train over it)."""
@@ -272,9 +303,12 @@ class PhaseWorker:
                     f"tune interrupted: {stopped} running trial(s) stopped; run the same command "
                     f"again to resume them (study {self.study.root})"
                 ) from None
-            except ClipctlError:  # a trial's usage or data error is the study's: stop the others, report it
+            except ClipctlError:  # a trial's usage, data or disk error is the study's: stop the others, report it
                 self._stop_all()
                 raise
+            except STORAGE_ERRORS as err:  # this worker's own writes failed: the disk or the database
+                self._stop_all()
+                raise storage_failure(err, self.study.storage_label()) from None
             return self.session.refresh()
 
     def _loop(self) -> None:
@@ -353,12 +387,10 @@ class PhaseWorker:
         name, trial = active.record.name, active.record.trial
         if active.verdict == "pruned":
             return
-        if active.verdict == "continue" and code in (EXIT_USAGE, EXIT_DATA):
-            line = _last_line(active.launch.log).removeprefix("clipctl: error: ") or f"exit code {code}"
-            error = UsageError if code == EXIT_USAGE else DataError
+        if active.verdict == "continue" and (error := outside_error(active.launch, code)) is not None:
             raise error(
-                f"phase {self.plan.phase} {name}: {line}; the study stopped without a result for this trial "
-                f"(fix it and run the same command: the trial is re-run)"
+                f"phase {self.plan.phase} {name}: {error_line(active.launch, code)}; the study stopped without a "
+                "result for this trial (fix it and run the same command: the trial is re-run)"
             )
         if active.verdict == "diverged":
             raw, reason = None, f"diverged: {self.plan.objective} is NaN at epoch {active.verdict_epoch}"

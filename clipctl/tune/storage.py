@@ -8,7 +8,8 @@ because Optuna never reopens a finished trial. Each attempt holds:
 - user attrs (what the dashboard shows): `trial`, `attempt`, `worker`, `loss`, `optimizer`, `run_params`,
   and once told `told` (the value told, a penalty for a failure), `raw`, `flagged`, `reason`, `wall_s`;
 - system attrs (the replay): `clipctl:proposed` (skopt's own point), `clipctl:ask`, `clipctl:ask_index`,
-  `clipctl:ask_size`, `clipctl:start_seq` and `clipctl:tell_seq`.
+  `clipctl:ask_size`, `clipctl:start_seq`, `clipctl:tell_seq`, and `clipctl:stale` on a dead worker's attempt
+  (whatever part of a result it wrote before it died is not a result).
 
 Sequence numbers give the one order in which all workers' optimizer calls happened: every decision is taken
 under the study lock (`StudyLock`) after reading the storage, and stamped with the next number. A tell counts
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 import threading
 import time
@@ -34,18 +36,23 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalFileSymlinkLock
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages.journal import JournalFileOpenLock
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from clipctl.errors import UsageError
+from clipctl.errors import ClipctlError, StorageError, UsageError, os_error_message
+from clipctl.tune.journal import CheckedJournalStorage, JournalFile
 from clipctl.tune.space import CatDim, IntDim, RealDim, SearchSpace
 
 JOURNAL_NAME = "optuna-journal.log"
 LOCK_GRACE_S = 30  # a lock file untouched this long belongs to a dead worker; a live holder touches it
 SYS = "clipctl:"
 FINISHED_STATES = {TrialState.COMPLETE: "completed", TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
+RDB_TRIES = 8  # opening a new database while other workers create its tables
+STORAGE_ERRORS = (OSError, SQLAlchemyError)  # what a storage raises when the disk or the database fails
 
 
 def storage_label(spec: str, root: Path) -> str:
@@ -53,22 +60,80 @@ def storage_label(spec: str, root: Path) -> str:
     return spec if "://" in spec else str(root / (spec or JOURNAL_NAME))
 
 
-def open_storage(spec: str, root: Path) -> BaseStorage:
-    """An RDB URL (`sqlite:///…`, `postgresql://…`) or a journal file ("" = STUDY/optuna-journal.log)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def absolute_storage(spec: str) -> str:
+    """--storage as a study records it: a journal path or an SQLite file absolute (resolved against the current
+    folder, as typed), so every later command finds the same storage from any folder; other URLs as given."""
     if "://" not in spec:
-        path = root / (spec or JOURNAL_NAME)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path))))
-    engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {}
+        return str(Path(spec).resolve())
+    if not spec.startswith("sqlite"):
+        return spec
     try:
-        return RDBStorage(spec, engine_kwargs=engine)
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy raises a dozen types for a bad URL or server
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        url = make_url(spec)
+    except ArgumentError:
+        return spec  # opening it says what is wrong
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:") or Path(database).is_absolute():
+        return spec
+    return url.set(database=str(Path(database).resolve())).render_as_string(hide_password=False)
+
+
+def open_storage(spec: str, root: Path, new: bool = False) -> BaseStorage:
+    """An RDB URL (`sqlite:///…`, `postgresql://…`) or a journal file ("" = STUDY/optuna-journal.log).
+    `new`: the study does not record this storage yet, so a file that is not a journal is refused."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if "://" in spec:
+        return _open_rdb(spec)
+    path = root / (spec or JOURNAL_NAME)
+    if path.is_dir():
         raise UsageError(
-            f"--storage {spec}: cannot open it ({first[:200]}); expected sqlite:///PATH, "
-            "postgresql://USER@HOST/DB, mysql://USER@HOST/DB or a journal file path"
-        ) from None
+            f"--storage {path}: is a folder; pass a journal file (e.g. {path / JOURNAL_NAME}) or an RDB URL "
+            "(sqlite:///ABS/PATH.db)"
+        )
+    journal = JournalFile(path, repair_hint=f"clipctl tune repair --study {root}")
+    if new and journal.foreign():
+        raise UsageError(
+            f"--storage {path}: not an Optuna journal file (no line of it is a journal operation); pass a new "
+            "file or an RDB URL, the file is left as it is"
+        )
+    return CheckedJournalStorage(journal)
+
+
+def _schema_race(err: Exception) -> bool:
+    """Workers creating a new database's tables at the same time: a duplicate table or version row."""
+    text = str(err).lower()
+    return isinstance(err, IntegrityError) or (
+        isinstance(err, DBAPIError) and any(hint in text for hint in ("already exists", "duplicate", "locked"))
+    )
+
+
+def _open_rdb(spec: str) -> RDBStorage:
+    """Optuna's RDB storage; the schema race of workers starting together on a new database is retried."""
+    engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {}
+    attempt = 0
+    while True:
+        try:
+            return RDBStorage(spec, engine_kwargs=engine)
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy raises a dozen types for a bad URL or server
+            attempt += 1
+            if attempt < RDB_TRIES and _schema_race(err):
+                time.sleep(random.uniform(0.05, 0.2) * attempt)  # meanwhile the other worker finishes the schema
+                continue
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(
+                f"--storage {spec}: cannot open it ({first[:200]}); expected sqlite:///PATH, "
+                "postgresql://USER@HOST/DB, mysql://USER@HOST/DB or a journal file path"
+            ) from None
+
+
+def storage_failure(err: Exception, label: str) -> StorageError:
+    """A storage that failed under a running study (disk full, read-only, the database gone), as one line."""
+    if isinstance(err, OSError):
+        return StorageError(f"{os_error_message(err)}; the study stopped (run the same command once it is fixed)")
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return StorageError(
+        f"{label}: the study's storage failed ({first[:200]}); the study stopped "
+        "(run the same command once the storage is back: running trials are re-run)"
+    )
 
 
 class StudyLock:
@@ -169,7 +234,7 @@ def decode(frozen: FrozenTrial) -> Attempt | None:
     user, system = frozen.user_attrs, frozen.system_attrs
     if not isinstance(user.get("trial"), int) or not isinstance(system.get(SYS + "start_seq"), int):
         return None
-    tell_seq = system.get(SYS + "tell_seq")
+    tell_seq = None if system.get(SYS + "stale") else system.get(SYS + "tell_seq")
     return Attempt(
         id=frozen._trial_id,
         trial=user["trial"],
@@ -294,9 +359,11 @@ class PhaseStore:
         return True
 
     def fail_stale(self, attempt: Attempt, reason: str) -> None:
-        """Mark a dead worker's running attempt failed (untold: the trial itself is re-run)."""
+        """Mark a dead worker's running attempt failed and untold (the trial itself is re-run): `stale` tells a
+        reader to ignore a result the worker was killed while recording (everything but the state written)."""
         try:
             self.storage.set_trial_user_attr(attempt.id, "reason", reason)
+            self.storage.set_trial_system_attr(attempt.id, SYS + "stale", True)
             self.storage.set_trial_state_values(attempt.id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
@@ -319,11 +386,25 @@ class PhaseStore:
         self.set_attr(f"worker:{worker}", {"time": time.time(), "grace_s": grace_s, "stopped": stopped})
 
     def worker_alive(self, attrs: dict[str, Any], worker: str) -> bool:
-        """Alive: a heartbeat younger than the grace period that worker declared, and not signed off."""
-        record = attrs.get(f"{SYS}worker:{worker}")
-        if not isinstance(record, dict) or record.get("stopped"):
-            return False
-        return time.time() - float(record.get("time", 0)) <= float(record.get("grace_s", 0))
+        return heartbeat_alive(attrs.get(f"{SYS}worker:{worker}"))
+
+
+def heartbeat_alive(record: Any) -> bool:
+    """Alive: a heartbeat younger than the grace period that worker declared, and not signed off."""
+    if not isinstance(record, dict) or record.get("stopped"):
+        return False
+    return time.time() - float(record.get("time", 0)) <= float(record.get("grace_s", 0))
+
+
+def live_workers(storage: BaseStorage) -> list[str]:
+    """The workers of any phase whose heartbeat is alive."""
+    prefix = f"{SYS}worker:"
+    return sorted(
+        key.removeprefix(prefix)
+        for study in storage.get_all_studies()
+        for key, record in study.system_attrs.items()
+        if key.startswith(prefix) and heartbeat_alive(record)
+    )
 
 
 class Heartbeat:
@@ -350,4 +431,7 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self.interval_s + 5)
-        self.store.beat(self.worker, 4 * self.interval_s, stopped=True)
+        try:
+            self.store.beat(self.worker, 4 * self.interval_s, stopped=True)
+        except (*STORAGE_ERRORS, ClipctlError):  # the storage failed: the error on its way out says so, and the
+            pass  # beat goes stale, so other workers re-run this worker's trials after its grace period

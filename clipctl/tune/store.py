@@ -23,9 +23,10 @@ import tomli_w
 
 from clipctl.atomic import atomic_write_text
 from clipctl.console import info
-from clipctl.errors import UsageError
+from clipctl.errors import RunConflictError, UsageError
 from clipctl.recipe import read_toml
-from clipctl.tune.migrate import OLD_JOURNAL, migrate, refuse
+from clipctl.tune.journal import JournalFile, replayable, rewrite
+from clipctl.tune.migrate import OLD_JOURNAL, migrate, prepare, refuse
 from clipctl.tune.storage import (
     FINISHED_STATES,
     SYS,
@@ -33,7 +34,9 @@ from clipctl.tune.storage import (
     Heartbeat,
     PhaseStore,
     StudyLock,
+    absolute_storage,
     latest,
+    live_workers,
     open_storage,
     storage_label,
 )
@@ -146,6 +149,16 @@ class PhaseState:
         return max(self.trials, default=0) + 1
 
 
+@dataclass
+class JournalRepair:
+    """What `Study.repair` did: the journal, operations kept, line numbers dropped, the original's copy."""
+
+    path: Path
+    kept: int
+    dropped: list[int]
+    backup: Path | None
+
+
 class StudyState:
     def __init__(self) -> None:
         self.phases: dict[int, PhaseState] = {}
@@ -223,9 +236,10 @@ class Study:
                 return  # another worker migrated it while we waited for the lock
             if not config:
                 raise refuse(self.root, f"no {STUDY_FILE} beside it")
+            phases = prepare(self.root, config)  # every refusal comes before the storage is touched
             spec = self._wanted() or ""
-            self._storage = open_storage(spec, self.root)
-            migrate(self.root, config, self._storage)
+            self._storage = open_storage(spec, self.root, new=True)
+            migrate(self.root, phases, self._storage)
             config["study"] = {
                 **config.get("study", {}),
                 "version": STUDY_VERSION,
@@ -240,16 +254,18 @@ class Study:
         )
 
     def _wanted(self) -> str | None:
-        """--storage as it is recorded: URLs as given, journal file paths absolute."""
-        if self.requested is None or "://" in self.requested:
-            return self.requested
-        return str(Path(self.requested).resolve())
+        """--storage as it is recorded: journal file paths and SQLite files absolute, other URLs as given."""
+        return None if self.requested is None else absolute_storage(self.requested)
+
+    def _recorded(self) -> str | None:
+        return self.config().get("study", {}).get("storage")
 
     def storage_spec(self) -> str:
-        """The storage on record; a different --storage for an existing study is refused."""
-        recorded = self.config().get("study", {}).get("storage")
+        """The storage on record; a different --storage for an existing study is refused (a relative SQLite URL
+        recorded by an older release counts as the same when it names the same file from here)."""
+        recorded = self._recorded()
         wanted = self._wanted()
-        if recorded is not None and wanted is not None and wanted != recorded:
+        if recorded is not None and wanted is not None and wanted not in (recorded, absolute_storage(recorded)):
             raise UsageError(
                 f"--storage {self.requested}: study {self.root} keeps its trials in "
                 f"{storage_label(recorded, self.root)}; drop --storage or pass that one"
@@ -264,12 +280,36 @@ class Study:
     @property
     def storage(self) -> Any:
         if self._storage is None:
-            self._storage = open_storage(self.storage_spec(), self.root)
+            spec = self.storage_spec()
+            self._storage = open_storage(spec, self.root, new=self._recorded() is None)
         return self._storage
 
     def storage_label(self) -> str:
         """The argument for `optuna-dashboard` / `optuna.load_study(storage=...)`."""
         return storage_label(self.storage_spec(), self.root)
+
+    def repair(self) -> JournalRepair:
+        """Rewrite the study's journal from the lines that replay (`clipctl tune repair`); the original is kept.
+        Workers keep read positions in the file, so a live one (a fresh heartbeat) refuses the repair."""
+        spec = self.require().storage_spec()
+        if "://" in spec:
+            raise UsageError(
+                f"{self.root}: its trials are in the database {spec}; `clipctl tune repair` mends journal files"
+            )
+        path = Path(storage_label(spec, self.root))
+        if not path.is_file():
+            return JournalRepair(path, 0, [], None)
+        with self.lock.held(), JournalFile(path, "").locked():
+            found = replayable(path)
+            if not found.dropped:
+                return JournalRepair(path, len(found.kept), [], None)
+            if found.storage is not None and (live := live_workers(found.storage)):
+                raise RunConflictError(
+                    f"{path}: worker {live[0]} is still working on this study (its heartbeat is fresh); stop "
+                    "the workers (or wait until a dead one's grace period has passed), then repair"
+                )
+            backup = rewrite(path, found.kept)
+        return JournalRepair(path, len(found.kept), found.dropped, backup)
 
     def frozen_phase(self, phase: int) -> dict[str, Any] | None:
         return self.config().get(f"phase{phase}")

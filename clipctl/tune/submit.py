@@ -21,8 +21,10 @@ from typing import Any
 
 from clipctl.errors import ClipctlError, UsageError
 from clipctl.tune.runner import cpu_threads, visible_gpus
+from clipctl.tune.storage import absolute_storage
 
 KINDS = ("slurm", "local")
+Share = tuple[tuple[str, str], ...]  # a worker's share of the machine: environment variables set for its job
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,15 @@ def worker_command(
     if recipe is not None:
         command += ["--recipe", str(Path(recipe).resolve()) if Path(recipe).is_file() else recipe]
     if storage is not None:
-        command += ["--storage", storage if "://" in storage else str(Path(storage).resolve())]
+        command += ["--storage", absolute_storage(storage)]
     if launcher:
         command += ["--launcher", launcher]
     return command
 
 
-def make_executor(kind: str, folder: Path, *, partition: str | None, gpus_per_worker: int, time_limit: int) -> Any:
-    """A submitit executor; SLURM needs `sbatch` here (a login node), local runs jobs as processes."""
+def check_submission(kind: str, workers: int, gpus_per_worker: int, parallel: int) -> list[Share]:
+    """Everything that can refuse a submission, checked before anything is written; returns each worker's
+    share of the machine (environment variables; local workers only)."""
     if kind not in KINDS:
         raise UsageError(f"--submit {kind}: expected one of {', '.join(KINDS)}")
     if kind == "slurm" and shutil.which("sbatch") is None:
@@ -65,6 +68,11 @@ def make_executor(kind: str, folder: Path, *, partition: str | None, gpus_per_wo
             "--submit slurm: sbatch is not on PATH, so submitit cannot reach SLURM here; run it on a "
             "login node, or try the same path on this machine with --submit local"
         )
+    return local_shares(workers, gpus_per_worker, parallel) if kind == "local" else [()] * workers
+
+
+def make_executor(kind: str, folder: Path, *, partition: str | None, gpus_per_worker: int, time_limit: int) -> Any:
+    """A submitit executor (the submission is checked already): SLURM through `sbatch`, local jobs as processes."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(folder), cluster=kind)
@@ -77,30 +85,59 @@ def make_executor(kind: str, folder: Path, *, partition: str | None, gpus_per_wo
     return executor
 
 
+@dataclass
+class Submission:
+    """The submitted workers' submitit jobs."""
+
+    kind: str
+    jobs: list[Any]
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(job.job_id) for job in self.jobs]
+
+    def finish(self) -> None:
+        """Local: wait for every worker; the first that failed is the command's error, with its exit code and
+        log. The jobs are dropped here, while the interpreter still runs: submitit's `LocalJob.__del__` fails
+        with a traceback when it only runs at interpreter exit."""
+        failure: ClipctlError | None = None
+        while self.kind == "local" and self.jobs:
+            job = self.jobs.pop(0)
+            code = job.result()
+            if code != 0 and failure is None:
+                failure = ClipctlError(
+                    f"--submit local: worker job {job.job_id} exited with code {code}; see its log {job.paths.stderr}",
+                    exit_code=code,
+                )
+            del job
+        self.jobs.clear()
+        if failure is not None:
+            raise failure
+
+
 def submit_workers(
     study: Path,
     phase: int | None,
     recipe: str | None,
     storage: str | None,
     kind: str,
-    workers: int,
+    shares: list[Share],
     *,
     partition: str | None = None,
     gpus_per_worker: int = 0,
     time_limit: int = 24 * 60,
     parallel: int = 1,
     launcher: str = "",
-) -> list[Any]:
-    """Submit the workers; returns their submitit jobs (`job.job_id`)."""
-    shares = local_shares(workers, gpus_per_worker, parallel) if kind == "local" else [()] * workers
+) -> Submission:
+    """Submit one worker per share (`check_submission`)."""
     executor = make_executor(
         kind, study / "submitit", partition=partition, gpus_per_worker=gpus_per_worker, time_limit=time_limit
     )
     command = tuple(worker_command(study, phase, recipe, storage, parallel, launcher))
-    return [executor.submit(TuneWorker(command, os.getcwd(), share)) for share in shares]
+    return Submission(kind, [executor.submit(TuneWorker(command, os.getcwd(), share)) for share in shares])
 
 
-def local_shares(workers: int, gpus_per_worker: int, parallel: int) -> list[tuple[tuple[str, str], ...]]:
+def local_shares(workers: int, gpus_per_worker: int, parallel: int) -> list[Share]:
     """Each local worker's share of this machine, as environment variables: its own GPUs (submitit's local
     executor would give every job the same first ones), or without GPUs its trials' threads, so that K workers
     x P trials do not each start one thread per core (OMP_NUM_THREADS set by the user is kept)."""
@@ -118,14 +155,3 @@ def local_shares(workers: int, gpus_per_worker: int, parallel: int) -> list[tupl
     if "OMP_NUM_THREADS" in os.environ:
         return [()] * workers
     return [(("OMP_NUM_THREADS", str(cpu_threads(workers * parallel))),)] * workers
-
-
-def wait_for(jobs: list[Any]) -> None:
-    """Wait for local jobs; the first that failed is the command's error, with its exit code and log."""
-    for job in jobs:
-        code = job.result()
-        if code != 0:
-            raise ClipctlError(
-                f"--submit local: worker job {job.job_id} exited with code {code}; see its log {job.paths.stderr}",
-                exit_code=code,
-            )

@@ -7,8 +7,9 @@ so it can stand in as `--launcher "python tests/helpers/tune_fakes.py"`). It wri
 so `optim.lr` clearly matters and `optim.weight_decay` does not. `optim.name = "rmsprop"` crashes,
 `"momentum"` diverges (NaN objective); $FAKE_EPOCH_SLEEP slows epochs; SIGTERM exits 130.
 $FAKE_RMSPROP_FIXED stops the rmsprop crash; $FAKE_NEEDS_FILE naming a missing file is a data error
-(exit 3). A leading `--slot=N` argument (a launcher's `{slot}`), $CUDA_VISIBLE_DEVICES and $OMP_NUM_THREADS are
-recorded in summary.json.
+(exit 3); $FAKE_DISK_ERROR is printed as the trainer's last line (`{run}`: the run folder) and exits 1, as a
+trainer does when its disk fails. A leading `--slot=N` argument (a launcher's `{slot}`), $CUDA_VISIBLE_DEVICES
+and $OMP_NUM_THREADS are recorded in summary.json.
 Only the standard library is imported at module level: every trial starts a fresh interpreter.
 """
 
@@ -49,12 +50,19 @@ def fake_train(argv: list[str]) -> int:
     if "--dry-run" in argv:
         print(json.dumps({"seconds_per_step": 0.25, "steps_per_epoch": 40}))
         return 0
-    recipe_path = Path(argv[0])
-    out, name = Path(argv[argv.index("--out") + 1]), argv[argv.index("--name") + 1]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    return train_run(Path(argv[0]), Path(argv[argv.index("--out") + 1]), argv[argv.index("--name") + 1], slot)
+
+
+def train_run(recipe_path: Path, out: Path, name: str, slot: str | None = None) -> int:
+    """The fake training itself: metrics.jsonl and summary.json of the run `out/name`; returns the exit code."""
     recipe = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
     run = out / name
     run.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    disk_error = os.environ.get("FAKE_DISK_ERROR")
+    if disk_error:  # the disk fails under the trainer: its one-line error (as clipctl train prints it) or a raw OSError
+        print(disk_error.replace("{run}", str(run)), file=sys.stderr)
+        return 1
     optimizer, epochs = recipe["optim"]["name"], recipe["train"]["epochs"]
     if optimizer == "rmsprop" and not os.environ.get("FAKE_RMSPROP_FIXED"):
         print("RuntimeError: boom (fake crash)", file=sys.stderr)
@@ -142,6 +150,33 @@ def launcher() -> str:
     return f"{sys.executable} {HERE}"
 
 
+class _Finished:
+    """A trial process that has already exited."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def poll(self) -> int:
+        return self.code
+
+    def terminate(self) -> None:
+        return None
+
+    def kill(self) -> None:
+        return None
+
+
+class InProcessRunner:
+    """Trains each trial with the fake trainer inside this process, finished as soon as it starts: a fault
+    test that resumes a study hundreds of times cannot start an interpreter per trial."""
+
+    def devices(self, slot: int) -> list[str]:
+        return []
+
+    def start(self, launch, slot: int) -> _Finished:
+        return _Finished(train_run(launch.recipe, launch.out_dir, launch.name))
+
+
 def run_worker(
     study_dir: str, tune_path: str, parallel: int = 1, storage: str | None = None, heartbeat_s: float = 30.0
 ) -> None:
@@ -159,8 +194,21 @@ def run_worker(
     PhaseWorker(study, plan, runner, parallel=parallel, log=lambda line: None).run()
 
 
+def worker_main(argv: list[str]) -> int:
+    """`--worker STUDY TUNE PARALLEL STORAGE HEARTBEAT_S`: a worker process; its study error is one line and
+    its exit code, as `clipctl tune` reports it."""
+    from clipctl.errors import ClipctlError
+
+    try:
+        run_worker(argv[0], argv[1], int(argv[2]), argv[3] or None, float(argv[4]))
+    except ClipctlError as err:
+        print(f"clipctl: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        run_worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] or None, float(sys.argv[6]))
+        sys.exit(worker_main(sys.argv[2:]))
     else:
         sys.exit(fake_train(sys.argv[1:]))

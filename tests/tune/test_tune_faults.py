@@ -3,7 +3,9 @@ trial re-run on resume), failed trials re-run with --retry-failed, malformed jou
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 from helpers.output import without_warnings
 from helpers.trainkit import make_tiny_shapes
 from helpers.tune_fakes import HERE, grid_recipe, launcher, run_worker, write_recipes
+from sqlalchemy.exc import OperationalError
 
 from clipctl.errors import DataError
 from clipctl.tune.store import Study
@@ -165,18 +168,31 @@ def test_an_old_study_that_never_started_a_trial_is_migrated_empty(tmp_path, run
     assert Study(old).phase_state(1).trials == {} and "version = 2" in (old / "study.toml").read_text()
 
 
-def test_an_old_journal_that_cannot_be_replayed_is_refused_in_one_line(tmp_path, run_cli):
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: a refused command leaves this identical."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("{not json", "line 13 is not JSON"),
+        ('{"event": "trial_started", "phase": 1, "trial": 4, "params": {}}', "trial 4 starts without its point"),
+    ],
+)
+def test_an_old_journal_that_cannot_be_replayed_is_refused_in_one_line_changing_nothing(tmp_path, run_cli, line, why):
     old = tmp_path / "old"
     shutil.copytree(OLD_STUDY, old)
     with open(old / "journal.jsonl", "a") as handle:
-        handle.write("{not json\n")
-    before = {p.name: p.read_bytes() for p in old.iterdir()}
-    code, _, err = run_cli("tune", "status", "--study", old)
-    assert code == 2 and f"{old}: cannot migrate the old journal.jsonl study (line 13 is not JSON)" in err
-    assert "--study NEW_DIR" in err
-    one_line(err)
-    assert {p.name: p.read_bytes() for p in old.iterdir() if p.name in before} == before
-    assert (old / "study.toml").read_text() == before["study.toml"].decode()
+        handle.write(line + "\n")
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "rmsprop", "radam"]))
+    before = listing(old)
+    for command in (("status",), ("best",), ("--recipe", tune, "--launcher", launcher())):
+        code, _, err = run_cli("tune", *command, "--study", old)
+        assert code == 2 and f"{old}: cannot migrate the old journal.jsonl study ({why})" in err, err
+        assert "--study NEW_DIR" in err
+        one_line(err)
+        assert listing(old) == before  # no optuna-journal.log, study.toml as it was
 
 
 def test_study_naming_a_file_is_a_usage_error(tmp_path, run_cli):
@@ -249,3 +265,75 @@ def test_tune_on_shapes_without_its_training_data_exits_3_then_trains_the_full_b
     assert done.returncode == 0, done.stderr[-3000:]
     trials = Study(tmp_path / "study").state().phase(1).trials
     assert len(trials) == 2 and all(t.status == "completed" and not t.flagged for t in trials.values())
+
+
+DISK_ERRORS = [
+    ("clipctl: error: {run}/state/last.pt: disk full (no space left on device); free space", "disk full"),
+    ("OSError: [Errno 30] Read-only file system: '{run}/metrics.jsonl'", "Read-only file system"),
+    ("clipctl: error: {run}/state: permission denied; choose a writable folder or fix its permissions", "permission"),
+    ("OSError: [Errno 27] File too large", "File too large"),
+]
+
+
+@pytest.mark.parametrize("line, shown", DISK_ERRORS, ids=["ENOSPC", "EROFS", "EACCES", "EFBIG"])
+def test_a_trial_failing_for_its_disk_stops_the_study_untold_and_is_re_run(tmp_path, run_cli, monkeypatch, line, shown):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam"]))
+    study = tmp_path / "study"
+    args = ("tune", "--recipe", tune, "--study", study, "--launcher", launcher())
+    monkeypatch.setenv("FAKE_DISK_ERROR", line)
+    code, _, err = run_cli(*args)
+    last = err.splitlines()[-1]
+    assert code == 1 and last.startswith("clipctl: error: phase 1 t001: ") and shown in last, err
+    assert "the study stopped without a result for this trial" in last and "Traceback" not in err
+    assert err.count("clipctl: error") == 1
+    assert [e["event"] for e in events(study)] == ["trial_started"]  # not told, no penalty, t002 never started
+    monkeypatch.delenv("FAKE_DISK_ERROR")  # space freed
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    state = Study(study).phase_state(1)
+    assert [(t.status, t.flagged) for t in state.trials.values()] == [("completed", False)] * 2
+    assert state.trials[1].starts == 2 and not [e for e in events(study) if e["event"] == "trial_failed"]
+
+
+def test_a_read_only_study_folder_stops_the_study_untold(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam"]))
+    study = tmp_path / "study"
+    args = ("tune", "--recipe", tune, "--study", study, "--launcher", launcher())
+
+    def read_only(path: Path, text: str) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr("clipctl.tune.runner.atomic_write_text", read_only)  # the trial's recipe cannot be written
+    code, _, err = run_cli(*args)
+    last = err.splitlines()[-1]
+    assert code == 1 and last == (
+        f"clipctl: error: {study / 'phase1' / 't001.toml'}: read-only file system; choose a writable --out; "
+        "the study stopped (run the same command once it is fixed)"
+    ), err
+    assert "Traceback" not in err and [e["event"] for e in events(study)] == ["trial_started"]
+    monkeypatch.undo()
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert [t.status for t in Study(study).phase_state(1).trials.values()] == ["completed"] * 2
+
+
+def test_a_storage_that_fails_under_the_study_stops_it_in_one_line_untold(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam"]))
+    study, url = tmp_path / "study", f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ("tune", "--recipe", tune, "--study", study, "--launcher", launcher())
+
+    def gone(*args: object, **kwargs: object) -> None:
+        raise OperationalError("UPDATE trials", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr("clipctl.tune.storage.PhaseStore.tell", gone)
+    code, _, err = run_cli(*args, "--storage", url)
+    last = err.splitlines()[-1]
+    assert code == 1 and last.startswith(f"clipctl: error: {url}: the study's storage failed (")
+    assert "Traceback" not in err
+    assert "server closed the connection unexpectedly" in last and err.count("clipctl: error") == 1
+    assert [e["event"] for e in events(study)] == ["trial_started"]
+    monkeypatch.undo()
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    state = Study(study).phase_state(1)
+    assert [(t.status, t.starts) for t in state.trials.values()] == [("completed", 2), ("completed", 1)]

@@ -10,14 +10,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
 from helpers.output import without_warnings
 from helpers.tune_fakes import HERE, grid_recipe, launcher, run_worker, storage_url, write_recipes
+from optuna.storages import RDBStorage
+from sqlalchemy.exc import IntegrityError
 
 from clipctl.errors import UsageError
+from clipctl.tune.storage import open_storage
 from clipctl.tune.store import Study
 from clipctl.tune.submit import local_shares
 
@@ -186,3 +190,139 @@ def test_submit_slurm_without_sbatch_is_one_line_exit_2(tmp_path, run_cli, monke
     assert code == 2 and "go with --submit" in err
     code, _, err = run_cli("tune", "--recipe", tune, "--study", tmp_path / "s", "--submit", "local", "--retry-failed")
     assert code == 2 and "without --submit" in err
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: a refused command leaves this identical."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_relative_sqlite_url_is_recorded_absolute_and_found_from_another_folder(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam"], epochs=1))
+    first, other, study = tmp_path / "first", tmp_path / "other", tmp_path / "study"
+    first.mkdir()
+    other.mkdir()
+    monkeypatch.chdir(first)
+    args = ("tune", "--recipe", tune, "--study", study, "--launcher", launcher())
+    code, _, err = run_cli(*args, "--storage", "sqlite:///rel.db")
+    assert code == 0, err
+    assert f'storage = "sqlite:///{first / "rel.db"}"' in (study / "study.toml").read_text()
+    monkeypatch.chdir(other)
+    code, out, err = run_cli("tune", "status", "--study", study, "--json")
+    assert code == 0 and json.loads(out)["phases"][0]["completed"] == 2, err
+    code, _, err = run_cli(*args)  # resumes the same database: nothing to run again
+    assert code == 0 and "resuming: 2 finished" in err and " started" not in err, err
+    code, _, err = run_cli(*args, "--storage", "sqlite:///../first/rel.db")  # the same file, named from here
+    assert code == 0 and "resuming: 2 finished" in err, err
+    assert os.listdir(other) == [] and [t.starts for t in Study(study).phase_state(1).trials.values()] == [1, 1]
+    code, _, err = run_cli(*args, "--storage", "sqlite:///rel.db")  # from here that is another file
+    assert code == 2 and "keeps its trials in" in err and not (other / "rel.db").exists()
+    one_line(err)
+
+
+def test_a_relative_sqlite_url_recorded_by_an_older_release_is_still_the_same_storage(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"], epochs=1))
+    monkeypatch.chdir(tmp_path)
+    run_worker(str(tmp_path / "study"), str(tune), storage="sqlite:///old.db")
+    config = tmp_path / "study" / "study.toml"
+    config.write_text(config.read_text().replace(f"sqlite:///{tmp_path / 'old.db'}", "sqlite:///old.db"))
+    code, _, err = run_cli(
+        "tune", "--recipe", tune, "--study", "study", "--storage", "sqlite:///old.db", "--launcher", launcher()
+    )
+    assert code == 0 and "resuming: 1 finished" in err, err
+
+
+def test_storage_naming_a_folder_is_one_line_exit_2_and_writes_nothing(tmp_path, run_cli):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"], epochs=1))
+    folder = tmp_path / "store"
+    folder.mkdir()
+    before = listing(tmp_path)
+    for storage, line in ((folder, f"--storage {folder}: is a folder"), (f"sqlite:///{folder}", "cannot open it")):
+        code, _, err = run_cli(
+            "tune", "--recipe", tune, "--study", tmp_path / "s", "--storage", storage, "--launcher", launcher()
+        )
+        assert code == 2 and line in err, err
+        one_line(err)
+        assert listing(tmp_path) == before and not (tmp_path / "s").exists()
+
+
+def test_the_schema_race_of_a_new_database_is_retried_and_a_bad_url_is_not(tmp_path, monkeypatch):
+    real, calls, races = RDBStorage, [], [2]
+
+    def racing(url: str, **options: object) -> RDBStorage:
+        calls.append(url)
+        if races[0]:  # another worker created the tables or the version row first
+            races[0] -= 1
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(url, **options)
+
+    monkeypatch.setattr("clipctl.tune.storage.RDBStorage", racing)
+    open_storage(f"sqlite:///{tmp_path}/new.db", tmp_path)
+    assert len(calls) == 3
+    calls.clear()  # no race now
+    with pytest.raises(UsageError, match="cannot open it"):
+        open_storage(f"sqlite:///{tmp_path}/missing/x.db", tmp_path)
+    assert len(calls) == 1  # a real bad URL is not retried
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+from clipctl.tune.storage import open_storage
+folder, start = Path(sys.argv[1]), float(sys.argv[2])
+for k in range(3):
+    time.sleep(max(0.0, start + k - time.time() - 0.02))
+    while time.time() < start + k:
+        pass
+    open_storage(f"sqlite:///{folder}/race{k}.db", folder)
+"""
+
+
+@pytest.mark.slow
+def test_workers_opening_a_new_sqlite_study_together_all_succeed(tmp_path):
+    start = time.time() + 6  # every process has imported Optuna by then: they open each database together
+    racers = [
+        subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), str(start)], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [(racer.wait(timeout=120), racer.stderr.read()) for racer in racers]
+    assert all(code == 0 for code, _ in results), results
+    for k in range(3):
+        assert optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/race{k}.db") == []  # a complete schema
+
+
+def test_a_refused_submit_changes_nothing_on_disk(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"], epochs=1))
+    study = tmp_path / "study"
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no sbatch on it
+    before = listing(tmp_path)
+    code, _, err = run_cli(
+        "tune", "--recipe", tune, "--study", study, "--storage", f"sqlite:///{tmp_path}/s.db", "--submit", "slurm"
+    )
+    assert code == 2 and "sbatch is not on PATH" in err
+    one_line(err)
+    assert listing(tmp_path) == before and not study.exists()
+    run_worker(str(study), str(tune))
+    before = listing(study)
+    monkeypatch.setattr("clipctl.tune.submit.visible_gpus", lambda: ["0"])
+    for refused in (("slurm",), ("local", "--workers", "2", "--gpus-per-worker", "1"), ("pbs",)):
+        code, _, err = run_cli("tune", "--recipe", tune, "--study", study, "--submit", *refused)
+        assert code == 2, err
+        one_line(err)
+        assert listing(study) == before
+
+
+@pytest.mark.slow
+def test_submit_local_ends_cleanly_without_submitit_tracebacks(tmp_path):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw", "radam"], epochs=1))
+    study = tmp_path / "study"
+    done = subprocess.run(
+        [sys.executable, "-m", "clipctl", "tune", "--recipe", str(tune), "--study", str(study)]
+        + ["--launcher", launcher(), "--submit", "local", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0 and len(done.stdout.split()) == 2, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert [t.status for t in Study(study).phase_state(1).trials.values()] == ["completed", "completed"]
