@@ -8,9 +8,14 @@ already trained on, which makes mid-epoch resume exact.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import multiprocessing
+import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,14 +23,55 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clipctl.errors import UsageError
 
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """worker_init_fn of every DataLoader: a process-group SIGTERM/SIGINT (Slurm, systemd, `docker stop`)
-    is the main process's to handle; a worker that died of it would fail the run instead of stopping it."""
+    """A process-group SIGTERM/SIGINT (Slurm, systemd, `docker stop`) is the main process's to handle; a
+    worker that died of it would fail the run instead of stopping it."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def loader_worker_init() -> Callable[[int], None]:
+    """The worker_init_fn of every DataLoader with workers: ignore stop signals, and end with the main process.
+
+    Why the second: a worker that ignores SIGTERM also ignores the `terminate()` with which torch's shutdown
+    and multiprocessing's exit end it, and multiprocessing's exit then joins it forever (a failed run whose
+    iterator outlived it, a worker stuck in a read). The main process sets an event when it exits; each
+    worker leaves at once when it is set, whatever its main thread is doing.
+    """
+    return functools.partial(_init_worker, _exit_event(os.getpid()))
+
+
+def _init_worker(main_exits: Event, worker_id: int) -> None:
+    ignore_stop_signals(worker_id)
+    threading.Thread(target=_exit_when_set, args=(main_exits,), name="clipctl-exit-watch", daemon=True).start()
+
+
+def _exit_when_set(main_exits: Event) -> None:
+    main_exits.wait()
+    os._exit(0)  # status 0: torch's SIGCHLD check reports any other as a failed worker
+
+
+@functools.cache
+def _exit_event(pid: int) -> Event:
+    """One event per main process, set by an exit hook that runs before multiprocessing's joins its children.
+
+    Creating the event imports multiprocessing.util, which registers that join at exit; atexit runs hooks
+    last-in first-out, so the hook registered here runs first.
+    """
+    event = multiprocessing.Event()
+    atexit.register(_set_in, event, pid)
+    return event
+
+
+def _set_in(event: Event, pid: int) -> None:
+    if os.getpid() == pid:  # never from a forked child that somehow ran exit hooks
+        event.set()
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -167,7 +213,7 @@ def build_train_loader(
         batch_sampler=sampler,
         num_workers=num_workers,
         generator=generator,
-        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        worker_init_fn=loader_worker_init() if num_workers > 0 else None,
         pin_memory=pin_memory and torch.cuda.is_available(),
         collate_fn=collate_fn,
         **extra,
