@@ -25,6 +25,7 @@ from clipctl.errors import DataError, InterruptedRun, StorageError
 from clipctl.run.checkpoint import CKPT_FORMAT, FORMAT_VERSION, load_state
 from clipctl.run.layout import RunDir
 from clipctl.train import trainer as trainer_module
+from clipctl.train.interrupt import REPEAT_WINDOW_S
 from clipctl.train.trainer import TrainOptions, train
 
 QUICK = {"train.epochs": 1, "train.max_steps": 2}
@@ -317,6 +318,7 @@ def test_double_ctrl_c_stops_at_once_and_leaves_the_summary_interrupted(shapes, 
     def twice(step: int) -> None:
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(REPEAT_WINDOW_S + 0.2)  # a person pressing again, not a launcher forwarding the first
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(InterruptedRun) as info:
@@ -325,6 +327,22 @@ def test_double_ctrl_c_stops_at_once_and_leaves_the_summary_interrupted(shapes, 
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "second SIGINT" in summary["error"]
     assert load_state(tmp_path / "c" / "state" / "last.pt")["progress"]["step"] == 2  # the last save, untouched
+
+
+def test_a_signal_delivered_twice_at_once_is_one_stop_that_saves(shapes, tmp_path):
+    """torchrun (or Slurm) forwards the SIGTERM its process group already delivered: every rank gets two."""
+
+    def group_then_launcher(step: int) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(InterruptedRun) as info:
+        train(tiny_recipe(shapes, **SAVE_2), TrainOptions(out_dir=tmp_path, name="d", on_step=group_then_launcher))
+    assert "second" not in str(info.value) and "update 3; state saved" in str(info.value)
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"] == "stopped by SIGTERM at update 3"
+    assert load_state(tmp_path / "d" / "state" / "last.pt")["progress"]["step"] == 3  # the update it finished
 
 
 def test_sigterm_during_start_up_is_a_line_and_exit_130(shapes, tmp_path, run_cli, monkeypatch):
