@@ -36,7 +36,8 @@ bench: $(STAMP)
 
 # The loss x batch-size study (recipes/study/): every <loss>_b<batch> recipe x STUDY_SEEDS, STUDY_JOBS runs at a
 # time (torch threads split between them), logs appended to $(STUDY_OUT)/logs; finished runs are kept, so rerunning
-# only completes what is missing. Then the comparison goes to $(STUDY_RESULTS) (markdown, JSON, PNG).
+# only completes what is missing (`--resume restart`: a run killed before its first save starts over in place). Then
+# the comparison goes to $(STUDY_RESULTS) (markdown, JSON, PNG).
 STUDY_SEEDS ?= 0 1 2
 STUDY_JOBS ?= 2
 STUDY_OUT ?= runs/study
@@ -50,7 +51,7 @@ study: $(STAMP)
 	threads=$$(( $$(getconf _NPROCESSORS_ONLN) / $(STUDY_JOBS) )); [ $$threads -ge 1 ] || threads=1; \
 	for recipe in recipes/study/*_b*.toml; do for seed in $(STUDY_SEEDS); do echo $$recipe $$seed; done; done \
 	| OMP_NUM_THREADS=$$threads xargs -P $(STUDY_JOBS) -n 2 sh -c 'name=$$(basename $$0 .toml)-seed$$1; \
-	  if $(BIN)/clipctl train $$0 run.seed=$$1 --name $$name --out $(STUDY_OUT) --resume auto \
+	  if $(BIN)/clipctl train $$0 run.seed=$$1 --name $$name --out $(STUDY_OUT) --resume restart \
 	    >>$(STUDY_OUT)/logs/$$name.log 2>&1; then echo "study: $$name done"; \
 	  else echo "study: $$name failed (exit $$?), see $(STUDY_OUT)/logs/$$name.log"; exit 1; fi'
 	$(BIN)/clipctl compare $(STUDY_OUT) --markdown --plot $(STUDY_RESULTS)/compare.png > $(STUDY_RESULTS)/compare.md.tmp
