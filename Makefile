@@ -24,9 +24,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal --durations=15
 
-# Generates shapes (once), trains the quickstart, prints its test metrics; rerunning prints the finished run's.
+# Generates shapes (once), trains the quickstart, prints its test metrics; rerunning prints the finished run's (or
+# continues it, or starts it over when it was killed before its first save).
 demo: $(STAMP)
-	$(BIN)/clipctl train quickstart --resume auto
+	$(BIN)/clipctl train quickstart --resume restart
 
 # Every benchmark (bench/*.py; _*.py are helpers) writes bench/results/<name>.json, then one table of all targets.
 # Run it on a quiet machine: the ratios are measured side by side, but other load still adds noise.
