@@ -9,13 +9,16 @@ already trained on, which makes mid-epoch resume exact.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import multiprocessing
+import multiprocessing.util  # registers the join of children at exit, before _exit_flag's hook
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,10 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clipctl.errors import UsageError
 
-if TYPE_CHECKING:
-    from multiprocessing.synchronize import Event
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_POLL_S = 0.2  # how often a loader worker checks whether its main process is exiting
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
@@ -41,37 +42,39 @@ def loader_worker_init() -> Callable[[int], None]:
 
     Why the second: a worker that ignores SIGTERM also ignores the `terminate()` with which torch's shutdown
     and multiprocessing's exit end it, and multiprocessing's exit then joins it forever (a failed run whose
-    iterator outlived it, a worker stuck in a read). The main process sets an event when it exits; each
-    worker leaves at once when it is set, whatever its main thread is doing.
+    iterator outlived it, a worker stuck in a read). The main process raises a shared flag when it exits;
+    a thread in each worker watches it and ends the worker, whatever its main thread is doing.
     """
-    return functools.partial(_init_worker, _exit_event(os.getpid()))
+    return functools.partial(_init_worker, _exit_flag(os.getpid()))
 
 
-def _init_worker(main_exits: Event, worker_id: int) -> None:
+def _init_worker(main_exits: ctypes.c_byte, worker_id: int) -> None:
     ignore_stop_signals(worker_id)
-    threading.Thread(target=_exit_when_set, args=(main_exits,), name="clipctl-exit-watch", daemon=True).start()
+    threading.Thread(target=_exit_when_raised, args=(main_exits,), name="clipctl-exit-watch", daemon=True).start()
 
 
-def _exit_when_set(main_exits: Event) -> None:
-    main_exits.wait()
+def _exit_when_raised(main_exits: ctypes.c_byte) -> None:
+    while not main_exits.value:
+        time.sleep(EXIT_POLL_S)
     os._exit(0)  # status 0: torch's SIGCHLD check reports any other as a failed worker
 
 
 @functools.cache
-def _exit_event(pid: int) -> Event:
-    """One event per main process, set by an exit hook that runs before multiprocessing's joins its children.
+def _exit_flag(pid: int) -> ctypes.c_byte:
+    """One flag per main process, raised by an exit hook that runs before multiprocessing joins its children
+    (atexit runs hooks last-in first-out, and multiprocessing.util, imported above, registered its join first).
 
-    Creating the event imports multiprocessing.util, which registers that join at exit; atexit runs hooks
-    last-in first-out, so the hook registered here runs first.
+    A lock-free shared byte, not an Event: setting an Event waits for its waiters to wake, and the waiters of
+    workers that already ended never do.
     """
-    event = multiprocessing.Event()
-    atexit.register(_set_in, event, pid)
-    return event
+    flag = multiprocessing.RawValue("b", 0)
+    atexit.register(_raise_in, flag, pid)
+    return flag
 
 
-def _set_in(event: Event, pid: int) -> None:
+def _raise_in(flag: ctypes.c_byte, pid: int) -> None:
     if os.getpid() == pid:  # never from a forked child that somehow ran exit hooks
-        event.set()
+        flag.value = 1
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:

@@ -43,6 +43,29 @@ HUNG_WORKER = textwrap.dedent(
     """
 )
 
+# One loader used up and dropped (its workers ended by torch), one still held with a live iterator at exit
+# (its workers still waiting for work): the process must end at once either way.
+FINISHED_AND_LIVE_LOADERS = textwrap.dedent(
+    """
+    import torch
+    from clipctl.data.loader import build_train_loader
+
+    class Numbers(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, key):
+            return torch.tensor(key[0])
+
+    used_up = build_train_loader(Numbers(), 8, num_workers=2)
+    assert sorted(int(i) for batch in used_up for i in batch) == list(range(64))
+    del used_up
+    live = build_train_loader(Numbers(), 8, num_workers=2, persistent_workers=True)
+    batches = iter(live)
+    next(batches)
+    """
+)
+
 
 @pytest.fixture
 def shapes(tmp_path) -> Path:
@@ -100,6 +123,20 @@ def group_is_gone(pgid: int, within_s: float = 5.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_process_with_finished_or_live_loaders_exits_at_once(tmp_path):
+    script = tmp_path / "loaders.py"
+    script.write_text(FINISHED_AND_LIVE_LOADERS)
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a process whose loaders had workers did not exit")
+    finally:
+        _kill_group(proc.pid)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert group_is_gone(proc.pid)
 
 
 @pytest.mark.slow
