@@ -30,13 +30,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_POLL_S = 0.2  # how often a loader worker checks whether its main process is exiting
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A process-group SIGTERM/SIGINT (Slurm, systemd, `docker stop`) is the main process's to handle; a
-    worker that died of it would fail the run instead of stopping it."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-
-
 def loader_worker_init() -> Callable[[int], None]:
     """The worker_init_fn of every DataLoader with workers: ignore stop signals, and end with the main process.
 
@@ -49,7 +42,10 @@ def loader_worker_init() -> Callable[[int], None]:
 
 
 def _init_worker(main_exits: ctypes.c_byte, worker_id: int) -> None:
-    ignore_stop_signals(worker_id)
+    """A process-group SIGTERM/SIGINT (Slurm, systemd, `docker stop`) is the main process's to handle; a
+    worker that died of it would fail the run instead of stopping it."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     threading.Thread(target=_exit_when_raised, args=(main_exits,), name="clipctl-exit-watch", daemon=True).start()
 
 
