@@ -24,9 +24,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal --durations=15
 
-# Generates shapes (once), trains the quickstart, prints its test metrics; rerunning prints the finished run's.
+# Generates shapes (once), trains the quickstart, prints its test metrics; rerunning prints the finished run's (or
+# continues it, or starts it over when it was killed before its first save).
 demo: $(STAMP)
-	$(BIN)/clipctl train quickstart --resume auto
+	$(BIN)/clipctl train quickstart --resume restart
 
 # Every benchmark (bench/*.py; _*.py are helpers) writes bench/results/<name>.json, then one table of all targets.
 # Run it on a quiet machine: the ratios are measured side by side, but other load still adds noise.
@@ -36,8 +37,9 @@ bench: $(STAMP)
 
 # The loss x batch-size study (recipes/study/): every <loss>_b<batch> recipe x STUDY_SEEDS, STUDY_JOBS runs at a
 # time (torch threads split between them), logs appended to $(STUDY_OUT)/logs; finished runs are kept, so rerunning
-# only completes what is missing. Then the comparison goes to $(STUDY_RESULTS) (markdown, JSON, PNG), with the paired
-# per-seed differences, the by-batch plot and the loss diagnostics (`clipctl study`).
+# only completes what is missing (`--resume restart`: a run killed before its first save starts over in place). Then
+# the comparison goes to $(STUDY_RESULTS) (markdown, JSON, PNG), with the paired per-seed differences, the by-batch
+# plot and the loss diagnostics (`clipctl study`).
 STUDY_SEEDS ?= 0 1 2
 STUDY_JOBS ?= 2
 STUDY_OUT ?= runs/study
@@ -51,7 +53,7 @@ study: $(STAMP)
 	threads=$$(( $$(getconf _NPROCESSORS_ONLN) / $(STUDY_JOBS) )); [ $$threads -ge 1 ] || threads=1; \
 	for recipe in recipes/study/*_b*.toml; do for seed in $(STUDY_SEEDS); do echo $$recipe $$seed; done; done \
 	| OMP_NUM_THREADS=$$threads xargs -P $(STUDY_JOBS) -n 2 sh -c 'name=$$(basename $$0 .toml)-seed$$1; \
-	  if $(BIN)/clipctl train $$0 run.seed=$$1 --name $$name --out $(STUDY_OUT) --resume auto \
+	  if $(BIN)/clipctl train $$0 run.seed=$$1 --name $$name --out $(STUDY_OUT) --resume restart \
 	    >>$(STUDY_OUT)/logs/$$name.log 2>&1; then echo "study: $$name done"; \
 	  else echo "study: $$name failed (exit $$?), see $(STUDY_OUT)/logs/$$name.log"; exit 1; fi'
 	$(BIN)/clipctl compare $(STUDY_OUT) --markdown --plot $(STUDY_RESULTS)/compare.png > $(STUDY_RESULTS)/compare.md.tmp

@@ -40,17 +40,38 @@ def _worker_message(message: str) -> str:
     return f"in a data loader worker: {own or last}"
 
 
-def os_error_message(err: OSError) -> str:
-    """One line for a failed file operation, naming full disks and read-only folders as such."""
+# errno -> (what happened, what to do about it); the first four are the storage faults a user can clear
+_OS_REASONS = {
+    errno.ENOSPC: ("disk full (no space left on device)", "free space or choose another --out"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or choose another --out"),
+    errno.EFBIG: (
+        "file too large (over the file-size limit, `ulimit -f`, or the file system's maximum)",
+        "raise the limit or choose another --out",
+    ),
+    errno.EROFS: ("read-only file system", "choose a writable --out"),
+    errno.EACCES: ("permission denied", "choose a writable folder or fix its permissions"),
+    errno.ENAMETOOLONG: ("file name too long", "choose a shorter --name or --out"),
+}
+# How to clear a storage fault in place, so the same command can go on afterwards
+_CLEARED_IN_PLACE = {
+    errno.ENOSPC: "free space",
+    errno.EDQUOT: "free space",
+    errno.EFBIG: "raise the file-size limit (`ulimit -f unlimited`)",
+    errno.EROFS: "make the file system writable",
+}
+
+
+def os_error_message(err: OSError, then: str = "") -> str:
+    """One line for a failed file operation, naming full disks, size limits and read-only folders as such.
+
+    `then` is what to run once a storage fault is cleared in place (a run continues where it stopped);
+    without it the line suggests another --out.
+    """
     where = err.filename or "file"
-    reasons = {
-        errno.ENOSPC: "disk full (no space left on device); free space or choose another --out",
-        errno.EDQUOT: "disk quota exceeded; free space or choose another --out",
-        errno.EROFS: "read-only file system; choose a writable --out",
-        errno.EACCES: "permission denied; choose a writable folder or fix its permissions",
-        errno.ENAMETOOLONG: "file name too long; choose a shorter --name or --out",
-    }
-    return f"{where}: {reasons.get(err.errno, err.strerror or str(err))}"
+    if then and err.errno in _CLEARED_IN_PLACE:
+        return f"{where}: {_OS_REASONS[err.errno][0]}; {_CLEARED_IN_PLACE[err.errno]}, then {then}"
+    reason, fix = _OS_REASONS.get(err.errno, (err.strerror or str(err), ""))
+    return f"{where}: {reason}; {fix}" if fix else f"{where}: {reason}"
 
 
 class ClipctlError(Exception):
@@ -93,8 +114,8 @@ class StorageError(ClipctlError):
     """Writing failed: disk full, read-only or forbidden output (exit 1)."""
 
     @classmethod
-    def from_os_error(cls, err: OSError) -> StorageError:
-        return cls(os_error_message(err))
+    def from_os_error(cls, err: OSError, then: str = "") -> StorageError:
+        return cls(os_error_message(err, then))
 
 
 class InterruptedRun(ClipctlError):

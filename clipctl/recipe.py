@@ -18,6 +18,7 @@ import tomli_w
 from pydantic import Field, ValidationError, model_validator
 
 from clipctl.errors import UsageError
+from clipctl.losses.config import write_rank
 from clipctl.losses.registry import LossSection, check_loss_keys, default_loss_config
 from clipctl.model.config import ModelConfig
 from clipctl.schema import Section, closest, format_validation_error, known_keys
@@ -193,6 +194,16 @@ class Recipe(Section):
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_toml().encode()).hexdigest()
+
+    def earlier_sha256s(self) -> set[str]:
+        """The sha256 of this recipe as earlier releases resolved it, with the keys removed since at the default
+        they then wrote (`loss.eps`): a tune study or run recorded by them is still this recipe."""
+        removed = self.loss.removed_defaults()
+        if not removed:
+            return set()
+        data = self.to_dict()
+        data["loss"] = dict(sorted({**data["loss"], **removed}.items(), key=lambda item: write_rank(item[0])))
+        return {hashlib.sha256(tomli_w.dumps(data).encode()).hexdigest()}
 
 
 def _drop_none(value: Any) -> Any:

@@ -17,7 +17,12 @@ def train(
     name: str | None = typer.Option(
         None, "--name", help="Run directory name (default: run.name or the recipe's stem)."
     ),
-    resume: str | None = typer.Option(None, "--resume", help="auto | never | PATH (a run directory or state file)."),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        help="auto (continue the run from its state) | restart (auto, but a run stopped before its first save "
+        "starts over in place) | never | PATH (a run directory or state file).",
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan and an ETA from five measured steps; write nothing."
     ),

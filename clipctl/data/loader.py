@@ -8,7 +8,15 @@ already trained on, which makes mid-epoch resume exact.
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import functools
+import multiprocessing
+import multiprocessing.util  # registers the join of children at exit, before _exit_flag's hook
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,13 +27,50 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from clipctl.errors import UsageError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_POLL_S = 0.2  # how often a loader worker checks whether its main process is exiting
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """worker_init_fn of every DataLoader: a process-group SIGTERM/SIGINT (Slurm, systemd, `docker stop`)
-    is the main process's to handle; a worker that died of it would fail the run instead of stopping it."""
+def loader_worker_init() -> Callable[[int], None]:
+    """The worker_init_fn of every DataLoader with workers: ignore stop signals, and end with the main process.
+
+    Why the second: a worker that ignores SIGTERM also ignores the `terminate()` with which torch's shutdown
+    and multiprocessing's exit end it, and multiprocessing's exit then joins it forever (a failed run whose
+    iterator outlived it, a worker stuck in a read). The main process raises a shared flag when it exits;
+    a thread in each worker watches it and ends the worker, whatever its main thread is doing.
+    """
+    return functools.partial(_init_worker, _exit_flag(os.getpid()))
+
+
+def _init_worker(main_exits: ctypes.c_byte, worker_id: int) -> None:
+    """A process-group SIGTERM/SIGINT (Slurm, systemd, `docker stop`) is the main process's to handle; a
+    worker that died of it would fail the run instead of stopping it."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_raised, args=(main_exits,), name="clipctl-exit-watch", daemon=True).start()
+
+
+def _exit_when_raised(main_exits: ctypes.c_byte) -> None:
+    while not main_exits.value:
+        time.sleep(EXIT_POLL_S)
+    os._exit(0)  # status 0: torch's SIGCHLD check reports any other as a failed worker
+
+
+@functools.cache
+def _exit_flag(pid: int) -> ctypes.c_byte:
+    """One flag per main process, raised by an exit hook that runs before multiprocessing joins its children
+    (atexit runs hooks last-in first-out, and multiprocessing.util, imported above, registered its join first).
+
+    A lock-free shared byte, not an Event: setting an Event waits for its waiters to wake, and the waiters of
+    workers that already ended never do.
+    """
+    flag = multiprocessing.RawValue("b", 0)
+    atexit.register(_raise_in, flag, pid)
+    return flag
+
+
+def _raise_in(flag: ctypes.c_byte, pid: int) -> None:
+    if os.getpid() == pid:  # never from a forked child that somehow ran exit hooks
+        flag.value = 1
 
 
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
@@ -167,7 +212,7 @@ def build_train_loader(
         batch_sampler=sampler,
         num_workers=num_workers,
         generator=generator,
-        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        worker_init_fn=loader_worker_init() if num_workers > 0 else None,
         pin_memory=pin_memory and torch.cuda.is_available(),
         collate_fn=collate_fn,
         **extra,

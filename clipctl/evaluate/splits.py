@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clipctl.data.loader import ignore_stop_signals
+from clipctl.data.loader import loader_worker_init
 from clipctl.errors import DataError
 from clipctl.evaluate.encode import Precision, encode_images, encode_texts, model_device
 from clipctl.evaluate.objective import objective
@@ -40,7 +40,7 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.d
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
+        worker_init_fn=loader_worker_init() if num_workers > 0 else None,
         pin_memory=device.type == "cuda",
     )
 

@@ -28,6 +28,7 @@ WRITE_ORDER = (
     "gamma_schedule",
     "gamma_min",
     "gamma_decay_epochs",
+    "eps",  # removed (REMOVED_KEYS); kept here so a recipe can be written as earlier releases wrote it
     "tau_init",
     "tau_min",
     "tau_max",
@@ -46,6 +47,12 @@ WRITE_ORDER = (
     "state_device",
 )
 _RANK = {key: i for i, key in enumerate(WRITE_ORDER)}
+
+
+def write_rank(key: str) -> int:
+    """Where `key` goes in a resolved recipe's [loss] table (keys not in WRITE_ORDER follow, in model order)."""
+    return _RANK.get(key, len(_RANK))
+
 
 # Keys that once existed, with why they went: a recipe that sets one is refused naming the change; a recipe stored
 # by an older clipctl (a run's recipe.toml, a checkpoint's embedded recipe) has it dropped, since it held a default.
@@ -66,7 +73,7 @@ class LossConfig(Section):
     @model_serializer(mode="wrap")
     def _written_order(self, handler: Any) -> dict[str, Any]:
         data = handler(self)
-        return dict(sorted(data.items(), key=lambda item: _RANK.get(item[0], len(_RANK))))
+        return dict(sorted(data.items(), key=lambda item: write_rank(item[0])))
 
     def fill_optim_defaults(self, lr: float) -> None:
         """Set keys whose default follows `optim.lr` (called once the whole recipe is read)."""
@@ -74,6 +81,10 @@ class LossConfig(Section):
     def warnings(self, contrast_batch: int) -> list[str]:
         """Valid settings that defeat their purpose at this contrast batch size; one line each."""
         return []
+
+    def removed_defaults(self) -> dict[str, Any]:
+        """Keys of REMOVED_KEYS this loss had, at the value earlier releases wrote into every resolved recipe."""
+        return {}
 
 
 def _outside_tau_box(loss: str, temperature: float) -> str | None:
@@ -117,6 +128,9 @@ class GCLConfig(LossConfig):
         "replicated",
         description="per-sample state on every rank, or sample i on rank i mod K only (ceil(N/K) rows per rank)",
     )
+
+    def removed_defaults(self) -> dict[str, Any]:
+        return {"eps": 1e-8}
 
 
 class SogCLRConfig(GCLConfig):

@@ -95,6 +95,10 @@ class RunDir:
         return self.root / TENSORBOARD_DIR
 
     @property
+    def eval_dir(self) -> Path:
+        return self.root / EVAL_DIR
+
+    @property
     def lock(self) -> Path:
         return self.root / LOCK_NAME
 

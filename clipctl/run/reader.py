@@ -169,7 +169,7 @@ def read_recipe(root: Path) -> tuple[dict[str, Any] | None, str]:
         return None, _nested_too_deep(RECIPE_FILE)
     try:
         # Normalise through the schema so hand-written or older recipes group like resolved ones.
-        return validate_recipe(dict(raw), str(path)).to_dict(), ""
+        return validate_recipe(dict(raw), str(path), explicit_loss_keys=set()).to_dict(), ""
     except ClipctlError:
         return raw, ""  # still a resolved recipe; newer/older schema keys only affect grouping
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +94,16 @@ def remove_stale_temps(run: RunDir) -> None:
     for folder in (run.root, run.state_dir):
         for path in folder.glob(".*.tmp") if folder.is_dir() else ():
             path.unlink(missing_ok=True)
+
+
+def clear_unsaved_attempt(run: RunDir) -> None:
+    """Before a run stopped ahead of its first state save starts over in place (`--resume restart`): what
+    that attempt wrote beyond the files every start rewrites (recipe, meta, metrics, summary) goes, so no
+    best checkpoint, TensorBoard event or eval result of it passes for the new attempt's."""
+    run.checkpoint.unlink(missing_ok=True)
+    for folder in (run.state_dir, run.tensorboard, run.eval_dir):
+        if folder.is_dir():
+            shutil.rmtree(folder)
 
 
 def build_meta(recipe: Recipe, world_size: int, device: str, precision: str) -> dict[str, Any]:

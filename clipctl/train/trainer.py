@@ -30,17 +30,18 @@ from clipctl.errors import (
     RunConflictError,
     StorageError,
     UsageError,
-    os_error_message,
 )
+from clipctl.losses.config import REMOVED_KEYS
 from clipctl.recipe import Recipe
 from clipctl.run.checkpoint import FORMAT_VERSION, load_checkpoint, load_state, save_checkpoint, save_state
-from clipctl.run.layout import SUMMARY_FILE, RunDir, RunStatus, check_run_name
-from clipctl.run.reader import completed_summary, read_json
+from clipctl.run.layout import RunDir, RunStatus, check_run_name
+from clipctl.run.reader import completed_summary, read_recipe, read_summary
 from clipctl.run.writer import (
     RunClaim,
     append_metrics,
     build_meta,
     build_summary,
+    clear_unsaved_attempt,
     remove_stale_temps,
     start_run,
     write_summary,
@@ -67,7 +68,7 @@ UNTRACKED_KEYS = {
 class TrainOptions:
     out_dir: Path | None = None
     name: str | None = None
-    resume: str | None = None  # None/"never": refuse an existing run dir; "auto"; or a path to a run dir/state file
+    resume: str | None = None  # None/"never": refuse an existing run dir; "auto"; "restart"; or a run dir/state file
     dry_run: bool = False
     stop_after_steps: int | None = None  # test hook: behave as if SIGTERM arrived after this many updates
     on_step: Callable[[int], None] | None = None
@@ -96,22 +97,28 @@ def resolve_run_dir(recipe: Recipe, options: TrainOptions) -> RunDir:
     return RunDir(Path(options.out_dir or recipe.run.out_dir) / name)
 
 
-def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
-    """The state to resume from, or None for a fresh start; refuses to clobber an existing run."""
+RESUME_MODES = ("auto", "restart")  # continue the run in its folder; restart also starts over one with no state
+
+
+def _state_path_to_resume(run: RunDir, resume: str | None, recipe: Recipe) -> Path | None:
+    """The state to resume from, or None for a fresh start (a restart in place included); refuses to clobber
+    an existing run."""
     if resume in (None, "never"):
         if run.has_content():
             raise RunConflictError(
-                f"{run.root}: run directory exists; continue it with --resume auto, or choose --name/--out "
-                "for a new run"
+                f"{run.root}: run directory exists; {_way_on(run)}, or choose --name/--out for a new run"
             )
         return None
-    if resume == "auto":
+    if resume in RESUME_MODES:
         if run.last_state.is_file() or not run.has_content():
             return run.last_state if run.last_state.is_file() else None
-        raise ResumeError(
-            f"{run.root}: has run files but no {run.last_state.relative_to(run.root)} to resume from; "
-            f"move it aside or choose --name/--out for a new run"
-        )
+        if resume == "auto":
+            raise ResumeError(
+                f"{run.root}: has run files but no {run.last_state.relative_to(run.root)} to resume from (stopped "
+                "before its first save); start it over in place with --resume restart, or choose --name/--out"
+            )
+        _check_same_recipe(run, recipe, "started with")
+        return None
     path = Path(resume)
     path = RunDir(path).last_state if path.is_dir() else path
     if not path.is_file():
@@ -119,14 +126,63 @@ def _state_path_to_resume(run: RunDir, resume: str | None) -> Path | None:
     return path
 
 
-def _recipe_difference(saved: dict[str, Any], current: dict[str, Any]) -> str:
+def _way_on(run: RunDir) -> str:
+    """How an existing run directory goes on: from its state, or over again when it saved none."""
+    if run.last_state.is_file():
+        return "continue it with --resume auto"
+    if not run.is_run():
+        return "it holds no run (no recipe.toml or summary.json)"
+    summary, _ = read_summary(run.root)
+    if summary is not None and summary.get("status") == RunStatus.COMPLETED:
+        return "it completed (--resume auto prints its summary)"
+    return "it saved no state yet: start it over in place with --resume restart"
+
+
+def _completed_run(run: RunDir, recipe: Recipe) -> dict[str, Any] | None:
+    """The summary of a run that completed here with this recipe: resuming it has nothing to do.
+
+    Resume follows the recipe, not what is on disk: a run that completed with another recipe is refused
+    (exit 5) whether its state is still there or not. A torn summary.json is refused too, unless the state
+    is there to resume from (which rewrites the summary).
+    """
+    try:
+        summary = completed_summary(run)
+    except ResumeError as err:
+        if not run.last_state.is_file():
+            raise
+        info(f"{err}; resuming from the state")
+        return None
+    if summary is not None and summary.get("recipe_sha256") != recipe.sha256():
+        _check_same_recipe(run, recipe, "completed with")
+    return summary
+
+
+def _check_same_recipe(run: RunDir, recipe: Recipe, what: str) -> None:
+    """Refuse (exit 5) when the run's recipe.toml differs from `recipe` in a key that changes results."""
+    started, why = read_recipe(run.root)
+    if started is None:
+        raise ResumeError(
+            f"{run.root}: {why}, so which recipe ran here is unknown; move it aside or choose --name/--out"
+        )
+    difference = _recipe_difference(started, recipe.to_dict(), saved_as="run")
+    if difference:
+        raise ResumeError(f"{run.root}: {what} another recipe ({difference}); start a new run with --name/--out")
+
+
+def _removed(section: str, key: str) -> bool:
+    """A key later releases dropped (`loss.eps`): a state or run saved with it is still the same recipe."""
+    return section == "loss" and key in REMOVED_KEYS
+
+
+def _recipe_difference(saved: dict[str, Any], current: dict[str, Any], saved_as: str = "state") -> str:
+    """The keys that make `saved` another recipe than `current` (the first three), or "" when none does."""
     diffs = []
     for section in ("run", *TRACKED_FOR_RESUME):
         a, b = saved.get(section, {}), current.get(section, {})
         keys = TRACKED_RUN_KEYS if section == "run" else sorted(set(a) | set(b))
         for key in keys:
-            if a.get(key) != b.get(key) and (section, key) not in UNTRACKED_KEYS:
-                diffs.append(f"{section}.{key}: state {a.get(key)!r} vs recipe {b.get(key)!r}")
+            if a.get(key) != b.get(key) and (section, key) not in UNTRACKED_KEYS and not _removed(section, key):
+                diffs.append(f"{section}.{key}: {saved_as} {a.get(key)!r} vs recipe {b.get(key)!r}")
     return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
 
 
@@ -171,8 +227,8 @@ class Trainer:
         if self.claim is not None:
             self.claim.acquire()
             remove_stale_temps(self.run)
-        if not options.dry_run and options.resume not in (None, "never") and not self.run.last_state.is_file():
-            self.finished = completed_summary(self.run)  # every rank decides alike: nothing to build or train
+        if not options.dry_run and options.resume not in (None, "never"):
+            self.finished = _completed_run(self.run, recipe)  # every rank decides alike: nothing to build or train
             if self.finished is not None:
                 return
         self._build(recipe, options)
@@ -186,7 +242,9 @@ class Trainer:
 
     def _build(self, recipe: Recipe, options: TrainOptions) -> None:
         """Pick the state to resume, then build data, model, loss, optimizer and schedule."""
-        self.resume_from = None if options.dry_run else _state_path_to_resume(self.run, options.resume)
+        self.resume_from = None if options.dry_run else _state_path_to_resume(self.run, options.resume, recipe)
+        # a run stopped before its first save, started over in place (its files are replaced at the start)
+        self.restarting = self.resume_from is None and options.resume == "restart" and self.run.has_content()
         self.state = load_state(self.resume_from) if self.resume_from else None
         if self.state is not None:
             self._check_compatible(self.state)
@@ -298,6 +356,8 @@ class Trainer:
             return
         meta = build_meta(self.recipe, self.world, str(self.accelerator.device), self.accelerator.mixed_precision)
         resumed_at = (self.progress.step, self.progress.epoch) if self.state is not None else None
+        if self.restarting:
+            clear_unsaved_attempt(self.run)
         start_run(self.run, self.recipe, meta, resumed_at=resumed_at)
         if self.recipe.tracking.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -322,20 +382,6 @@ class Trainer:
             write_summary(self.run, summary)
         return summary
 
-    def _finished_summary(self) -> dict[str, Any] | None:
-        """The stored summary when this exact recipe already completed here: resuming it has nothing to do."""
-        if self.finished is not None:
-            return self.finished
-        if self.state is None or not self.run.summary.is_file():
-            return None
-        try:
-            summary = read_json(self.run.summary, SUMMARY_FILE)
-        except ResumeError as err:  # the state is intact: resuming rewrites the summary
-            info(f"{err}; resuming from the state")
-            return None
-        done = summary.get("status") == RunStatus.COMPLETED and summary.get("recipe_sha256") == self.recipe.sha256()
-        return summary if done else None
-
     def fit(self) -> dict[str, Any]:
         """Train (or resume) to the end; the run directory stays claimed until this returns."""
         try:
@@ -345,14 +391,17 @@ class Trainer:
                 self.claim.release()
 
     def _fit(self) -> dict[str, Any]:
-        if (finished := self._finished_summary()) is not None:
+        if self.finished is not None:
             info(f"{self.run.root}: already completed; nothing to resume (choose --name for a new run)")
-            return finished
+            return self.finished
         if self.state is not None:
             self._restore(self.state)
             info(f"resuming {self.run.root} at epoch {self.progress.epoch}, update {self.progress.step}")
-        self._start_run_dir()
-        self._write_summary(RunStatus.RUNNING)
+        try:
+            self._start_run_dir()
+            self._write_summary(RunStatus.RUNNING)
+        except OSError as err:
+            raise self._storage_error(err) from None
         try:
             with StopRequest() as stop:
                 self._loop(stop)
@@ -369,12 +418,20 @@ class Trainer:
             self._write_summary_safely(RunStatus.FAILED, str(err))
             raise
         except OSError as err:
-            self._write_summary_safely(RunStatus.FAILED, os_error_message(err))
-            raise StorageError.from_os_error(err) from None
+            error = self._storage_error(err)
+            self._write_summary_safely(RunStatus.FAILED, str(error))
+            raise error from None
         except Exception as err:
             self._write_summary_safely(RunStatus.FAILED, f"{type(err).__name__}: {err}")
             raise
         return self._write_summary(RunStatus.COMPLETED, test=test)
+
+    def _storage_error(self, err: OSError) -> StorageError:
+        """A failed write, named with the way back once its cause is cleared: continue from the saved state,
+        or start over in place when the run saved none yet (`--resume auto` would refuse it)."""
+        if self.run.last_state.is_file():
+            return StorageError.from_os_error(err, then="continue this run with --resume auto")
+        return StorageError.from_os_error(err, then="start this run over with --resume restart (it saved no state yet)")
 
     def _write_summary_safely(self, status: RunStatus, error: str) -> None:
         """Record a failure; when the disk itself is the failure, the original error is what gets reported."""

@@ -135,13 +135,14 @@ class PhasePlan:
         )
 
 
-def recipe_identity(tune: TuneRecipe, tune_path: Path) -> dict[str, Any]:
-    """The parts of a tune recipe a running study depends on, normalised through TOML for comparison."""
+def recipe_identity(tune: TuneRecipe, tune_path: Path) -> tuple[dict[str, Any], set[str]]:
+    """The parts of a tune recipe a running study depends on, normalised through TOML for comparison, and the
+    base recipe's sha256 as earlier releases wrote it (a study they froze recorded that one)."""
     cfg = tune.tune
     _, probe = fixed_base(tune, tune_path)
     identity = {k: getattr(cfg, k) for k in _IDENTITY_KEYS}
     identity.update(space=cfg.space, fixed=cfg.fixed, base_sha256=probe.sha256())
-    return tomllib.loads(tomli_w.dumps(identity))
+    return tomllib.loads(tomli_w.dumps(identity)), probe.earlier_sha256s()
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
@@ -154,8 +155,14 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
     return None if old == new else (path, old, new)
 
 
-def check_identity(study: Study, phase: int, frozen: dict[str, Any], identity: dict[str, Any], source: str) -> None:
-    diff = _first_difference(frozen.get("identity", {}), identity)
+def check_identity(
+    study: Study, phase: int, frozen: dict[str, Any], identity: tuple[dict[str, Any], set[str]], source: str
+) -> None:
+    current, earlier_bases = identity
+    recorded = frozen.get("identity", {})
+    if recorded.get("base_sha256") in earlier_bases:
+        current = {**current, "base_sha256": recorded["base_sha256"]}
+    diff = _first_difference(recorded, current)
     if diff is None:
         return
     key, old, new = diff
@@ -301,7 +308,7 @@ def build_plan(tune: TuneRecipe, tune_path: Path, state: StudyState) -> PhasePla
         fixed=fixed,
         default_loss=probe.loss.name,
         default_optimizer=probe.optim.name,
-        identity=recipe_identity(tune, tune_path),
+        identity=recipe_identity(tune, tune_path)[0],
         grid=grid,
         handover=handover,
         notes=notes,

@@ -66,7 +66,7 @@ class TrialLaunch:
         return self.out_dir / f"{self.name}.log"
 
     def train_args(self) -> list[str]:
-        return [str(self.recipe), "--out", str(self.out_dir), "--name", self.name, "--resume", "auto"]
+        return [str(self.recipe), "--out", str(self.out_dir), "--name", self.name, "--resume", "restart"]
 
 
 class TrialProcess(Protocol):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.output import without_warnings
+from helpers.output import assert_one_error_line, file_snapshot
 from helpers.rundirs import make_run
 from helpers.trainkit import make_tiny_shapes, stable_metrics, tiny_overrides, tiny_recipe
 
@@ -25,6 +25,7 @@ from clipctl.errors import DataError, InterruptedRun, StorageError
 from clipctl.run.checkpoint import CKPT_FORMAT, FORMAT_VERSION, load_state
 from clipctl.run.layout import RunDir
 from clipctl.train import trainer as trainer_module
+from clipctl.train.interrupt import REPEAT_WINDOW_S
 from clipctl.train.trainer import TrainOptions, train
 
 QUICK = {"train.epochs": 1, "train.max_steps": 2}
@@ -43,15 +44,6 @@ def straight(shapes, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("straight")
     train(tiny_recipe(shapes, **ONE), TrainOptions(out_dir=out, name="straight"))
     return out / "straight"
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def one_line(err: str) -> None:
-    err = without_warnings(err)
-    assert err.count("\n") == 1 and err.startswith("clipctl: error: ") and "Traceback" not in err, err
 
 
 def train_args(shapes: Path, out: Path, name: str, **extra) -> list[str]:
@@ -78,23 +70,6 @@ def unmount(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- run directory
-def test_resume_auto_without_state_reports_a_completed_run_and_refuses_any_other(shapes, tmp_path, run_cli):
-    code, _, err = run_cli(*train_args(shapes, tmp_path, "r"))
-    assert code == 0, err
-    shutil.rmtree(tmp_path / "r" / "state")
-    before = snapshot(tmp_path)
-    code, _, err = run_cli(*train_args(shapes, tmp_path, "r", **{"optim.lr": 0.5}), "--resume", "auto")
-    assert code == 0 and "already completed" in err and "TR@1" in err
-    assert snapshot(tmp_path) == before  # never trained over, not even with another recipe
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    (tmp_path / "r" / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
-    before = snapshot(tmp_path)
-    code, _, err = run_cli(*train_args(shapes, tmp_path, "r"), "--resume", "auto")
-    assert code == 5 and "state/last.pt" in err
-    one_line(err)
-    assert snapshot(tmp_path) == before
-
-
 @pytest.mark.slow
 def test_two_trainers_on_one_name_exactly_one_trains(shapes, tmp_path):
     args = [sys.executable, "-m", "clipctl", *train_args(shapes, tmp_path, "race")]
@@ -109,7 +84,7 @@ def test_two_trainers_on_one_name_exactly_one_trains(shapes, tmp_path):
     assert sorted(code for code, _ in results) == [0, 4], results
     loser = next(err for code, err in results if code == 4)
     assert "another clipctl process" in loser or "run directory exists" in loser
-    one_line(loser)
+    assert_one_error_line(loser)
     steps = [r["step"] for r in stable_metrics(tmp_path / "race") if r["type"] == "train"]
     assert steps == sorted(set(steps))  # one run's records, not two interleaved
     assert json.loads((tmp_path / "race" / "summary.json").read_text())["status"] == "completed"
@@ -118,12 +93,12 @@ def test_two_trainers_on_one_name_exactly_one_trains(shapes, tmp_path):
 def test_changed_seed_is_refused_on_resume(shapes, tmp_path, run_cli, capsys):
     interrupted(shapes, tmp_path, "s", **ONE)
     capsys.readouterr()
-    before = snapshot(tmp_path)
+    before = file_snapshot(tmp_path)
     changed = train_args(shapes, tmp_path, "s", **{"train.max_steps": 0, "run.seed": 7})
     code, _, err = run_cli(*changed, "--resume", "auto")
     assert code == 5 and "run.seed" in err
-    one_line(err)
-    assert snapshot(tmp_path) == before
+    assert_one_error_line(err)
+    assert file_snapshot(tmp_path) == before
 
 
 def test_kill_right_after_the_epoch_eval_leaves_no_duplicate_record(shapes, straight, tmp_path, monkeypatch):
@@ -150,7 +125,7 @@ def test_kill_right_after_the_epoch_eval_leaves_no_duplicate_record(shapes, stra
 def test_warmup_not_shorter_than_training_names_both_keys(warmup, run_cli):
     code, _, err = run_cli("recipes", "validate", "quickstart", f"sched.warmup_epochs={warmup}")
     assert code == 2 and "sched.warmup_epochs" in err and "train.epochs (3)" in err
-    one_line(err)
+    assert_one_error_line(err)
 
 
 # ------------------------------------------------------------------------------------------- storage
@@ -229,7 +204,7 @@ def test_read_only_output_is_named(shapes, tmp_path, run_cli):
     try:
         code, _, err = run_cli(*train_args(shapes, ro, "r"))
         assert code == 1 and ("read-only" in err or "permission denied" in err) and str(ro) in err
-        one_line(err)
+        assert_one_error_line(err)
         assert not list(ro.iterdir())
     finally:
         unmount(ro)
@@ -237,27 +212,27 @@ def test_read_only_output_is_named(shapes, tmp_path, run_cli):
 
 def test_bad_run_names_and_out_paths_are_usage_errors(shapes, tmp_path, run_cli):
     (tmp_path / "afile").write_text("x")
-    before = snapshot(tmp_path)
+    before = file_snapshot(tmp_path)
     code, _, err = run_cli(*train_args(shapes, tmp_path, "n" * 300))
     assert code == 2 and "--name" in err and "300 bytes" in err
-    one_line(err)
+    assert_one_error_line(err)
     code, _, err = run_cli(*train_args(shapes, tmp_path / "afile", "r"))
     assert code == 2 and "is a file" in err and "--out" in err
-    one_line(err)
-    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert_one_error_line(err)
+    assert file_snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_single_sample_micro_batch_with_batchnorm_is_refused(shapes, tmp_path, run_cli):
     code, _, err = run_cli(*train_args(shapes, tmp_path, "bn", **{"train.batch_size": 2, "train.grad_accum": 2}))
     assert code == 2 and "train.batch_size" in err and "train.grad_accum" in err and "BatchNorm" in err
-    one_line(err)
+    assert_one_error_line(err)
     assert not (tmp_path / "bn").exists()  # the claimed folder is given back when nothing was written
 
 
 def test_recipes_cp_into_a_missing_folder(tmp_path, run_cli):
     code, _, err = run_cli("recipes", "cp", "quickstart", tmp_path / "missing" / "my.toml")
     assert code == 2 and "no such folder" in err and str(tmp_path / "missing") in err
-    one_line(err)
+    assert_one_error_line(err)
     assert not list(tmp_path.iterdir())
 
 
@@ -280,7 +255,7 @@ def test_checkpoint_with_a_missing_or_mistyped_field(broken, tmp_path, run_cli):
     torch.save(ckpt, tmp_path / "ckpt.pt")
     code, _, err = run_cli("eval", tmp_path / "ckpt.pt", "--shapes")
     assert code == 2 and ("'recipe_toml'" in err if broken == "missing" else "'epoch' is a str, expected int" in err)
-    one_line(err)
+    assert_one_error_line(err)
 
 
 def test_state_with_a_missing_field_refuses_resume(shapes, tmp_path, run_cli, capsys):
@@ -289,11 +264,11 @@ def test_state_with_a_missing_field_refuses_resume(shapes, tmp_path, run_cli, ca
     state = torch.load(run.last_state, weights_only=True)
     del state["progress"]
     torch.save(state, run.last_state)
-    before = snapshot(tmp_path)
+    before = file_snapshot(tmp_path)
     code, _, err = run_cli(*train_args(shapes, tmp_path, "f", **{"train.max_steps": 0}), "--resume", "auto")
     assert code == 5 and "'progress'" in err
-    one_line(err)
-    assert snapshot(tmp_path) == before
+    assert_one_error_line(err)
+    assert file_snapshot(tmp_path) == before
 
 
 def test_code_carrying_weights_in_a_text_model_folder(shapes, tmp_path, run_cli, monkeypatch):
@@ -309,7 +284,7 @@ def test_code_carrying_weights_in_a_text_model_folder(shapes, tmp_path, run_cli,
         )
     )
     assert code == 2 and "refused" in err and str(folder) in err
-    one_line(err)
+    assert_one_error_line(err)
     assert not (tmp_path / "exploited").exists() and not (tmp_path / "runs" / "code").exists()
 
 
@@ -330,12 +305,12 @@ def test_torn_summary_and_meta_on_resume(shapes, straight, tmp_path, run_cli, ca
     assert stable_metrics(run.root) == stable_metrics(straight)
     shutil.rmtree(run.state_dir)
     run.summary.write_text('{"status": "compl')
-    before = snapshot(tmp_path)
+    before = file_snapshot(tmp_path)
     capsys.readouterr()
     code, _, err = run_cli(*train_args(shapes, tmp_path, "torn", **{"train.max_steps": 0}), "--resume", "auto")
     assert code == 5 and "summary.json" in err and "torn" in err
-    one_line(err)
-    assert snapshot(tmp_path) == before
+    assert_one_error_line(err)
+    assert file_snapshot(tmp_path) == before
 
 
 # ------------------------------------------------------------------------------------------- signals
@@ -343,6 +318,7 @@ def test_double_ctrl_c_stops_at_once_and_leaves_the_summary_interrupted(shapes, 
     def twice(step: int) -> None:
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(REPEAT_WINDOW_S + 0.2)  # a person pressing again, not a launcher forwarding the first
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(InterruptedRun) as info:
@@ -353,6 +329,22 @@ def test_double_ctrl_c_stops_at_once_and_leaves_the_summary_interrupted(shapes, 
     assert load_state(tmp_path / "c" / "state" / "last.pt")["progress"]["step"] == 2  # the last save, untouched
 
 
+def test_a_signal_delivered_twice_at_once_is_one_stop_that_saves(shapes, tmp_path):
+    """torchrun (or Slurm) forwards the SIGTERM its process group already delivered: every rank gets two."""
+
+    def group_then_launcher(step: int) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(InterruptedRun) as info:
+        train(tiny_recipe(shapes, **SAVE_2), TrainOptions(out_dir=tmp_path, name="d", on_step=group_then_launcher))
+    assert "second" not in str(info.value) and "update 3; state saved" in str(info.value)
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"] == "stopped by SIGTERM at update 3"
+    assert load_state(tmp_path / "d" / "state" / "last.pt")["progress"]["step"] == 3  # the update it finished
+
+
 def test_sigterm_during_start_up_is_a_line_and_exit_130(shapes, tmp_path, run_cli, monkeypatch):
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -361,7 +353,7 @@ def test_sigterm_during_start_up_is_a_line_and_exit_130(shapes, tmp_path, run_cl
     monkeypatch.setattr(trainer_module, "build_components", terminated)
     code, _, err = run_cli(*train_args(shapes, tmp_path, "early"))
     assert code == 130 and "SIGTERM" in err
-    one_line(err)
+    assert_one_error_line(err)
     assert not (tmp_path / "early").exists()
 
 
@@ -424,7 +416,7 @@ def test_a_worker_error_is_reduced_to_its_own_message():
 def test_a_huge_value_is_cut_in_the_message(run_cli):
     code, _, err = run_cli("recipes", "validate", "quickstart", f'train.epochs="{"9" * 100_000}"')
     assert code == 2 and "train.epochs" in err and len(err) < 400 and "…" in err
-    one_line(err)
+    assert_one_error_line(err)
 
 
 def test_a_fifo_named_metrics_jsonl_does_not_hang_compare(tmp_path):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from helpers.trainkit import make_tiny_shapes, state_tensors, tiny_overrides, tiny_recipe
 
 from clipctl.run.checkpoint import load_state
+from clipctl.run.layout import RunDir
 from clipctl.train.trainer import TrainOptions, train
 
 # No dropout, no augmentation, no BatchNorm: random masks and per-process batch statistics cannot match
@@ -72,3 +76,32 @@ def test_two_process_run_matches_one_process(tmp_path):
         torch.testing.assert_close(double[key], value, atol=1e-5, rtol=1e-4)
     assert one["progress"]["step"] == two["progress"]["step"]
     assert len(one["rng"]) == 1 and len(two["rng"]) == 2  # every rank's own RNG state, in rank order
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_group_saves_once_and_torchrun_reports_it_its_way(tmp_path):
+    """Slurm and systemd signal the whole group, and torchrun forwards the signal again: each rank stops once,
+    saving (no "second SIGTERM"); torchrun itself exits 1, its behaviour for any rank exit but 0 (README)."""
+    shapes = make_tiny_shapes(tmp_path / "data")
+    long = {**EXTRA, "train.epochs": 50, "train.max_steps": 0}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "clipctl", "train", "quickstart", *tiny_overrides(shapes, **long), "--out", str(tmp_path)]
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(
+        [*command, "--name", "g"], stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    run = RunDir(tmp_path / "g")
+    try:
+        deadline = time.monotonic() + 300
+        while not (run.metrics.is_file() and run.metrics.read_text().count("\n")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first train record: both ranks are in the loop
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1 and "SignalException" in err, err[-3000:]
+    assert err.count("clipctl: error: interrupted at epoch") == 2 and "second SIGTERM" not in err, err[-3000:]
+    summary = json.loads(run.summary.read_text())
+    assert summary["status"] == "interrupted" and summary["world_size"] == 2
+    assert load_state(run.last_state)["progress"]["step"] == summary["steps"] > 0

@@ -1,5 +1,6 @@
 """Training a study's runs: each one `clipctl train` process of its own (its own log, its own threads), K at a
-time. A completed run is kept, so a rerun of a study only trains what is missing; a killed one resumes."""
+time. A completed run is kept, so a rerun of a study only trains what is missing; a killed one resumes (or starts over
+in place, `--resume restart`, when it was killed before its first save)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class Job:
             "--out",
             str(self.out),
             "--resume",
-            "auto",
+            "restart",
         ]
 
 

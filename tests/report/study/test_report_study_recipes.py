@@ -46,7 +46,7 @@ def test_make_study_runs_every_recipe_and_seed_then_compares():
         ["make", "-n", "study", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert "clipctl data fetch shapes --train-size 8000" in plan
-    assert "run.seed=$1" in plan and "--resume auto" in plan and "xargs -P 2" in plan
+    assert "run.seed=$1" in plan and "--resume restart" in plan and "xargs -P 2" in plan
     assert "compare runs/study --markdown" in plan and "compare runs/study --json" in plan
     assert "clipctl study paired bench/results/study/compare.json" in plan
     assert "clipctl study by-batch bench/results/study/compare.json" in plan

@@ -147,7 +147,7 @@ def test_a_run_is_one_clipctl_train_that_resumes(tmp_path):
     job = Job(Path("recipes/study2/a/clip_b16.toml"), "optim.lr", "0.001", 2, tmp_path / "final")
     assert job.command()[1:] == [
         "-m", "clipctl", "train", "recipes/study2/a/clip_b16.toml", "optim.lr=0.001", "run.seed=2",
-        "--name", "clip_b16-lr-0.001-seed2", "--out", str(tmp_path / "final"), "--resume", "auto",
+        "--name", "clip_b16-lr-0.001-seed2", "--out", str(tmp_path / "final"), "--resume", "restart",
     ]  # fmt: skip
 
 
