@@ -1,7 +1,7 @@
 """Running a phase: trials as subprocesses (`clipctl train`), K at a time, with median pruning.
 
 A trial is an ordinary run: its resolved recipe is written to `phaseN/tNNN.toml` and started as
-`python -m clipctl train phaseN/tNNN.toml --out phaseN --name tNNN --resume auto` (or behind a launcher
+`python -m clipctl train phaseN/tNNN.toml --out phaseN --name tNNN --resume restart` (or behind a launcher
 such as `accelerate launch --num_processes 2`), in its own session so a signal reaches the whole process
 tree, with `CUDA_VISIBLE_DEVICES` set per parallel slot. The worker watches `metrics.jsonl` for per-epoch
 objectives (pruning, divergence) and reads `summary.json` when the process exits. The runner is an

@@ -42,6 +42,6 @@ def test_each_node_launches_its_own_machine_rank_with_the_same_rendezvous(tmp_pa
     common = (
         "launch --multi_gpu --num_machines 2 --machine_rank {rank} --num_processes 8 --main_process_ip gpu-a07 "
         "--main_process_port 29500 -m clipctl train recipes/isogclr_radam.toml --out runs "
-        "--name isogclr_radam-77 --resume auto"
+        "--name isogclr_radam-77 --resume restart"
     )
     assert lines == [f"{rank}: " + common.format(rank=rank) for rank in (0, 1)]
