@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -54,12 +55,31 @@ def interactive() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+# Control (Cc), format (Cf: bidi overrides, zero-width), surrogate (Cs) and line/paragraph separators.
+_ESCAPED = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if unicodedata.category(char) not in _ESCAPED:
+        return char
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control, format and separator character written as a Python escape (`\\x1b`, `\\n`)."""
+    return text if text.isprintable() else "".join(_escape(char) for char in text)
+
+
 def info(message: str) -> None:
-    console().print(message, markup=False)
+    console().print(printable(message), markup=False)
 
 
 def warn(message: str) -> None:
-    console().print(f"warning: {message}", style="yellow", markup=False)
+    console().print(f"warning: {printable(message)}", style="yellow", markup=False)
 
 
 _warned: set[str] = set()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 
+from clipctl.console import printable
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -26,8 +28,9 @@ def _cut(text: str, limit: int) -> str:
 
 def shorten(text: str) -> str:
     """Cut huge echoed values (and, as a backstop, the whole message) in the middle, so a 7 MB value
-    cannot flood the terminal while the message's hint at the end stays."""
-    words = [_cut(word, MAX_VALUE) for word in text.split(" ")]
+    cannot flood the terminal while the message's hint at the end stays; control characters in an echoed
+    value (a file name with an ANSI escape or a newline) are written as escapes, so the error stays one line."""
+    words = [_cut(word, MAX_VALUE) for word in printable(text).split(" ")]
     return _cut(" ".join(words), MAX_MESSAGE)
 
 

@@ -8,26 +8,9 @@ at all. Every format compare prints passes its strings through `printable`.
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
 
-# Control (Cc), format (Cf: bidi overrides, zero-width), surrogate (Cs) and line/paragraph separators.
-_ESCAPED = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape(char: str) -> str:
-    if unicodedata.category(char) not in _ESCAPED:
-        return char
-    code = ord(char)
-    if char in _NAMED:
-        return _NAMED[char]
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def printable(text: str) -> str:
-    """`text` with every control, format and separator character written as a Python escape (`\\x1b`, `\\n`)."""
-    return text if text.isprintable() else "".join(_escape(char) for char in text)
+from clipctl.console import printable
 
 
 def printable_tree(value: Any) -> Any:

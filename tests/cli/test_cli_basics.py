@@ -85,3 +85,15 @@ def test_doctor_reports_versions_devices_paths(run_cli, data_root):
     assert report["paths"]["data_root"] == str(data_root.resolve())
     code, _, err = run_cli("doctor")
     assert code == 0 and "versions" in err and "paths" in err
+
+
+def test_an_echoed_value_with_control_characters_stays_one_escaped_line(run_cli, tmp_path, capsys):
+    """A file name is whatever someone wrote: an ANSI escape in it must not recolour the terminal."""
+    from clipctl.console import info, warn
+
+    code, _, err = run_cli("eval", str(tmp_path / "x\x1b[31mred.pt"), "--shapes")
+    assert code == 2 and "\x1b" not in err and "\\x1b[31mred.pt" in err and err.count("\n") == 1
+    info("note on \x1b[2Jscreen\nsplit")
+    warn("bidi \u202eevil")
+    printed = capsys.readouterr().err
+    assert "\\x1b[2Jscreen\\nsplit" in printed and "\\u202eevil" in printed and "\x1b" not in printed
