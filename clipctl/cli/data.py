@@ -73,12 +73,12 @@ def _verified(row: dict) -> str:
 
 
 def _options_help() -> str:
-    from clipctl.data.registry import REGISTRY
+    from clipctl.data.registry import records
 
     lines = [
         f"{spec.id}: "
         + ", ".join(f"--{name.replace('_', '-')} (default {field.default})" for name, field in fields.items())
-        for spec in REGISTRY.values()
+        for spec in records()
         if (fields := spec.options.model_fields)
     ]
     return "Dataset options (--NAME VALUE, from each dataset's record):\n\n" + "\n\n".join(lines)

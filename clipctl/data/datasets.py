@@ -25,7 +25,6 @@ from clipctl.data.class_folder import ClassificationDataset
 from clipctl.data.images import ImageReader, OnBadImage, check_mode, filter_images
 from clipctl.data.layouts import READERS, PairsSource, Reader
 from clipctl.data.records import Role
-from clipctl.data.registry import locate, parse_ref
 from clipctl.data.retrieval_json import RetrievalDataset
 from clipctl.data.text import TextTokenizer, clean_caption
 from clipctl.data.webdataset import wds_key
@@ -37,7 +36,6 @@ __all__ = [
     "RetrievalDataset",
     "augment_seed",
     "open_eval_set",
-    "open_reference",
     "reader_for",
     "sample_identity",
     "wds_key",
@@ -57,20 +55,6 @@ def reader_for(path: Path, roles: Sequence[Role], *, image_root_given: bool = Fa
     found = "no such file or folder" if not path.exists() else ("a folder" if path.is_dir() else "a file")
     wanted = "; ".join(dict.fromkeys(r.describe for r in candidates))
     raise DataError(f"{where}: {found}; expected {wanted}")
-
-
-def open_reference(ref: str, role: Role, root: Path, transform: Callable, *, on_bad_image: OnBadImage = "skip") -> Any:
-    """The evaluation set a reference names ("ID[:split]" or a path, as in `eval.val_*`/`eval.test_*` and
-    `clipctl eval --dataset`), read by its layout's reader; a registered split of another role is a UsageError
-    naming the splits that fit."""
-    located = locate(ref, root)
-    if located.role is not None and located.role != role:
-        spec = parse_ref(ref).spec
-        fits = [parse_ref(ref).source(s) for s, split in (spec.splits if spec else {}).items() if split.role == role]
-        raise UsageError(
-            f"{ref}: a {located.role} split, not a {role} set; choose {' or '.join(fits) or 'another dataset'}"
-        )
-    return open_eval_set(located.path, role, transform, on_bad_image=on_bad_image, what=ref)
 
 
 def open_eval_set(

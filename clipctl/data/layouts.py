@@ -59,9 +59,5 @@ def register_reader(reader: Reader) -> Reader:
     return reader
 
 
-def is_file(path: Path, image_root_given: bool = False) -> bool:
-    return path.is_file()
-
-
 def is_folder(path: Path, image_root_given: bool = False) -> bool:
     return path.is_dir()

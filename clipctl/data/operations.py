@@ -19,8 +19,8 @@ from clipctl.console import info
 from clipctl.data.cc3m import pairs_json_subset
 from clipctl.data.lock import DatasetLease, one_maker, replacing
 from clipctl.data.manifest import read_manifest, write_manifest
-from clipctl.data.records import REGISTRY, DatasetOptions, DatasetSpec
-from clipctl.data.registry import get_spec, parse_ref
+from clipctl.data.records import DatasetOptions, DatasetSpec
+from clipctl.data.registry import get_spec, parse_ref, records
 from clipctl.errors import DataError, UsageError
 
 
@@ -36,7 +36,7 @@ def _check_option_names(spec: DatasetSpec, names: Iterable[str]) -> None:
     """An option the dataset does not have is a UsageError naming the datasets that do."""
     for name in names:
         if name not in spec.options.model_fields:
-            owners = [s.id for s in REGISTRY.values() if name in s.options.model_fields]
+            owners = [s.id for s in records() if name in s.options.model_fields]
             where = f"only for `clipctl data fetch {'`, `'.join(owners)}`" if owners else "no dataset has it"
             own = ", ".join(flag(o) for o in spec.options.model_fields) or "none"
             raise UsageError(f"{flag(name)}: not an option of {spec.id} ({where}); its options: {own}")
@@ -106,8 +106,8 @@ def make_dataset(
 
 
 def _non_default(options: DatasetOptions) -> dict[str, Any]:
-    defaults = type(options)().model_dump()
-    return {k: v for k, v in options.model_dump().items() if defaults.get(k) != v}
+    fields = type(options).model_fields
+    return {k: v for k, v in options.model_dump().items() if fields[k].is_required() or fields[k].default != v}
 
 
 def verify_dataset(dataset_id: str, root: Path) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def unverified_note(dataset_id: str, manifest: dict[str, Any]) -> str | None:
 def dataset_status(root: Path) -> list[dict[str, Any]]:
     """One row per record: present, size on disk, last verification, the options it was made with (`data ls`)."""
     rows = []
-    for spec in REGISTRY.values():
+    for spec in records():
         try:
             manifest = read_manifest(Path(root), spec.id)
         except DataError:
@@ -201,14 +201,15 @@ def ensure_for_run(refs: Iterable[str], root: Path, settings: Mapping[str, Any])
 
 
 def check_for_run(refs: Iterable[str], root: Path, settings: Mapping[str, Any]) -> None:
-    """DataError (exit 3) when a registered dataset among `refs` is present with other options than `settings` ask
-    for, naming the recipe keys that would use it and the fetch that would make what the recipe asks for."""
+    """DataError (exit 3) when a registered dataset among `refs` is present with other values of the options a
+    recipe sets (`recipe_keys`) than `settings` ask for, naming the keys that would use it and the fetch that would
+    make what the recipe asks for. Options a recipe cannot set are the fetch's to choose."""
     for spec in _registered(refs).values():
         manifest = read_manifest(root, spec.id)
         if manifest is None:
             continue  # resolving it names the fetch
         made, wanted = spec.preparer.made_with(manifest), run_options(spec, settings)
-        different = _differences(made, wanted)
+        different = [k for k in _differences(made, wanted) if k in spec.recipe_keys]
         if different:
             raise DataError(_conflict(spec, root, made, wanted, different))
 
@@ -216,19 +217,15 @@ def check_for_run(refs: Iterable[str], root: Path, settings: Mapping[str, Any]) 
 def _conflict(
     spec: DatasetSpec, root: Path, made: dict[str, Any] | None, wanted: DatasetOptions, keys: list[str]
 ) -> str:
-    keys_of = spec.recipe_keys
+    """The one line of `check_for_run`: what is there, what the run asks, and the ways out."""
+    recipe = spec.recipe_keys
     had = _describe({k: made[k] for k in keys}) if made is not None else "options this version does not know"
-    asks = ", ".join(
-        f"data.{keys_of[k]} = {getattr(wanted, k)}" if k in keys_of else f"{k} {getattr(wanted, k)} (its default)"
-        for k in keys
-    )
-    use = ", ".join(f"data.{keys_of[k]} = {made[k]}" for k in keys if k in keys_of and made is not None)
+    asks = ", ".join(f"data.{recipe[k]} = {getattr(wanted, k)}" for k in keys)
+    use = f"set {', '.join(f'data.{recipe[k]} = {made[k]}' for k in keys)} to use it, or " if made is not None else ""
     flags = " ".join(f"{flag(k)} {getattr(wanted, k)}" for k in keys)
     return (
-        f"{spec.id} under {root} was made with {had}, but this run asks for {asks}: "
-        + (f"set {use} to use it, or " if use else "")
-        + f"run `clipctl data fetch {spec.id} --force {flags}` to make it again, or use another data root "
-        f"(CLIPCTL_DATA or data.root)"
+        f"{spec.id} under {root} was made with {had}, but this run asks for {asks}: {use}run `clipctl data fetch "
+        f"{spec.id} --force {flags}` to make it again, or use another data root (CLIPCTL_DATA or data.root)"
     )
 
 

@@ -35,6 +35,10 @@ def _entries(path: Path) -> tuple[list[str], list[str]]:
     return images, captions
 
 
+def is_json(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".json"
+
+
 def _as_path(item: Path) -> Path:
     return item
 
@@ -52,7 +56,7 @@ register_reader(
         "pairs-json",
         "pairs",
         'a pairs JSON ([{"image", "caption"}], images beside it)',
-        lambda path, image_root_given: path.is_file() and not image_root_given,
+        lambda path, image_root_given: is_json(path) and not image_root_given,
         read_pairs_json,
     )
 )
@@ -61,7 +65,7 @@ register_reader(
         "course-json",
         "pairs",
         "the course's pairs JSON with its image folder in data.image_root",
-        lambda path, image_root_given: path.is_file() and image_root_given,
+        lambda path, image_root_given: is_json(path) and image_root_given,
         read_pairs_json,
     )
 )

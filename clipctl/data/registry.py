@@ -26,7 +26,9 @@ def get_spec(dataset_id: str) -> DatasetSpec:
     if spec is None:
         hint = difflib.get_close_matches(dataset_id, list(REGISTRY), n=1)
         more = f"did you mean {hint[0]}? " if hint else ""
-        raise DataError(f"{dataset_id}: unknown dataset id; {more}known: {', '.join(REGISTRY)} (`clipctl data ls`)")
+        raise DataError(
+            f"{dataset_id}: unknown dataset id; {more}known: {', '.join(sorted(REGISTRY))} (`clipctl data ls`)"
+        )
     return spec
 
 
@@ -73,7 +75,7 @@ def locate(ref: DataRef | str, root: Path, split: str = "") -> Located:
             return Located(ref.path, None, ref.text)
         head, _ = split_ref(ref.text)
         hint = difflib.get_close_matches(head, list(REGISTRY), n=1)
-        more = f"; did you mean {hint[0]}?" if hint else f"; dataset ids: {', '.join(REGISTRY)}"
+        more = f"; did you mean {hint[0]}?" if hint else f"; dataset ids: {', '.join(sorted(REGISTRY))}"
         raise DataError(f"{ref.text}: neither a dataset id nor an existing file or folder{more}")
     spec, root = ref.spec, Path(root)
     split = split or ref.split or spec.default_split
@@ -98,9 +100,14 @@ def resolve(ref: str, root: Path) -> Path:
     return locate(ref, root).path
 
 
+def records() -> list[DatasetSpec]:
+    """Every registered record, by id (registration order depends on which module was imported first)."""
+    return sorted(REGISTRY.values(), key=lambda spec: spec.id)
+
+
 def benchmarks() -> dict[str, tuple[DatasetSpec, Benchmark]]:
-    """Every `clipctl eval --FLAG` shorthand the records declare, in registration order."""
-    return {b.flag: (spec, b) for spec in REGISTRY.values() for b in spec.benchmarks}
+    """Every `clipctl eval --FLAG` shorthand the records declare, by flag."""
+    return dict(sorted((b.flag, (spec, b)) for spec in REGISTRY.values() for b in spec.benchmarks))
 
 
 def published_part(source: str) -> str:

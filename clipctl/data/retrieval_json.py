@@ -79,7 +79,7 @@ class RetrievalDataset(Dataset):
 
 
 def _retrieval_file(path: Path, image_root_given: bool = False) -> bool:
-    return path.is_file() and path.suffix.lower() != ".txt"  # a .txt is a class folder's split list
+    return path.is_file() and path.suffix.lower() == ".json"
 
 
 register_reader(

@@ -48,7 +48,7 @@ def _from_splits(name: str, ref: DataRef, splits: Sequence[str], root: Path, ben
         located = locate(ref, root, split)
         if located.role not in EVAL_ROLES:
             raise UsageError(
-                f"{located.source}: training pairs, not a retrieval or zero-shot set; name one of its evaluation "
+                f"{ref.text}: training pairs, not a retrieval or zero-shot set; name one of its evaluation "
                 f"splits ({_eval_splits(ref.spec)}) or another dataset"
             )
         sets[located.role] = located

@@ -75,9 +75,9 @@ def _published_part(source: str) -> str:
 
 def published_sources() -> tuple[str, str]:
     """A retrieval and a zero-shot dataset id of the published setting: where the published rows are ranked."""
-    from clipctl.data.registry import REGISTRY
+    from clipctl.data.registry import records
 
-    first = {spec.published: spec.id for spec in reversed(REGISTRY.values())}
+    first = {spec.published: spec.id for spec in reversed(records())}
     return first["retrieval"], first["zeroshot"]
 
 

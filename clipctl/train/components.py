@@ -10,10 +10,11 @@ import torch
 from accelerate import Accelerator
 
 from clipctl.console import info
-from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset, open_reference
+from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.lock import DatasetLease
 from clipctl.data.operations import check_for_run, ensure_for_run, training_subset
+from clipctl.data.references import open_reference
 from clipctl.data.registry import resolve
 from clipctl.data.text import TextTokenizer, build_tokenizer, trim_padding
 from clipctl.data.transforms import eval_transform, train_transform
