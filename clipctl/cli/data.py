@@ -4,6 +4,7 @@ options model, so `fetch` reads them from the words Typer leaves unparsed (`clip
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -75,9 +76,11 @@ def _verified(row: dict) -> str:
 def _options_help() -> str:
     from clipctl.data.registry import records
 
+    def described(name: str, field: Any) -> str:
+        return f"--{name.replace('_', '-')} ({'required' if field.is_required() else f'default {field.default}'})"
+
     lines = [
-        f"{spec.id}: "
-        + ", ".join(f"--{name.replace('_', '-')} (default {field.default})" for name, field in fields.items())
+        f"{spec.id}: " + ", ".join(described(name, field) for name, field in fields.items())
         for spec in records()
         if (fields := spec.options.model_fields)
     ]

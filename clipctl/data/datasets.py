@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from clipctl.console import warn
 from clipctl.data import class_folder, pairs_json, retrieval_json, webdataset
 from clipctl.data.class_folder import ClassificationDataset
-from clipctl.data.images import ImageReader, OnBadImage, check_mode, filter_images
+from clipctl.data.images import IMAGE_EXTS, ImageReader, OnBadImage, check_mode, filter_images
 from clipctl.data.layouts import READERS, PairsSource, Reader
 from clipctl.data.records import Role
 from clipctl.data.retrieval_json import RetrievalDataset
@@ -31,6 +31,7 @@ from clipctl.data.webdataset import wds_key
 from clipctl.errors import DataError, UsageError
 
 __all__ = [
+    "IMAGE_EXTS",
     "ClassificationDataset",
     "PairsDataset",
     "RetrievalDataset",

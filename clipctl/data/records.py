@@ -15,6 +15,7 @@ whether the head is a registered id or the whole text a path).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,18 +76,18 @@ class NoOptions(DatasetOptions):
     """A dataset that is made one way only."""
 
 
-class Preparer:
+class Preparer(ABC):
     """How a dataset gets onto disk. `prepare` makes it under `<root>/<folder>` (a whole-folder preparer stages it
     with `clipctl.data.staging.staged`, so a failure leaves the old copy or nothing) and returns its manifest,
     which the caller writes last; `verify` re-checks a present copy against its manifest (DataError on any
     difference); `made_with` reads the options a present copy was made with from its manifest (None: unknown,
     e.g. made by another generator version). Only the options it returns are compared with the ones asked for."""
 
-    def prepare(self, spec: DatasetSpec, root: Path, options: Any, *, force: bool) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def prepare(self, spec: DatasetSpec, root: Path, options: Any, *, force: bool) -> dict[str, Any]: ...
 
-    def verify(self, spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def verify(self, spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None: ...
 
     def made_with(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         options = manifest.get("options", {})

@@ -312,3 +312,13 @@ def test_a_recipe_reference_of_the_wrong_kind_names_the_splits_that_fit(data_roo
     )
     assert len(open_reference("shapes:val", "retrieval", data_root, eval_transform(16))) == 4
     assert len(open_reference(str(data_root / "shapes" / "zeroshot"), "classification", data_root, eval_transform(16)))
+
+
+def test_the_help_lists_the_options_and_shorthands_the_records_declare(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli("data", "fetch", "--help")
+    assert code == 0 and "cc3m-100k: --prepare-size (default 256)" in out and "shapes: --seed (default 0)" in out
+    code, out, _ = run_cli("eval", "--help")
+    flags = [f"--{b.flag}" for spec in REGISTRY.values() for b in spec.benchmarks]
+    assert code == 0 and sorted(flags) == ["--coco", "--imagenet", "--imagenet-full", "--shapes"]
+    assert all(f"{flag}: " in out for flag in flags) and "--dataset" in out and "--data-root" in out
