@@ -214,7 +214,7 @@ def extract(archive: Path, dest: Path, select: Callable[[str], bool] | None = No
     """Extract the regular files `select` accepts (all members by default) into `dest`, atomically; returns
     their normalised names. Links are extracted only when nothing is selected out.
 
-    `dest` must not exist yet (callers move it aside for --force); a failure leaves no `dest` behind.
+    It is extracted through `clipctl.data.staging.staged`: a failure leaves `dest` as it was (or absent).
     """
     members = check_members(archive)
     if select is not None:
