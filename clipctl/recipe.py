@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 import tomli_w
 from pydantic import Field, ValidationError, model_validator
 
+from clipctl.data.records import split_ref
 from clipctl.errors import UsageError
 from clipctl.losses.config import write_rank
 from clipctl.losses.registry import LossSection, check_loss_keys, default_loss_config
@@ -71,6 +72,7 @@ class DataConfig(Section):
     on_bad_image: Literal["skip", "error"] = "skip"
     shapes_train_size: int = Field(20_000, ge=100)
     shapes_image_size: int = Field(64, ge=32, le=512)
+    shapes_seed: int | None = Field(None, ge=0)  # unset: 0 (and left out of the resolved recipe, so older runs resume)
 
 
 class OptimConfig(Section):
@@ -148,8 +150,7 @@ class EvalConfig(Section):
 def _overlapping_refs(a: str, b: str) -> bool:
     """Whether two dataset references share images: the same id and split, or one names the whole dataset
     (`imagenet-val` holds `imagenet-val:select` and `imagenet-val:test`)."""
-    id_a, _, split_a = a.strip().partition(":")
-    id_b, _, split_b = b.strip().partition(":")
+    (id_a, split_a), (id_b, split_b) = split_ref(a), split_ref(b)
     return id_a == id_b and (split_a == split_b or not split_a or not split_b)
 
 

@@ -47,7 +47,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(tune.app, name="tune")
 app.add_typer(study.app, name="study")
 app.command("train")(train.train)
-app.command("eval")(eval_cli.eval_command)
+app.command("eval", context_settings=eval_cli.CONTEXT, cls=eval_cli.COMMAND_CLASS)(eval_cli.eval_command)
 app.command("compare")(compare.compare)
 app.command("doctor")(doctor.doctor)
 

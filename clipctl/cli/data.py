@@ -1,16 +1,26 @@
-"""`clipctl data ls|fetch|verify`."""
+"""`clipctl data ls|fetch|verify`. A dataset's own options (`--seed`, `--prepare-size`, ...) come from its record's
+options model, so `fetch` reads them from the words Typer leaves unparsed (`clipctl.cli.records`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 
+from clipctl.cli.records import EXTRA_ARGS, split_words, table_help
 from clipctl.console import emit_json, info, print_table, warn
 from clipctl.errors import UsageError
-from clipctl.paths import data_root
+from clipctl.paths import chosen_data_root
 
 app = typer.Typer(
     help="Datasets: list, fetch (or generate) and verify.\n\nExample: clipctl data fetch shapes", no_args_is_help=True
 )
+DATA_ROOT_HELP = "The data root to use; default $CLIPCTL_DATA, else ./data (e.g. a recipe's data.root)."
+
+
+def _root(given: Path | None) -> Path:
+    return chosen_data_root(given)[0]
 
 
 def _size(value: int | None) -> str:
@@ -25,11 +35,14 @@ def _size(value: int | None) -> str:
 
 
 @app.command("ls")
-def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout.")) -> None:
+def ls(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout."),
+    data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+) -> None:
     """The dataset registry with what is present under the data root.  Example: clipctl data ls"""
-    from clipctl.data.fetch import dataset_status
+    from clipctl.data.operations import dataset_status
 
-    root = data_root()
+    root = _root(data_root)
     rows = dataset_status(root)
     if as_json:
         emit_json({"data_root": str(root.resolve()), "datasets": rows})
@@ -60,43 +73,42 @@ def _verified(row: dict) -> str:
     return "yes" if row["verified"] else "no"
 
 
-@app.command("fetch")
+def _options_help() -> str:
+    from clipctl.data.registry import records
+
+    def described(name: str, field: Any) -> str:
+        return f"--{name.replace('_', '-')} ({'required' if field.is_required() else f'default {field.default}'})"
+
+    lines = [
+        f"{spec.id}: " + ", ".join(described(name, field) for name, field in fields.items())
+        for spec in records()
+        if (fields := spec.options.model_fields)
+    ]
+    return "Dataset options (--NAME VALUE, from each dataset's record):\n\n" + "\n\n".join(lines)
+
+
+@app.command("fetch", context_settings=EXTRA_ARGS, cls=table_help(_options_help))
 def fetch(
-    dataset_id: str = typer.Argument(..., metavar="ID", help="Dataset id (see `clipctl data ls`)."),
-    force: bool = typer.Option(False, "--force", help="Re-make it even if it is present and verifies."),
-    train_size: int | None = typer.Option(None, "--train-size", help="shapes only: training pairs (default 20000)."),
-    image_size: int | None = typer.Option(None, "--image-size", help="shapes only: image side in pixels (default 64)."),
-    seed: int | None = typer.Option(None, "--seed", help="shapes only: generation seed (default 0)."),
-    prepare_size: int | None = typer.Option(
-        None,
-        "--prepare-size",
-        min=16,
-        max=4096,
-        help="cc3m-100k only: shorter image side after preparation (default 256).",
+    ctx: typer.Context,
+    dataset_id: str = typer.Argument(
+        ..., metavar="ID [--OPTION VALUE ...]", help="Dataset id (see `clipctl data ls`)."
     ),
+    force: bool = typer.Option(False, "--force", help="Re-make it even if it is present and verifies."),
+    data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
 ) -> None:
-    """Download and verify a dataset, or generate `shapes`; a present dataset is only verified.
+    """Download and verify a dataset, or generate `shapes`; a present dataset is only verified, unless you name
+    other options (the ones you do not name keep the present copy's values).
 
     Example: clipctl data fetch shapes --train-size 5000
     """
-    from clipctl.data.fetch import fetch_dataset
+    from clipctl.data.operations import fetch_dataset
 
-    options = {"--train-size": train_size, "--image-size": image_size, "--seed": seed}
-    given = [k for k, v in options.items() if v is not None]
-    if given and dataset_id != "shapes":
-        raise UsageError(f"{', '.join(given)}: only for `clipctl data fetch shapes`, not {dataset_id}")
-    if prepare_size is not None and dataset_id != "cc3m-100k":
-        raise UsageError(f"--prepare-size: only for `clipctl data fetch cc3m-100k`, not {dataset_id}")
-    root = data_root()
-    action, manifest = fetch_dataset(
-        dataset_id,
-        root,
-        force=force,
-        seed=0 if seed is None else seed,
-        train_size=20_000 if train_size is None else train_size,
-        image_size=64 if image_size is None else image_size,
-        prepare_size=prepare_size,
-    )
+    words, options = split_words([dataset_id, *ctx.args], valued=True)
+    if len(words) != 1:
+        raise UsageError(f"clipctl data fetch: give one dataset id, got {len(words)}: {' '.join(words)}")
+    dataset_id, root = words[0], _root(data_root)
+    values = {name.replace("-", "_"): value for name, value in options}
+    action, manifest = fetch_dataset(dataset_id, root, options=values, force=force)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
     _note_unverified(dataset_id, manifest)
     if action == "verified":
@@ -106,21 +118,24 @@ def fetch(
 
 
 @app.command("verify")
-def verify(dataset_id: str = typer.Argument(..., metavar="ID", help="Dataset id (see `clipctl data ls`).")) -> None:
+def verify(
+    dataset_id: str = typer.Argument(..., metavar="ID", help="Dataset id (see `clipctl data ls`)."),
+    data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+) -> None:
     """Re-check a present dataset against its manifest (hashes, counts); exit 3 on any difference.
 
     Example: clipctl data verify coco-karpathy-test
     """
-    from clipctl.data.fetch import verify_dataset
+    from clipctl.data.operations import verify_dataset
 
-    manifest = verify_dataset(dataset_id, data_root())
+    manifest = verify_dataset(dataset_id, _root(data_root))
     counts = ", ".join(f"{k} {v}" for k, v in manifest.get("counts", {}).items())
     info(f"{dataset_id}: verified ({counts})")
     _note_unverified(dataset_id, manifest)
 
 
 def _note_unverified(dataset_id: str, manifest: dict) -> None:
-    from clipctl.data.fetch import unverified_note
+    from clipctl.data.operations import unverified_note
 
     note = unverified_note(dataset_id, manifest)
     if note:

@@ -1,4 +1,5 @@
-"""`clipctl eval`."""
+"""`clipctl eval`: the benchmark shorthands (`--coco`, `--shapes`, ...) come from the dataset records, so they are
+read from the words Typer leaves unparsed (`clipctl.cli.records`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from pathlib import Path
 
 import typer
 
+from clipctl.cli.records import EXTRA_ARGS, split_words, table_help
 from clipctl.console import emit_json, info, print_table
+from clipctl.errors import UsageError
+from clipctl.schema import closest
 
 COLUMNS = ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "acc@1", "acc@5", "objective")
 
@@ -33,22 +37,41 @@ def _scored(metrics: dict) -> str:
     return f"{sum(metrics[f'{k}_scored'] for k in kinds)}/{sum(metrics[f'{k}_total'] for k in kinds)}"
 
 
+def _benchmarks_help() -> str:
+    from clipctl.evaluate.benchmarks import shorthand_flags
+
+    rows = "\n\n".join(f"--{flag}: {text}" for flag, text in shorthand_flags().items())
+    return f"Benchmarks (shorthands from the dataset records; --dataset ID evaluates the same):\n\n{rows}"
+
+
+def _check_flags(flags: list[str], known: list[str]) -> None:
+    for name in flags:
+        if name not in known:
+            hint = closest(name, [*known, *DECLARED])
+            more = f"did you mean --{hint}? " if hint else ""
+            raise UsageError(f"--{name}: no such option; {more}benchmarks: {', '.join('--' + f for f in known)}")
+
+
+DECLARED = ("json", "dataset", "data-root", "max-missing", "help")
+
+
 def eval_command(
-    checkpoint: Path = typer.Argument(..., help="A clipctl checkpoint, e.g. runs/quickstart/ckpt.pt."),
-    coco: bool = typer.Option(False, "--coco", help="MSCOCO 5k Karpathy test retrieval (coco-karpathy-test)."),
-    imagenet: bool = typer.Option(
-        False,
-        "--imagenet",
-        help="ImageNet-1k zero-shot on imagenet-val:test (the 40k that "
-        "selection never sees), 1,000 OpenAI names, 80 templates.",
+    ctx: typer.Context,
+    checkpoint: str = typer.Argument(
+        ..., metavar="CHECKPOINT", help="A clipctl checkpoint, e.g. runs/quickstart/ckpt.pt."
     ),
-    imagenet_full: bool = typer.Option(
-        False,
-        "--imagenet-full",
-        help="ImageNet-1k zero-shot on all 50k val images, "
-        "as the published figures were measured (includes the selection fifth).",
+    dataset: list[str] = typer.Option(
+        [],
+        "--dataset",
+        metavar="ID_OR_PATH[:split]",
+        help="Also evaluate this (repeatable): a dataset id (its benchmark, e.g. shapes = --shapes), ID:split "
+        "(e.g. imagenet-val:val), or a path to a retrieval JSON or a class folder.",
     ),
-    shapes: bool = typer.Option(False, "--shapes", help="shapes test retrieval + zero-shot."),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        help="Where the datasets are; default $CLIPCTL_DATA, else the checkpoint's data.root, else ./data.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics (fractions) as JSON on stdout."),
     max_missing: int | None = typer.Option(
         None,
@@ -63,27 +86,39 @@ def eval_command(
     TR@k is image→text retrieval (an image hits if any of its captions is in the top k), IR@k is
     text→image; ACC@k is zero-shot top-k accuracy; objective = (TR@1 + IR@1 + ACC@1) / 3.
 
-    Example: clipctl eval runs/quickstart/ckpt.pt --shapes
+    Example: clipctl eval runs/quickstart/ckpt.pt --shapes --dataset my/retrieval.json
     """
-    from clipctl.evaluate.checkpoint_eval import NOTES, evaluate_checkpoint
+    from clipctl.evaluate.benchmarks import notes, shorthand_flags
+    from clipctl.evaluate.checkpoint_eval import evaluate_checkpoint
 
-    flags = (("coco", coco), ("imagenet", imagenet), ("imagenet-full", imagenet_full), ("shapes", shapes))
-    chosen = [name for name, flag in flags if flag]
-    results = evaluate_checkpoint(checkpoint, chosen, progress=not as_json, max_missing=max_missing)
+    words, options = split_words([checkpoint, *ctx.args], valued=False)
+    if len(words) != 1:
+        raise UsageError(f"clipctl eval: give one checkpoint, got {len(words)}: {' '.join(words)}")
+    chosen = [name for name, _ in options]
+    _check_flags(chosen, list(shorthand_flags()))
+    path = Path(words[0])
+    results = evaluate_checkpoint(
+        path, chosen, datasets=dataset, root=data_root, progress=not as_json, max_missing=max_missing
+    )
     if as_json:
         emit_json(results)
-        return
+    else:
+        _render(path, results, notes())
+
+
+def _render(path: Path, results: dict, said: dict[str, str]) -> None:
+    """The table, then per row what was scored, the benchmark's note and the encoding speed."""
     rows = [(name, *(_cell(metrics, key) for key in COLUMNS), _scored(metrics)) for name, metrics in results.items()]
     print_table(
-        f"{checkpoint} (percent; TR = image→text, IR = text→image)",
+        f"{path} (percent; TR = image→text, IR = text→image)",
         ["benchmark", *(c.upper() for c in COLUMNS), "SCORED"],
         rows,
     )
     for name, metrics in results.items():
         if scored := _scored_line(metrics):
             info(f"{name}: scored {scored}")
-        if name in NOTES:
-            info(f"{name}: {NOTES[name]}")
+        if name in said:
+            info(f"{name}: {said[name]}")
         speeds = [
             f"{metrics[k]:.0f} {k.removesuffix('_per_s')}/s"
             for k in ("images_per_s", "captions_per_s")
@@ -91,3 +126,7 @@ def eval_command(
         ]
         if speeds:
             info(f"{name}: encoding " + ", ".join(speeds))
+
+
+CONTEXT = EXTRA_ARGS
+COMMAND_CLASS = table_help(_benchmarks_help)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from clipctl.data.staging import stage_path, staged
 from clipctl.errors import DataError
 
 _READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError)
@@ -213,28 +214,22 @@ def extract(archive: Path, dest: Path, select: Callable[[str], bool] | None = No
     """Extract the regular files `select` accepts (all members by default) into `dest`, atomically; returns
     their normalised names. Links are extracted only when nothing is selected out.
 
-    `dest` must not exist yet (callers move it aside for --force); a failure leaves no `dest` behind.
+    It is extracted through `clipctl.data.staging.staged`: a failure leaves `dest` as it was (or absent).
     """
     members = check_members(archive)
     if select is not None:
         members = [m for m in members if m.kind == "dir" or (m.kind == "file" and select(m.name))]
-    tmp = dest.parent / f".{dest.name}.extract-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = stage_path(dest)
     try:
-        _extract_members(archive, tmp, members)
-        os.replace(tmp, dest)
+        with staged(dest):
+            _extract_members(archive, tmp, members)
     except _READ_ERRORS as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError) and str(getattr(err, "filename", "") or "").startswith(str(tmp)):
             raise DataError(
                 f"{dest}: cannot write the extracted files ({err.strerror or err}); free some space "
                 f"or choose another data root (CLIPCTL_DATA)"
             ) from None
         raise DataError(f"{archive}: not a readable tar or zip archive ({err}); delete it and fetch again") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return [m.name for m in members if m.kind == "file"]
 
 

@@ -24,7 +24,6 @@ import io
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,27 +31,33 @@ from typing import Any
 
 import requests
 from PIL import Image
+from pydantic import Field
 
-from clipctl.atomic import atomic_write_json, replace_dir
+from clipctl.atomic import atomic_write_json
 from clipctl.console import ProgressReporter, info, warn
 from clipctl.data.archive import extract, iter_tar_files, unsafe_reason
-from clipctl.data.datasets import wds_key
 from clipctl.data.fetch import download, http_session
 from clipctl.data.hub import hub_file
 from clipctl.data.localfiles import file_kind, regular_file_inside
-from clipctl.data.manifest import check_hashes, files_digest, read_manifest, sha256_file
-from clipctl.data.registry import (
-    CC3M_ARCHIVE_ENV,
-    CC3M_IMAGES_ENV,
-    CC3M_TSV_ENV,
+from clipctl.data.manifest import check_hashes, files_digest, sha256_file
+from clipctl.data.records import (
     MIRROR_ENV,
+    DatasetOptions,
     DatasetSpec,
+    Preparer,
     RemoteFile,
+    Split,
     dataset_dir,
+    register_dataset,
     source_url,
 )
+from clipctl.data.staging import staged
+from clipctl.data.webdataset import wds_key
 from clipctl.errors import DataError
 
+CC3M_ARCHIVE_ENV = "CLIPCTL_CC3M_ARCHIVE"
+CC3M_TSV_ENV = "CLIPCTL_CC3M_TSV"
+CC3M_IMAGES_ENV = "CLIPCTL_CC3M_IMAGES"
 PREPARE_SIZE = 256  # the shorter side of a prepared image (img2dataset's resize_mode="keep_ratio")
 COURSE_JSON = "cc3m_train_subset.json"  # the course's annotation file: its 100k pairs are the published subset
 SHARD_SAMPLES = 10_000
@@ -221,13 +226,8 @@ def _write_shards(spec: DatasetSpec, samples: Iterator[Sample], tmp: Path, size:
     return keys
 
 
-def training_subset(ref: str, root: Path) -> dict[str, Any] | None:
-    """The subset identity of a training reference: from a CC3M manifest, or computed for a pairs JSON path
-    (its image paths are the keys); None for anything else (shards by path, shapes)."""
-    dataset_id = ref.partition(":")[0]
-    if dataset_id == "cc3m-100k":
-        return (read_manifest(root, dataset_id) or {}).get("subset")
-    path = Path(ref).expanduser()
+def pairs_json_subset(path: Path) -> dict[str, Any] | None:
+    """The subset identity of a pairs JSON (its image paths are the keys); None when `path` is not one."""
     if path.suffix.lower() != ".json" or not path.is_file():
         return None
     try:
@@ -238,20 +238,6 @@ def training_subset(ref: str, root: Path) -> dict[str, Any] | None:
         return None
     kind = "course-json" if path.name == COURSE_JSON else "pairs-json"
     return subset_identity([Path(e["image"]).as_posix() for e in data], kind)
-
-
-def check_prepare_size(ref: str, root: Path, size: int) -> None:
-    """A run on cc3m-100k shards needs them prepared at `data.prepare_size`: another size is a DataError
-    naming the re-fetch (a JSON or folder source is used as it is, so it has no size to check)."""
-    if ref.partition(":")[0] != "cc3m-100k":
-        return
-    prepared = (read_manifest(root, "cc3m-100k") or {}).get("prepare_size")
-    if prepared is not None and prepared != size:
-        raise DataError(
-            f"data.prepare_size = {size}, but cc3m-100k under {root} was prepared with shorter side "
-            f"{prepared}; set data.prepare_size = {prepared} or run `clipctl data fetch cc3m-100k "
-            f"--force --prepare-size {size}`"
-        )
 
 
 def _looks_like_pairs(data: Any) -> bool:
@@ -406,11 +392,7 @@ def _from_archive(spec: DatasetSpec, source: Path, tmp: Path) -> tuple[dict[str,
 
 
 def prepare(spec: DatasetSpec, root: Path, force: bool = False, prepare_size: int = PREPARE_SIZE) -> dict[str, Any]:
-    target = dataset_dir(spec, root)
-    tmp = (root / f".{spec.folder}.tmp-{os.getpid()}").resolve()
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged(dataset_dir(spec, root)) as tmp:
         archive, tsv = os.environ.get(CC3M_ARCHIVE_ENV, ""), os.environ.get(CC3M_TSV_ENV, "")
         downloads: list[dict[str, Any]] = []
         if archive:
@@ -435,10 +417,6 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False, prepare_size: in
                 "subset": subset_identity(keys, kind),
             }
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         **manifest,
         "sources": sources,
@@ -463,3 +441,49 @@ def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
             raise DataError(
                 f"{folder}: images differ from manifests/{spec.id}.json; run `clipctl data fetch {spec.id} --force`"
             )
+
+
+class Cc3mOptions(DatasetOptions):
+    """How shards made from the hub or a TSV are prepared (a JSON or folder of your own is used as it is)."""
+
+    prepare_size: int = Field(PREPARE_SIZE, ge=16, le=4096)  # shorter image side, as img2dataset's keep_ratio
+
+
+class Cc3mPreparer(Preparer):
+    """Staged as a whole; only shards record a prepare size (a JSON or folder source has none to compare)."""
+
+    def prepare(self, spec: DatasetSpec, root: Path, options: Any, *, force: bool) -> dict[str, Any]:
+        return prepare(spec, root, force=force, prepare_size=options.prepare_size)
+
+    def verify(self, spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
+        verify(spec, root, manifest)
+
+    def made_with(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        return {"prepare_size": manifest["prepare_size"]} if "prepare_size" in manifest else {}
+
+
+register_dataset(
+    DatasetSpec(
+        id="cc3m-100k",
+        role="train",
+        description="CC3M, deterministic 100k pairs, shorter image side 256 px",
+        licence=(
+            "Conceptual Captions: captions by Google LLC, free to use with attribution; the images belong to "
+            "their websites' owners (research use, no redistribution)"
+        ),
+        folder="cc3m-100k",
+        splits={"train": Split("shards", "pairs")},
+        default_split="train",
+        preparer=Cc3mPreparer(),
+        options=Cc3mOptions,
+        recipe_keys={"prepare_size": "prepare_size"},
+        published="train",
+        expect={"pairs": 100_000},
+        hub_repo="pixparse/cc3m-wds",
+        hub_revision="46f3d69f840e59d77d52e8decfe5baec97e94c7f",
+        access_hint=(
+            f"or set {CC3M_ARCHIVE_ENV} to the course's cc3m_train_subset.json (with {CC3M_IMAGES_ENV} naming its "
+            f"image folder) or archive/folder, or {CC3M_TSV_ENV} to a CC3M TSV of caption<TAB>url"
+        ),
+    )
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ from clipctl.data.archive import extract, unsafe_reason
 from clipctl.data.fetch import SourceUnavailable, download, run_sources
 from clipctl.data.localfiles import regular_file_inside
 from clipctl.data.manifest import check_hashes, files_digest, sha256_file
-from clipctl.data.registry import DatasetSpec, RemoteFile, dataset_dir, source_url
+from clipctl.data.records import (
+    Benchmark,
+    DatasetSpec,
+    Preparer,
+    RemoteFile,
+    Split,
+    dataset_dir,
+    register_dataset,
+    source_url,
+)
 from clipctl.errors import DataError
 
 IMAGE_WORKERS = 8
@@ -77,19 +87,16 @@ def _from_zip(spec: DatasetSpec, root: Path, folder: Path, missing: list[str], h
     archive = root / "downloads" / zip_file.name
     hashes[zip_file.name] = download(url, archive, zip_file, dataset_id=spec.id, access_hint=spec.access_hint)
     wanted = set(missing)
-    staging = folder / f".extract-{spec.id}"
-    shutil.rmtree(staging, ignore_errors=True)
     info(f"{spec.id}: extracting {len(wanted)} images from {archive.name}")
-    got = set(extract(archive, staging, select=wanted.__contains__))
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".extract-{spec.id}-", dir=folder) as scratch:
+        staging = Path(scratch) / "members"
+        got = set(extract(archive, staging, select=wanted.__contains__))
         if got != wanted:
             first = sorted(wanted - got)[0]
             raise DataError(f"{archive}: {len(wanted - got)} needed images are not in the archive (first: {first})")
         for rel in missing:
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / rel, folder / rel)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return url
 
 
@@ -143,7 +150,7 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
         ]
         sources.append(run_sources(spec.id, attempts))
         checked = len(missing) if "val2014.zip" in hashes else 0
-    split, rel_json = next(iter(spec.splits.items()))
+    split, rel_json = next((name, entry.path) for name, entry in spec.splits.items())
     atomic_write_json(folder / rel_json, [{"image": image, "caption": caps} for image, caps in entries])
     digest, count = files_digest(folder, needed)
     captions = sum(len(caps) for _, caps in entries)
@@ -194,3 +201,73 @@ def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
             f"{manifest['images']['sha256'][:12]}); run `clipctl data fetch {spec.id} --force`"
         )
     _check_counts(spec, count, sum(len(caps) for _, caps in entries))
+
+
+class KarpathyPreparer(Preparer):
+    """In place, not staged: images already present are kept (a second fetch downloads only what is missing), and
+    both Karpathy splits share the one `coco/` folder of val2014 images."""
+
+    def prepare(self, spec: DatasetSpec, root: Path, options: Any, *, force: bool) -> dict[str, Any]:
+        return prepare(spec, root, force=force)
+
+    def verify(self, spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
+        verify(spec, root, manifest)
+
+
+def karpathy_split(
+    dataset_id: str, role: str, description: str, split: str, md5: str, *benchmarks: Benchmark
+) -> DatasetSpec:
+    """The record of one Karpathy split: its annotation JSON plus the 5,000 val2014 images it uses, in `coco/`."""
+    annotations = f"coco_karpathy_{split}.json"
+    return DatasetSpec(
+        id=dataset_id,
+        role=role,
+        description=description,
+        licence=(
+            "COCO captions/annotations: CC BY 4.0 (cocodataset.org/#termsofuse); the images come from Flickr "
+            "under their owners' licences (Flickr terms of use)"
+        ),
+        folder="coco",
+        splits={split: Split(f"karpathy_{split}.json", "retrieval")},
+        default_split=split,
+        preparer=KarpathyPreparer(),
+        benchmarks=benchmarks,
+        published="retrieval",
+        expect={"images": 5_000, "captions_min": 25_000},
+        files=(
+            RemoteFile(
+                annotations,
+                f"https://storage.googleapis.com/sfr-vision-language-research/datasets/{annotations}",
+                md5=md5,
+            ),
+            RemoteFile(
+                "val2014.zip",
+                "http://images.cocodataset.org/zips/val2014.zip",
+                size=6_645_013_297,
+                md5="a3d79f5ed8d289b7a7554ce06a5782b3",
+            ),
+        ),
+        image_url="http://images.cocodataset.org/{image}",
+        access_hint="or place val2014.zip (or the val2014/ images) under <data root>/downloads/ yourself",
+    )
+
+
+register_dataset(
+    karpathy_split(
+        "coco-karpathy-test",
+        "eval",
+        "MSCOCO Karpathy test: 5,000 images, ~25k captions",
+        "test",
+        "3ff34b0ef2db02d01c37399f6a2a6cd1",
+        Benchmark("coco", ("test",), help="MSCOCO 5k Karpathy test retrieval (coco-karpathy-test)."),
+    )
+)
+register_dataset(
+    karpathy_split(
+        "coco-val-5k",
+        "eval (parity)",
+        "MSCOCO Karpathy val (course coco_val.json): 5,000 images",
+        "val",
+        "b273847456ef5580e33713b1f7de52a0",
+    )
+)

@@ -1,4 +1,4 @@
-"""Downloads and the `data fetch|verify|ls` operations.
+"""Downloads, for the preparers of real datasets (`clipctl.data.operations` runs `data fetch|verify|ls`).
 
 A download goes to `downloads/<file>.part`, resumes with HTTP Range, follows redirects, retries transient
 failures (5xx, 429, dropped connections, truncated bodies) with exponential backoff, is verified by size
@@ -8,13 +8,11 @@ and hash, and only then is renamed into place. A wrong hash moves the file to `d
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -26,17 +24,10 @@ from PIL import Image
 from clipctl import __version__
 from clipctl.console import ProgressReporter, info, warn
 from clipctl.data.localfiles import regular_file_inside
-from clipctl.data.lock import one_maker, replacing
-from clipctl.data.manifest import hash_file, read_manifest, write_manifest
-from clipctl.data.registry import REGISTRY, DatasetSpec, RemoteFile, get_spec
+from clipctl.data.manifest import hash_file
+from clipctl.data.records import RemoteFile
 from clipctl.errors import DataError
 
-PREPARERS = {
-    "coco-karpathy-test": "clipctl.data.coco",
-    "coco-val-5k": "clipctl.data.coco",
-    "imagenet-val": "clipctl.data.imagenet",
-    "cc3m-100k": "clipctl.data.cc3m",
-}
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -408,131 +399,6 @@ class _Silent:
 
 def _progress(name: str, total: int | None, show: bool) -> ProgressReporter | _Silent:
     return ProgressReporter(name, total=total, unit="B", bytes_mode=True) if show else _Silent()
-
-
-# ------------------------------------------------------------------------------------------ operations
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _preparer(dataset_id: str) -> Any:
-    return importlib.import_module(PREPARERS[dataset_id])
-
-
-def fetch_dataset(
-    dataset_id: str,
-    root: Path,
-    *,
-    force: bool = False,
-    seed: int = 0,
-    train_size: int = 20_000,
-    image_size: int = 64,
-    prepare_size: int | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """Make `dataset_id` present under `root`; returns ("generated"|"fetched"|"verified", manifest).
-
-    `prepare_size` (cc3m-100k only): the shorter image side its preparation sets (default 256).
-
-    When it is already present (and, for shapes, with the same parameters) it is verified, not re-made.
-    """
-    spec = get_spec(dataset_id)
-    root = Path(root)
-    if dataset_id == "shapes":
-        from clipctl.data import shapes
-
-        config = shapes.ShapesConfig(seed=seed, train_size=train_size, image_size=image_size)
-        if force or not shapes.is_current(read_manifest(root, "shapes"), config):
-            if shapes.make_shapes(root, config, force=force):  # else another process just made these settings
-                return "generated", read_manifest(root, "shapes") or {}
-        return "verified", _mark_verified(root, spec, shapes.verify_shapes(root))
-    info(f"{dataset_id}: licence: {spec.licence}")
-    if read_manifest(root, dataset_id) is not None and not force:
-        return "verified", verify_dataset(dataset_id, root)
-    with one_maker(root, dataset_id):  # a second fetch started together waits, then verifies the first one's copy
-        if read_manifest(root, dataset_id) is not None and not force:
-            return "verified", verify_dataset(dataset_id, root)
-        with replacing(root, dataset_id, "fetching it again"):  # never under a run that reads it
-            manifest = _prepare(spec, root, force, prepare_size)
-    return "fetched", manifest
-
-
-def _prepare(spec: DatasetSpec, root: Path, force: bool, prepare_size: int | None) -> dict[str, Any]:
-    """Run the dataset's preparer and write its manifest last; returns the manifest."""
-    options = {"prepare_size": prepare_size} if prepare_size is not None else {}
-    manifest = _preparer(spec.id).prepare(spec, root, force=force, **options)
-    _note_unverified_downloads(manifest)
-    manifest.update({"id": spec.id, "clipctl_version": __version__, "fetched_at": now_iso(), "verified_at": now_iso()})
-    write_manifest(root, spec.id, manifest)
-    return manifest
-
-
-def verify_dataset(dataset_id: str, root: Path) -> dict[str, Any]:
-    """Re-hash what the manifest records (annotations, images, counts); DataError (exit 3) on any difference."""
-    spec = get_spec(dataset_id)
-    root = Path(root)
-    if dataset_id == "shapes":
-        from clipctl.data.shapes import verify_shapes
-
-        return _mark_verified(root, spec, verify_shapes(root))
-    manifest = read_manifest(root, dataset_id)
-    if manifest is None:
-        raise DataError(f"{dataset_id}: not present under {root}; run `clipctl data fetch {dataset_id}`")
-    _preparer(dataset_id).verify(spec, root, manifest)
-    return _mark_verified(root, spec, manifest)
-
-
-def _note_unverified_downloads(manifest: dict[str, Any]) -> None:
-    """Record downloaded files that had no published checksum (a mirror's copy, a hub file without a hash)."""
-    downloads = manifest.get("downloads") or {}
-    names = sorted(name for name, result in downloads.items() if isinstance(result, dict) and result.get("unverified"))
-    if names and "unverified" not in manifest:
-        manifest["unverified"] = {
-            "files": len(names),
-            "why": f"no published checksum for {', '.join(names[:3])}"
-            f"{', ...' if len(names) > 3 else ''}; checked for what they claim to be, sha256 "
-            f"recorded at fetch",
-        }
-
-
-def unverified_note(dataset_id: str, manifest: dict[str, Any]) -> str | None:
-    """The line `data fetch|verify` print when part of a dataset has no published checksum, else None."""
-    unverified = manifest.get("unverified")
-    if not isinstance(unverified, dict):
-        return None
-    what = ", ".join(f"{v} {k}" for k, v in unverified.items() if isinstance(v, int))
-    return f"{dataset_id}: unverified: {what or 'some files'}: {unverified.get('why', 'no published checksum')}"
-
-
-def _mark_verified(root: Path, spec: DatasetSpec, manifest: dict[str, Any]) -> dict[str, Any]:
-    if spec.id != "shapes":  # the shapes manifest stays byte-identical across generations
-        manifest["verified_at"] = now_iso()
-        write_manifest(root, spec.id, manifest)
-    return manifest
-
-
-def dataset_status(root: Path) -> list[dict[str, Any]]:
-    """One row per registry entry: present, size on disk, last verification (for `data ls`)."""
-    rows = []
-    for spec in REGISTRY.values():
-        try:
-            manifest = read_manifest(Path(root), spec.id)
-        except DataError:
-            manifest = {"verified": False, "corrupt": True}
-        rows.append(
-            {
-                "id": spec.id,
-                "role": spec.role,
-                "present": manifest is not None and not manifest.get("corrupt"),
-                "size_bytes": (manifest or {}).get("size_bytes"),
-                "verified": (manifest or {}).get("verified_at") or bool((manifest or {}).get("verified")),
-                "unverified": (manifest or {}).get("unverified"),
-                "description": spec.description,
-                "licence": spec.licence,
-            }
-        )
-    return rows
 
 
 def run_sources(dataset_id: str, attempts: list[tuple[str, Callable[[], Any]]]) -> Any:

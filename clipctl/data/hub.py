@@ -19,7 +19,7 @@ from typing import Any
 
 from clipctl.data.fetch import SourceUnavailable, quarantine
 from clipctl.data.manifest import hash_file
-from clipctl.data.registry import DatasetSpec, RemoteFile
+from clipctl.data.records import DatasetSpec, RemoteFile
 from clipctl.errors import DataError
 
 _HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")

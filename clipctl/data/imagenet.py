@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipctl.atomic import atomic_write_bytes, replace_dir
+from clipctl.atomic import atomic_write_bytes
 from clipctl.console import ProgressReporter, info
 from clipctl.data.archive import iter_tar_files
 from clipctl.data.fetch import download, verify_file
@@ -31,9 +31,22 @@ from clipctl.data.hub import hub_snapshot
 from clipctl.data.imagenet_classes import imagenet_classnames, imagenet_templates, imagenet_wnids
 from clipctl.data.localfiles import regular_file_inside
 from clipctl.data.manifest import check_hashes, sha256_file, tree_digest
-from clipctl.data.registry import IMAGENET_ENV, MIRROR_ENV, DatasetSpec, dataset_dir, source_url
+from clipctl.data.records import (
+    MIRROR_ENV,
+    Benchmark,
+    DatasetSpec,
+    Preparer,
+    RemoteFile,
+    Split,
+    dataset_dir,
+    register_dataset,
+    source_url,
+)
+from clipctl.data.staging import staged
 from clipctl.errors import DataError
 
+IMAGENET_ENV = "CLIPCTL_IMAGENET_DIR"
+HF_TOKEN_ENV = "HF_TOKEN"
 VAL_TAR, DEVKIT = "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 HUB_TAR, HUB_CLASSES = "val_images.tar.gz", "classes.py"
 FALLBACK_TEMPLATES = ("a photo of a {}.",)
@@ -236,14 +249,10 @@ def _hub_files(spec: DatasetSpec, root: Path) -> tuple[dict[str, Path], dict[str
     return paths, downloads, sources
 
 
-# Over 60 lines: the three ImageNet source layouts side by side inside one temp-folder transaction.
+# Over 60 lines: the three ImageNet source layouts side by side inside one staged folder.
 def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any]:
-    target = dataset_dir(spec, root)
-    tmp = root / f".{spec.folder}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     expected = spec.expect.get("images", 50_000)
-    try:
+    with staged(dataset_dir(spec, root)) as tmp:
         local = _local_source(root)
         if local is not None and local.kind == "folders":
             info(f"imagenet-val: using the extracted class folders in {local.path}")
@@ -286,10 +295,6 @@ def prepare(spec: DatasetSpec, root: Path, force: bool = False) -> dict[str, Any
         digest, _ = tree_digest(tmp, "*.JPEG")
         files = {name: sha256_file(tmp / name) for name in ("classnames.txt", "templates.txt", *SPLIT_FILES.values())}
         size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "sources": sources,
         "downloads": downloads,
@@ -321,3 +326,68 @@ def verify(spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
             f"{manifest['images']['count']}, {manifest['images']['sha256'][:12]}); run `clipctl data fetch "
             f"{spec.id} --force`"
         )
+
+
+class ImageNetPreparer(Preparer):
+    """Re-sorts the user's copy (or the gated hub copy) into class folders, staged as a whole."""
+
+    def prepare(self, spec: DatasetSpec, root: Path, options: Any, *, force: bool) -> dict[str, Any]:
+        return prepare(spec, root, force=force)
+
+    def verify(self, spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
+        verify(spec, root, manifest)
+
+
+_HUB_REVISION = "4603483700ee984ea9debe3ddbfdeae86f6489eb"
+_HUB_URL = f"https://huggingface.co/datasets/ILSVRC/imagenet-1k/resolve/{_HUB_REVISION}/"
+_ILSVRC_URL = "https://image-net.org/data/ILSVRC/2012/"
+
+register_dataset(
+    DatasetSpec(
+        id="imagenet-val",
+        role="eval",
+        description="ImageNet-1k val: 1,000 classes x 50 (your own access)",
+        licence=(
+            "ImageNet: non-commercial research and education only, no redistribution (image-net.org terms of access)"
+        ),
+        folder="imagenet-val",
+        splits={
+            "val": Split(".", "classification"),
+            "select": Split(SPLIT_FILES["select"], "classification"),
+            "test": Split(SPLIT_FILES["test"], "classification"),
+        },
+        default_split="val",
+        preparer=ImageNetPreparer(),
+        benchmarks=(
+            Benchmark(
+                "imagenet",
+                ("test",),
+                help="ImageNet-1k zero-shot on imagenet-val:test (the 40k that selection never sees), 1,000 OpenAI "
+                "names, 80 templates.",
+                note="zero-shot on imagenet-val:test, the 40k images model selection never sees",
+            ),
+            Benchmark(
+                "imagenet-full",
+                ("val",),
+                help="ImageNet-1k zero-shot on all 50k val images, as the published figures were measured (includes "
+                "the selection fifth).",
+                note="zero-shot on all 50k imagenet-val images (published-figure parity; includes the selection fifth)",
+                reported=False,
+            ),
+        ),
+        published="zeroshot",
+        expect={"classes": 1_000, "images": 50_000},
+        files=(
+            RemoteFile(VAL_TAR, _ILSVRC_URL + VAL_TAR, size=6_744_924_160, md5="29b22e2961454d5413ddabcf34fc5622"),
+            RemoteFile(DEVKIT, _ILSVRC_URL + DEVKIT, md5="fa75699e90414af021442c21a62c3abf"),
+            RemoteFile(HUB_TAR, _HUB_URL + "data/" + HUB_TAR),
+            RemoteFile(HUB_CLASSES, _HUB_URL + HUB_CLASSES),
+        ),
+        hub_repo="ILSVRC/imagenet-1k",
+        hub_revision=_HUB_REVISION,
+        access_hint=(
+            f"put {VAL_TAR} and {DEVKIT} (from image-net.org) in ${IMAGENET_ENV} or <data root>/downloads/, or accept "
+            f"the terms of huggingface.co/datasets/ILSVRC/imagenet-1k and set {HF_TOKEN_ENV}"
+        ),
+    )
+)

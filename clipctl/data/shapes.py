@@ -6,6 +6,10 @@ permutation, and 10% mismatched captions; val/test are COCO-style retrieval sets
 captions per image); zeroshot_val/zeroshot are balanced single-object class folders (the ImageNet
 stand-in). Everything is drawn from per-split seeded generators in the parent process; workers only
 render, so the bytes do not depend on the number of workers. PNGs carry no timestamps.
+
+The record (registered at the end) treats it like every other dataset: its options model is `ShapesConfig`
+(`data fetch shapes --seed 3`, the recipe's `data.shapes_*` keys), the options are its identity, and a run
+makes it when it is absent but never replaces a copy made with other options.
 """
 
 from __future__ import annotations
@@ -17,25 +21,25 @@ import math
 import multiprocessing
 import os
 import random
-import shutil
 import struct
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pydantic import Field
 
 from clipctl import __version__
-from clipctl.atomic import atomic_write_bytes, replace_dir
+from clipctl.atomic import atomic_write_bytes
 from clipctl.console import ProgressReporter, info
-from clipctl.data.lock import one_maker, replacing
 from clipctl.data.manifest import check_hashes, read_manifest, sha256_file, tree_digest, write_manifest
-from clipctl.errors import DataError, UsageError
+from clipctl.data.records import Benchmark, DatasetOptions, DatasetSpec, Preparer, Split, register_dataset
+from clipctl.data.staging import staged
+from clipctl.errors import DataError
 
 DATASET_ID = "shapes"
 GENERATOR_VERSION = 1
@@ -87,36 +91,28 @@ CAPTION_TEMPLATES = (
 )
 BG_TEMPLATES = ("{objs} on a {bg} background", "a {bg} background with {objs}", "{objs}, {bg} background")
 SPLITS = {
-    "train": "train.json",
-    "val": "val.json",
-    "test": "test.json",
-    "zeroshot_val": "zeroshot_val",
-    "zeroshot": "zeroshot",
+    "train": Split("train.json", "pairs"),
+    "val": Split("val.json", "retrieval"),
+    "test": Split("test.json", "retrieval"),
+    "zeroshot_val": Split("zeroshot_val", "classification"),
+    "zeroshot": Split("zeroshot", "classification"),
 }
 _SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "zeroshot_val": 4, "zeroshot": 5, "zipf": 6}
 
 
-@dataclass(frozen=True)
-class ShapesConfig:
-    """Generation parameters; all of them are recorded in the manifest."""
+class ShapesConfig(DatasetOptions):
+    """Generation parameters, the options model of the `shapes` record: `data fetch shapes --seed 3` sets one;
+    all of them are recorded in the manifest and together are the identity of a generated copy."""
 
-    seed: int = 0
-    train_size: int = 20_000
-    image_size: int = 64
-    eval_images: int = 1_000
-    captions_per_image: int = 5
-    zeroshot_val_per_class: int = 20
-    zeroshot_per_class: int = 25
-    noise_fraction: float = 0.10
-    zipf_exponent: float = 1.0
-
-    def check(self) -> None:
-        if self.seed < 0:
-            raise UsageError(f"shapes --seed {self.seed}: must be 0 or more")
-        if self.train_size < 100:
-            raise UsageError(f"shapes --train-size {self.train_size}: must be at least 100 (data.shapes_train_size)")
-        if not 32 <= self.image_size <= 512:
-            raise UsageError(f"shapes --image-size {self.image_size}: must be within 32..512 (data.shapes_image_size)")
+    seed: int = Field(0, ge=0)
+    train_size: int = Field(20_000, ge=100)
+    image_size: int = Field(64, ge=32, le=512)
+    eval_images: int = Field(1_000, ge=1)
+    captions_per_image: int = Field(5, ge=1)
+    zeroshot_val_per_class: int = Field(20, ge=1)
+    zeroshot_per_class: int = Field(25, ge=1)
+    noise_fraction: float = Field(0.10, ge=0, le=1)
+    zipf_exponent: float = Field(1.0, ge=0)
 
 
 # ------------------------------------------------------------------------------------ scene sampling
@@ -453,69 +449,75 @@ def _dump(value: Any) -> bytes:
     return (json.dumps(value, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
 
 
-# Over 60 lines: one temp-folder transaction (generate, digest, swap in, manifest last) that reads best in order.
 def generate_shapes(root: Path, config: ShapesConfig = ShapesConfig(), workers: int | None = None) -> dict[str, Any]:
-    """Generate into a temp folder, swap it in atomically, write the manifest last; returns the manifest."""
-    config.check()
+    """Generate `shapes` under `root` and write its manifest; returns the manifest. (`clipctl data fetch shapes`
+    and training make it through the record instead, which also takes the dataset's locks.)"""
+    manifest = build_shapes(root, config, workers)
+    write_manifest(root, DATASET_ID, manifest)
+    return manifest
+
+
+def build_shapes(root: Path, config: ShapesConfig, workers: int | None = None) -> dict[str, Any]:
+    """Render every image and annotation into a staged folder swapped in as `<root>/shapes`; returns the manifest
+    (for the caller to write, last)."""
     root = Path(root)
     target = root / DATASET_ID
-    tmp = root / f".{DATASET_ID}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     start = time.monotonic()
     jobs, annotations = _plan(config)
-    folders = {str(Path(rel).parent) for rel, _ in jobs} | {str(Path(rel).parent) for rel in annotations}
-    for folder in sorted(folders):
-        (tmp / folder).mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, 8))
-    tasks = [(str(tmp), config.image_size, chunk) for chunk in _chunks(jobs, 250)]
-    digests: list[tuple[str, str]] = []
-    try:
-        with ProgressReporter("shapes", total=len(jobs), unit="img") as progress:
-            if workers == 1:
-                results: Iterator[list[tuple[str, str]]] = map(_render_chunk, tasks)
-                for done in results:
-                    digests += done
-                    progress.update(len(done))
-            else:
-                method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-                with multiprocessing.get_context(method).Pool(workers) as pool:
-                    for done in pool.imap_unordered(_render_chunk, tasks):
-                        digests += done
-                        progress.update(len(done))
+    with staged(target) as tmp:
+        folders = {str(Path(rel).parent) for rel, _ in jobs} | {str(Path(rel).parent) for rel in annotations}
+        for folder in sorted(folders):
+            (tmp / folder).mkdir(parents=True, exist_ok=True)
+        digests = _render(jobs, tmp, config.image_size, workers)
         files = {}
         for rel, value in annotations.items():
             atomic_write_bytes(tmp / rel, _dump(value))
             files[rel] = sha256_file(tmp / rel)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    manifest = {
-        "id": DATASET_ID,
-        "clipctl_version": __version__,
-        "generator_version": GENERATOR_VERSION,
-        "sources": ["generated locally by clipctl"],
-        "params": asdict(config),
-        "files": files,
-        "images": {"count": len(digests), "sha256": _images_digest(digests)},
-        "counts": {
-            "train": config.train_size,
-            "val": config.eval_images,
-            "test": config.eval_images,
-            "zeroshot_val": config.zeroshot_val_per_class * len(CLASSNAMES),
-            "zeroshot": config.zeroshot_per_class * len(CLASSNAMES),
-            "classes": len(CLASSNAMES),
-        },
-        "splits": dict(SPLITS),
-        "size_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
-        "verified": True,
-    }
-    replace_dir(tmp, target)
-    write_manifest(root, DATASET_ID, manifest)
+        manifest = {
+            "id": DATASET_ID,
+            "clipctl_version": __version__,
+            "generator_version": GENERATOR_VERSION,
+            "sources": ["generated locally by clipctl"],
+            "params": config.model_dump(),
+            "files": files,
+            "images": {"count": len(digests), "sha256": _images_digest(digests)},
+            "counts": {
+                "train": config.train_size,
+                "val": config.eval_images,
+                "test": config.eval_images,
+                "zeroshot_val": config.zeroshot_val_per_class * len(CLASSNAMES),
+                "zeroshot": config.zeroshot_per_class * len(CLASSNAMES),
+                "classes": len(CLASSNAMES),
+            },
+            "splits": {name: split.path for name, split in SPLITS.items()},
+            "size_bytes": sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()),
+            "verified": True,
+        }
     info(
         f"shapes: generated {len(digests)} images in {time.monotonic() - start:.1f} s at {target} "
         f"(seed {config.seed}, train {config.train_size}, {config.image_size} px)"
     )
     return manifest
+
+
+def _render(jobs: list[tuple[str, Scene]], folder: Path, size: int, workers: int | None) -> list[tuple[str, str]]:
+    """Render the images into `folder` in a process pool (same bytes for any number of workers); their digests."""
+    workers = max(1, min(workers or os.cpu_count() or 1, 8))
+    tasks = [(str(folder), size, chunk) for chunk in _chunks(jobs, 250)]
+    digests: list[tuple[str, str]] = []
+    with ProgressReporter("shapes", total=len(jobs), unit="img") as progress:
+        if workers == 1:
+            results: Iterator[list[tuple[str, str]]] = map(_render_chunk, tasks)
+            for done in results:
+                digests += done
+                progress.update(len(done))
+        else:
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            with multiprocessing.get_context(method).Pool(workers) as pool:
+                for done in pool.imap_unordered(_render_chunk, tasks):
+                    digests += done
+                    progress.update(len(done))
+    return digests
 
 
 def _images_digest(digests: list[tuple[str, str]]) -> str:
@@ -534,7 +536,12 @@ def verify_shapes(root: Path) -> dict[str, Any]:
     manifest = read_manifest(root, DATASET_ID)
     if manifest is None:
         raise DataError(f"shapes: not generated under {root}; run `clipctl data fetch shapes`")
-    target = root / DATASET_ID
+    _check_files(root, manifest)
+    return manifest
+
+
+def _check_files(root: Path, manifest: dict[str, Any]) -> None:
+    target = Path(root) / DATASET_ID
     check_hashes(target, manifest["files"], DATASET_ID)
     digest, count = tree_digest(target, "*.png")
     want = manifest["images"]
@@ -543,63 +550,36 @@ def verify_shapes(root: Path) -> dict[str, Any]:
             f"{target}: images differ from manifests/shapes.json ({count} files, digest {digest[:12]}; expected "
             f"{want['count']}, {want['sha256'][:12]}); run `clipctl data fetch shapes --force`"
         )
-    return manifest
 
 
-def is_current(manifest: dict[str, Any] | None, config: ShapesConfig) -> bool:
-    """True when the manifest on disk was generated with exactly these parameters by this generator."""
-    return (
-        manifest is not None
-        and manifest.get("params") == asdict(config)
-        and manifest.get("generator_version") == GENERATOR_VERSION
+class ShapesPreparer(Preparer):
+    """Generation from the options (no download); a copy made by another generator version counts as unknown."""
+
+    def prepare(self, spec: DatasetSpec, root: Path, options: Any, *, force: bool) -> dict[str, Any]:
+        return build_shapes(root, options)
+
+    def verify(self, spec: DatasetSpec, root: Path, manifest: dict[str, Any]) -> None:
+        _check_files(root, manifest)
+
+    def made_with(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        params = manifest.get("params")
+        return params if isinstance(params, dict) and manifest.get("generator_version") == GENERATOR_VERSION else None
+
+
+register_dataset(
+    DatasetSpec(
+        id=DATASET_ID,
+        role="all",
+        description="synthetic benchmark, generated locally (64 classes, long tail, noisy captions)",
+        licence="generated locally by clipctl (MIT, like clipctl itself)",
+        folder=DATASET_ID,
+        splits=SPLITS,
+        default_split="train",
+        preparer=ShapesPreparer(),
+        options=ShapesConfig,
+        recipe_keys={"train_size": "shapes_train_size", "image_size": "shapes_image_size", "seed": "shapes_seed"},
+        made_on_use=True,
+        stamped=False,  # same seed, same bytes: the manifest too
+        benchmarks=(Benchmark("shapes", ("test", "zeroshot"), help="shapes test retrieval + zero-shot."),),
     )
-
-
-def ensure_shapes(
-    root: Path,
-    seed: int = 0,
-    train_size: int = 20_000,
-    image_size: int = 64,
-    *,
-    force: bool = False,
-    workers: int | None = None,
-) -> Path:
-    """The shapes folder for these parameters: generated when absent, different or forced; returns root/shapes.
-
-    Cheap when present: only the manifest's parameters and the split paths are checked (`verify_shapes`
-    re-hashes everything).
-    """
-    root = Path(root)
-    make_shapes(root, ShapesConfig(seed=seed, train_size=train_size, image_size=image_size), force, workers)
-    return root / DATASET_ID
-
-
-def make_shapes(root: Path, config: ShapesConfig, force: bool = False, workers: int | None = None) -> bool:
-    """Generate `shapes` with `config` unless it is present with it (or `force`); True when this call generated.
-
-    Makers take turns (`one_maker`): a process that finds another generating waits, then uses that copy when the
-    settings are its own, so runs with the same settings started together share the data.
-    """
-    if not force and shapes_present(root, config):
-        return False
-    with one_maker(root, DATASET_ID):
-        if not force and shapes_present(root, config):  # another process made it while we waited
-            return False
-        what = f"generating it with seed {config.seed}, train {config.train_size}, {config.image_size} px"
-        with replacing(root, DATASET_ID, what):  # never under a run that reads it (clipctl.data.lock)
-            manifest = read_manifest(root, DATASET_ID)
-            if manifest is not None and not force:
-                have = manifest.get("params", {})
-                info(
-                    f"shapes: regenerating (on disk: seed {have.get('seed')}, train {have.get('train_size')}, "
-                    f"{have.get('image_size')} px)"
-                )
-            generate_shapes(root, config, workers)
-    return True
-
-
-def shapes_present(root: Path, config: ShapesConfig) -> bool:
-    """Generated with exactly `config`, every split in place (cheap: no hashing)."""
-    return is_current(read_manifest(root, DATASET_ID), config) and all(
-        (root / DATASET_ID / p).exists() for p in SPLITS.values()
-    )
+)

@@ -1,11 +1,14 @@
 """`clipctl eval`: rebuild a model from its self-contained checkpoint and report the test metrics.
 
 Nothing outside the checkpoint is needed to rebuild the model (recipe, tokenizer and weights are in it,
-loaded with `weights_only=True`); only the evaluation datasets come from the data root.
+loaded with `weights_only=True`); only the evaluation datasets come from the data root: `--data-root`, else
+`$CLIPCTL_DATA`, else the data.root the checkpoint was trained with, else ./data. What is evaluated comes from the
+dataset records (`clipctl.evaluate.benchmarks`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,15 +16,16 @@ from typing import Any
 import torch
 
 from clipctl.atomic import atomic_write_json
-from clipctl.data.datasets import ClassificationDataset, RetrievalDataset
-from clipctl.data.registry import resolve
+from clipctl.console import info
+from clipctl.data.datasets import open_eval_set
 from clipctl.data.text import TextTokenizer
 from clipctl.data.transforms import eval_transform
 from clipctl.errors import UsageError
+from clipctl.evaluate.benchmarks import EvalSet, combined_pair, file_names, plan, shorthand_flags
 from clipctl.evaluate.objective import objective
 from clipctl.evaluate.splits import evaluate_split
 from clipctl.model.clip import build_model
-from clipctl.paths import data_root
+from clipctl.paths import chosen_data_root
 from clipctl.recipe import Recipe, validate_recipe
 from clipctl.run.checkpoint import load_checkpoint
 from clipctl.run.layout import EVAL_DIR
@@ -30,19 +34,6 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the `tomli` backport (a dependency there) has the same API
     import tomli as tomllib
-
-# Benchmark name -> (retrieval dataset, zero-shot dataset) of the test splits clipctl reports. `imagenet` is the
-# four fifths of ImageNet val that selection never sees; `imagenet-full` is all 50k, as the published figures used.
-BENCHMARKS: dict[str, tuple[str | None, str | None]] = {
-    "coco": ("coco-karpathy-test", None),
-    "imagenet": (None, "imagenet-val:test"),
-    "imagenet-full": (None, "imagenet-val"),
-    "shapes": ("shapes:test", "shapes:zeroshot"),
-}
-NOTES = {
-    "imagenet": "zero-shot on imagenet-val:test, the 40k images model selection never sees",
-    "imagenet-full": "zero-shot on all 50k imagenet-val images (published-figure parity; includes the selection fifth)",
-}
 
 
 @dataclass
@@ -84,42 +75,44 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# Over 60 lines: signature and docstring are a third of it; one pass per benchmark.
+# Over 60 lines: signature and docstring are a third of it; one pass per result row.
 def evaluate_checkpoint(
     path: Path,
-    benchmarks: list[str],
+    benchmarks: Sequence[str] = (),
     *,
+    datasets: Sequence[str] = (),
     device: torch.device | None = None,
     root: Path | None = None,
     progress: bool = True,
     max_missing: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per benchmark (fractions), written to `eval/<benchmark>.json` beside the checkpoint.
+    """Metrics per row (fractions), each written to `eval/<row>.json` beside the checkpoint.
 
-    More than `max_missing` (default: the checkpoint recipe's `eval.max_missing`) missing or unreadable
-    images in a benchmark is a DataError (exit 3); each result says how many images it scored out of how many.
-    With both `coco` and `imagenet`, a `combined` entry holds the report's objective over the two.
+    `benchmarks`: shorthand names (`coco`, `shapes`, ...); `datasets`: references ("ID[:split]" or a retrieval JSON
+    / class folder path). `root`: the data root (default: $CLIPCTL_DATA, else the checkpoint's data.root, else
+    ./data; one line says which). More than `max_missing` (default: the checkpoint recipe's `eval.max_missing`)
+    missing or unreadable images in a set is a DataError (exit 3); each result says how many images it scored out
+    of how many. With a retrieval-only and a zero-shot-only row (`--coco --imagenet`), a `combined` entry holds
+    the report's objective over the two.
     """
-    if not benchmarks:
-        raise UsageError("clipctl eval: choose at least one of --coco, --imagenet, --imagenet-full, --shapes")
+    if not benchmarks and not datasets:
+        flags = ", ".join(f"--{flag}" for flag in shorthand_flags())
+        raise UsageError(f"clipctl eval: choose at least one of {flags} or --dataset ID_OR_PATH[:split]")
     device = device or default_device()
     loaded = load_for_eval(path, device)
     recipe = loaded.recipe
-    root = root or data_root(recipe.data.root)
+    root, why = chosen_data_root(root, recipe.data.root)
+    rows = plan(benchmarks, datasets, root)  # every dataset is located first: a missing one fails before encoding
+    info(f"data root: {root} ({why})")  # (an error above names it already)
     transform = eval_transform(recipe.data.image_size, recipe.eval.normalize)
-    datasets = {}
-    for name in benchmarks:  # resolve every dataset first: a missing one fails before any encoding
-        retrieval_ref, zeroshot_ref = BENCHMARKS[name]
-        datasets[name] = (retrieval_ref and resolve(retrieval_ref, root), zeroshot_ref and resolve(zeroshot_ref, root))
+    stems = file_names(rows)
     results: dict[str, dict[str, Any]] = {}
-    for name, (retrieval_path, zeroshot_path) in datasets.items():
-        retrieval = RetrievalDataset(retrieval_path, transform) if retrieval_path else None
-        classification = ClassificationDataset(zeroshot_path, transform) if zeroshot_path else None
+    for row in rows:
         metrics = evaluate_split(
             loaded.model,
             loaded.tokenizer,
-            retrieval,
-            classification,
+            row.retrieval and open_eval_set(row.retrieval.path, "retrieval", transform, what=row.retrieval.source),
+            row.zeroshot and open_eval_set(row.zeroshot.path, "classification", transform, what=row.zeroshot.source),
             batch_size=recipe.eval.batch_size,
             chunk_size=recipe.eval.chunk_size,
             num_workers=recipe.data.num_workers,
@@ -129,20 +122,24 @@ def evaluate_checkpoint(
             progress=progress,
             max_missing=recipe.eval.max_missing if max_missing is None else max_missing,
         )
-        metrics.update(
-            checkpoint=str(path),
-            epoch=loaded.epoch,
-            retrieval_source=BENCHMARKS[name][0],
-            zeroshot_source=BENCHMARKS[name][1],
-        )
-        atomic_write_json(path.parent / EVAL_DIR / f"{name}.json", metrics, indent=2)
-        results[name] = metrics
-    if "coco" in results and "imagenet" in results:
-        coco, imagenet = results["coco"], results["imagenet"]
+        metrics.update(checkpoint=str(path), epoch=loaded.epoch, **_sources(row))
+        atomic_write_json(path.parent / EVAL_DIR / f"{stems[row.name]}.json", metrics, indent=2)
+        results[row.name] = metrics
+    pair = combined_pair(rows)
+    if pair is not None:
+        retrieval, zeroshot = results[pair[0]], results[pair[1]]
         results["combined"] = {
-            "tr@1": coco["tr@1"],
-            "ir@1": coco["ir@1"],
-            "acc@1": imagenet["acc@1"],
-            "objective": objective(coco["tr@1"], coco["ir@1"], imagenet["acc@1"]),
+            "tr@1": retrieval["tr@1"],
+            "ir@1": retrieval["ir@1"],
+            "acc@1": zeroshot["acc@1"],
+            "objective": objective(retrieval["tr@1"], retrieval["ir@1"], zeroshot["acc@1"]),
         }
     return results
+
+
+def _sources(row: EvalSet) -> dict[str, str | None]:
+    """What a result records it was measured on (`compare` and the published baselines read these)."""
+    return {
+        "retrieval_source": row.retrieval.source if row.retrieval else None,
+        "zeroshot_source": row.zeroshot.source if row.zeroshot else None,
+    }

@@ -15,9 +15,6 @@ SETTING = (
 )
 RETRIEVAL_LABEL = "MSCOCO 5k"
 ZEROSHOT_LABEL = "ImageNet-1k val (all 50k)"
-# Registry ids whose test sets match the published ones (a `:split` suffix is ignored).
-COCO_5K_IDS = ("coco-karpathy-test", "coco-val-5k")
-IMAGENET_IDS = ("imagenet-val",)
 
 ACC_TYPO_FOOTNOTE = (
     "The report's Table 4 prints 26.63 for iSogCLR_New + RAdam ACC@1, which fits neither its own average "
@@ -69,16 +66,31 @@ def published_row(key: str) -> PublishedRow | None:
     return next((row for row in PUBLISHED if row.key == key), None)
 
 
-def _dataset_id(source: str) -> str:
-    return source.split(":", 1)[0].strip().lower()
+def _published_part(source: str) -> str:
+    """Which part of the published setting the dataset of `source` is, from its record (a `:split` is ignored)."""
+    from clipctl.data.registry import published_part  # imports every dataset family: only when a table needs it
+
+    return published_part(source)
+
+
+def published_sources() -> tuple[str, str]:
+    """A retrieval and a zero-shot dataset id of the published setting: where the published rows are ranked."""
+    from clipctl.data.registry import records
+
+    first = {spec.published: spec.id for spec in reversed(records())}
+    return first["retrieval"], first["zeroshot"]
 
 
 def is_coco_5k(source: str) -> bool:
-    return _dataset_id(source) in COCO_5K_IDS
+    return _published_part(source) == "retrieval"
 
 
 def is_imagenet(source: str) -> bool:
-    return _dataset_id(source) in IMAGENET_IDS
+    return _published_part(source) == "zeroshot"
+
+
+def is_published_train(source: str) -> bool:
+    return _published_part(source) == "train"
 
 
 def comparable(metric: str, retrieval_source: str, zeroshot_source: str) -> bool:

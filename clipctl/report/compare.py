@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipctl.data.records import split_ref
 from clipctl.errors import UsageError, shorten
 from clipctl.losses.registry import loss_configs, loss_names
 from clipctl.report import baselines as pub
@@ -426,12 +427,12 @@ def _published_setting_note(group: Group, usable: list[str]) -> str:
     mismatched = [
         f"{k}={flat.get(k)}"
         for k, v in _PUBLISHED_SETTING
-        if str(flat.get(k, "")).split(":")[0] != str(v) and not (k == "data.train" and course)
+        if split_ref(str(flat.get(k, "")))[0] != str(v) and not (k == "data.train" and course)
     ]
     note = ""
     if mismatched:
         note += f"; training setting differs from the report's ({', '.join(mismatched)})"
-    if (subset is not None or str(flat.get("data.train", "")).startswith("cc3m-100k")) and not course:
+    if (subset is not None or pub.is_published_train(str(flat.get("data.train", "")))) and not course:
         source = shorten(str(subset.get("source", "?"))) if subset else ""
         what = f"{source}, keys sha256 {subset['keys_sha256'][:12]}" if subset else "unrecorded"
         note += (
@@ -491,9 +492,7 @@ def best_cells(groups: list[Group], published: Sequence[pub.PublishedRow], metri
         for row in published:
             value = row.metric(metric)
             if value is not None:
-                pools.setdefault(_pool(metric, "coco-karpathy-test", "imagenet-val"), []).append(
-                    (f"published:{row.key}", value)
-                )
+                pools.setdefault(_pool(metric, *pub.published_sources()), []).append((f"published:{row.key}", value))
         for entries in pools.values():
             best |= _top(entries, metric)
     speeds = [(g.key, g.summary_stat("samples_per_s").mean) for g in groups]

@@ -10,12 +10,12 @@ import torch
 from accelerate import Accelerator
 
 from clipctl.console import info
-from clipctl.data.cc3m import check_prepare_size, training_subset
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.lock import DatasetLease
-from clipctl.data.registry import REGISTRY, resolve
-from clipctl.data.shapes import ShapesConfig, ensure_shapes, shapes_present
+from clipctl.data.operations import check_for_run, ensure_for_run, training_subset
+from clipctl.data.references import open_reference
+from clipctl.data.registry import resolve
 from clipctl.data.text import TextTokenizer, build_tokenizer, trim_padding
 from clipctl.data.transforms import eval_transform, train_transform
 from clipctl.errors import DataError, UsageError
@@ -29,29 +29,16 @@ from clipctl.run.checkpoint import load_checkpoint
 from clipctl.run.layout import RunDir
 
 
+def _data_refs(recipe: Recipe) -> list[str]:
+    ev = recipe.eval
+    return [recipe.data.train, ev.val_retrieval, ev.val_zeroshot, ev.test_retrieval, ev.test_zeroshot]
+
+
 def ensure_local_data(recipe: Recipe, root: Path) -> DatasetLease:
-    """Generate `shapes` on first use (it needs no download; real datasets must be fetched explicitly), then hold
-    every registry dataset the recipe reads for the run's life, so nothing regenerates one under it."""
-    refs = [
-        recipe.data.train,
-        recipe.eval.val_retrieval,
-        recipe.eval.val_zeroshot,
-        recipe.eval.test_retrieval,
-        recipe.eval.test_zeroshot,
-    ]
-    ids = {ref.split(":")[0] for ref in refs} & set(REGISTRY)
-    shapes = {"seed": 0, "train_size": recipe.data.shapes_train_size, "image_size": recipe.data.shapes_image_size}
-    for _ in range(3):
-        if "shapes" in ids:
-            ensure_shapes(root, **shapes)
-        lease = DatasetLease(root, ids)
-        if "shapes" not in ids or shapes_present(root, ShapesConfig(**shapes)):
-            return lease
-        lease.release()  # another process regenerated it between the two steps: make ours again
-    raise DataError(
-        f"shapes under {root} keeps being regenerated with other settings by another process; "
-        f"use another data root (CLIPCTL_DATA or data.root) for runs with different shapes settings"
-    )
+    """Make the datasets a run makes on first use (`shapes`; real ones must be fetched), refuse one present with
+    other options than the recipe's, and hold every registry dataset the recipe reads for the run's life, so
+    nothing regenerates one under it."""
+    return ensure_for_run(_data_refs(recipe), root, recipe.data.model_dump())
 
 
 def _image_root(value: str) -> Path | None:
@@ -177,8 +164,8 @@ class Components:
         if key not in self.eval_sets:
             transform = eval_transform(self.recipe.data.image_size, self.recipe.eval.normalize)
             self.eval_sets[key] = (
-                RetrievalDataset(resolve(retrieval_ref, self.root), transform=transform),
-                ClassificationDataset(resolve(zeroshot_ref, self.root), transform=transform),
+                open_reference(retrieval_ref, "retrieval", self.root, transform),
+                open_reference(zeroshot_ref, "classification", self.root, transform),
             )
         return self.eval_sets[key]
 
@@ -190,7 +177,7 @@ def build_components(
     lease = ensure_local_data(recipe, root) if prepare_data else None
     accelerator.wait_for_everyone()
     data = recipe.data
-    check_prepare_size(data.train, root, data.prepare_size)
+    check_for_run(_data_refs(recipe), root, data.model_dump())  # every process: the data is what the recipe asks
     subset = state.get("subset_indices") if state else None
     train_set = PairsDataset(
         resolve(data.train, root),

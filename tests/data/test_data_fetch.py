@@ -19,7 +19,7 @@ from PIL import Image
 from clipctl.data import fetch, registry
 from clipctl.data.archive import extract
 from clipctl.data.fetch import FetchPolicy, download
-from clipctl.data.registry import RemoteFile
+from clipctl.data.records import RemoteFile
 from clipctl.errors import DataError
 
 

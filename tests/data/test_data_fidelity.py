@@ -240,15 +240,18 @@ def test_preparation_sets_the_shorter_side_and_keeps_small_images_byte_for_byte(
 
 
 def test_training_on_shards_prepared_at_another_size_names_the_refetch(tmp_path):
-    from clipctl.data.cc3m import check_prepare_size
     from clipctl.data.manifest import write_manifest
+    from clipctl.data.operations import check_for_run
     from clipctl.errors import DataError
 
     write_manifest(tmp_path, "cc3m-100k", {"prepare_size": 256, "files": {}})
-    check_prepare_size("cc3m-100k", tmp_path, 256)
-    check_prepare_size("shapes:train", tmp_path, 384)
-    with pytest.raises(DataError, match=r"data.prepare_size = 384.*--force --prepare-size 384"):
-        check_prepare_size("cc3m-100k", tmp_path, 384)
+    check_for_run(["cc3m-100k"], tmp_path, {"prepare_size": 256})
+    check_for_run(["shapes:train"], tmp_path, {"prepare_size": 384})  # shapes is absent: nothing to compare
+    with pytest.raises(DataError, match=r"data.prepare_size = 384.*--force --prepare-size 384") as err:
+        check_for_run(["cc3m-100k"], tmp_path, {"prepare_size": 384})
+    assert "set data.prepare_size = 256 to use it" in str(err.value) and "\n" not in str(err.value)
+    write_manifest(tmp_path, "cc3m-100k", {"files": {}})  # a JSON source: no prepare size to compare
+    check_for_run(["cc3m-100k"], tmp_path, {"prepare_size": 384})
 
 
 # ------------------------------------------------------------------------------ the course's CC3M layout

@@ -24,12 +24,12 @@ from helpers.paths import REPO_ROOT
 from test_data_sources import TRUTH, _devkit, _patch_imagenet
 
 from clipctl.data import registry, shapes
-from clipctl.data.cc3m import training_subset
 from clipctl.data.coco import _from_local_folder
 from clipctl.data.fetch import download
 from clipctl.data.imagenet_classes import imagenet_wnids
 from clipctl.data.lock import lock_path, one_maker
-from clipctl.data.registry import RemoteFile
+from clipctl.data.operations import training_subset
+from clipctl.data.records import RemoteFile
 from clipctl.errors import DataError
 from clipctl.recipe import load_recipe
 
@@ -342,7 +342,7 @@ def _quick(train_size: int = 100):
 
 def _slow_generation(monkeypatch, started: threading.Event) -> list[int]:
     """Make generation take a second (so a second run surely arrives during it); counts the generations."""
-    real, calls = shapes.generate_shapes, []
+    real, calls = shapes.build_shapes, []
 
     def slow(*args, **kwargs):
         calls.append(1)
@@ -350,7 +350,7 @@ def _slow_generation(monkeypatch, started: threading.Event) -> list[int]:
         time.sleep(1.0)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(shapes, "generate_shapes", slow)
+    monkeypatch.setattr(shapes, "build_shapes", slow)
     return calls
 
 
@@ -392,11 +392,11 @@ from pathlib import Path
 from clipctl.cli import main
 from clipctl.data import shapes
 
-real = shapes.generate_shapes
+real = shapes.build_shapes
 def slow(*args, **kwargs):
     time.sleep(1.5)  # the other process surely asks while this one generates
     return real(*args, **kwargs)
-shapes.generate_shapes = slow
+shapes.build_shapes = slow
 Path(sys.argv[1]).touch()
 while len(list(Path(sys.argv[1]).parent.glob("ready-*"))) < 2:  # start together
     time.sleep(0.01)

@@ -17,7 +17,7 @@ from helpers.hub_server import serve_hub, start_hub
 from helpers.paths import REPO_ROOT
 
 from clipctl.data import registry
-from clipctl.data.registry import RemoteFile
+from clipctl.data.records import RemoteFile
 
 CC3M = registry.REGISTRY["cc3m-100k"]
 IMAGENET = registry.REGISTRY["imagenet-val"]
@@ -146,7 +146,7 @@ FRESH_PROCESS = """
 import dataclasses, sys
 from pathlib import Path
 from clipctl.data import registry
-from clipctl.data.fetch import fetch_dataset
+from clipctl.data.operations import fetch_dataset
 spec = registry.REGISTRY["cc3m-100k"]
 registry.REGISTRY["cc3m-100k"] = dataclasses.replace(spec, expect={"pairs": 4})
 action, manifest = fetch_dataset("cc3m-100k", Path(sys.argv[1]))

@@ -12,7 +12,7 @@ from helpers.data_server import serve_mirror
 from PIL import Image
 
 from clipctl.data import registry
-from clipctl.data.registry import RemoteFile
+from clipctl.data.records import RemoteFile
 
 
 @pytest.fixture

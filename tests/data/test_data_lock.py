@@ -1,5 +1,6 @@
 """A dataset in use is not replaced under a live run: a run holds its datasets shared; regenerating `shapes`
-with other settings (or fetching a dataset again) needs them exclusive and refuses, exit 3, changing nothing."""
+with other settings (or fetching a dataset again) needs them exclusive and refuses, exit 3, changing nothing.
+A second run that asks for other settings is refused too (a run never replaces a dataset on its own)."""
 
 from __future__ import annotations
 
@@ -63,9 +64,11 @@ def test_shapes_is_not_regenerated_under_a_live_run(data_root, run_cli):
         before = _snapshot(data_root / "shapes"), (data_root / "manifests" / "shapes.json").read_bytes()
         code, _, err = run_cli("data", "fetch", "shapes", "--train-size", "120", "--image-size", "32")
         errors = [line for line in err.splitlines() if line.startswith("clipctl: error")]
-        assert code == 3 and len(errors) == 1 and "in use" in errors[0] and "train 120" in errors[0]
-        with pytest.raises(DataError, match="in use"):  # a second run with other shapes settings
-            ensure_local_data(_recipe(120), data_root)
+        assert code == 3 and len(errors) == 1 and "in use" in errors[0] and "train_size 120" in errors[0]
+        with pytest.raises(
+            DataError, match=r"made with train_size 100, but this run asks for data.shapes_train_size = 120"
+        ):
+            ensure_local_data(_recipe(120), data_root)  # a second run with other shapes settings
         same = ensure_local_data(_recipe(100), data_root)  # a second run with the same settings shares it
         same.release()
         assert (_snapshot(data_root / "shapes"), (data_root / "manifests" / "shapes.json").read_bytes()) == before

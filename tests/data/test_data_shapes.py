@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from clipctl.data import shapes
+from clipctl.data.operations import ensure_for_run
 from clipctl.data.registry import resolve
 from clipctl.data.shapes import CLASSNAMES, ShapesConfig, generate_shapes
 
@@ -112,7 +113,9 @@ def test_cli_fetch_generates_then_verifies_and_detects_tampering(data_root, run_
     assert "generated" in err
     code, _, err = run_cli("data", "fetch", "shapes", "--train-size", "150", "--image-size", "32")
     assert code == 0 and "already present and verified" in err
-    assert shapes.ensure_shapes(data_root, train_size=150, image_size=32) == data_root / "shapes"
+    manifest = (data_root / "manifests" / "shapes.json").read_bytes()
+    ensure_for_run(["shapes:train"], data_root, {"shapes_train_size": 150, "shapes_image_size": 32}).release()
+    assert (data_root / "manifests" / "shapes.json").read_bytes() == manifest  # a run with these options uses it
     from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
     from clipctl.data.transforms import eval_transform
 
@@ -138,7 +141,7 @@ def test_cli_fetch_generates_then_verifies_and_detects_tampering(data_root, run_
 def test_default_generation_takes_at_most_30_seconds(tmp_path):
     """The target is for 2 free cores; on a machine busy with other work the timing says nothing, so skip."""
     start = time.monotonic()
-    shapes.ensure_shapes(tmp_path, workers=2)
+    generate_shapes(tmp_path, ShapesConfig(), workers=2)
     elapsed = time.monotonic() - start
     manifest = json.loads((tmp_path / "manifests" / "shapes.json").read_text())
     assert manifest["counts"]["train"] == 20_000 and manifest["images"]["count"] == 20_000 + 2_000 + 64 * 45

@@ -3,6 +3,7 @@ out of how many and refuses (exit 3) when more than `eval.max_missing` are missi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections import Counter
@@ -12,6 +13,7 @@ import pytest
 from helpers.trainkit import TINY_SHAPES, make_tiny_shapes, tiny_recipe
 
 from clipctl.data.datasets import ClassificationDataset, RetrievalDataset
+from clipctl.data.layouts import READERS
 from clipctl.train import components
 from clipctl.train.trainer import TrainOptions, train
 
@@ -38,9 +40,9 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
     shapes = make_tiny_shapes(root, TINY_SHAPES)
     runs = tmp_path_factory.mktemp("runs")
     BUILT.clear()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(components, "RetrievalDataset", CountingRetrieval)
-        patch.setattr(components, "ClassificationDataset", CountingClassification)
+    with pytest.MonkeyPatch.context() as patch:  # the readers of the two layouts, counting what they build
+        for layout, counting in (("retrieval-json", CountingRetrieval), ("class-folder", CountingClassification)):
+            patch.setitem(READERS, layout, dataclasses.replace(READERS[layout], read=counting))
         recipe = tiny_recipe(shapes, **{"train.epochs": 2, "data.train_fraction": 0.25})  # 2 updates an epoch
         train(recipe, TrainOptions(out_dir=runs, name="r"))
     return runs / "r", root
