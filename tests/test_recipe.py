@@ -59,7 +59,11 @@ def test_isogclr_radam_has_table3_values():
     assert (r.loss.name, r.optim.name, r.sched.name) == ("isogclr_new", "radam", "tanh")
     assert r.optim.lr == pytest.approx(1.64e-4) and r.optim.weight_decay == pytest.approx(3.73e-4)
     assert r.model.embed_dim == 512 and r.loss.gamma == pytest.approx(0.966)
-    assert (r.loss.rho_I, r.loss.rho_T) == (pytest.approx(9.96), pytest.approx(7.47))
+    # ρ and η moved so the temperatures individualise (ρ < log 127); the report's run is one override away
+    assert (r.loss.rho_I, r.loss.rho_T, r.loss.eta_init) == (2.0, 2.0, pytest.approx(1e-4))
+    assert not recipe_warnings(r)
+    report = load_recipe("isogclr_radam", ["loss.rho_I=9.96", "loss.rho_T=7.47", "loss.eta_init=1e-5"])
+    assert len(recipe_warnings(report)) == 1 and "can only fall" in recipe_warnings(report)[0]
     assert r.sched.decay_rate == pytest.approx(0.5679) and r.sched.cooldown_epochs == 1
     assert r.sched.warmup_lr == pytest.approx(1e-3) and r.sched.min_lr == pytest.approx(1e-5)
     # inherited from sogclr_adamw: the course settings

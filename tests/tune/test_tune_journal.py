@@ -176,7 +176,8 @@ def test_an_append_cut_short_by_the_file_size_limit_stops_the_study_and_the_next
         worker, capture_output=True, text=True, timeout=300, preexec_fn=lambda: _limit_file_size(4000)
     )
     error = limited.stderr.splitlines()[-1]
-    assert limited.returncode == 1 and error.startswith(f"clipctl: error: {journal_of(study)}: file too large (over the file-size limit")
+    expected = f"clipctl: error: {journal_of(study)}: file too large (over the file-size limit"
+    assert limited.returncode == 1 and error.startswith(expected)
     assert "the study stopped" in error and "Traceback" not in limited.stderr, limited.stderr
     journal = journal_of(study).read_bytes()
     assert len(journal) == 4000 and not journal.endswith(b"\n")  # the operation being appended is torn
