@@ -12,7 +12,7 @@ from types import FrameType
 import typer
 
 from clipctl import __version__
-from clipctl.cli import compare, data, doctor, recipes, train, tune
+from clipctl.cli import compare, data, doctor, embed, export, recipes, train, tune, zeroshot
 from clipctl.cli import eval as eval_cli
 from clipctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, ClipctlError, os_error_message, shorten
 
@@ -48,6 +48,9 @@ app.add_typer(tune.app, name="tune")
 app.command("train")(train.train)
 app.command("eval")(eval_cli.eval_command)
 app.command("compare")(compare.compare)
+app.command("export")(export.export_command)
+app.command("embed")(embed.embed_command)
+app.command("zeroshot")(zeroshot.zeroshot_command)
 app.command("doctor")(doctor.doctor)
 
 
