@@ -179,7 +179,7 @@ class _Job:
         if part_rows < 1 or part_rows % batch_size:
             # whole batches per part: a resumed run then encodes the very batches an uninterrupted one would
             part_rows = max(1, part_rows // batch_size) * batch_size
-        inputs = hashlib.sha256("\n".join("\t".join(row) for row in rows).encode()).hexdigest()
+        inputs = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
         device = model_device(bundle.model)
         self.identity = {
             "kind": kind,
@@ -243,7 +243,8 @@ class _Job:
     ) -> None:
         """Encode rows `done`.. and write them in parts; an interrupt keeps every complete part for a resume."""
         total = len(self.rows)
-        reporter = ProgressReporter(f"embedding {self.kind}", total, self.kind[:3]) if progress else None
+        unit = "img" if self.kind == "images" else "txt"  # the units of `clipctl eval`'s bars
+        reporter = ProgressReporter(f"embedding {self.kind}", total, unit) if progress else None
         if reporter and done:
             reporter.update(done)
         pending: list[np.ndarray] = []

@@ -47,6 +47,8 @@ def test_export_prints_how_to_load_it(quickstart, run_cli, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["q"]  # no staging folder left
     code, _, err = run_cli("export", quickstart.ckpt, "--format", "safetensors", "--out", tmp_path / "s")
     assert code == 0 and "verified" in err and "temperature τ = " in err
+    code, _, err = run_cli("export", tmp_path / "s", "--format", "open_clip", "--out", tmp_path / "again")  # re-export
+    assert code == 0 and "import clipctl.interop.open_clip; open_clip.create_model_and_transforms(" in err
 
 
 def test_an_existing_out_is_refused_and_kept(quickstart, run_cli, tmp_path):
