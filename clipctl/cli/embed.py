@@ -24,7 +24,9 @@ def embed_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
 ) -> None:
-    """Embed images or texts: L2-normalised features as clipctl eval computes them, one row per input, in a .npy matrix with an index CSV (row, path | row, line, text).
+    """Embed images or texts as clipctl eval encodes them: a .npy matrix and an index CSV.
+
+    One L2-normalised row per input; the CSV holds row, path (images) or row, line, text (texts).
 
     Large jobs are resumable: interrupted, the same command continues after the last 4096-row part written.
 

@@ -20,7 +20,9 @@ def export_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON on stdout."),
 ) -> None:
-    """Export a model, verified first: loaded back (through open_clip for --format open_clip) and compared with clipctl's on a fixed batch; the folder appears only if the features agree within 1e-5.
+    """Export a model for open_clip and clip_benchmark, or as plain safetensors; verified before it appears.
+
+    The export is loaded back (through open_clip for --format open_clip) and compared with clipctl's model on a fixed batch; the folder appears only if tokens, preprocessing and features agree within 1e-5.
 
     Example: clipctl export runs/quickstart --format open_clip --out exports/quickstart
     """

@@ -24,7 +24,9 @@ def zeroshot_command(
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: the run's eval.batch_size."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
-    """Classify your own images by class names, as clipctl eval scores zero-shot: the class prompts' mean embedding, exact cosine similarity (a tie goes to the class listed first), probabilities softmax(cosine / τ) at the model's temperature.
+    """Classify your own images by class names, as clipctl eval scores zero-shot.
+
+    Each class is the mean embedding of its prompts; images are ranked against them by exact cosine similarity (a tie goes to the class listed first); probabilities are softmax(cosine / τ) at the model's temperature.
 
     Example: clipctl zeroshot runs/quickstart --images photos/ --classes "red circle,blue star" --top 2
     """
