@@ -223,3 +223,15 @@ def test_the_bundle_fingerprint_follows_the_weights_file(quickstart, tmp_path):
     before = bundle.fingerprint()
     os.utime(copy, ns=(1, 1))
     assert bundle.fingerprint() != before
+
+
+def test_an_image_that_fails_to_decode_mid_way_stops_with_its_name(quickstart, run_cli, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    png = (quickstart.shapes / "test" / "000000.png").read_bytes()
+    (folder / "a.png").write_bytes(png)
+    (folder / "b.png").write_bytes(png[: len(png) // 2])  # the header opens; the pixels end early
+    out = tmp_path / "p.npy"
+    code, _, err = run_cli("embed", quickstart.run, "--images", folder, "--out", out, "--workers", "1", "--json")
+    assert code == 3 and "b.png: unreadable image" in _one_line(err)
+    assert not (tmp_path / "p.npy").exists() and not (tmp_path / "p.csv").exists()
