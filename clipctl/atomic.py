@@ -9,16 +9,21 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 
-def _umask_mode() -> int:
-    """The mode a plain open() would give a new file (mkstemp's 0600 would hide results from colleagues)."""
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _umask_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp's 0600 would hide results from colleagues)."""
+    return 0o666 & ~_umask()
 
 
 def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
@@ -49,6 +54,29 @@ def replace_dir(tmp: Path, target: Path) -> None:
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside `target` to fill; when the block ends normally its files are fsynced and it is
+    renamed to `target`, otherwise it is removed. So `target` appears complete or not at all; a process killed
+    mid-way leaves only a hidden `.NAME.*.tmp` folder that nothing takes for a result.
+
+    `target` must not exist: the caller refuses an existing one first (a rename onto a folder with files fails).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(stage, 0o777 & ~_umask())  # the mode of a plain mkdir, not mkdtemp's 0700
+        yield stage
+        for path in sorted(stage.rglob("*")):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        os.rename(stage, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

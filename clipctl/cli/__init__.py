@@ -12,7 +12,7 @@ from types import FrameType
 import typer
 
 from clipctl import __version__
-from clipctl.cli import compare, data, doctor, recipes, study, train, tune
+from clipctl.cli import compare, data, doctor, embed, export, recipes, study, train, tune, zeroshot
 from clipctl.cli import eval as eval_cli
 from clipctl.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, EXIT_USAGE, ClipctlError, os_error_message, shorten
 
@@ -49,6 +49,9 @@ app.add_typer(study.app, name="study")
 app.command("train")(train.train)
 app.command("eval", context_settings=eval_cli.CONTEXT, cls=eval_cli.COMMAND_CLASS)(eval_cli.eval_command)
 app.command("compare")(compare.compare)
+app.command("export")(export.export_command)
+app.command("embed")(embed.embed_command)
+app.command("zeroshot")(zeroshot.zeroshot_command)
 app.command("doctor")(doctor.doctor)
 
 

@@ -24,10 +24,11 @@ from clipctl.errors import UsageError
 from clipctl.evaluate.benchmarks import EvalSet, combined_pair, file_names, plan, shorthand_flags
 from clipctl.evaluate.objective import objective
 from clipctl.evaluate.splits import evaluate_split
-from clipctl.model.clip import build_model
+from clipctl.model.clip import CLIPModel, build_model
+from clipctl.model.config import ModelConfig
 from clipctl.paths import chosen_data_root
 from clipctl.recipe import Recipe, validate_recipe
-from clipctl.run.checkpoint import load_checkpoint
+from clipctl.run.checkpoint import load_checkpoint, recorded_temperature
 from clipctl.run.layout import EVAL_DIR
 
 try:
@@ -41,8 +42,9 @@ class LoadedCheckpoint:
     path: Path
     recipe: Recipe
     tokenizer: TextTokenizer
-    model: torch.nn.Module
+    model: CLIPModel
     epoch: int
+    temperature: tuple[float, str] | None = None  # as recorded by the trainer; None in older checkpoints
 
 
 def load_for_eval(path: Path, device: torch.device) -> LoadedCheckpoint:
@@ -56,19 +58,27 @@ def load_for_eval(path: Path, device: torch.device) -> LoadedCheckpoint:
         ) from None
     recipe = validate_recipe(raw, f"{path} (embedded recipe)", explicit_loss_keys=set())
     tokenizer = TextTokenizer.from_json(ckpt["tokenizer_json"], int(ckpt["tokenizer_max_len"]))
+    model = model_with_weights(recipe.model, tokenizer, ckpt["model"], path, device)
+    return LoadedCheckpoint(path, recipe, tokenizer, model, int(ckpt.get("epoch", -1)), recorded_temperature(ckpt))
+
+
+def model_with_weights(
+    model_cfg: ModelConfig, tokenizer: TextTokenizer, state: dict[str, torch.Tensor], where: Path, device: torch.device
+) -> CLIPModel:
+    """The CLIP module of `model_cfg` holding `state` exactly (strict), on `device`, in eval mode."""
     model = build_model(
-        recipe.model,
+        model_cfg,
         vocab_size=tokenizer.vocab_size,
         pad_id=tokenizer.pad_id,
         load_weights=False,
         max_len=tokenizer.max_len,
     )
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise UsageError(f"{path}: weights do not fit the model its recipe describes ({first[:160]})") from None
-    return LoadedCheckpoint(path, recipe, tokenizer, model.to(device).eval(), int(ckpt.get("epoch", -1)))
+        raise UsageError(f"{where}: weights do not fit the model its recipe describes ({first[:160]})") from None
+    return model.to(device).eval()
 
 
 def default_device() -> torch.device:

@@ -135,6 +135,22 @@ def encode_texts(
     return Encoded(torch.cat(parts), None, time.perf_counter() - started)
 
 
+def iter_image_features(
+    model: Any, loader: Iterable[Any], *, device: torch.device, precision: Precision = "no"
+) -> Iterator[tuple[Any, torch.Tensor]]:
+    """Yield (batch as the loader gave it, float32 features) per batch, encoded by model.encode_image.
+
+    A batch is an image tensor or a sequence whose first item is one. As in `iter_text_features`, the inference
+    context is entered per batch, so a caller may write each batch's features out between batches.
+    """
+    for batch in loader:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        images = images.to(device, non_blocking=True)
+        with _inference(model, device, precision):
+            features = model.encode_image(images)
+        yield batch, features.float()
+
+
 def encode_images(
     model: Any,
     loader: Iterable[Any],
@@ -155,18 +171,14 @@ def encode_images(
     started = time.perf_counter()
     parts, labels, failed = [], [], []
     try:
-        for batch in loader:
-            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        for batch, features in iter_image_features(model, loader, device=device, precision=precision):
             if isinstance(batch, (list, tuple)) and len(batch) > 1:
                 labels.append(torch.as_tensor(batch[1]))
             if isinstance(batch, (list, tuple)) and len(batch) > 2:
                 failed.append(torch.as_tensor(batch[2]).bool())
-            images = images.to(device, non_blocking=True)
-            with _inference(model, device, precision):
-                features = model.encode_image(images)
-            parts.append(features.float())
+            parts.append(features)
             if reporter:
-                reporter.update(images.shape[0])
+                reporter.update(features.shape[0])
         _synchronize(device)
     finally:
         if reporter:

@@ -56,17 +56,21 @@ class CLIPModel(nn.Module):
             self.text_tower.eval()
         return self
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Projected image features, L2-normalised unless `normalize = False` (open_clip's raw features)."""
         if self.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with _frozen(self.lock_image):
             features = self.image_tower(images)
-        return _normalize(self.image_proj(features))
+        projected = self.image_proj(features)
+        return _normalize(projected) if normalize else projected
 
-    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def encode_text(self, token_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Projected text features, L2-normalised unless `normalize = False` (open_clip's raw features)."""
         with _frozen(self.lock_text):
             features = self.text_tower(token_ids)
-        return _normalize(self.text_proj(features))
+        projected = self.text_proj(features)
+        return _normalize(projected) if normalize else projected
 
     def forward(self, images: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images), self.encode_text(token_ids)

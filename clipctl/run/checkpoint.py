@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +26,9 @@ CKPT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "metrics": dict,
     "epoch": int,
 }
+# Written since the temperature record; a checkpoint without them predates it (readers fall back, see
+# `recorded_temperature`).
+CKPT_OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {"temperature": float, "temperature_source": str}
 STATE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "recipe_sha256": str,
     "recipe": dict,
@@ -105,8 +109,11 @@ def save_checkpoint(
     tokenizer_max_len: int,
     metrics: dict[str, Any],
     epoch: int,
+    temperature: tuple[float, str] | None = None,
 ) -> None:
-    """The self-contained model file `clipctl eval` needs: weights, recipe, tokenizer, metrics."""
+    """The self-contained model file `clipctl eval` needs: weights, recipe, tokenizer, metrics; and the temperature
+    τ to use at inference with how it was chosen (`logit_scale = ln(1/τ)` of an export), when the loss has one."""
+    recorded = {"temperature": float(temperature[0]), "temperature_source": temperature[1]} if temperature else {}
     atomic_torch_save(
         {
             "format": CKPT_FORMAT,
@@ -117,6 +124,7 @@ def save_checkpoint(
             "tokenizer_max_len": tokenizer_max_len,
             "metrics": metrics,
             "epoch": epoch,
+            **recorded,
         },
         path,
     )
@@ -131,7 +139,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: checkpoint format version {ckpt.get('version')} is not supported (expected {FORMAT_VERSION})"
         )
     check_fields(ckpt, CKPT_FIELDS, path, "checkpoint")
+    check_fields(ckpt, {k: v for k, v in CKPT_OPTIONAL_FIELDS.items() if k in ckpt}, path, "checkpoint")
     return ckpt
+
+
+def recorded_temperature(ckpt: dict[str, Any]) -> tuple[float, str] | None:
+    """(τ, how it was chosen) as the trainer recorded it, or None for a checkpoint written before the record
+    (or by a loss without a temperature); a non-positive or non-finite τ counts as none."""
+    tau = ckpt.get("temperature")
+    if not isinstance(tau, float) or not math.isfinite(tau) or tau <= 0:
+        return None
+    return tau, str(ckpt.get("temperature_source", ""))
 
 
 def save_state(path: Path, fields: dict[str, Any]) -> None:

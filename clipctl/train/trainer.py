@@ -54,6 +54,7 @@ from clipctl.train.interrupt import ForcedStop, StopRequest
 from clipctl.train.optim import build_optimizer
 from clipctl.train.rng import rank_rng_state, rng_state, set_rng_state
 from clipctl.train.schedule import build_scheduler
+from clipctl.train.temperature import inference_temperature
 
 TRACKED_FOR_RESUME = ("data", "model", "loss", "optim", "sched", "train")
 TRACKED_RUN_KEYS = ("seed",)  # run.name and run.out_dir may change (a moved run); the seed changes results
@@ -661,6 +662,7 @@ class Trainer:
             tokenizer_max_len=self.parts.tokenizer.max_len,
             metrics=metrics,
             epoch=epoch,
+            temperature=inference_temperature(self.parts.loss),
         )
 
     def _final_test(self) -> dict[str, Any] | None:

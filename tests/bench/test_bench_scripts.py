@@ -21,6 +21,7 @@ from _summary import benchmark_names, summary_rows  # noqa: E402
 TINY_ARGS = {
     "cached_features": ["--train-size", "256", "--batch", "32", "--rounds", "1"],
     "data_loading": ["--images", "320", "--batch-size", "32", "--batches", "2", "--workers", "0", "1"],
+    "embed_speed": ["--images", "200", "--repeats", "1"],
     "eval_speed": [
         "--images",
         "300",
