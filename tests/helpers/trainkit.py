@@ -14,6 +14,8 @@ TINY_SHAPES = ShapesConfig(
 )
 
 TIMING_KEYS = ("_per_s", "_share", "wall_time", "seconds")
+QUICK = {"train.epochs": 1, "train.max_steps": 2}  # two updates
+ONE = {"train.epochs": 1, "train.max_steps": 0}  # 8 updates, one eval, one test pass; saves after the epoch
 
 
 def make_tiny_shapes(root: Path, config: ShapesConfig = TINY_SHAPES) -> Path:
@@ -41,6 +43,11 @@ def tiny_overrides(shapes: Path, **extra: Any) -> list[str]:
     }
     values.update(extra)
     return override_args(values)
+
+
+def train_args(shapes: Path, out: Path, name: str, **extra: Any) -> list[str]:
+    """`clipctl train` arguments of a two-update run (QUICK) over the tiny shapes, updated by `extra`."""
+    return ["train", "quickstart", *tiny_overrides(shapes, **{**QUICK, **extra}), "--out", str(out), "--name", name]
 
 
 def tiny_recipe(shapes: Path, **extra: Any) -> Recipe:

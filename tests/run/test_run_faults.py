@@ -19,7 +19,7 @@ import pytest
 import torch
 from helpers.output import assert_one_error_line, file_snapshot
 from helpers.rundirs import make_run
-from helpers.trainkit import make_tiny_shapes, stable_metrics, tiny_overrides, tiny_recipe
+from helpers.trainkit import ONE, stable_metrics, tiny_overrides, tiny_recipe, train_args
 
 from clipctl.errors import DataError, InterruptedRun, StorageError
 from clipctl.run.checkpoint import CKPT_FORMAT, FORMAT_VERSION, load_state
@@ -28,26 +28,7 @@ from clipctl.train import trainer as trainer_module
 from clipctl.train.interrupt import REPEAT_WINDOW_S
 from clipctl.train.trainer import TrainOptions, train
 
-QUICK = {"train.epochs": 1, "train.max_steps": 2}
-ONE = {"train.epochs": 1}  # 8 updates, one eval, one test pass
 SAVE_2 = {**ONE, "train.save_every_steps": 2}
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_tiny_shapes(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def straight(shapes, tmp_path_factory) -> Path:
-    """An uninterrupted one-epoch run: what every resumed run below must equal."""
-    out = tmp_path_factory.mktemp("straight")
-    train(tiny_recipe(shapes, **ONE), TrainOptions(out_dir=out, name="straight"))
-    return out / "straight"
-
-
-def train_args(shapes: Path, out: Path, name: str, **extra) -> list[str]:
-    return ["train", "quickstart", *tiny_overrides(shapes, **{**QUICK, **extra}), "--out", str(out), "--name", name]
 
 
 def interrupted(shapes: Path, out: Path, name: str, after: int = 3, **extra) -> RunDir:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.output import assert_ends_in_one_error_line, assert_one_error_line, file_snapshot
-from helpers.trainkit import make_tiny_shapes, stable_metrics, tiny_overrides, tiny_recipe
+from helpers.trainkit import ONE, stable_metrics, tiny_recipe, train_args
 
 from clipctl.atomic import atomic_write
 from clipctl.errors import InterruptedRun
@@ -27,27 +27,8 @@ from clipctl.run.writer import RunClaim
 from clipctl.train import trainer as trainer_module
 from clipctl.train.trainer import TrainOptions, train
 
-QUICK = {"train.epochs": 1, "train.max_steps": 2}
-ONE = {"train.epochs": 1, "train.max_steps": 0}  # 8 updates, one eval, one test pass; saves after the epoch
 # Recipes that differ from QUICK's in a key that changes results
 OTHER_RECIPES = {"optim.lr": 0.5, "train.epochs": 2, "run.seed": 7}
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    return make_tiny_shapes(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def straight(shapes, tmp_path_factory) -> Path:
-    """An uninterrupted one-epoch run: what a run started over or resumed must equal."""
-    out = tmp_path_factory.mktemp("straight")
-    train(tiny_recipe(shapes, **ONE), TrainOptions(out_dir=out, name="straight"))
-    return out / "straight"
-
-
-def train_args(shapes: Path, out: Path, name: str, **extra) -> list[str]:
-    return ["train", "quickstart", *tiny_overrides(shapes, **{**QUICK, **extra}), "--out", str(out), "--name", name]
 
 
 def killed_before_its_first_save(shapes: Path, out: Path, name: str, monkeypatch) -> RunDir:
