@@ -33,6 +33,8 @@ EXTRA = {
         "dropout": 0.0,
         "attention_dropout": 0.0,
     },
+    "loss.rho_I": 8.0,  # >= log(B-1): the recipe warns, and only one rank may print it
+    "loss.rho_T": 8.0,
 }
 
 
