@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU-capable torch pair that this project's machines carry locally; override for other platforms.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo bench study study2 tune-demo clean
+.PHONY: install test demo bench study study2 study3 tune-demo clean
 
 install: $(STAMP)
 
@@ -81,6 +81,30 @@ study2: $(STAMP)
 	for part in $(STUDY2_PARTS); do $(BIN)/clipctl study run recipes/study2/$$part --key optim.lr --factors 0.5,1,2 \
 	  --seeds "$(STUDY2_SEEDS)" --jobs $(STUDY_JOBS) --grid-out $(STUDY2_OUT)/$$part-grid --out $(STUDY2_OUT)/$$part \
 	  --results $(STUDY2_RESULTS)/$$part || exit 1; done
+
+# Study 3 (recipes/study3/, README): clip, siglip, dcl, sogclr γ = 0.8, isogclr_new and fastclip_v3 in study 2 A's
+# setting, one part per global batch (b16, b128). Each cell's lr is chosen on the validation split (seed 0,
+# 0.5x/1x/2x, widened at an edge), then seeds 1-5 train with it (paired by seed: seed 0 chose the lr and is not
+# compared). Per part: grid, tables, paired differences and diagnostics in $(STUDY3_RESULTS)/<part>; then the
+# parts together (compare, paired, by-batch plot) in $(STUDY3_RESULTS). Rerunning resumes.
+# `make study3 STUDY3_PARTS=b16` runs batch 16 alone.
+STUDY3_PARTS ?= b16 b128
+STUDY3_SEEDS ?= 1 2 3 4 5
+STUDY3_OUT ?= runs/study3
+STUDY3_RESULTS ?= bench/results/study3
+
+study3: $(STAMP)
+	$(BIN)/clipctl data fetch shapes --train-size $(STUDY_SHAPES_TRAIN_SIZE)
+	for part in $(STUDY3_PARTS); do $(BIN)/clipctl study run recipes/study3/$$part --key optim.lr --factors 0.5,1,2 \
+	  --seeds "$(STUDY3_SEEDS)" --jobs $(STUDY_JOBS) --grid-out $(STUDY3_OUT)/$$part-grid --out $(STUDY3_OUT)/$$part \
+	  --results $(STUDY3_RESULTS)/$$part || exit 1; done
+	mkdir -p $(STUDY3_RESULTS)
+	$(BIN)/clipctl compare $(addprefix $(STUDY3_OUT)/,$(STUDY3_PARTS)) --markdown > $(STUDY3_RESULTS)/compare.md.tmp
+	$(BIN)/clipctl compare $(addprefix $(STUDY3_OUT)/,$(STUDY3_PARTS)) --json > $(STUDY3_RESULTS)/compare.json.tmp
+	mv $(STUDY3_RESULTS)/compare.md.tmp $(STUDY3_RESULTS)/compare.md
+	mv $(STUDY3_RESULTS)/compare.json.tmp $(STUDY3_RESULTS)/compare.json
+	$(BIN)/clipctl study paired $(STUDY3_RESULTS)/compare.json
+	$(BIN)/clipctl study by-batch $(STUDY3_RESULTS)/compare.json
 
 # The three tuning phases on `shapes` (recipes/tune/quick/), about 15 minutes on 2 CPU cores, in their own study
 # folder; rerunning resumes (finished phases are skipped). Then the status table, importance and the plots.

@@ -1,5 +1,5 @@
-"""The studies' recipes (recipes/study/, recipes/study2/) and the make targets that run them through
-`clipctl study` (Makefile: study, study2)."""
+"""The studies' recipes (recipes/study/, recipes/study2/, recipes/study3/) and the make targets that run them
+through `clipctl study` (Makefile: study, study2, study3)."""
 
 from __future__ import annotations
 
@@ -134,3 +134,41 @@ def test_make_study2_part_b_refuses_without_the_first_study(tmp_path):
     result, calls = _make_study2(tmp_path, f"STUDY2_OUT={tmp_path / 'out'}")
     assert result.returncode != 0 and "run 'make study' first" in result.stdout
     assert "clipctl study" not in calls
+
+
+STUDY3 = [n for n in builtin_recipe_names() if re.fullmatch(r"study3/b\d+/\w+_b\d+", n)]
+STUDY3_LOSSES = ("clip", "siglip", "dcl", "sogclr_g08", "isogclr_new", "fastclip_v3")
+
+
+def test_study3_cells_are_the_baselines_and_global_losses_at_16_and_128_in_study2_a_setting():
+    recipes = {name: load_recipe(name) for name in STUDY3}
+    assert {(name.split("/")[-1].rsplit("_b", 1)[0], r.train.batch_size) for name, r in recipes.items()} == {
+        (loss, batch) for loss in STUDY3_LOSSES for batch in (16, 128)
+    }
+    flat = {name: flatten(r.model_dump()) for name, r in recipes.items()}
+    reference = flat[STUDY3[0]]
+    for name, r in recipes.items():
+        assert name.split("/")[1] == f"b{r.train.batch_size}", name  # one part (folder) per global batch
+        assert r.train.epochs == 20 and r.data.shapes_train_size * r.data.train_fraction == 2000, name
+        assert r.optim.lr == pytest.approx(1e-3 * math.sqrt(r.train.batch_size / 32), rel=1e-2), name
+        differs = {k for k in set(flat[name]) | set(reference) if flat[name].get(k) != reference.get(k)}
+        assert {k for k in differs if not k.startswith("loss.")} <= {"run.name", "train.batch_size", "optim.lr"}
+    by_name = {name.split("/")[-1]: r.loss for name, r in recipes.items()}
+    for batch in (16, 128):
+        assert by_name[f"sogclr_g08_b{batch}"].gamma == 0.8
+        siglip = by_name[f"siglip_b{batch}"]
+        assert siglip.temperature == 0.1 and siglip.bias_init == -10.0  # the paper's t' = log 10, b = -10
+        for adaptive in ("isogclr_new", "fastclip_v3"):  # ρ below log(B−1): τ can rise as well as fall
+            assert by_name[f"{adaptive}_b{batch}"].rho_I < math.log(batch - 1), adaptive
+
+
+def test_make_study3_chooses_lr_on_seed_0_then_trains_five_paired_seeds():
+    plan = subprocess.run(
+        ["make", "-n", "study3", "STAMP=Makefile"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "for part in b16 b128;" in plan
+    assert "clipctl study run recipes/study3/$part --key optim.lr --factors 0.5,1,2" in plan
+    assert '--seeds "1 2 3 4 5"' in plan and "--grid-out runs/study3/$part-grid --out runs/study3/$part" in plan
+    assert "compare runs/study3/b16 runs/study3/b128 --json" in plan
+    assert "clipctl study paired bench/results/study3/compare.json" in plan
+    assert "clipctl study by-batch bench/results/study3/compare.json" in plan
