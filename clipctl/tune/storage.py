@@ -128,7 +128,8 @@ def _open_rdb(spec: str) -> RDBStorage:
 def storage_failure(err: Exception, label: str) -> StorageError:
     """A storage that failed under a running study (disk full, read-only, the database gone), as one line."""
     if isinstance(err, OSError):
-        return StorageError(f"{os_error_message(err)}; the study stopped (run the same command once it is fixed)")
+        # the study is resumed in place, so the fix is never "another --out" (tune has --study)
+        return StorageError(f"{os_error_message(err, then='run the same command')}; the study stopped")
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return StorageError(
         f"{label}: the study's storage failed ({first[:200]}); the study stopped "

@@ -307,8 +307,8 @@ def test_a_read_only_study_folder_stops_the_study_untold(tmp_path, run_cli, monk
     code, _, err = run_cli(*args)
     last = err.splitlines()[-1]
     assert code == 1 and last == (
-        f"clipctl: error: {study / 'phase1' / 't001.toml'}: read-only file system; choose a writable --out; "
-        "the study stopped (run the same command once it is fixed)"
+        f"clipctl: error: {study / 'phase1' / 't001.toml'}: read-only file system; make the file system writable, "
+        "then run the same command; the study stopped"
     ), err
     assert "Traceback" not in err and [e["event"] for e in events(study)] == ["trial_started"]
     monkeypatch.undo()
