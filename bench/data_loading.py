@@ -28,6 +28,7 @@ from PIL import Image
 from train_throughput import MODELS, build, make_batches, step
 
 from clipctl.console import info, print_table
+from clipctl.data.batch_plan import BatchPlan
 from clipctl.data.datasets import PairsDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.shapes import ShapesConfig, generate_shapes
@@ -54,7 +55,8 @@ def make_jpegs(folder: Path, count: int) -> Path:
 
 
 def images_per_second(dataset: PairsDataset, batch_size: int, batches: int, workers: int) -> float:
-    loader = build_train_loader(dataset, batch_size, seed=0, num_workers=workers, persistent_workers=workers > 0)
+    plan = BatchPlan(batch_size)
+    loader = build_train_loader(dataset, plan, seed=0, num_workers=workers, persistent_workers=workers > 0)
     iterator = iter(loader)
     next(iterator)  # warm-up: worker start, first decode
     start, seen = time.perf_counter(), 0

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 import tomli_w
 from pydantic import Field, ValidationError, model_validator
 
+from clipctl.data.batch_plan import BatchPlan
 from clipctl.data.records import split_ref
 from clipctl.errors import UsageError
 from clipctl.losses.config import write_rank
@@ -179,12 +180,15 @@ class Recipe(Section):
                 f"sched.warmup_epochs ({warmup:g}) must be shorter than train.epochs "
                 f"({self.train.epochs}), or the learning rate never leaves warmup; lower it"
             )
-        if self.train.batch_size % self.train.grad_accum:
-            raise ValueError(
-                f"train.batch_size ({self.train.batch_size}) must be divisible by train.grad_accum "
-                f"({self.train.grad_accum})"
-            )
+        try:
+            self.batch_plan()  # all but the process count's check: the trainer makes the run's plan
+        except UsageError as err:
+            raise ValueError(str(err)) from None
         return self
+
+    def batch_plan(self, world_size: int = 1) -> BatchPlan:
+        """How `train.batch_size` is cut up over `train.grad_accum` micro-steps and `world_size` processes."""
+        return BatchPlan(self.train.batch_size, self.train.grad_accum, world_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every key (the [loss] table holds the keys of the chosen loss)."""
@@ -370,7 +374,7 @@ def override_args(values: dict[str, Any]) -> list[str]:
 
 def recipe_warnings(recipe: Recipe) -> list[str]:
     """Valid settings that defeat their purpose: one line each, printed at validation, never an error."""
-    return recipe.loss.warnings(recipe.train.batch_size // recipe.train.grad_accum)
+    return recipe.loss.warnings(recipe.batch_plan().contrast_batch)
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "recipe", explicit_loss_keys: set[str] | None = None) -> Recipe:

@@ -215,7 +215,11 @@ def test_extends_missing_parent(tmp_path):
 
 def test_cross_field_checks(tmp_path):
     assert "tau_min" in error_of("quickstart", ["loss.tau_min=0.5", "loss.tau_max=0.1"])
-    assert "divisible" in error_of("quickstart", ["train.batch_size=100", "train.grad_accum=3"])
+    assert "train.batch_size = 100 is not divisible by train.grad_accum = 3" in error_of(
+        "quickstart", ["train.batch_size=100", "train.grad_accum=3"]
+    )
+    one_pair = error_of("quickstart", ["train.batch_size=2", "train.grad_accum=2"])
+    assert "the contrast batch train.batch_size / train.grad_accum = 2 / 2 = 1 pair has no negatives" in one_pair
 
 
 def test_tune_recipe_errors(tmp_path):

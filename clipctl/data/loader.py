@@ -1,9 +1,9 @@
 """Seeded, resumable, process-sliced batching for training.
 
-Each epoch is a permutation of 0..N-1 drawn from (seed, epoch). Global batch k is perm[k*B:(k+1)*B]; with
-K processes, rank r takes the r-th contiguous slice of B/K of every global batch, so K processes see
-exactly the global batches a single process sees. `start_batch` skips the batches an interrupted run
-already trained on, which makes mid-epoch resume exact.
+Each epoch is a permutation of 0..N-1 drawn from (seed, epoch). Loader batch k is perm[k*L:(k+1)*L], L the
+plan's loader batch; with K processes, rank r takes the r-th contiguous slice of L/K (its micro-batch) of every
+loader batch, so K processes see exactly the batches a single process sees. `start_batch` skips the loader
+batches an interrupted run already trained on, which makes mid-epoch resume exact.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clipctl.data.batch_plan import BatchPlan
 from clipctl.errors import UsageError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -79,7 +80,7 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class ResumableBatchSampler(Sampler[list]):
-    """Yields this process's slice of every global batch of an epoch, from `start_batch` on.
+    """Yields this process's micro-batch of every loader batch of an epoch, from `start_batch` on.
 
     With `tag_epoch=True` each element is `(index, epoch)`, the key `PairsDataset` uses to make
     augmentation independent of workers and resumes.
@@ -88,30 +89,27 @@ class ResumableBatchSampler(Sampler[list]):
     def __init__(
         self,
         num_samples: int,
-        batch_size: int,
+        plan: BatchPlan,
         *,
         seed: int = 0,
         epoch: int = 0,
         start_batch: int = 0,
-        world_size: int = 1,
         rank: int = 0,
         drop_last: bool = True,
         tag_epoch: bool = False,
     ) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise UsageError(f"rank {rank} is outside 0..{world_size - 1}")
-        if batch_size < 1 or batch_size % world_size:
-            raise UsageError(
-                f"train.batch_size ({batch_size}) must be a positive multiple of the number of processes ({world_size})"
-            )
+        if not 0 <= rank < plan.world_size:
+            raise UsageError(f"rank {rank} is outside 0..{plan.world_size - 1}")
         if num_samples < 1:
             raise UsageError("the training set is empty")
-        if drop_last and num_samples < batch_size:
-            raise UsageError(f"train.batch_size ({batch_size}) exceeds the {num_samples} training samples; lower it")
-        self.num_samples, self.batch_size = int(num_samples), int(batch_size)
-        self.seed, self.world_size, self.rank = int(seed), int(world_size), int(rank)
+        if drop_last and num_samples < plan.loader_batch:
+            raise UsageError(
+                f"the loader batch train.batch_size / train.grad_accum = {plan.loader_batch} (a micro-batch of each "
+                f"of {plan.world_size} process(es)) exceeds the {num_samples} training samples; lower train.batch_size"
+            )
+        self.plan, self.num_samples, self.batch_size = plan, int(num_samples), plan.loader_batch
+        self.seed, self.rank = int(seed), int(rank)
         self.drop_last, self.tag_epoch = drop_last, tag_epoch
-        self.local_batch_size = self.batch_size // self.world_size
         self.epoch, self.start_batch = 0, 0
         self.set_epoch(epoch, start_batch)
 
@@ -124,24 +122,26 @@ class ResumableBatchSampler(Sampler[list]):
         """Select the epoch to iterate next and how many of its batches are already done."""
         if not 0 <= start_batch <= self.batches_per_epoch:
             raise UsageError(
-                f"start batch {start_batch} is outside 0..{self.batches_per_epoch} for this dataset and batch size"
+                f"start batch {start_batch} is outside 0..{self.batches_per_epoch} (loader batches of "
+                f"{self.batch_size} in {self.num_samples} samples)"
             )
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
-    def global_batch(self, k: int, perm: np.ndarray | None = None) -> np.ndarray:
+    def loader_batch_at(self, k: int, perm: np.ndarray | None = None) -> np.ndarray:
         perm = epoch_permutation(self.num_samples, self.seed, self.epoch) if perm is None else perm
         return perm[k * self.batch_size : (k + 1) * self.batch_size]
 
     def _local(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == self.batch_size:
-            return batch[self.rank * self.local_batch_size : (self.rank + 1) * self.local_batch_size]
-        return np.array_split(batch, self.world_size)[self.rank]  # the last, short batch (drop_last=False)
+            micro = self.plan.micro_batch
+            return batch[self.rank * micro : (self.rank + 1) * micro]
+        return np.array_split(batch, self.plan.world_size)[self.rank]  # the last, short batch (drop_last=False)
 
     def __iter__(self) -> Iterator[list]:
         perm = epoch_permutation(self.num_samples, self.seed, self.epoch)
         epoch = self.epoch
         for k in range(self.start_batch, self.batches_per_epoch):
-            local = self._local(self.global_batch(k, perm)).tolist()
+            local = self._local(self.loader_batch_at(k, perm)).tolist()
             yield [(i, epoch) for i in local] if self.tag_epoch else local
 
     def __len__(self) -> int:
@@ -160,8 +160,9 @@ class ResumableBatchSampler(Sampler[list]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["num_samples"] != self.num_samples or state["batch_size"] != self.batch_size:
             raise UsageError(
-                f"sampler state is for {state['num_samples']} samples / batch {state['batch_size']}, "
-                f"this run has {self.num_samples} / {self.batch_size}; resume with the same data and train.batch_size"
+                f"sampler state is for {state['num_samples']} samples / loader batch {state['batch_size']}, this run "
+                f"has {self.num_samples} / {self.batch_size}; resume with the same data, train.batch_size and "
+                "train.grad_accum"
             )
         self.seed = int(state["seed"])
         self.set_epoch(state["epoch"], state["start_batch"])
@@ -169,12 +170,11 @@ class ResumableBatchSampler(Sampler[list]):
 
 def build_train_loader(
     dataset: Dataset,
-    batch_size: int,
+    plan: BatchPlan,
     *,
     seed: int = 0,
     epoch: int = 0,
     start_batch: int = 0,
-    world_size: int = 1,
     rank: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
@@ -183,18 +183,18 @@ def build_train_loader(
     prefetch_factor: int | None = None,
     collate_fn: Callable[[list], Any] | None = None,
 ) -> DataLoader:
-    """The training DataLoader: `batch_size` is the global batch; `loader.batch_sampler.set_epoch(e)` each epoch.
+    """The training DataLoader: this rank's micro-batch of each of the plan's loader batches;
+    `loader.batch_sampler.set_epoch(e)` each epoch.
 
     Items are fetched with `(index, epoch)` keys (seeded augmentation). `persistent_workers` and
     `prefetch_factor` only apply with workers; `pin_memory` only when CUDA is available.
     """
     sampler = ResumableBatchSampler(
         len(dataset),
-        batch_size,
+        plan,
         seed=seed,
         epoch=epoch,
         start_batch=start_batch,
-        world_size=world_size,
         rank=rank,
         drop_last=drop_last,
         tag_epoch=True,

@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 
 from clipctl.console import info
+from clipctl.data.batch_plan import BatchPlan
 from clipctl.data.datasets import ClassificationDataset, PairsDataset, RetrievalDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.lock import DatasetLease
@@ -63,7 +64,6 @@ class Components:
     model: torch.nn.Module
     loss: Any
     rank: int
-    world: int
     device: torch.device
     eval_sets: dict[tuple[str, str], tuple[RetrievalDataset, ClassificationDataset]] = field(default_factory=dict)
     data_lease: DatasetLease | None = None  # shared locks on the datasets read (main process); see release()
@@ -94,29 +94,18 @@ class Components:
         """Which sample each training index is (the per-sample loss state is stored by index)."""
         return self.train_set.identity
 
-    @property
-    def micro_batch(self) -> int:
-        """Samples per process per loss call."""
-        train = self.recipe.train
-        return train.batch_size // train.grad_accum // self.world
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Optimizer updates per epoch (incomplete global batches are dropped)."""
-        return len(self.train_set) // self.recipe.train.batch_size
-
-    def train_loader(self, epoch: int, start_batch: int) -> torch.utils.data.DataLoader:
+    def train_loader(self, plan: BatchPlan, epoch: int, steps_done: int) -> torch.utils.data.DataLoader:
+        """This process's micro-batches of `epoch`, after the `steps_done` optimizer steps already trained."""
         data = self.recipe.data
         if self.cached and self.features is None:
             self.features = CachedFeatures.compute(self.model, self.train_set, self.recipe, self.device)
         return build_train_loader(
             self.features if self.cached else self.train_set,
-            batch_size=self.recipe.train.batch_size // self.recipe.train.grad_accum,
+            plan,
             seed=self.recipe.run.seed,
             epoch=epoch,
-            start_batch=start_batch * self.recipe.train.grad_accum,
+            start_batch=plan.loader_batches(steps_done),
             rank=self.rank,
-            world_size=self.world,
             num_workers=0 if self.cached else data.num_workers,
             pin_memory=data.pin_memory and self.device.type == "cuda",
             persistent_workers=data.persistent_workers,
@@ -215,7 +204,6 @@ def build_components(
         model=model,
         loss=loss,
         rank=accelerator.process_index,
-        world=accelerator.num_processes,
         device=accelerator.device,
         data_lease=lease,
         train_subset=training_subset(data.train, root),

@@ -3,7 +3,8 @@
 One optimizer update consumes `train.batch_size` samples (all processes together) in `train.grad_accum`
 micro-batches. Each micro-batch is one loss call, so a GCL loss contrasts within the micro-batch and
 updates its per-sample estimates per micro-batch: accumulation saves memory but shrinks the negative set
-of each step to batch_size / grad_accum (the global estimates s, τ still cover the whole dataset).
+of each step to batch_size / grad_accum (the global estimates s, τ still cover the whole dataset). The
+quantities come from the run's `BatchPlan` (clipctl/data/batch_plan.py), made once when the trainer starts.
 Evaluation runs on the main process only; the others wait at a barrier.
 """
 
@@ -22,6 +23,7 @@ import torch
 from accelerate.utils import set_seed
 
 from clipctl.console import ProgressReporter, info
+from clipctl.data.batch_plan import BatchPlan
 from clipctl.data.text import trim_padding
 from clipctl.errors import (
     ClipctlError,
@@ -209,11 +211,7 @@ class Trainer:
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
         self.host_flags = HostFlags() if self.world > 1 else None
-        global_micro = recipe.train.batch_size // recipe.train.grad_accum
-        if global_micro % self.world:
-            raise UsageError(
-                f"train.batch_size / train.grad_accum = {global_micro} must be divisible by the {self.world} processes"
-            )
+        self.plan = recipe.batch_plan(self.world)  # before the run directory is claimed: a bad plan touches nothing
         self.claim = RunClaim(self.run) if self.main and not options.dry_run else None
         self.finished: dict[str, Any] | None = None
         try:
@@ -251,16 +249,11 @@ class Trainer:
             self._check_compatible(self.state)
         set_seed(recipe.run.seed, deterministic=recipe.train.deterministic)
         self.parts: Components = build_components(recipe, self.accelerator, self.state, prepare_data=self.main)
-        _refuse_single_sample_batchnorm(self.parts.model, self.parts.micro_batch)
+        _refuse_single_sample_batchnorm(self.parts.model, self.plan)
+        self.steps_per_epoch = self.plan.steps_per_epoch(self.parts.num_samples)
         # on the training device before the optimizer exists: fused optimizers (fusedadam) refuse CPU parameters
         self.parts.model.to(self.accelerator.device)
         self.optimizer = build_optimizer(self.parts.model, self.parts.loss.param_groups(recipe.optim.lr), recipe.optim)
-        self.steps_per_epoch = self.parts.steps_per_epoch
-        if self.steps_per_epoch < 1:
-            raise UsageError(
-                f"train.batch_size = {recipe.train.batch_size} exceeds the {self.parts.num_samples} training "
-                "pairs; lower it"
-            )
         self.scheduler = build_scheduler(self.optimizer, recipe.sched, recipe.train.epochs, self.steps_per_epoch)
         # self.model is what a step calls (the prepared training module); self.parts.model the CLIP model itself
         self.model, self.optimizer = self.accelerator.prepare(self.parts.train_module, self.optimizer)
@@ -475,7 +468,7 @@ class Trainer:
     # Over 60 lines: the step loop; fetch, update, logging, progress, checkpoints and the stop check read best in order.
     def _train_epoch(self, epoch: int, stop: StopRequest) -> None:
         cfg, p = self.recipe.train, self.progress
-        loader = self.parts.train_loader(epoch, start_batch=p.batch)
+        loader = self.parts.train_loader(self.plan, epoch, steps_done=p.batch)
         self.model.train()
         total = self.steps_per_epoch
         if cfg.max_steps:
@@ -493,12 +486,12 @@ class Trainer:
         while p.batch < total:
             step_start = time.perf_counter()
             fetched = []
-            for _ in range(cfg.grad_accum):
+            for _ in range(self.plan.grad_accum):
                 try:
                     fetched.append(next(micro_batches))
                 except StopIteration:
                     break
-            if len(fetched) < cfg.grad_accum:
+            if len(fetched) < self.plan.grad_accum:
                 break
             wait_seconds += time.perf_counter() - step_start
             log_now = (p.step + 1) % log_every == 0 or p.batch + 1 == total
@@ -506,7 +499,7 @@ class Trainer:
             step_seconds = time.perf_counter() - step_start
             p.batch += 1
             p.step += 1
-            samples = cfg.batch_size
+            samples = self.plan.global_batch
             p.samples_seen += samples
             p.train_seconds += step_seconds
             window_samples += samples
@@ -537,11 +530,9 @@ class Trainer:
 
     def dry_run(self) -> dict[str, Any]:
         """`--dry-run`: time a few real updates and extrapolate them to the whole recipe; writes nothing."""
-        loader = iter(self.parts.train_loader(0, start_batch=0))
+        loader = iter(self.parts.train_loader(self.plan, 0, steps_done=0))
         steps = min(MEASURED_STEPS + 1, self.steps_per_epoch)
-        durations = time_updates(
-            lambda batches: self._update(batches, epoch=0), loader, self.recipe.train.grad_accum, steps
-        )
+        durations = time_updates(lambda batches: self._update(batches, epoch=0), loader, self.plan.grad_accum, steps)
         return dry_run_plan(
             self.recipe,
             durations,
@@ -677,12 +668,13 @@ class Trainer:
         return test
 
 
-def _refuse_single_sample_batchnorm(model: torch.nn.Module, micro_batch: int) -> None:
+def _refuse_single_sample_batchnorm(model: torch.nn.Module, plan: BatchPlan) -> None:
     """BatchNorm over one sample normalises it to zero (or raises deep inside torch): refuse it up front."""
-    if micro_batch < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if plan.micro_batch < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise UsageError(
-            f"train.batch_size / train.grad_accum leaves {micro_batch} sample per process and loss call, "
-            f"and the model has BatchNorm layers; raise train.batch_size or lower train.grad_accum"
+            f"the micro-batch train.batch_size / train.grad_accum / processes = {plan.global_batch} / "
+            f"{plan.grad_accum} / {plan.world_size} = {plan.micro_batch} sample per process and loss call is too "
+            "few for the model's BatchNorm layers; raise train.batch_size or lower train.grad_accum"
         )
 
 

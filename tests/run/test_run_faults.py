@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,8 @@ from helpers.output import assert_one_error_line, file_snapshot
 from helpers.rundirs import make_run
 from helpers.trainkit import ONE, stable_metrics, tiny_overrides, tiny_recipe, train_args
 
-from clipctl.errors import DataError, InterruptedRun, StorageError
+from clipctl.data.batch_plan import BatchPlan
+from clipctl.errors import DataError, InterruptedRun, StorageError, UsageError
 from clipctl.run.checkpoint import CKPT_FORMAT, FORMAT_VERSION, load_state
 from clipctl.run.layout import RunDir
 from clipctl.train import trainer as trainer_module
@@ -203,11 +205,31 @@ def test_bad_run_names_and_out_paths_are_usage_errors(shapes, tmp_path, run_cli)
     assert file_snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
-def test_single_sample_micro_batch_with_batchnorm_is_refused(shapes, tmp_path, run_cli):
-    code, _, err = run_cli(*train_args(shapes, tmp_path, "bn", **{"train.batch_size": 2, "train.grad_accum": 2}))
-    assert code == 2 and "train.batch_size" in err and "train.grad_accum" in err and "BatchNorm" in err
+def test_a_batch_plan_that_cannot_train_is_refused_before_anything_is_written(shapes, tmp_path, run_cli):
+    """One pair per loss call (refused with the recipe), and a global batch larger than the training set (refused
+    once the data is open): each names its quantity, and the claimed folder is given back."""
+    code, _, err = run_cli(*train_args(shapes, tmp_path, "one", **{"train.batch_size": 2, "train.grad_accum": 2}))
+    assert code == 2 and "the contrast batch train.batch_size / train.grad_accum = 2 / 2 = 1 pair" in err
     assert_one_error_line(err)
-    assert not (tmp_path / "bn").exists()  # the claimed folder is given back when nothing was written
+    code, _, err = run_cli(*train_args(shapes, tmp_path, "big", **{"train.batch_size": 4096}))
+    assert code == 2 and re.search(r"train\.batch_size = 4096 exceeds the \d+ training pairs", err)
+    assert "lower train.batch_size to at most" in err
+    assert_one_error_line(err)
+    assert not (tmp_path / "one").exists() and not (tmp_path / "big").exists()
+
+
+@pytest.mark.parametrize(("plan", "refused"), [(BatchPlan(8, 2, 4), True), (BatchPlan(8, 2, 2), False)])
+def test_a_single_sample_micro_batch_is_refused_for_batchnorm_models(plan, refused):
+    """Only more processes than half the contrast batch leave one sample per process (one process has >= 2)."""
+    trainer_module._refuse_single_sample_batchnorm(torch.nn.Linear(4, 4), plan)  # no BatchNorm: any micro-batch
+    if not refused:
+        trainer_module._refuse_single_sample_batchnorm(torch.nn.BatchNorm1d(4), plan)
+        return
+    with pytest.raises(UsageError) as caught:
+        trainer_module._refuse_single_sample_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(4)), plan)
+    assert caught.value.exit_code == 2
+    assert "the micro-batch train.batch_size / train.grad_accum / processes = 8 / 2 / 4 = 1 sample" in str(caught.value)
+    assert "BatchNorm" in str(caught.value) and "raise train.batch_size or lower train.grad_accum" in str(caught.value)
 
 
 def test_recipes_cp_into_a_missing_folder(tmp_path, run_cli):

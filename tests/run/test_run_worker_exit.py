@@ -48,6 +48,7 @@ HUNG_WORKER = textwrap.dedent(
 FINISHED_AND_LIVE_LOADERS = textwrap.dedent(
     """
     import torch
+    from clipctl.data.batch_plan import BatchPlan
     from clipctl.data.loader import build_train_loader
 
     class Numbers(torch.utils.data.Dataset):
@@ -57,10 +58,10 @@ FINISHED_AND_LIVE_LOADERS = textwrap.dedent(
         def __getitem__(self, key):
             return torch.tensor(key[0])
 
-    used_up = build_train_loader(Numbers(), 8, num_workers=2)
+    used_up = build_train_loader(Numbers(), BatchPlan(8), num_workers=2)
     assert sorted(int(i) for batch in used_up for i in batch) == list(range(64))
     del used_up
-    live = build_train_loader(Numbers(), 8, num_workers=2, persistent_workers=True)
+    live = build_train_loader(Numbers(), BatchPlan(8), num_workers=2, persistent_workers=True)
     batches = iter(live)
     next(batches)
     """
