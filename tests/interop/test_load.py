@@ -57,6 +57,15 @@ def test_open_clip_signatures_and_temperature(quickstart):
         tokenizer(["x"], context_length=tokenizer.context_length + 1)
 
 
+def test_the_tokenizer_cleans_texts_as_clipctl_eval_does(quickstart):
+    """Captions and zero-shot prompts are lower-cased and lose their punctuation before `clipctl eval` tokenizes
+    them (the model's preprocessing record); `clipctl.load`'s tokenizer does the same."""
+    _, tokenizer, _ = clipctl.load(quickstart.run)
+    assert torch.equal(tokenizer(["A Red Circle.", "Two small, blue stars in the top-left!"]), tokenizer(TEXTS[:2]))
+    raw = tokenizer.tokenizer.encode(["A Red Circle."])  # the wordpiece tokenizer as is: "." is a token of its own
+    assert not torch.equal(raw, tokenizer("A Red Circle."))
+
+
 def test_checkpoint_records_the_per_sample_mean_temperature(quickstart):
     ckpt = load_checkpoint(quickstart.ckpt)
     # the quickstart loss is isogclr_new: individual τ in [tau_min, tau_max] = [0.01, 0.1]
