@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -385,11 +386,21 @@ def override_args(values: dict[str, Any]) -> list[str]:
     return [override_arg(key, value) for key, value in values.items()]
 
 
-# Keys that moved to another table, with why: a recipe that sets one is refused naming the new key; a recipe stored
-# by an older clipctl (a run's recipe.toml, a checkpoint's embedded recipe) has its value moved there (a default value
-# is dropped, since an unset key means the same and resolves as earlier releases' runs did).
-MOVED_KEYS: dict[tuple[str, str], tuple[str, str, Any, str]] = {
-    ("eval", "normalize"): (
+@dataclass(frozen=True)
+class Moved:
+    """Where a key went (`table.key`), the value earlier releases wrote for it by default, and why it moved."""
+
+    table: str
+    key: str
+    default: Any
+    why: str
+
+
+# Keys that moved to another table: a recipe that sets one is refused naming the new key; a recipe stored by an older
+# clipctl (a run's recipe.toml, a checkpoint's embedded recipe) has its value moved there (the default is dropped,
+# since the unset new key means the same and resolves as earlier releases' runs did).
+MOVED_KEYS: dict[tuple[str, str], Moved] = {
+    ("eval", "normalize"): Moved(
         "model",
         "normalize",
         "clip",
@@ -400,27 +411,27 @@ MOVED_KEYS: dict[tuple[str, str], tuple[str, str, Any, str]] = {
 
 def refuse_moved_keys(source: str, raw: dict[str, Any]) -> None:
     """A recipe the user wrote must not set a moved key: one line naming the new key."""
-    for (table, key), (new_table, new_key, _, why) in MOVED_KEYS.items():
+    for (table, key), to in MOVED_KEYS.items():
         section = raw.get(table)
         if isinstance(section, dict) and key in section:
             raise UsageError(
-                f"{source}: {table}.{key}: moved to {new_table}.{new_key} ({why}); "
-                f"set {new_table}.{new_key} = {_toml_literal(section[key])} instead"
+                f"{source}: {table}.{key}: moved to {to.table}.{to.key} ({to.why}); "
+                f"set {to.table}.{to.key} = {_toml_literal(section[key])} instead"
             )
 
 
 def _move_stored_keys(raw: dict[str, Any]) -> None:
     """A stored recipe's moved keys, moved in place (as `check_loss_keys` drops removed ones): their value under
     the new key, or nothing at the default."""
-    for (table, key), (new_table, new_key, default, _) in MOVED_KEYS.items():
+    for (table, key), to in MOVED_KEYS.items():
         section = raw.get(table)
         if not isinstance(section, dict) or key not in section:
             continue
         value = section[key]
         raw[table] = {k: v for k, v in section.items() if k != key}
-        target = raw.get(new_table, {})
-        if value != default and isinstance(target, dict) and new_key not in target:
-            raw[new_table] = {**target, new_key: value}
+        target = raw.get(to.table, {})
+        if value != to.default and isinstance(target, dict) and to.key not in target:
+            raw[to.table] = {**target, to.key: value}
 
 
 def recipe_warnings(recipe: Recipe) -> list[str]:
@@ -431,7 +442,7 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
 def validate_recipe(raw: dict[str, Any], source: str = "recipe", explicit_loss_keys: set[str] | None = None) -> Recipe:
     if "tune" in raw:
         raise UsageError(f"{source}: this is a tune recipe ([tune] table); use `clipctl tune --recipe {source}`")
-    if explicit_loss_keys is None:
+    if explicit_loss_keys is None:  # a recipe given whole as data is the user's; a stored one has its keys moved
         refuse_moved_keys(source, raw)
     _move_stored_keys(raw)
     check_loss_keys(source, raw, explicit_loss_keys)

@@ -9,7 +9,7 @@ dataset records (`clipctl.evaluate.benchmarks`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,8 @@ class LoadedCheckpoint:
     tokenizer: TextTokenizer
     model: CLIPModel
     epoch: int
+    preprocess: Preprocess  # as recorded by the trainer; in older checkpoints, their recipe's
     temperature: tuple[float, str] | None = None  # as recorded by the trainer; None in older checkpoints
-    preprocess: Preprocess = field(default_factory=Preprocess)  # as recorded by the trainer, else from its recipe
 
 
 def load_for_eval(path: Path, device: torch.device) -> LoadedCheckpoint:
@@ -66,8 +66,8 @@ def load_for_eval(path: Path, device: torch.device) -> LoadedCheckpoint:
         tokenizer,
         model,
         int(ckpt.get("epoch", -1)),
-        recorded_temperature(ckpt),
         recorded_preprocess(ckpt, recipe, path),
+        recorded_temperature(ckpt),
     )
 
 
