@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 import clipctl
+from clipctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from clipctl.errors import UsageError
 from clipctl.interop.bundle import MANIFEST, open_bundle
+from clipctl.model.preprocess import Preprocess
 from clipctl.run.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow  # the shared fixture trains a model (a few seconds)
@@ -83,6 +85,18 @@ def test_a_checkpoint_from_before_the_record_falls_back_to_the_recipe(quickstart
     assert bundle.temperature_source == "recipe loss.tau_init (the checkpoint predates the temperature record)"
 
 
+def test_an_export_from_before_the_preprocessing_record_uses_its_named_normalisation(quickstart_exports, tmp_path):
+    folder = _copy(quickstart_exports["safetensors"], tmp_path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert Preprocess.from_record(manifest.pop("preprocess"), "export") == Preprocess(image_size=32)
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "normalize": "imagenet"}))
+    assert open_bundle(folder).preprocess == Preprocess(image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    (folder / MANIFEST).write_text(json.dumps(manifest))  # neither record nor name
+    with pytest.raises(UsageError) as err:
+        clipctl.load(folder)
+    assert "field 'preprocess' is missing; export the model again" in _one_line(err)
+
+
 def _copy(folder: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(folder, tmp_path / folder.name))
 
@@ -112,6 +126,8 @@ def test_truncated_export_weights_are_one_line(layout, quickstart_exports, tmp_p
         ({"layout": "onnx"}, "layout 'onnx' is not one of"),
         ({"pad_id": 3}, "pads with id 0 but the model was trained with pad id 3"),
         ({"model": {"image_model": "test_resnet", "embed_dim": 3}}, "model.embed_dim"),
+        ({"preprocess": {"image_size": 32, "interpolation": "lanczos"}}, "preprocessing record: interpolation"),
+        ({"preprocess": [32]}, "the preprocessing record is not a table"),
     ],
 )
 def test_a_tampered_manifest_is_one_line(change, expected, quickstart_exports, tmp_path):

@@ -158,3 +158,14 @@ def test_a_checkpoint_without_the_record_loads_with_todays_default():
     with pytest.raises(UsageError) as err:
         recorded_preprocess({"preprocess": {**record, "interpolation": "lanczos"}}, recipe, "bad.pt")  # type: ignore[arg-type]
     assert str(err.value).startswith("bad.pt: preprocessing record: interpolation:") and "\n" not in str(err.value)
+
+
+def test_an_open_clip_export_names_the_nearest_tokenizer_cleaning():
+    from clipctl.interop.openclip_format import text_clean
+
+    assert text_clean(Preprocess()) == "canonicalize"
+    assert text_clean(Preprocess(strip_punctuation=False)) == "lower"
+    assert text_clean(Preprocess(strip_punctuation=False, lowercase=False)) == "whitespace"
+    with pytest.raises(UsageError) as err:
+        text_clean(Preprocess(lowercase=False))  # open_clip has no cleaning that strips punctuation and keeps case
+    assert "--format safetensors" in str(err.value) and "\n" not in str(err.value) and err.value.exit_code == 2
