@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -23,6 +24,7 @@ from clipctl.errors import UsageError
 from clipctl.losses.config import write_rank
 from clipctl.losses.registry import LossSection, check_loss_keys, default_loss_config
 from clipctl.model.config import ModelConfig
+from clipctl.model.preprocess import Preprocess
 from clipctl.schema import Section, closest, format_validation_error, known_keys
 
 try:
@@ -122,7 +124,6 @@ class EvalConfig(Section):
     test_zeroshot: str = "shapes:zeroshot"
     batch_size: int = Field(256, ge=1)
     chunk_size: int = Field(1024, ge=1)
-    normalize: Literal["clip", "imagenet"] = "clip"
     every_epochs: int = Field(1, ge=1)
     max_missing: int = Field(0, ge=0)  # evaluation images allowed to be missing or unreadable before it refuses
     allow_test_selection: bool = False  # select on (part of) the reported split, knowingly
@@ -200,15 +201,32 @@ class Recipe(Section):
     def sha256(self) -> str:
         return hashlib.sha256(self.to_toml().encode()).hexdigest()
 
+    def preprocess(self) -> Preprocess:
+        """The model's preprocessing: what training, validation and the checkpoint's users all build from."""
+        return Preprocess.from_settings(self.model, self.data.image_size)
+
     def earlier_sha256s(self) -> set[str]:
-        """The sha256 of this recipe as earlier releases resolved it, with the keys removed since at the default
-        they then wrote (`loss.eps`): a tune study or run recorded by them is still this recipe."""
-        removed = self.loss.removed_defaults()
-        if not removed:
-            return set()
+        """The sha256 of this recipe as earlier releases resolved it, with the keys removed or moved since as they
+        then wrote them (`eval.normalize` always; `loss.eps` at its default before that): a tune study or run
+        recorded by them is still this recipe."""
         data = self.to_dict()
-        data["loss"] = dict(sorted({**data["loss"], **removed}.items(), key=lambda item: write_rank(item[0])))
-        return {hashlib.sha256(tomli_w.dumps(data).encode()).hexdigest()}
+        model = dict(data["model"])
+        normalize = model.pop("normalize", "clip")
+        data["model"] = model
+        data["eval"] = _insert_after(data["eval"], "chunk_size", "normalize", normalize)
+        forms = [data]
+        removed = self.loss.removed_defaults()
+        if removed:
+            loss = sorted({**data["loss"], **removed}.items(), key=lambda item: write_rank(item[0]))
+            forms.append({**data, "loss": dict(loss)})
+        return {hashlib.sha256(tomli_w.dumps(form).encode()).hexdigest() for form in forms}
+
+
+def _insert_after(table: dict[str, Any], after: str, key: str, value: Any) -> dict[str, Any]:
+    """`table` with `key = value` written right after `after` (where an earlier release wrote it)."""
+    items = list(table.items())
+    at = next((i + 1 for i, (k, _) in enumerate(items) if k == after), len(items))
+    return dict([*items[:at], (key, value), *items[at:]])
 
 
 def _drop_none(value: Any) -> Any:
@@ -372,6 +390,54 @@ def override_args(values: dict[str, Any]) -> list[str]:
     return [override_arg(key, value) for key, value in values.items()]
 
 
+@dataclass(frozen=True)
+class Moved:
+    """Where a key went (`table.key`), the value earlier releases wrote for it by default, and why it moved."""
+
+    table: str
+    key: str
+    default: Any
+    why: str
+
+
+# Keys that moved to another table: a recipe that sets one is refused naming the new key; a recipe stored by an older
+# clipctl (a run's recipe.toml, a checkpoint's embedded recipe) has its value moved there (the default is dropped,
+# since the unset new key means the same and resolves as earlier releases' runs did).
+MOVED_KEYS: dict[tuple[str, str], Moved] = {
+    ("eval", "normalize"): Moved(
+        "model",
+        "normalize",
+        "clip",
+        "the image mean/std is the model's preprocessing now, the same for training, validation and `clipctl eval`",
+    ),
+}
+
+
+def refuse_moved_keys(source: str, raw: dict[str, Any]) -> None:
+    """A recipe the user wrote must not set a moved key: one line naming the new key."""
+    for (table, key), to in MOVED_KEYS.items():
+        section = raw.get(table)
+        if isinstance(section, dict) and key in section:
+            raise UsageError(
+                f"{source}: {table}.{key}: moved to {to.table}.{to.key} ({to.why}); "
+                f"set {to.table}.{to.key} = {_toml_literal(section[key])} instead"
+            )
+
+
+def _move_stored_keys(raw: dict[str, Any]) -> None:
+    """A stored recipe's moved keys, moved in place (as `check_loss_keys` drops removed ones): their value under
+    the new key, or nothing at the default."""
+    for (table, key), to in MOVED_KEYS.items():
+        section = raw.get(table)
+        if not isinstance(section, dict) or key not in section:
+            continue
+        value = section[key]
+        raw[table] = {k: v for k, v in section.items() if k != key}
+        target = raw.get(to.table, {})
+        if value != to.default and isinstance(target, dict) and to.key not in target:
+            raw[to.table] = {**target, to.key: value}
+
+
 def recipe_warnings(recipe: Recipe) -> list[str]:
     """Valid settings that defeat their purpose: one line each, printed at validation, never an error."""
     return recipe.loss.warnings(recipe.batch_plan().contrast_batch)
@@ -380,6 +446,9 @@ def recipe_warnings(recipe: Recipe) -> list[str]:
 def validate_recipe(raw: dict[str, Any], source: str = "recipe", explicit_loss_keys: set[str] | None = None) -> Recipe:
     if "tune" in raw:
         raise UsageError(f"{source}: this is a tune recipe ([tune] table); use `clipctl tune --recipe {source}`")
+    if explicit_loss_keys is None:  # a recipe given whole as data is the user's; a stored one has its keys moved
+        refuse_moved_keys(source, raw)
+    _move_stored_keys(raw)
     check_loss_keys(source, raw, explicit_loss_keys)
     try:
         return Recipe.model_validate(raw)
@@ -391,6 +460,7 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     """Load, merge `extends`, apply overrides (highest precedence) and validate."""
     path = find_recipe(name_or_path)
     raw = apply_overrides(load_raw(path), overrides or [])
+    refuse_moved_keys(str(path), raw)
     recipe = validate_recipe(raw, str(path), explicit_loss_keys(path, overrides or []))
     if not recipe.run.name:
         recipe.run.name = path.stem

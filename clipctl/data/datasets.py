@@ -59,10 +59,19 @@ def reader_for(path: Path, roles: Sequence[Role], *, image_root_given: bool = Fa
 
 
 def open_eval_set(
-    path: Path, role: Role, transform: Callable, *, on_bad_image: OnBadImage = "skip", what: str = ""
+    path: Path,
+    role: Role,
+    transform: Callable,
+    *,
+    on_bad_image: OnBadImage = "skip",
+    what: str = "",
+    clean_text: Callable[[str], str] = clean_caption,
 ) -> Any:
-    """The retrieval or classification dataset at `path`, read by the reader of its layout."""
-    return reader_for(path, (role,), what=what).read(Path(path), transform, on_bad_image=on_bad_image)
+    """The retrieval or classification dataset at `path`, read by the reader of its layout. A retrieval set's
+    captions are cleaned with `clean_text` as it is read; a classification set's prompts when they are filled
+    (`evaluate_split`'s `clean_text`)."""
+    options = {"clean_text": clean_text} if role == "retrieval" else {}
+    return reader_for(path, (role,), what=what).read(Path(path), transform, on_bad_image=on_bad_image, **options)
 
 
 def sample_identity(keys: Sequence[str], captions: Sequence[str]) -> str:
@@ -87,7 +96,8 @@ class PairsDataset(Dataset):
     `subset_indices[i]` is the position of item i in the full source (None when every source item is kept).
     Passing a stored `subset_indices` back reproduces that exact subset. A key `(index, epoch)` (what
     `build_train_loader` passes) makes augmentation a pure function of (seed, epoch, index), identical across
-    workers and resumes. Assigning `.tokenizer` tokenises every caption once.
+    workers and resumes. Captions are cleaned with `clean_text` (the model's caption cleaning) as they are read;
+    assigning `.tokenizer` tokenises every caption once.
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class PairsDataset(Dataset):
         on_bad_image: OnBadImage = "skip",
         image_root: str | Path | None = None,
         subset_indices: Sequence[int] | None = None,
+        clean_text: Callable[[str], str] = clean_caption,
     ) -> None:
         check_mode(on_bad_image)
         if not 0 < train_fraction <= 1:
@@ -112,7 +123,7 @@ class PairsDataset(Dataset):
         reader = reader_for(self.source, ("pairs",), image_root_given=bool(image_root), what="data.train")
         raw = reader.read(self.source, Path(image_root) if image_root else None)
         positions = self._positions(len(raw.items), train_fraction, subset_indices)
-        cleaned = {i: clean_caption(raw.captions[i]) for i in positions}
+        cleaned = {i: clean_text(raw.captions[i]) for i in positions}
         positions = self._usable(raw, positions, cleaned, on_bad_image)
         self._load = raw.load
         self._items = [raw.items[i] for i in positions]

@@ -15,10 +15,19 @@ from clipctl.data.datasets import open_eval_set
 from clipctl.data.images import OnBadImage
 from clipctl.data.records import Role
 from clipctl.data.registry import locate, parse_ref
+from clipctl.data.text import clean_caption
 from clipctl.errors import UsageError
 
 
-def open_reference(ref: str, role: Role, root: Path, transform: Callable, *, on_bad_image: OnBadImage = "skip") -> Any:
+def open_reference(
+    ref: str,
+    role: Role,
+    root: Path,
+    transform: Callable,
+    *,
+    on_bad_image: OnBadImage = "skip",
+    clean_text: Callable[[str], str] = clean_caption,
+) -> Any:
     """The evaluation set a reference names ("ID[:split]" or a path, as in `eval.val_*`/`eval.test_*` and
     `clipctl eval --dataset`), read by its layout's reader; a registered split of another role is a UsageError
     naming the splits that fit."""
@@ -29,4 +38,4 @@ def open_reference(ref: str, role: Role, root: Path, transform: Callable, *, on_
         raise UsageError(
             f"{ref}: a {located.role} split, not a {role} set; choose {' or '.join(fits) or 'another dataset'}"
         )
-    return open_eval_set(located.path, role, transform, on_bad_image=on_bad_image, what=ref)
+    return open_eval_set(located.path, role, transform, on_bad_image=on_bad_image, what=ref, clean_text=clean_text)

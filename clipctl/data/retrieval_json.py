@@ -18,9 +18,9 @@ from clipctl.errors import DataError
 class RetrievalDataset(Dataset):
     """COCO-like retrieval set: item -> image tensor; `.captions`, `.text_to_image` (caption -> image index).
 
-    Captions are cleaned; empty ones are dropped, and so is an image left without captions or whose
-    header does not open (skip mode). `.listed` counts the images with captions, `.unreadable` names
-    (path, reason) of those dropped, so evaluation can say what it scored out of what.
+    Captions are cleaned (`clean_text`: the model's caption cleaning); empty ones are dropped, and so is an image
+    left without captions or whose header does not open (skip mode). `.listed` counts the images with captions,
+    `.unreadable` names (path, reason) of those dropped, so evaluation can say what it scored out of what.
     """
 
     def __init__(
@@ -30,6 +30,7 @@ class RetrievalDataset(Dataset):
         *,
         on_bad_image: OnBadImage = "skip",
         image_root: str | Path | None = None,
+        clean_text: Callable[[str], str] = clean_caption,
     ) -> None:
         check_mode(on_bad_image)
         self.source = Path(source)
@@ -53,7 +54,7 @@ class RetrievalDataset(Dataset):
                 raise DataError(
                     f'{self.source}: entry {i}: expected {{"image": str, "caption": [str, ...]}}, got {str(entry)[:80]}'
                 )
-            cleaned = [c for c in (clean_caption(c) for c in captions) if c]
+            cleaned = [c for c in (clean_text(c) for c in captions) if c]
             if cleaned:
                 entries.append((base / entry["image"], cleaned))
         ok, self.unreadable = filter_images(

@@ -24,13 +24,21 @@ PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>")
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def clean_caption(text: str, max_words: int = MAX_CAPTION_WORDS) -> str:
+def clean_caption(
+    text: str, max_words: int = MAX_CAPTION_WORDS, *, lowercase: bool = True, strip_punctuation: bool = True
+) -> str:
     """Lower-case, punctuation and symbols replaced by spaces, whitespace collapsed, at most `max_words` words.
 
-    Matches the report's pipeline so vocabularies and captions compare across runs; may return "".
+    Matches the report's pipeline so vocabularies and captions compare across runs; may return "". A model's
+    preprocessing record may keep the case or the punctuation (`clipctl.model.preprocess.text_cleaner`).
     """
-    lowered = unicodedata.normalize("NFKC", str(text)).lower().replace("'", "").replace("\u2019", "")
-    kept = "".join(" " if unicodedata.category(ch)[0] in "PSCZ" else ch for ch in lowered)
+    text = unicodedata.normalize("NFKC", str(text))
+    if lowercase:
+        text = text.lower()
+    if strip_punctuation:
+        text = text.replace("'", "").replace("\u2019", "")
+    dropped = "PSCZ" if strip_punctuation else "CZ"
+    kept = "".join(" " if unicodedata.category(ch)[0] in dropped else ch for ch in text)
     return " ".join(kept.split()[:max_words])
 
 

@@ -1,7 +1,7 @@
 """`clipctl eval`: rebuild a model from its self-contained checkpoint and report the test metrics.
 
-Nothing outside the checkpoint is needed to rebuild the model (recipe, tokenizer and weights are in it,
-loaded with `weights_only=True`); only the evaluation datasets come from the data root: `--data-root`, else
+Nothing outside the checkpoint is needed to rebuild the model (recipe, tokenizer, preprocessing and weights are in
+it, loaded with `weights_only=True`); only the evaluation datasets come from the data root: `--data-root`, else
 `$CLIPCTL_DATA`, else the data.root the checkpoint was trained with, else ./data. What is evaluated comes from the
 dataset records (`clipctl.evaluate.benchmarks`).
 """
@@ -19,13 +19,13 @@ from clipctl.atomic import atomic_write_json
 from clipctl.console import info
 from clipctl.data.datasets import open_eval_set
 from clipctl.data.text import TextTokenizer
-from clipctl.data.transforms import eval_transform
 from clipctl.errors import UsageError
 from clipctl.evaluate.benchmarks import EvalSet, combined_pair, file_names, plan, shorthand_flags
 from clipctl.evaluate.objective import objective
 from clipctl.evaluate.splits import evaluate_split
 from clipctl.model.clip import CLIPModel, build_model
 from clipctl.model.config import ModelConfig
+from clipctl.model.preprocess import Preprocess, image_transform, text_cleaner
 from clipctl.paths import chosen_data_root
 from clipctl.recipe import Recipe, validate_recipe
 from clipctl.run.checkpoint import load_checkpoint, recorded_temperature
@@ -44,6 +44,7 @@ class LoadedCheckpoint:
     tokenizer: TextTokenizer
     model: CLIPModel
     epoch: int
+    preprocess: Preprocess  # as recorded by the trainer; in older checkpoints, their recipe's
     temperature: tuple[float, str] | None = None  # as recorded by the trainer; None in older checkpoints
 
 
@@ -59,7 +60,23 @@ def load_for_eval(path: Path, device: torch.device) -> LoadedCheckpoint:
     recipe = validate_recipe(raw, f"{path} (embedded recipe)", explicit_loss_keys=set())
     tokenizer = TextTokenizer.from_json(ckpt["tokenizer_json"], int(ckpt["tokenizer_max_len"]))
     model = model_with_weights(recipe.model, tokenizer, ckpt["model"], path, device)
-    return LoadedCheckpoint(path, recipe, tokenizer, model, int(ckpt.get("epoch", -1)), recorded_temperature(ckpt))
+    return LoadedCheckpoint(
+        path,
+        recipe,
+        tokenizer,
+        model,
+        int(ckpt.get("epoch", -1)),
+        recorded_preprocess(ckpt, recipe, path),
+        recorded_temperature(ckpt),
+    )
+
+
+def recorded_preprocess(ckpt: dict[str, Any], recipe: Recipe, path: Path) -> Preprocess:
+    """The preprocessing the model was trained with; a checkpoint written before the record has its recipe's (today's
+    defaults: CLIP mean/std, bicubic, the report's caption cleaning, at its data.image_size)."""
+    if "preprocess" not in ckpt:
+        return recipe.preprocess()
+    return Preprocess.from_record(ckpt["preprocess"], str(path))
 
 
 def model_with_weights(
@@ -114,14 +131,17 @@ def evaluate_checkpoint(
     root, why = chosen_data_root(root, recipe.data.root)
     rows = plan(benchmarks, datasets, root)  # every dataset is located first: a missing one fails before encoding
     info(f"data root: {root} ({why})")  # (an error above names it already)
-    transform = eval_transform(recipe.data.image_size, recipe.eval.normalize)
+    transform, clean_text = image_transform(loaded.preprocess), text_cleaner(loaded.preprocess)
     stems = file_names(rows)
     results: dict[str, dict[str, Any]] = {}
     for row in rows:
         metrics = evaluate_split(
             loaded.model,
             loaded.tokenizer,
-            row.retrieval and open_eval_set(row.retrieval.path, "retrieval", transform, what=row.retrieval.source),
+            row.retrieval
+            and open_eval_set(
+                row.retrieval.path, "retrieval", transform, what=row.retrieval.source, clean_text=clean_text
+            ),
             row.zeroshot and open_eval_set(row.zeroshot.path, "classification", transform, what=row.zeroshot.source),
             batch_size=recipe.eval.batch_size,
             chunk_size=recipe.eval.chunk_size,
@@ -131,6 +151,7 @@ def evaluate_checkpoint(
             precision="auto" if device.type == "cuda" else "no",
             progress=progress,
             max_missing=recipe.eval.max_missing if max_missing is None else max_missing,
+            clean_text=clean_text,
         )
         metrics.update(checkpoint=str(path), epoch=loaded.epoch, **_sources(row))
         atomic_write_json(path.parent / EVAL_DIR / f"{stems[row.name]}.json", metrics, indent=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,11 +82,13 @@ def evaluate_split(
     precision: Precision = "no",
     progress: bool = False,
     max_missing: int | None = 0,
+    clean_text: Callable[[str], str] | None = None,
 ) -> dict[str, float]:
     """Retrieval and zero-shot metrics of one split, as fractions, keys prefixed with `prefix`.
 
     retrieval_dataset: `.captions` (list[str]), `.text_to_image` (C,), items are image tensors.
-    classification_dataset: `.classnames`, `.templates` (with `{}`), items are (image tensor, label).
+    classification_dataset: `.classnames`, `.templates` (with `{}`), items are (image tensor, label); its prompts go
+    through `clean_text`, the model's caption cleaning (`clipctl.model.preprocess.text_cleaner`; None: as written).
     Returns {prefix+"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "r_mean"} for retrieval, {"acc@1", "acc@5"}
     for zero-shot, "objective" when both are given, and the encoding throughput "images_per_s" (all images) and
     "captions_per_s", and how many images were scored out of how many the set lists ("retrieval_scored",
@@ -106,7 +109,7 @@ def evaluate_split(
         metrics.update(part)
         image_count, image_seconds = image_count + count, image_seconds + seconds
     if classification_dataset is not None:
-        part, count, seconds = _zeroshot(model, tokenizer, classification_dataset, options, max_missing)
+        part, count, seconds = _zeroshot(model, tokenizer, classification_dataset, options, max_missing, clean_text)
         metrics.update(part)
         image_count, image_seconds = image_count + count, image_seconds + seconds
     if retrieval_dataset is not None and classification_dataset is not None:
@@ -158,7 +161,12 @@ def _retrieval(
 
 
 def _zeroshot(
-    model: Any, tokenizer: Any, dataset: Any, o: _EncodeOptions, max_missing: int | None
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    o: _EncodeOptions,
+    max_missing: int | None,
+    clean_text: Callable[[str], str] | None,
 ) -> tuple[dict[str, float], int, float]:
     """Zero-shot accuracy of a classification set and its scored/total images; with its image count and encoding
     seconds."""
@@ -171,6 +179,7 @@ def _zeroshot(
         device=o.device,
         precision=o.precision,
         progress=o.label("class prompts"),
+        clean=clean_text,
     )
     loader = _loader(dataset, o.batch_size, o.num_workers, o.device)
     images = encode_images(model, loader, device=o.device, precision=o.precision, progress=o.label("zero-shot images"))

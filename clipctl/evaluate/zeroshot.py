@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -38,6 +38,7 @@ def zeroshot_classifier(
     device: torch.device | str | None = None,
     precision: Precision = "no",
     progress: str | None = None,
+    clean: Callable[[str], str] | None = None,
 ) -> torch.Tensor:
     """Classifier weights (num_classes, d), float32, L2-normalised rows, on the model's device.
 
@@ -45,9 +46,13 @@ def zeroshot_classifier(
     `model.encode_text(tokenizer.encode(texts))`; each prompt embedding is L2-normalised, the class's embeddings are
     averaged and the mean is re-normalised. Prompts are encoded in batches of `batch_size` that may span classes;
     the per-class sums are accumulated, so memory is O(num_classes x d), not O(num_classes x templates x d).
-    `progress` is a description for a progress display over the prompts (None: silent).
+    `progress` is a description for a progress display over the prompts (None: silent). `clean` is applied to each
+    filled prompt: the model's caption cleaning, so that prompts read like the captions it was trained on (a
+    template's trailing "." would otherwise be a token the model never saw); None: as written.
     """
     prompts = fill_templates(classnames, templates)
+    if clean is not None:
+        prompts = [clean(prompt) for prompt in prompts]
     device = model_device(model) if device is None else torch.device(device)
     per_class = len(templates)
     sums: torch.Tensor | None = None

@@ -6,6 +6,7 @@ open_clip (`model.encode_image(preprocess(img)[None])`, `model.encode_text(token
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,11 +48,12 @@ class CLIP(nn.Module):
 
 class Tokenizer:
     """open_clip's tokenizer call: `tokenizer("text" or [texts]) -> LongTensor (n, context_length)`, padded with the
-    model's pad id. Texts are tokenized as given, as `clipctl eval` does with zero-shot prompts (it lower-cases and
-    strips punctuation from retrieval captions first: `clipctl.data.text.clean_caption`)."""
+    model's pad id. Texts are cleaned first as `clipctl eval` cleans captions and zero-shot prompts: the model's
+    preprocessing record (`clipctl.model.preprocess.text_cleaner`; by default lower-cased, punctuation removed)."""
 
-    def __init__(self, tokenizer: TextTokenizer) -> None:
+    def __init__(self, tokenizer: TextTokenizer, clean: Callable[[str], str]) -> None:
         self.tokenizer = tokenizer
+        self.clean = clean
         self.context_length = tokenizer.max_len
         self.pad_id = tokenizer.pad_id
 
@@ -60,7 +62,7 @@ class Tokenizer:
             raise UsageError(
                 f"context_length = {context_length}: this model's tokenizer pads to {self.context_length} tokens"
             )
-        return self.tokenizer.encode([texts] if isinstance(texts, str) else list(texts))
+        return self.tokenizer.encode([self.clean(text) for text in ([texts] if isinstance(texts, str) else texts)])
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -80,4 +82,4 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> tuple[CLIP, To
     """
     bundle = open_bundle(path, device)
     model = CLIP(bundle.model, bundle.temperature, bundle.tokenizer.max_len).to(device)
-    return model.eval(), Tokenizer(bundle.tokenizer), preprocess_of(bundle)
+    return model.eval(), Tokenizer(bundle.tokenizer, bundle.clean_text()), preprocess_of(bundle)

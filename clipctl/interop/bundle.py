@@ -2,7 +2,7 @@
 from a run directory, a checkpoint or a folder `clipctl export` wrote.
 
 An exported folder carries `clipctl.json` (the manifest): the recipe's [model] table and the few other settings the
-model needs (image size, normalisation, tokenizer length, temperature), so it loads without the run or its recipe.
+model needs (its preprocessing record, tokenizer length, temperature), so it loads without the run or its recipe.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import torch
 from pydantic import ValidationError
 
 from clipctl.data.text import TextTokenizer
-from clipctl.data.transforms import eval_transform
 from clipctl.errors import UsageError
 from clipctl.evaluate.checkpoint_eval import load_for_eval, model_with_weights
 from clipctl.interop import openclip_format
 from clipctl.model.clip import CLIPModel
 from clipctl.model.config import ModelConfig
+from clipctl.model.preprocess import NORMALIZATIONS, Preprocess, image_transform, text_cleaner
 from clipctl.model.util import first_line
 from clipctl.run.layout import RunDir
 from clipctl.schema import format_validation_error, known_keys
@@ -41,7 +41,6 @@ MANIFEST_FIELDS: dict[str, type] = {
     "layout": str,
     "model": dict,
     "image_size": int,
-    "normalize": str,
     "max_text_len": int,
     "pad_id": int,
     "temperature": float,
@@ -60,8 +59,7 @@ class Bundle:
     model: CLIPModel
     tokenizer: TextTokenizer
     model_config: ModelConfig
-    image_size: int
-    normalize: str
+    preprocess: Preprocess
     temperature: float
     temperature_source: str
     batch_size: int  # eval.batch_size of the run: what `clipctl eval` encodes with
@@ -70,9 +68,17 @@ class Bundle:
     loss: str
     source: Path  # the file the weights came from
 
+    @property
+    def image_size(self) -> int:
+        return self.preprocess.image_size
+
     def transform(self) -> Callable:
         """The evaluation transform `clipctl eval` applies (PIL RGB image in, normalised tensor out)."""
-        return eval_transform(self.image_size, self.normalize)  # type: ignore[arg-type]
+        return image_transform(self.preprocess)
+
+    def clean_text(self) -> Callable[[str], str]:
+        """The text cleaning `clipctl eval` applies to captions and zero-shot prompts before tokenizing."""
+        return text_cleaner(self.preprocess)
 
     def fingerprint(self) -> str:
         """Which weights these are, cheaply: the weights file's resolved path, size and modification time."""
@@ -88,9 +94,9 @@ class Bundle:
             "version": EXPORT_VERSION,
             "layout": layout,
             "weights": LAYOUTS[layout],
-            "model": self.model_config.model_dump(),
+            "model": self.model_config.model_dump(exclude_none=True),
             "image_size": self.image_size,
-            "normalize": self.normalize,
+            "preprocess": self.preprocess.to_record(),
             "max_text_len": self.tokenizer.max_len,
             "pad_id": self.tokenizer.pad_id,
             "temperature": self.temperature,
@@ -131,8 +137,7 @@ def _from_checkpoint(path: Path, device: torch.device) -> Bundle:
         model=loaded.model,
         tokenizer=loaded.tokenizer,
         model_config=recipe.model,
-        image_size=recipe.data.image_size,
-        normalize=recipe.eval.normalize,
+        preprocess=loaded.preprocess,
         temperature=temperature,
         temperature_source=how,
         batch_size=recipe.eval.batch_size,
@@ -189,8 +194,7 @@ def _from_export(folder: Path, device: torch.device) -> Bundle:
         model=model_with_weights(model_cfg, tokenizer, state, weights, device),
         tokenizer=tokenizer,
         model_config=model_cfg,
-        image_size=manifest["image_size"],
-        normalize=manifest["normalize"],
+        preprocess=_export_preprocess(folder, manifest),
         temperature=manifest["temperature"],
         temperature_source=manifest["temperature_source"],
         batch_size=manifest["batch_size"],
@@ -199,6 +203,18 @@ def _from_export(folder: Path, device: torch.device) -> Bundle:
         loss=manifest["loss"],
         source=weights,
     )
+
+
+def _export_preprocess(folder: Path, manifest: dict[str, Any]) -> Preprocess:
+    """The export's preprocessing record; an export written before the record has its image size and named
+    normalisation (and the caption cleaning of its time)."""
+    if "preprocess" in manifest:
+        return Preprocess.from_record(manifest["preprocess"], str(folder / MANIFEST))
+    normalize = manifest.get("normalize")
+    if normalize not in NORMALIZATIONS:
+        raise UsageError(f"{folder / MANIFEST}: field 'preprocess' is missing; export the model again")
+    mean, std = NORMALIZATIONS[normalize]
+    return Preprocess(image_size=manifest["image_size"], mean=mean, std=std)  # type: ignore[arg-type]
 
 
 def _export_tokenizer(folder: Path, manifest: dict[str, Any]) -> TextTokenizer:

@@ -133,10 +133,12 @@ def embed_texts(
     progress: bool = True,
     part_rows: int = PART_ROWS,
 ) -> EmbedResult:
-    """Embed (line number, text) pairs, texts as written, into `out` and its index (.csv: row, line, text)."""
+    """Embed (line number, text) pairs into `out` and its index (.csv: row, line, text as written); each text is
+    cleaned first as `clipctl eval` cleans captions (the model's preprocessing record)."""
     device = model_device(bundle.model)
     batch_size = batch_size or bundle.batch_size
-    texts = [text for _, text in lines]
+    clean = bundle.clean_text()
+    texts = [clean(text) for _, text in lines]
 
     def encode_from(start: int) -> Iterator[torch.Tensor]:
         for _, features in iter_text_features(

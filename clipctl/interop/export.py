@@ -26,7 +26,6 @@ import torch
 from PIL import Image
 
 from clipctl.atomic import staged_dir
-from clipctl.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from clipctl.errors import ClipctlError, RunConflictError, UsageError
 from clipctl.interop import openclip_format
 from clipctl.interop.bundle import MANIFEST, SAFETENSORS_WEIGHTS, Bundle, open_bundle
@@ -104,7 +103,9 @@ def _write_open_clip(bundle: Bundle, stage: Path, final: Path) -> ExportResult:
             "embed_dim": bundle.model_config.embed_dim,
             "init_logit_scale": math.log(1.0 / bundle.temperature),
             "vision_cfg": openclip_format.vision_cfg(bundle.model_config, bundle.image_size),
-            "text_cfg": openclip_format.text_cfg(bundle.model_config, str(final), bundle.tokenizer.max_len),
+            "text_cfg": openclip_format.text_cfg(
+                bundle.model_config, str(final), bundle.tokenizer.max_len, openclip_format.text_clean(bundle.preprocess)
+            ),
         },
         "preprocess_cfg": preprocess_cfg(bundle),
     }
@@ -124,14 +125,14 @@ def _write_open_clip(bundle: Bundle, stage: Path, final: Path) -> ExportResult:
 
 
 def preprocess_cfg(bundle: Bundle) -> dict[str, Any]:
-    """open_clip's preprocess_cfg for clipctl's evaluation transform: resize the short side (bicubic), center crop."""
-    mean, std = (CLIP_MEAN, CLIP_STD) if bundle.normalize == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
+    """open_clip's preprocess_cfg for the model's evaluation transform: resize the short side, center crop."""
+    preprocess = bundle.preprocess
     return {
-        "size": bundle.image_size,
+        "size": preprocess.image_size,
         "mode": "RGB",
-        "mean": list(mean),
-        "std": list(std),
-        "interpolation": "bicubic",
+        "mean": list(preprocess.mean),
+        "std": list(preprocess.std),
+        "interpolation": preprocess.interpolation,
         "resize_mode": "shortest",
         "fill_color": 0,
     }
@@ -183,9 +184,9 @@ class _Face:
 
 
 def _clipctl_face(bundle: Bundle) -> _Face:
-    model = bundle.model
+    model, clean = bundle.model, bundle.clean_text()
     return _Face(
-        bundle.tokenizer.encode,
+        lambda texts: bundle.tokenizer.encode([clean(text) for text in texts]),
         bundle.transform(),
         model.encode_image,
         model.encode_text,

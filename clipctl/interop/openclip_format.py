@@ -16,6 +16,7 @@ import torch
 
 from clipctl.errors import UsageError
 from clipctl.model.config import ModelConfig
+from clipctl.model.preprocess import Preprocess
 
 WEIGHTS = "open_clip_model.safetensors"
 CONFIG = "open_clip_config.json"
@@ -89,8 +90,9 @@ def vision_cfg(model: ModelConfig, image_size: int) -> dict[str, Any]:
     return cfg
 
 
-def text_cfg(model: ModelConfig, folder: str, context_length: int) -> dict[str, Any]:
-    """open_clip's text_cfg: an HF text tower whose config.json and tokenizer files are in `folder`."""
+def text_cfg(model: ModelConfig, folder: str, context_length: int, clean: str) -> dict[str, Any]:
+    """open_clip's text_cfg: an HF text tower whose config.json and tokenizer files are in `folder`, its tokenizer
+    cleaning texts the `clean` way (`text_clean`)."""
     return {
         "hf_model_name": folder,  # open_clip 3.3 builds the HF tower from a name or path only: this folder's
         "hf_tokenizer_name": folder,
@@ -98,7 +100,22 @@ def text_cfg(model: ModelConfig, folder: str, context_length: int) -> dict[str, 
         "hf_proj_type": "linear",
         "hf_pooler_type": POOLERS[model.text_pooling],
         "context_length": context_length,
+        "tokenizer_kwargs": {"clean": clean},
     }
+
+
+def text_clean(preprocess: Preprocess) -> str:
+    """open_clip's tokenizer cleaning nearest the model's caption cleaning: "canonicalize" lower-cases and deletes
+    punctuation (clipctl turns it into a space: the two differ inside a word, as in "t-shirt", and open_clip keeps
+    more than `max_words` words), "lower" only lower-cases; the export's check texts hold them to the same tokens."""
+    if preprocess.strip_punctuation and preprocess.lowercase:
+        return "canonicalize"
+    if preprocess.strip_punctuation:
+        raise UsageError(
+            "--format open_clip: open_clip's tokenizer cannot strip punctuation and keep the case "
+            "(model.text_lowercase = false); export with --format safetensors instead"
+        )
+    return "lower" if preprocess.lowercase else "whitespace"
 
 
 def check_text_type(model_type: str, shipped: dict[str, Any]) -> bool:

@@ -116,6 +116,7 @@ def zeroshot_images(
         device=device,
         precision=precision,  # type: ignore[arg-type]
         progress="class prompts" if progress else None,
+        clean=bundle.clean_text(),
     )
     workers = bundle.num_workers if num_workers is None else num_workers
     loader = image_loader(ImageFiles(paths, bundle.transform()), batch_size, workers, device)

@@ -28,3 +28,10 @@ class ModelConfig(Section):
     init_from: str = ""  # a clipctl ckpt.pt (or its run directory): start both towers from its weights
     init_projections: bool = False  # with init_from: start the projections from it too
     cache_locked_features: bool = True  # both towers locked: compute each sample's tower features once
+    # The model's preprocessing (model/preprocess.py), recorded in its checkpoint. Unset: today's default, and left
+    # out of the resolved recipe so that runs and studies recorded before these keys keep their identity.
+    normalize: Literal["clip", "imagenet"] | None = None  # image mean/std; unset: "clip"
+    interpolation: Literal["bicubic", "bilinear", "nearest"] | None = None  # resize and crop; unset: "bicubic"
+    text_lowercase: bool | None = None  # unset: true
+    text_strip_punctuation: bool | None = None  # punctuation and symbols become spaces; unset: true
+    text_max_words: int | None = Field(None, ge=1, le=512)  # words kept of each caption and prompt; unset: 30

@@ -110,10 +110,16 @@ def save_checkpoint(
     metrics: dict[str, Any],
     epoch: int,
     temperature: tuple[float, str] | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> None:
-    """The self-contained model file `clipctl eval` needs: weights, recipe, tokenizer, metrics; and the temperature
-    τ to use at inference with how it was chosen (`logit_scale = ln(1/τ)` of an export), when the loss has one."""
-    recorded = {"temperature": float(temperature[0]), "temperature_source": temperature[1]} if temperature else {}
+    """The self-contained model file `clipctl eval` needs: weights, recipe, tokenizer, metrics; the temperature
+    τ to use at inference with how it was chosen (`logit_scale = ln(1/τ)` of an export), when the loss has one; and
+    the model's preprocessing record (`clipctl.model.preprocess`), which every later user builds its transforms from."""
+    recorded: dict[str, Any] = (
+        {"temperature": float(temperature[0]), "temperature_source": temperature[1]} if temperature else {}
+    )
+    if preprocess is not None:
+        recorded["preprocess"] = preprocess
     atomic_torch_save(
         {
             "format": CKPT_FORMAT,

@@ -18,12 +18,12 @@ from clipctl.data.operations import check_for_run, ensure_for_run, training_subs
 from clipctl.data.references import open_reference
 from clipctl.data.registry import resolve
 from clipctl.data.text import TextTokenizer, build_tokenizer, trim_padding
-from clipctl.data.transforms import eval_transform, train_transform
 from clipctl.errors import DataError, UsageError
 from clipctl.evaluate.encode import Precision
 from clipctl.evaluate.splits import evaluate_split
 from clipctl.losses import build_loss
 from clipctl.model.clip import CLIPModel, ProjectionHeads, build_model
+from clipctl.model.preprocess import image_transform, text_cleaner
 from clipctl.paths import data_root
 from clipctl.recipe import Recipe
 from clipctl.run.checkpoint import load_checkpoint
@@ -135,6 +135,7 @@ class Components:
             prefix="val/" if split == "val" else "",
             precision=precision,
             max_missing=ev.max_missing,
+            clean_text=text_cleaner(self.recipe.preprocess()),
         )
         model.train(was_training)
         if split != "val":
@@ -151,9 +152,10 @@ class Components:
         opens every image header (55k on the real data); the sets do not change during a run."""
         key = (retrieval_ref, zeroshot_ref)
         if key not in self.eval_sets:
-            transform = eval_transform(self.recipe.data.image_size, self.recipe.eval.normalize)
+            preprocess = self.recipe.preprocess()
+            transform = image_transform(preprocess)
             self.eval_sets[key] = (
-                open_reference(retrieval_ref, "retrieval", self.root, transform),
+                open_reference(retrieval_ref, "retrieval", self.root, transform, clean_text=text_cleaner(preprocess)),
                 open_reference(zeroshot_ref, "classification", self.root, transform),
             )
         return self.eval_sets[key]
@@ -168,9 +170,11 @@ def build_components(
     data = recipe.data
     check_for_run(_data_refs(recipe), root, data.model_dump())  # every process: the data is what the recipe asks
     subset = state.get("subset_indices") if state else None
+    preprocess = recipe.preprocess()
     train_set = PairsDataset(
         resolve(data.train, root),
-        transform=train_transform(data.image_size, augment=data.augment),
+        transform=image_transform(preprocess, augment=data.augment),
+        clean_text=text_cleaner(preprocess),
         train_fraction=data.train_fraction,
         seed=recipe.run.seed,
         on_bad_image=data.on_bad_image,
@@ -253,7 +257,7 @@ class CachedFeatures(torch.utils.data.Dataset):
             f"both towers locked: computing the tower features of {len(train_set)} training pairs once (no "
             f"augmentation{note})"
         )
-        transform, train_set.transform = train_set.transform, train_transform(data.image_size, augment=False)
+        transform, train_set.transform = train_set.transform, image_transform(recipe.preprocess())
         loader = torch.utils.data.DataLoader(train_set, batch_size=recipe.eval.batch_size, num_workers=data.num_workers)
         was_training = model.training
         model.eval()

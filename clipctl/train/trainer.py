@@ -654,6 +654,7 @@ class Trainer:
             metrics=metrics,
             epoch=epoch,
             temperature=inference_temperature(self.parts.loss),
+            preprocess=self.recipe.preprocess().to_record(),
         )
 
     def _final_test(self) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from clipctl.data.text import (
     load_hf_tokenizer,
     train_wordpiece,
 )
-from clipctl.data.transforms import CLIP_MEAN, CLIP_STD, eval_transform, train_transform
+from clipctl.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from clipctl.errors import DataError, UsageError
 from clipctl.model.config import ModelConfig
 
@@ -270,10 +270,8 @@ def test_transforms_shapes_and_normalisation():
     plain = eval_transform(SIZE)(image)
     expected = torch.tensor([(1 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
     assert torch.allclose(plain[:, 0, 0], expected, atol=1e-4)
-    imagenet = eval_transform(SIZE, "imagenet")(image)
+    imagenet = eval_transform(SIZE, IMAGENET_MEAN, IMAGENET_STD)(image)
     assert torch.allclose(
         imagenet[:, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]), atol=1e-4
     )
     assert torch.equal(train_transform(SIZE, augment=False)(image), plain)
-    with pytest.raises(UsageError, match="normalize"):
-        eval_transform(SIZE, "nope")  # type: ignore[arg-type]

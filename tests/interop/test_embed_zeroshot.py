@@ -37,7 +37,8 @@ def _read_index(path: Path) -> list[dict[str, str]]:
 def test_embed_gives_clipctl_evals_retrieval_numbers(quickstart, run_cli, monkeypatch, tmp_path):
     expected = _eval_numbers(quickstart, run_cli, monkeypatch)
     entries = json.loads((quickstart.shapes / "test.json").read_text())
-    captions = [clean_caption(c) for entry in entries for c in entry["caption"]]  # what eval's reader does
+    captions = [c for entry in entries for c in entry["caption"]]  # as written: embed cleans them as eval's reader
+    assert any(clean_caption(c) != c for c in captions)  # (the shapes captions hold commas)
     (tmp_path / "captions.txt").write_text("\n".join(captions) + "\n")
     code, _, err = run_cli("embed", quickstart.run, "--images", quickstart.shapes / "test", "--out", tmp_path / "i.npy")
     assert code == 0, err

@@ -63,7 +63,7 @@ def test_exported_preprocess_equals_clipctls_eval_transform(quickstart, quicksta
     import clipctl.interop.open_clip  # noqa: F401
 
     _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{quickstart_exports['open_clip']}")
-    reference = eval_transform(32, "clip")  # the tiny recipe: data.image_size = 32, eval.normalize = "clip"
+    reference = eval_transform(32)  # the tiny recipe: data.image_size = 32, CLIP mean/std (model.normalize unset)
     generator = torch.Generator().manual_seed(0)
     fixed = Image.fromarray(torch.randint(0, 256, (45, 71, 3), generator=generator, dtype=torch.uint8).numpy())
     for image in [fixed, fixed.resize((20, 13)), *_test_images(quickstart.shapes, 2)]:

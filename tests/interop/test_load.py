@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 import clipctl
+from clipctl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from clipctl.errors import UsageError
 from clipctl.interop.bundle import MANIFEST, open_bundle
+from clipctl.model.preprocess import Preprocess
 from clipctl.run.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow  # the shared fixture trains a model (a few seconds)
@@ -57,6 +59,15 @@ def test_open_clip_signatures_and_temperature(quickstart):
         tokenizer(["x"], context_length=tokenizer.context_length + 1)
 
 
+def test_the_tokenizer_cleans_texts_as_clipctl_eval_does(quickstart):
+    """Captions and zero-shot prompts are lower-cased and lose their punctuation before `clipctl eval` tokenizes
+    them (the model's preprocessing record); `clipctl.load`'s tokenizer does the same."""
+    _, tokenizer, _ = clipctl.load(quickstart.run)
+    assert torch.equal(tokenizer(["A Red Circle.", "Two small, blue stars in the top-left!"]), tokenizer(TEXTS[:2]))
+    raw = tokenizer.tokenizer.encode(["A Red Circle."])  # the wordpiece tokenizer as is: "." is a token of its own
+    assert not torch.equal(raw, tokenizer("A Red Circle."))
+
+
 def test_checkpoint_records_the_per_sample_mean_temperature(quickstart):
     ckpt = load_checkpoint(quickstart.ckpt)
     # the quickstart loss is isogclr_new: individual τ in [tau_min, tau_max] = [0.01, 0.1]
@@ -72,6 +83,18 @@ def test_a_checkpoint_from_before_the_record_falls_back_to_the_recipe(quickstart
     bundle = open_bundle(old)
     assert bundle.temperature == 0.05  # the quickstart recipe's tau_init
     assert bundle.temperature_source == "recipe loss.tau_init (the checkpoint predates the temperature record)"
+
+
+def test_an_export_from_before_the_preprocessing_record_uses_its_named_normalisation(quickstart_exports, tmp_path):
+    folder = _copy(quickstart_exports["safetensors"], tmp_path)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert Preprocess.from_record(manifest.pop("preprocess"), "export") == Preprocess(image_size=32)
+    (folder / MANIFEST).write_text(json.dumps({**manifest, "normalize": "imagenet"}))
+    assert open_bundle(folder).preprocess == Preprocess(image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    (folder / MANIFEST).write_text(json.dumps(manifest))  # neither record nor name
+    with pytest.raises(UsageError) as err:
+        clipctl.load(folder)
+    assert "field 'preprocess' is missing; export the model again" in _one_line(err)
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
@@ -103,6 +126,8 @@ def test_truncated_export_weights_are_one_line(layout, quickstart_exports, tmp_p
         ({"layout": "onnx"}, "layout 'onnx' is not one of"),
         ({"pad_id": 3}, "pads with id 0 but the model was trained with pad id 3"),
         ({"model": {"image_model": "test_resnet", "embed_dim": 3}}, "model.embed_dim"),
+        ({"preprocess": {"image_size": 32, "interpolation": "lanczos"}}, "preprocessing record: interpolation"),
+        ({"preprocess": [32]}, "the preprocessing record is not a table"),
     ],
 )
 def test_a_tampered_manifest_is_one_line(change, expected, quickstart_exports, tmp_path):
