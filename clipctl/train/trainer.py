@@ -62,7 +62,17 @@ UNTRACKED_KEYS = {
     ("train", "dist_timeout_s"),
     ("loss", "state_sharding"),
     ("train", "reset_loss_state"),
-}  # change no result: how long ranks wait, where the state lives; or an instruction to the resume itself
+    ("data", "num_workers"),
+    ("data", "pin_memory"),
+    ("data", "persistent_workers"),
+    ("train", "save_every_steps"),
+    ("train", "save_every_epochs"),
+    ("train", "keep_checkpoints"),
+}  # change no result: how long ranks wait, where the state lives, how the loader feeds, how often it saves; or an
+# instruction to the resume itself (the [tracking] and [eval] tables are not compared at all)
+# Where the training pairs are read from: a run resumes across a moved data root or file when the pairs it finds
+# there are the same samples in the same order (the state's `sample_identity`), checked once the data is read.
+DATA_LOCATION_KEYS = {("data", "root"), ("data", "image_root"), ("data", "train")}
 
 
 @dataclass
@@ -175,16 +185,30 @@ def _removed(section: str, key: str) -> bool:
     return section == "loss" and key in REMOVED_KEYS
 
 
-def _recipe_difference(saved: dict[str, Any], current: dict[str, Any], saved_as: str = "state") -> str:
-    """The keys that make `saved` another recipe than `current` (the first three), or "" when none does."""
+def _recipe_difference(
+    saved: dict[str, Any], current: dict[str, Any], saved_as: str = "state", ignore: frozenset = frozenset()
+) -> str:
+    """The keys that make `saved` another recipe than `current` (the first three), or "" when none does; the
+    (section, key) pairs in `ignore` are left to another check."""
     diffs = []
     for section in ("run", *TRACKED_FOR_RESUME):
         a, b = saved.get(section, {}), current.get(section, {})
         keys = TRACKED_RUN_KEYS if section == "run" else sorted(set(a) | set(b))
         for key in keys:
-            if a.get(key) != b.get(key) and (section, key) not in UNTRACKED_KEYS and not _removed(section, key):
+            skipped = (section, key) in UNTRACKED_KEYS or (section, key) in ignore or _removed(section, key)
+            if a.get(key) != b.get(key) and not skipped:
                 diffs.append(f"{section}.{key}: {saved_as} {a.get(key)!r} vs recipe {b.get(key)!r}")
     return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
+
+
+def _moved_data(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The data location keys the state was saved with and the recipe now changes, each with both values."""
+    a, b = saved.get("data", {}), current.get("data", {})
+    return [
+        f"data.{key}: state {a.get(key)!r} vs recipe {b.get(key)!r}"
+        for _, key in sorted(DATA_LOCATION_KEYS)
+        if a.get(key) != b.get(key)
+    ]
 
 
 COUNT_SUFFIXES = ("_per_s", "_scored", "_total")  # validation keys that are not percentages
@@ -247,10 +271,12 @@ class Trainer:
         # a run stopped before its first save, started over in place (its files are replaced at the start)
         self.restarting = self.resume_from is None and options.resume == "restart" and self.run.has_content()
         self.state = load_state(self.resume_from) if self.resume_from else None
+        self.moved_data: list[str] = []
         if self.state is not None:
             self._check_compatible(self.state)
         set_seed(recipe.run.seed, deterministic=recipe.train.deterministic)
         self.parts: Components = build_components(recipe, self.accelerator, self.state, prepare_data=self.main)
+        self._check_moved_data()
         _refuse_single_sample_batchnorm(self.parts.model, self.parts.micro_batch)
         # on the training device before the optimizer exists: fused optimizers (fusedadam) refuse CPU parameters
         self.parts.model.to(self.accelerator.device)
@@ -271,11 +297,12 @@ class Trainer:
     def _check_compatible(self, state: dict[str, Any]) -> None:
         current = self.recipe.to_dict()
         if state["recipe_sha256"] != self.recipe.sha256():
-            difference = _recipe_difference(state["recipe"], current)
+            difference = _recipe_difference(state["recipe"], current, ignore=DATA_LOCATION_KEYS)
             if difference:
                 raise ResumeError(
                     f"{self.resume_from}: state belongs to another recipe ({difference}); start a new run with --name"
                 )
+            self.moved_data = _moved_data(state["recipe"], current)
         if state.get("version") != FORMAT_VERSION:
             raise ResumeError(f"{self.resume_from}: state format version {state.get('version')} is not supported")
 
@@ -314,6 +341,19 @@ class Trainer:
                 "and other random streams start from the seed, so the resumed run is not identical to an "
                 "uninterrupted one"
             )
+
+    def _check_moved_data(self) -> None:
+        """A state resumes over moved data only when the pairs read there are the samples it was saved with, in
+        the same order; otherwise the data keys make it another recipe."""
+        if not self.moved_data or self.state is None:
+            return
+        if self.state.get("sample_identity") != self.parts.sample_identity:
+            raise ResumeError(
+                f"{self.resume_from}: state belongs to another recipe ({'; '.join(self.moved_data)}; the training "
+                "pairs there are not the ones it was saved with); restore the data or start a new run with --name"
+            )
+        keys = ", ".join(moved.split(":")[0] for moved in self.moved_data)
+        info(f"{self.resume_from}: the data moved ({keys}); the same training pairs are there, resuming")
 
     def _restore_loss(self, state: dict[str, Any]) -> None:
         """The per-sample loss state, refused when it belongs to other samples (stored by index: a reordered or
