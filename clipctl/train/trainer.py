@@ -47,7 +47,7 @@ from clipctl.run.writer import (
     write_summary,
 )
 from clipctl.train.components import Components, build_components
-from clipctl.train.devices import build_accelerator
+from clipctl.train.devices import build_accelerator, resolve_setup
 from clipctl.train.dryrun import MEASURED_STEPS, dry_run_plan, time_updates
 from clipctl.train.host_flags import HostFlags
 from clipctl.train.interrupt import ForcedStop, StopRequest
@@ -228,7 +228,8 @@ def progress_fields(stats: dict[str, float], samples_per_s: float) -> dict[str, 
 class Trainer:
     def __init__(self, recipe: Recipe, options: TrainOptions) -> None:
         self.recipe, self.options = recipe, options
-        self.accelerator = build_accelerator(recipe.train)
+        self.setup = resolve_setup(recipe.train)
+        self.accelerator = build_accelerator(recipe.train, self.setup)
         self.run = resolve_run_dir(recipe, options)
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
@@ -395,7 +396,13 @@ class Trainer:
         """Recipe, meta and the metrics log of this start (main process); TensorBoard when enabled."""
         if not self.main:
             return
-        meta = build_meta(self.recipe, self.world, str(self.accelerator.device), self.accelerator.mixed_precision)
+        meta = build_meta(
+            self.recipe,
+            self.world,
+            str(self.accelerator.device),
+            self.accelerator.mixed_precision,
+            self.setup.sources(),
+        )
         resumed_at = (self.progress.step, self.progress.epoch) if self.state is not None else None
         if self.restarting:
             clear_unsaved_attempt(self.run)
@@ -589,6 +596,7 @@ class Trainer:
             world_size=self.world,
             device=str(self.accelerator.device),
             precision=self.accelerator.mixed_precision,
+            chosen_by=self.setup.sources(),
             num_samples=self.parts.num_samples,
             steps_per_epoch=self.steps_per_epoch,
         )
