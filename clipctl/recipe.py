@@ -108,6 +108,10 @@ class TrainConfig(Section):
     max_steps: int = Field(0, ge=0)  # 0: no limit; a cap for smoke tests and tuning
     early_stop_patience: int = Field(0, ge=0)  # epochs without improvement; 0: off
     save_every_steps: int = Field(0, ge=0)  # also write resumable state mid-epoch; 0: per epoch only
+    # checkpoints/epoch_N.pt after every N-th epoch and the last (unset: none); unset defaults stay out of the
+    # resolved recipe, so the recipes and runs written before these keys keep their sha256
+    save_every_epochs: int | None = Field(None, ge=1)
+    keep_checkpoints: int | None = Field(None, ge=1)  # the newest numbered epoch checkpoints kept; unset: all
     deterministic: bool = False
     dist_timeout_s: int = Field(7200, ge=60)  # collective timeout: the other ranks wait while rank 0 evaluates
     reset_loss_state: bool = False  # allow loading state saved for another dataset size

@@ -92,7 +92,7 @@ class RunClaim:
 
 def remove_stale_temps(run: RunDir) -> None:
     """Temp files of atomic writes a kill interrupted (`.NAME.XXXX.tmp`, the size of a state each)."""
-    for folder in (run.root, run.state_dir):
+    for folder in (run.root, run.state_dir, run.checkpoints_dir):
         for path in folder.glob(".*.tmp") if folder.is_dir() else ():
             path.unlink(missing_ok=True)
 

@@ -13,7 +13,7 @@ import contextlib
 import io
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
-from clipctl.console import ProgressReporter, info
+from clipctl.atomic import atomic_link
+from clipctl.console import ProgressReporter, info, transcribe, transcript
 from clipctl.data.text import trim_padding
 from clipctl.errors import (
     ClipctlError,
@@ -33,7 +34,14 @@ from clipctl.errors import (
 )
 from clipctl.losses.config import REMOVED_KEYS
 from clipctl.recipe import Recipe
-from clipctl.run.checkpoint import FORMAT_VERSION, load_checkpoint, load_state, save_checkpoint, save_state
+from clipctl.run.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    save_epoch_checkpoint,
+    save_state,
+)
 from clipctl.run.layout import RunDir, RunStatus, check_run_name
 from clipctl.run.reader import completed_summary, read_recipe, read_summary
 from clipctl.run.writer import (
@@ -201,14 +209,14 @@ def _recipe_difference(
     return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
 
 
-def _moved_data(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def _moved_data(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, str]:
     """The data location keys the state was saved with and the recipe now changes, each with both values."""
     a, b = saved.get("data", {}), current.get("data", {})
-    return [
-        f"data.{key}: state {a.get(key)!r} vs recipe {b.get(key)!r}"
+    return {
+        f"data.{key}": f"state {a.get(key)!r} vs recipe {b.get(key)!r}"
         for _, key in sorted(DATA_LOCATION_KEYS)
         if a.get(key) != b.get(key)
-    ]
+    }
 
 
 COUNT_SUFFIXES = ("_per_s", "_scored", "_total")  # validation keys that are not percentages
@@ -272,7 +280,7 @@ class Trainer:
         # a run stopped before its first save, started over in place (its files are replaced at the start)
         self.restarting = self.resume_from is None and options.resume == "restart" and self.run.has_content()
         self.state = load_state(self.resume_from) if self.resume_from else None
-        self.moved_data: list[str] = []
+        self.moved_data: dict[str, str] = {}
         if self.state is not None:
             self._check_compatible(self.state)
         set_seed(recipe.run.seed, deterministic=recipe.train.deterministic)
@@ -292,6 +300,7 @@ class Trainer:
         # self.model is what a step calls (the prepared training module); self.parts.model the CLIP model itself
         self.model, self.optimizer = self.accelerator.prepare(self.parts.train_module, self.optimizer)
         self.progress = Progress()
+        self.last_metrics: dict[str, float] = {}  # the latest validation's, for an epoch checkpoint
         self.tb = None
 
     # ------------------------------------------------------------------------------------ state
@@ -350,11 +359,10 @@ class Trainer:
             return
         if self.state.get("sample_identity") != self.parts.sample_identity:
             raise ResumeError(
-                f"{self.resume_from}: state belongs to another recipe ({'; '.join(self.moved_data)}; the training "
-                "pairs there are not the ones it was saved with); restore the data or start a new run with --name"
+                f"{self.resume_from}: state belongs to another recipe "
+                f"({'; '.join(f'{key}: {values}' for key, values in self.moved_data.items())}; the training pairs "
+                "there are not the ones it was saved with); restore the data or start a new run with --name"
             )
-        keys = ", ".join(moved.split(":")[0] for moved in self.moved_data)
-        info(f"{self.resume_from}: the data moved ({keys}); the same training pairs are there, resuming")
 
     def _restore_loss(self, state: dict[str, Any]) -> None:
         """The per-sample loss state, refused when it belongs to other samples (stored by index: a reordered or
@@ -433,17 +441,46 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train (or resume) to the end; the run directory stays claimed until this returns."""
         try:
-            return self._fit()
+            if self.finished is not None:
+                info(f"{self.run.root}: already completed; nothing to resume (choose --name for a new run)")
+                return self.finished
+            with self._console_log():
+                return self._fit()
         finally:
             if self.claim is not None:
                 self.claim.release()
 
+    @contextlib.contextmanager
+    def _console_log(self) -> Iterator[None]:
+        """train.log (main process): this start's console output after the earlier starts' when it resumes, ending
+        in the error line of a failure (the CLI prints that line on screen)."""
+        if not self.main:
+            yield
+            return
+        try:
+            handle = self.run.log.open("a" if self.state is not None else "w", encoding="utf-8", buffering=1)
+        except OSError as err:
+            raise self._storage_error(err) from None
+        try:
+            with transcript(handle):
+                try:
+                    yield
+                except ClipctlError as err:
+                    transcribe(f"clipctl: error: {err}")
+                    raise
+                except BaseException as err:
+                    transcribe(f"{type(err).__name__}: {err}")
+                    raise
+        finally:
+            with contextlib.suppress(OSError):  # a full disk: the run's own writes have reported it
+                handle.close()
+
     def _fit(self) -> dict[str, Any]:
-        if self.finished is not None:
-            info(f"{self.run.root}: already completed; nothing to resume (choose --name for a new run)")
-            return self.finished
         if self.state is not None:
             self._restore(self.state)
+            if self.moved_data:
+                moved = ", ".join(self.moved_data)
+                info(f"{self.resume_from}: the data moved ({moved}); the same training pairs are there")
             info(f"resuming {self.run.root} at epoch {self.progress.epoch}, update {self.progress.step}")
         try:
             self._start_run_dir()
@@ -497,6 +534,8 @@ class Trainer:
             self.progress.batch = 0
             improved = self._validate(epoch)
             self.save_state()
+            if self._epoch_checkpoint_due():
+                self._save_epoch_checkpoint()
             if cfg.early_stop_patience and not improved and self.progress.stale_epochs >= cfg.early_stop_patience:
                 info(f"early stop: no validation improvement for {self.progress.stale_epochs} epochs")
                 break
@@ -670,6 +709,7 @@ class Trainer:
         improved = False
         if self.main:
             metrics = self.parts.evaluate(self.parts.model, split="val", precision=self.accelerator.mixed_precision)
+            self.last_metrics = metrics
             self._log({"type": "eval", "epoch": epoch, "step": p.step, "split": self.recipe.eval.select_on, **metrics})
             objective = metrics["val/objective"]
             improved = objective > p.best_objective
@@ -700,18 +740,40 @@ class Trainer:
         broadcast_object_list(payload, from_process=0)
         self.progress.best_objective, self.progress.best_epoch, self.progress.best_metrics = payload[0]
 
+    def _checkpoint_fields(self, metrics: dict[str, float], epoch: int) -> dict[str, Any]:
+        """What `clipctl eval` reads of a checkpoint (`checkpoint_fields`' arguments)."""
+        return {
+            "model_state": self.parts.model.state_dict(),
+            "recipe_toml": self.recipe.to_toml(),
+            "tokenizer_json": self.parts.tokenizer.to_json(),
+            "tokenizer_max_len": self.parts.tokenizer.max_len,
+            "metrics": metrics,
+            "epoch": epoch,
+            "temperature": inference_temperature(self.parts.loss),
+        }
+
     def _save_best(self, metrics: dict[str, float], epoch: int) -> None:
-        model = self.parts.model
-        save_checkpoint(
-            self.run.checkpoint,
-            model_state=model.state_dict(),
-            recipe_toml=self.recipe.to_toml(),
-            tokenizer_json=self.parts.tokenizer.to_json(),
-            tokenizer_max_len=self.parts.tokenizer.max_len,
-            metrics=metrics,
-            epoch=epoch,
-            temperature=inference_temperature(self.parts.loss),
-        )
+        save_checkpoint(self.run.checkpoint, **self._checkpoint_fields(metrics, epoch))
+
+    def _epoch_checkpoint_due(self) -> bool:
+        """`train.save_every_epochs`: after every N-th epoch, and after the last."""
+        every, done = self.recipe.train.save_every_epochs, self.progress.epoch
+        return bool(every) and (done % every == 0 or done == self.recipe.train.epochs)
+
+    def _save_epoch_checkpoint(self) -> None:
+        """checkpoints/epoch_N.pt after N epochs (resumable, and `clipctl eval` reads it), epoch_latest.pt as its
+        second name, and only the newest `train.keep_checkpoints` numbered ones kept."""
+        payload = self._state_payload()  # every rank (collectives inside), the main process writes
+        if self.main:
+            done = self.progress.epoch
+            path = self.run.epoch_checkpoint(done)
+            save_epoch_checkpoint(path, payload, **self._checkpoint_fields(self.last_metrics, done - 1))
+            atomic_link(path, self.run.latest_epoch_checkpoint)
+            keep = self.recipe.train.keep_checkpoints
+            numbered = self.run.epoch_checkpoints()
+            for number in list(numbered)[: -keep if keep else 0]:
+                numbered[number].unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
 
     def _final_test(self) -> dict[str, Any] | None:
         """Report the best checkpoint on the test splits (never used for selection)."""
