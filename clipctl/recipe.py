@@ -158,9 +158,15 @@ def _overlapping_refs(a: str, b: str) -> bool:
     return id_a == id_b and (split_a == split_b or not split_a or not split_b)
 
 
+TrackerName = Literal["tensorboard", "wandb", "mlflow"]
+
+
 class TrackingConfig(Section):
-    tensorboard: bool = False
+    tensorboard: bool = False  # the same as "tensorboard" in report_to (the older spelling)
     log_every_steps: int = Field(20, ge=1)
+    # Accelerate's trackers (`log_with`); unset keys stay out of the resolved recipe, so its sha256 is unchanged
+    report_to: list[TrackerName] | None = None
+    project: str | None = Field(None, min_length=1)  # the W&B project and MLflow experiment; unset: "clipctl"
 
 
 class Recipe(Section):

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.tracking import GeneralTracker
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, str_to_bool
 
 from clipctl.console import warn
@@ -112,7 +113,9 @@ def native_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
-def build_accelerator(cfg: TrainConfig, setup: Setup | None = None) -> Accelerator:
+def build_accelerator(
+    cfg: TrainConfig, setup: Setup | None = None, log_with: list[GeneralTracker] | None = None
+) -> Accelerator:
     """Accelerate picks up torchrun / `accelerate launch` process groups; clipctl shards data itself.
 
     `train.deterministic` needs cuBLAS's fixed workspace, set before the first CUDA matmul (older torch raises
@@ -127,6 +130,7 @@ def build_accelerator(cfg: TrainConfig, setup: Setup | None = None) -> Accelerat
         accelerator = Accelerator(
             cpu=setup.use_cpu,
             mixed_precision=setup.precision.value,
+            log_with=log_with or None,
             dataloader_config=DataLoaderConfiguration(split_batches=False, dispatch_batches=False),
             # rank 0 evaluates while the others wait in a collective; NCCL's 10-minute default can abort them all
             kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],

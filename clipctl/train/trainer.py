@@ -13,6 +13,7 @@ import contextlib
 import io
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,15 @@ from clipctl.train.optim import build_optimizer
 from clipctl.train.rng import rank_rng_state, rng_state, set_rng_state
 from clipctl.train.schedule import build_scheduler
 from clipctl.train.temperature import inference_temperature
+from clipctl.train.tracking import (
+    build_trackers,
+    check_installed,
+    chosen_trackers,
+    finish_trackers,
+    start_trackers,
+    stored_run_id,
+    tracked_values,
+)
 
 TRACKED_FOR_RESUME = ("data", "model", "loss", "optim", "sched", "train")
 TRACKED_RUN_KEYS = ("seed",)  # run.name and run.out_dir may change (a moved run); the seed changes results
@@ -236,9 +246,13 @@ def progress_fields(stats: dict[str, float], samples_per_s: float) -> dict[str, 
 class Trainer:
     def __init__(self, recipe: Recipe, options: TrainOptions) -> None:
         self.recipe, self.options = recipe, options
-        self.setup = resolve_setup(recipe.train)
-        self.accelerator = build_accelerator(recipe.train, self.setup)
         self.run = resolve_run_dir(recipe, options)
+        self.setup = resolve_setup(recipe.train)
+        self.trackers = chosen_trackers(recipe.tracking)
+        check_installed(self.trackers)
+        self.run_id = stored_run_id(self.run) or uuid.uuid4().hex[:16]
+        log_with = [] if options.dry_run else build_trackers(self.trackers, recipe, self.run, self.run_id)
+        self.accelerator = build_accelerator(recipe.train, self.setup, log_with)
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
         self.host_flags = HostFlags() if self.world > 1 else None
@@ -301,7 +315,6 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.parts.train_module, self.optimizer)
         self.progress = Progress()
         self.last_metrics: dict[str, float] = {}  # the latest validation's, for an epoch checkpoint
-        self.tb = None
 
     # ------------------------------------------------------------------------------------ state
     def _check_compatible(self, state: dict[str, Any]) -> None:
@@ -411,14 +424,13 @@ class Trainer:
             self.accelerator.mixed_precision,
             self.setup.sources(),
         )
+        meta["run_id"] = self.run_id  # what the trackers know this run by, across its resumes
         resumed_at = (self.progress.step, self.progress.epoch) if self.state is not None else None
         if self.restarting:
             clear_unsaved_attempt(self.run)
         start_run(self.run, self.recipe, meta, resumed_at=resumed_at)
-        if self.recipe.tracking.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.run.tensorboard))
+        if self.trackers:
+            start_trackers(self.accelerator, self.recipe)
 
     def _write_summary(
         self, status: RunStatus, error: str | None = None, test: dict[str, Any] | None = None
@@ -447,6 +459,7 @@ class Trainer:
             with self._console_log():
                 return self._fit()
         finally:
+            finish_trackers(self.accelerator)
             if self.claim is not None:
                 self.claim.release()
 
@@ -696,10 +709,8 @@ class Trainer:
         if not self.main:
             return
         append_metrics(self.run, record)
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                    self.tb.add_scalar(f"{record['type']}/{key}", value, record["step"])
+        if self.trackers:
+            self.accelerator.log(tracked_values(record), step=record["step"])
 
     def _validate(self, epoch: int) -> bool:
         """Evaluate on the selection split, keep the best checkpoint; True when this epoch improved."""
