@@ -4,13 +4,15 @@ MLflow on a local file store, each holding the same scalars at the same updates;
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 from helpers.output import assert_one_error_line
 from helpers.trackers import mlflow_scalars, tensorboard_scalars, wandb_offline_scalars
-from helpers.trainkit import QUICK, make_tiny_shapes, tiny_recipe, train_args
+from helpers.trainkit import ONE, QUICK, make_tiny_shapes, tiny_recipe, train_args
 
+from clipctl.errors import InterruptedRun
 from clipctl.train.tracking import mlflow_name
 from clipctl.train.trainer import TrainOptions, train
 
@@ -82,3 +84,14 @@ def test_a_missing_extra_is_one_line_naming_the_install(shapes, tmp_path, monkey
     assert code == 2 and f"pip install {extra}" in err and "tracking.report_to" in err, err
     assert_one_error_line(err)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_resumed_run_continues_its_wandb_run(shapes, tmp_path, offline_trackers):
+    recipe = tiny_recipe(shapes, **ONE, **{"tracking.report_to": ["wandb"]})
+    with pytest.raises(InterruptedRun):
+        train(recipe, TrainOptions(out_dir=tmp_path, name="w", stop_after_steps=3))
+    run_id = json.loads((tmp_path / "w" / "meta.json").read_text())["run_id"]
+    train(recipe, TrainOptions(out_dir=tmp_path, name="w", resume="auto"))
+    assert json.loads((tmp_path / "w" / "meta.json").read_text())["run_id"] == run_id
+    starts = sorted((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
+    assert len(starts) == 2 and all(start.name.endswith(f"-{run_id}") for start in starts)
