@@ -1,4 +1,5 @@
-"""Device and precision choice for Accelerate, with one-line errors for impossible combinations."""
+"""Device and precision for Accelerate: the recipe's, or on `auto` the launcher's (`accelerate launch`,
+`accelerate config`), with one-line errors for impossible combinations."""
 
 from __future__ import annotations
 
@@ -65,9 +66,9 @@ def _launched_precision(value: str) -> str:
 
 
 def resolve_device(cfg: TrainConfig) -> Choice:
-    """ "cpu", or the accelerator Accelerate picks ("accelerator"): the recipe's device; on `auto`, CPU when the
-    launcher asks for it (`accelerate launch --cpu`) or no CUDA device is visible. An explicit recipe device wins
-    over the launcher's `--cpu`, with a warning."""
+    """CPU, or the accelerator Accelerate picks: the recipe's device; on `auto`, CPU when the launcher asks for it
+    (`accelerate launch --cpu`) or no CUDA device is visible. An explicit recipe device wins over the launcher's
+    `--cpu`, with a warning."""
     forced_cpu = str_to_bool(os.environ.get(LAUNCH_CPU, "false")) == 1
     if cfg.device == "auto" and forced_cpu:
         return Choice("cpu", f"{LAUNCH_CPU} ({LAUNCHER})")
@@ -98,6 +99,7 @@ class Setup:
 
 
 def resolve_setup(cfg: TrainConfig) -> Setup:
+    """The device and precision of a run, refusing a device this machine does not have."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("train.device = 'cuda': no CUDA device visible; use train.device = 'auto' or 'cpu'")
     if cfg.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -143,6 +145,7 @@ def build_accelerator(
 
 @contextlib.contextmanager
 def _launcher_cpu_hidden(hide: bool) -> Iterator[None]:
+    """ACCELERATE_USE_CPU out of the environment while Accelerate reads it, when the recipe has decided."""
     saved = os.environ.pop(LAUNCH_CPU, None) if hide else None
     try:
         yield
