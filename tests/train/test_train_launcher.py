@@ -5,6 +5,9 @@ warning naming both."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,17 @@ def test_an_explicit_recipe_device_wins_over_the_launchers_cpu(monkeypatch, caps
     assert chosen.value == "accelerator" and chosen.source == "recipe (train.device)"
     err = capsys.readouterr().err
     assert err.count("warning: ") == 1 and "train.device = 'mps'" in err and f"{LAUNCH_CPU}=True" in err
+
+
+@pytest.mark.slow
+def test_accelerate_launch_flags_reach_an_auto_recipe(shapes, tmp_path):
+    """The real launcher, as a user types it: `accelerate launch --cpu --mixed_precision bf16 -m clipctl train`."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"]
+    launch += ["--dynamo_backend", "no", "--cpu", "--mixed_precision", "bf16", "-m", "clipctl", "train", "quickstart"]
+    args = [*tiny_overrides(shapes, **AUTO), "--out", str(tmp_path), "--dry-run", "--json"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    done = subprocess.run([*launch, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = json.loads(done.stdout)
+    assert plan["precision"] == "bf16" and plan["precision_from"] == FROM_LAUNCHER
+    assert plan["device"] == "cpu" and plan["device_from"].startswith(LAUNCH_CPU)
