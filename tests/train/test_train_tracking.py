@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def shapes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def offline_trackers(tmp_path, monkeypatch) -> str:
+def offline_trackers(tmp_path, monkeypatch) -> Iterator[str]:
     """W&B offline and quiet, MLflow on a file store in tmp: nothing leaves the machine. Returns the MLflow URI."""
     for name, value in {
         "WANDB_MODE": "offline",
@@ -39,7 +40,10 @@ def offline_trackers(tmp_path, monkeypatch) -> str:
     }.items():
         monkeypatch.setenv(name, value)
     (tmp_path / "wandb-dir").mkdir()
-    return (tmp_path / "mlruns").as_uri()
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # wandb reads its environment once per process: start afresh with this test's
+    yield (tmp_path / "mlruns").as_uri()
+    wandb.teardown()
 
 
 def approx(series: dict[str, list[tuple[int, float]]]) -> dict[str, list]:
