@@ -47,6 +47,23 @@ def atomic_write(path: Path, writer: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
+def atomic_link(source: Path, target: Path) -> None:
+    """Make `target` another name of the finished file `source`, replacing it atomically: a second name costs no
+    second write (a copy where the file system has no hard links)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
     """Swap a fully written folder `tmp` in as `target`; the old `target` is removed only afterwards."""
     old = target.parent / f".{target.name}.old-{os.getpid()}"

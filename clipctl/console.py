@@ -8,8 +8,9 @@ import os
 import sys
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -74,12 +75,38 @@ def printable(text: str) -> str:
     return text if text.isprintable() else "".join(_escape(char) for char in text)
 
 
+_transcripts: list[IO[str]] = []
+
+
+@contextmanager
+def transcript(handle: IO[str]) -> Iterator[None]:
+    """While open, every line this process prints (and a plain progress line where a terminal shows a bar) is also
+    written to `handle` as plain text: the run folder's `train.log`."""
+    _transcripts.append(handle)
+    try:
+        yield
+    finally:
+        _transcripts.remove(handle)
+
+
+def transcribe(line: str) -> None:
+    """Write one line to the open transcripts only (what the screen shows otherwise, e.g. as a redrawn bar). A
+    transcript that cannot be written (a full disk) never stops the command: its own writes report the disk."""
+    for handle in _transcripts:
+        try:
+            handle.write(printable(line) + "\n")
+        except OSError:
+            pass
+
+
 def info(message: str) -> None:
     console().print(printable(message), markup=False)
+    transcribe(message)
 
 
 def warn(message: str) -> None:
     console().print(f"warning: {printable(message)}", style="yellow", markup=False)
+    transcribe(f"warning: {message}")
 
 
 _warned: set[str] = set()
@@ -162,12 +189,15 @@ class ProgressReporter:
     def update(self, advance: float = 1.0, completed: float | None = None, **fields: Any) -> None:
         self.completed = completed if completed is not None else self.completed + advance
         self.fields.update(fields)
+        now = time.monotonic()
+        due = now - self._last_line >= self.every_seconds
+        if due:
+            self._last_line = now
         if self._rich is not None:
             self._rich.update(self._task, completed=self.completed, extra=self._fields_text())
-            return
-        now = time.monotonic()
-        if now - self._last_line >= self.every_seconds:
-            self._last_line = now
+            if due:
+                transcribe(self.line())
+        elif due:
             info(self.line())
 
     def line(self) -> str:
@@ -195,6 +225,7 @@ class ProgressReporter:
         if self._rich is not None:
             self._rich.stop()
             self._rich = None
+            transcribe(self.line())
         else:
             info(self.line())
 

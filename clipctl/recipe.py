@@ -111,6 +111,10 @@ class TrainConfig(Section):
     max_steps: int = Field(0, ge=0)  # 0: no limit; a cap for smoke tests and tuning
     early_stop_patience: int = Field(0, ge=0)  # epochs without improvement; 0: off
     save_every_steps: int = Field(0, ge=0)  # also write resumable state mid-epoch; 0: per epoch only
+    # checkpoints/epoch_N.pt after every N-th epoch and the last (unset: none); unset defaults stay out of the
+    # resolved recipe, so the recipes and runs written before these keys keep their sha256
+    save_every_epochs: int | None = Field(None, ge=1)
+    keep_checkpoints: int | None = Field(None, ge=1)  # the newest numbered epoch checkpoints kept; unset: all
     deterministic: bool = False
     dist_timeout_s: int = Field(7200, ge=60)  # collective timeout: the other ranks wait while rank 0 evaluates
     reset_loss_state: bool = False  # allow loading state saved for another dataset size
@@ -156,9 +160,15 @@ def _overlapping_refs(a: str, b: str) -> bool:
     return id_a == id_b and (split_a == split_b or not split_a or not split_b)
 
 
+TrackerName = Literal["tensorboard", "wandb", "mlflow"]
+
+
 class TrackingConfig(Section):
-    tensorboard: bool = False
+    tensorboard: bool = False  # the same as "tensorboard" in report_to (the older spelling)
     log_every_steps: int = Field(20, ge=1)
+    # Accelerate's trackers (`log_with`); unset keys stay out of the resolved recipe, so its sha256 is unchanged
+    report_to: list[TrackerName] | None = None
+    project: str | None = Field(None, min_length=1)  # the W&B project and MLflow experiment; unset: "clipctl"
 
 
 class Recipe(Section):

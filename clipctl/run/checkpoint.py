@@ -100,8 +100,7 @@ def safe_torch_load(path: Path, what: str) -> dict[str, Any]:
     return obj
 
 
-def save_checkpoint(
-    path: Path,
+def checkpoint_fields(
     *,
     model_state: dict[str, torch.Tensor],
     recipe_toml: str,
@@ -111,34 +110,45 @@ def save_checkpoint(
     epoch: int,
     temperature: tuple[float, str] | None = None,
     preprocess: dict[str, Any] | None = None,
-) -> None:
-    """The self-contained model file `clipctl eval` needs: weights, recipe, tokenizer, metrics; the temperature
-    τ to use at inference with how it was chosen (`logit_scale = ln(1/τ)` of an export), when the loss has one; and
-    the model's preprocessing record (`clipctl.model.preprocess`), which every later user builds its transforms from."""
+) -> dict[str, Any]:
+    """What `clipctl eval` needs: weights, recipe, tokenizer, metrics; the temperature τ to use at inference with
+    how it was chosen (`logit_scale = ln(1/τ)` of an export), when the loss has one; and the model's preprocessing
+    record (`clipctl.model.preprocess`), which every later user builds its transforms from."""
     recorded: dict[str, Any] = (
         {"temperature": float(temperature[0]), "temperature_source": temperature[1]} if temperature else {}
     )
     if preprocess is not None:
         recorded["preprocess"] = preprocess
-    atomic_torch_save(
-        {
-            "format": CKPT_FORMAT,
-            "version": FORMAT_VERSION,
-            "model": {k: v.detach().cpu() for k, v in model_state.items()},
-            "recipe_toml": recipe_toml,
-            "tokenizer_json": tokenizer_json,
-            "tokenizer_max_len": tokenizer_max_len,
-            "metrics": metrics,
-            "epoch": epoch,
-            **recorded,
-        },
-        path,
-    )
+    return {
+        "model": {k: v.detach().cpu() for k, v in model_state.items()},
+        "recipe_toml": recipe_toml,
+        "tokenizer_json": tokenizer_json,
+        "tokenizer_max_len": tokenizer_max_len,
+        "metrics": metrics,
+        "epoch": epoch,
+        **recorded,
+    }
+
+
+def save_checkpoint(path: Path, **fields: Any) -> None:
+    """The self-contained model file `clipctl eval` loads; `fields` are `checkpoint_fields`'s arguments."""
+    atomic_torch_save({"format": CKPT_FORMAT, "version": FORMAT_VERSION, **checkpoint_fields(**fields)}, path)
+
+
+def save_epoch_checkpoint(path: Path, state: dict[str, Any], **fields: Any) -> None:
+    """A training state that `clipctl eval` reads as well (open_clip's `epoch_N.pt`): the state's fields and the
+    checkpoint's (`fields` are `checkpoint_fields`' arguments) in one file, the weights stored once."""
+    checkpoint = checkpoint_fields(**fields)
+    atomic_torch_save({"format": STATE_FORMAT, "version": FORMAT_VERSION, **state, **checkpoint}, path)
+
+
+def is_epoch_checkpoint(obj: dict[str, Any]) -> bool:
+    return obj.get("format") == STATE_FORMAT and all(key in obj for key in CKPT_FIELDS)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     ckpt = safe_torch_load(path, "clipctl checkpoint")
-    if ckpt.get("format") != CKPT_FORMAT:
+    if ckpt.get("format") != CKPT_FORMAT and not is_epoch_checkpoint(ckpt):
         raise UsageError(f"{path}: not a clipctl checkpoint (no format tag {CKPT_FORMAT!r}); pass runs/<run>/ckpt.pt")
     if ckpt.get("version") != FORMAT_VERSION:
         raise UsageError(

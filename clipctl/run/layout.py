@@ -19,6 +19,9 @@ CHECKPOINT_FILE = "ckpt.pt"
 STATE_DIR = "state"
 LAST_STATE_FILE = "last.pt"
 TENSORBOARD_DIR = "tb"
+LOG_FILE = "train.log"  # the console output of every start, plain text
+CHECKPOINTS_DIR = "checkpoints"  # epoch_N.pt (after N epochs) and epoch_latest.pt, with train.save_every_epochs
+LATEST_EPOCH_FILE = "epoch_latest.pt"
 EVAL_DIR = "eval"  # `clipctl eval` writes eval/<benchmark>.json beside the checkpoint
 LOCK_NAME = ".lock"
 # A folder holding either file is a run directory (a run killed before its first summary has only the recipe).
@@ -93,6 +96,30 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.root / TENSORBOARD_DIR
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG_FILE
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    def epoch_checkpoint(self, epochs_done: int) -> Path:
+        return self.checkpoints_dir / f"epoch_{epochs_done}.pt"
+
+    @property
+    def latest_epoch_checkpoint(self) -> Path:
+        return self.checkpoints_dir / LATEST_EPOCH_FILE
+
+    def epoch_checkpoints(self) -> dict[int, Path]:
+        """The numbered epoch checkpoints on disk, by the number of epochs done when each was written."""
+        found = {}
+        for path in self.checkpoints_dir.glob("epoch_*.pt") if self.checkpoints_dir.is_dir() else ():
+            number = path.stem.removeprefix("epoch_")
+            if number.isdigit():
+                found[int(number)] = path
+        return dict(sorted(found.items()))
 
     @property
     def eval_dir(self) -> Path:

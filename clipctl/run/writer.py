@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,7 +92,7 @@ class RunClaim:
 
 def remove_stale_temps(run: RunDir) -> None:
     """Temp files of atomic writes a kill interrupted (`.NAME.XXXX.tmp`, the size of a state each)."""
-    for folder in (run.root, run.state_dir):
+    for folder in (run.root, run.state_dir, run.checkpoints_dir):
         for path in folder.glob(".*.tmp") if folder.is_dir() else ():
             path.unlink(missing_ok=True)
 
@@ -106,21 +107,36 @@ def clear_unsaved_attempt(run: RunDir) -> None:
             shutil.rmtree(folder)
 
 
-def build_meta(recipe: Recipe, world_size: int, device: str, precision: str) -> dict[str, Any]:
-    """meta.json of a fresh start: what produced the run, so a result can be traced and repeated."""
+def build_meta(
+    recipe: Recipe, world_size: int, device: str, precision: str, chosen_by: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """meta.json of a start: what produced the run (the command line and the machine), so a result can be traced
+    and repeated; `chosen_by` says where the device and precision came from (recipe, launcher or auto)."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = None
+    versions = package_versions()
     return {
-        "versions": package_versions(),
+        "versions": versions,
         "git_sha": sha,
         "world_size": world_size,
         "device": device,
         "precision": precision,
         "host": platform.node(),
+        "argv": list(sys.argv),
+        "environment": {
+            "python": versions["python"],
+            "torch": versions.get("torch"),
+            "clipctl": versions["clipctl"],
+            "platform": platform.platform(),
+            "device": device,
+            "world_size": world_size,
+            "precision": precision,
+            **(chosen_by or {}),
+        },
         "recipe_sha256": recipe.sha256(),
         "start": datetime.now(timezone.utc).isoformat(),
         "end": None,
@@ -142,7 +158,9 @@ def start_run(run: RunDir, recipe: Recipe, meta: dict[str, Any], *, resumed_at: 
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.recipe, f"# resolved recipe; sha256 {recipe.sha256()}\n{recipe.to_toml()}")
     if resumed_at is not None and run.meta.is_file():
-        meta = {**stored_meta(run, meta), "resumed_at_step": resumed_at[0], "end": None}
+        # the first start's meta, and this start's command line and machine (a run may move between machines)
+        this_start = {key: meta[key] for key in ("argv", "environment", "start") if key in meta}
+        meta = {**stored_meta(run, meta), "resumed_at_step": resumed_at[0], "resumed": this_start, "end": None}
     write_json(run.meta, meta)
     if resumed_at is not None:
         truncate_metrics(run, *resumed_at)

@@ -34,10 +34,12 @@ def dry_run_plan(
     world_size: int,
     device: str,
     precision: str,
+    chosen_by: dict[str, str],
     num_samples: int,
     steps_per_epoch: int,
 ) -> dict[str, Any]:
-    """Extrapolate the timed updates (the first is warm-up and not counted) to the whole recipe."""
+    """Extrapolate the timed updates (the first is warm-up and not counted) to the whole recipe; `chosen_by` says
+    where the device and precision came from (the recipe, the launcher, or auto)."""
     timed = durations[1:] or durations
     seconds_per_step = sum(timed) / len(timed)
     total_steps = steps_per_epoch * recipe.train.epochs
@@ -48,6 +50,7 @@ def dry_run_plan(
         "world_size": world_size,
         "device": device,
         "precision": precision,
+        **chosen_by,
         "num_samples": num_samples,
         "steps_per_epoch": steps_per_epoch,
         "epochs": recipe.train.epochs,

@@ -14,7 +14,8 @@ import contextlib
 import io
 import math
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
-from clipctl.console import ProgressReporter, info
+from clipctl.atomic import atomic_link
+from clipctl.console import ProgressReporter, info, transcribe, transcript
 from clipctl.data.batch_plan import BatchPlan
 from clipctl.data.text import trim_padding
 from clipctl.errors import (
@@ -35,7 +37,14 @@ from clipctl.errors import (
 )
 from clipctl.losses.config import REMOVED_KEYS
 from clipctl.recipe import Recipe
-from clipctl.run.checkpoint import FORMAT_VERSION, load_checkpoint, load_state, save_checkpoint, save_state
+from clipctl.run.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+    save_epoch_checkpoint,
+    save_state,
+)
 from clipctl.run.layout import RunDir, RunStatus, check_run_name
 from clipctl.run.reader import completed_summary, read_recipe, read_summary
 from clipctl.run.writer import (
@@ -49,7 +58,7 @@ from clipctl.run.writer import (
     write_summary,
 )
 from clipctl.train.components import Components, build_components
-from clipctl.train.devices import build_accelerator
+from clipctl.train.devices import build_accelerator, resolve_setup
 from clipctl.train.dryrun import MEASURED_STEPS, dry_run_plan, time_updates
 from clipctl.train.host_flags import HostFlags
 from clipctl.train.interrupt import ForcedStop, StopRequest
@@ -57,6 +66,15 @@ from clipctl.train.optim import build_optimizer
 from clipctl.train.rng import rank_rng_state, rng_state, set_rng_state
 from clipctl.train.schedule import build_scheduler
 from clipctl.train.temperature import inference_temperature
+from clipctl.train.tracking import (
+    build_trackers,
+    check_installed,
+    chosen_trackers,
+    finish_trackers,
+    start_trackers,
+    stored_run_id,
+    tracked_values,
+)
 
 TRACKED_FOR_RESUME = ("data", "model", "loss", "optim", "sched", "train")
 TRACKED_RUN_KEYS = ("seed",)  # run.name and run.out_dir may change (a moved run); the seed changes results
@@ -64,7 +82,17 @@ UNTRACKED_KEYS = {
     ("train", "dist_timeout_s"),
     ("loss", "state_sharding"),
     ("train", "reset_loss_state"),
-}  # change no result: how long ranks wait, where the state lives; or an instruction to the resume itself
+    ("data", "num_workers"),
+    ("data", "pin_memory"),
+    ("data", "persistent_workers"),
+    ("train", "save_every_steps"),
+    ("train", "save_every_epochs"),
+    ("train", "keep_checkpoints"),
+}  # change no result: how long ranks wait, where the state lives, how the loader feeds, how often it saves; or an
+# instruction to the resume itself (the [tracking] and [eval] tables are not compared at all)
+# Where the training pairs are read from: a run resumes across a moved data root or file when the pairs it finds
+# there are the same samples in the same order (the state's `sample_identity`), checked once the data is read.
+DATA_LOCATION_KEYS = {("data", "root"), ("data", "image_root"), ("data", "train")}
 
 
 @dataclass
@@ -177,16 +205,30 @@ def _removed(section: str, key: str) -> bool:
     return section == "loss" and key in REMOVED_KEYS
 
 
-def _recipe_difference(saved: dict[str, Any], current: dict[str, Any], saved_as: str = "state") -> str:
-    """The keys that make `saved` another recipe than `current` (the first three), or "" when none does."""
+def _recipe_difference(
+    saved: dict[str, Any], current: dict[str, Any], saved_as: str = "state", ignore: frozenset = frozenset()
+) -> str:
+    """The keys that make `saved` another recipe than `current` (the first three), or "" when none does; the
+    (section, key) pairs in `ignore` are left to another check."""
     diffs = []
     for section in ("run", *TRACKED_FOR_RESUME):
         a, b = saved.get(section, {}), current.get(section, {})
         keys = TRACKED_RUN_KEYS if section == "run" else sorted(set(a) | set(b))
         for key in keys:
-            if a.get(key) != b.get(key) and (section, key) not in UNTRACKED_KEYS and not _removed(section, key):
+            skipped = (section, key) in UNTRACKED_KEYS or (section, key) in ignore or _removed(section, key)
+            if a.get(key) != b.get(key) and not skipped:
                 diffs.append(f"{section}.{key}: {saved_as} {a.get(key)!r} vs recipe {b.get(key)!r}")
     return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "")
+
+
+def _moved_data(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, str]:
+    """The data location keys the state was saved with and the recipe now changes, each with both values."""
+    a, b = saved.get("data", {}), current.get("data", {})
+    return {
+        f"data.{key}": f"state {a.get(key)!r} vs recipe {b.get(key)!r}"
+        for _, key in sorted(DATA_LOCATION_KEYS)
+        if a.get(key) != b.get(key)
+    }
 
 
 COUNT_SUFFIXES = ("_per_s", "_scored", "_total")  # validation keys that are not percentages
@@ -206,8 +248,13 @@ def progress_fields(stats: dict[str, float], samples_per_s: float) -> dict[str, 
 class Trainer:
     def __init__(self, recipe: Recipe, options: TrainOptions) -> None:
         self.recipe, self.options = recipe, options
-        self.accelerator = build_accelerator(recipe.train)
         self.run = resolve_run_dir(recipe, options)
+        self.setup = resolve_setup(recipe.train)
+        self.trackers = chosen_trackers(recipe.tracking)
+        check_installed(self.trackers)
+        self.run_id = stored_run_id(self.run) or uuid.uuid4().hex[:16]
+        log_with = [] if options.dry_run else build_trackers(self.trackers, recipe, self.run, self.run_id)
+        self.accelerator = build_accelerator(recipe.train, self.setup, log_with)
         self.main = self.accelerator.is_main_process
         self.world = self.accelerator.num_processes
         self.host_flags = HostFlags() if self.world > 1 else None
@@ -245,10 +292,12 @@ class Trainer:
         # a run stopped before its first save, started over in place (its files are replaced at the start)
         self.restarting = self.resume_from is None and options.resume == "restart" and self.run.has_content()
         self.state = load_state(self.resume_from) if self.resume_from else None
+        self.moved_data: dict[str, str] = {}
         if self.state is not None:
             self._check_compatible(self.state)
         set_seed(recipe.run.seed, deterministic=recipe.train.deterministic)
         self.parts: Components = build_components(recipe, self.accelerator, self.state, prepare_data=self.main)
+        self._check_moved_data()
         _refuse_single_sample_batchnorm(self.parts.model, self.plan)
         self.steps_per_epoch = self.plan.steps_per_epoch(self.parts.num_samples)
         # on the training device before the optimizer exists: fused optimizers (fusedadam) refuse CPU parameters
@@ -258,17 +307,18 @@ class Trainer:
         # self.model is what a step calls (the prepared training module); self.parts.model the CLIP model itself
         self.model, self.optimizer = self.accelerator.prepare(self.parts.train_module, self.optimizer)
         self.progress = Progress()
-        self.tb = None
+        self.last_metrics: dict[str, float] = {}  # the latest validation's, for an epoch checkpoint
 
     # ------------------------------------------------------------------------------------ state
     def _check_compatible(self, state: dict[str, Any]) -> None:
         current = self.recipe.to_dict()
         if state["recipe_sha256"] != self.recipe.sha256():
-            difference = _recipe_difference(state["recipe"], current)
+            difference = _recipe_difference(state["recipe"], current, ignore=DATA_LOCATION_KEYS)
             if difference:
                 raise ResumeError(
                     f"{self.resume_from}: state belongs to another recipe ({difference}); start a new run with --name"
                 )
+            self.moved_data = _moved_data(state["recipe"], current)
         if state.get("version") != FORMAT_VERSION:
             raise ResumeError(f"{self.resume_from}: state format version {state.get('version')} is not supported")
 
@@ -306,6 +356,18 @@ class Trainer:
                 f"rank {self.accelerator.process_index}: the state was saved by fewer processes; this rank's dropout "
                 "and other random streams start from the seed, so the resumed run is not identical to an "
                 "uninterrupted one"
+            )
+
+    def _check_moved_data(self) -> None:
+        """A state resumes over moved data only when the pairs read there are the samples it was saved with, in
+        the same order; otherwise the data keys make it another recipe."""
+        if not self.moved_data or self.state is None:
+            return
+        if self.state.get("sample_identity") != self.parts.sample_identity:
+            raise ResumeError(
+                f"{self.resume_from}: state belongs to another recipe "
+                f"({'; '.join(f'{key}: {values}' for key, values in self.moved_data.items())}; the training pairs "
+                "there are not the ones it was saved with); restore the data or start a new run with --name"
             )
 
     def _restore_loss(self, state: dict[str, Any]) -> None:
@@ -348,15 +410,20 @@ class Trainer:
         """Recipe, meta and the metrics log of this start (main process); TensorBoard when enabled."""
         if not self.main:
             return
-        meta = build_meta(self.recipe, self.world, str(self.accelerator.device), self.accelerator.mixed_precision)
+        meta = build_meta(
+            self.recipe,
+            self.world,
+            str(self.accelerator.device),
+            self.accelerator.mixed_precision,
+            self.setup.sources(),
+        )
+        meta["run_id"] = self.run_id  # what the trackers know this run by, across its resumes
         resumed_at = (self.progress.step, self.progress.epoch) if self.state is not None else None
         if self.restarting:
             clear_unsaved_attempt(self.run)
         start_run(self.run, self.recipe, meta, resumed_at=resumed_at)
-        if self.recipe.tracking.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.run.tensorboard))
+        if self.trackers:
+            start_trackers(self.accelerator, self.recipe)
 
     def _write_summary(
         self, status: RunStatus, error: str | None = None, test: dict[str, Any] | None = None
@@ -379,17 +446,47 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train (or resume) to the end; the run directory stays claimed until this returns."""
         try:
-            return self._fit()
+            if self.finished is not None:
+                info(f"{self.run.root}: already completed; nothing to resume (choose --name for a new run)")
+                return self.finished
+            with self._console_log():
+                return self._fit()
         finally:
+            finish_trackers(self.accelerator)
             if self.claim is not None:
                 self.claim.release()
 
+    @contextlib.contextmanager
+    def _console_log(self) -> Iterator[None]:
+        """train.log (main process): this start's console output after the earlier starts' when it resumes, ending
+        in the error line of a failure (the CLI prints that line on screen)."""
+        if not self.main:
+            yield
+            return
+        try:
+            handle = self.run.log.open("a" if self.state is not None else "w", encoding="utf-8", buffering=1)
+        except OSError as err:
+            raise self._storage_error(err) from None
+        try:
+            with transcript(handle):
+                try:
+                    yield
+                except ClipctlError as err:
+                    transcribe(f"clipctl: error: {err}")
+                    raise
+                except BaseException as err:
+                    transcribe(f"{type(err).__name__}: {err}")
+                    raise
+        finally:
+            with contextlib.suppress(OSError):  # a full disk: the run's own writes have reported it
+                handle.close()
+
     def _fit(self) -> dict[str, Any]:
-        if self.finished is not None:
-            info(f"{self.run.root}: already completed; nothing to resume (choose --name for a new run)")
-            return self.finished
         if self.state is not None:
             self._restore(self.state)
+            if self.moved_data:
+                moved = ", ".join(self.moved_data)
+                info(f"{self.resume_from}: the data moved ({moved}); the same training pairs are there")
             info(f"resuming {self.run.root} at epoch {self.progress.epoch}, update {self.progress.step}")
         try:
             self._start_run_dir()
@@ -443,6 +540,8 @@ class Trainer:
             self.progress.batch = 0
             improved = self._validate(epoch)
             self.save_state()
+            if self._epoch_checkpoint_due():
+                self._save_epoch_checkpoint()
             if cfg.early_stop_patience and not improved and self.progress.stale_epochs >= cfg.early_stop_patience:
                 info(f"early stop: no validation improvement for {self.progress.stale_epochs} epochs")
                 break
@@ -540,6 +639,7 @@ class Trainer:
             world_size=self.world,
             device=str(self.accelerator.device),
             precision=self.accelerator.mixed_precision,
+            chosen_by=self.setup.sources(),
             num_samples=self.parts.num_samples,
             steps_per_epoch=self.steps_per_epoch,
         )
@@ -600,10 +700,8 @@ class Trainer:
         if not self.main:
             return
         append_metrics(self.run, record)
-        if self.tb is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("epoch", "step"):
-                    self.tb.add_scalar(f"{record['type']}/{key}", value, record["step"])
+        if self.trackers:
+            self.accelerator.log(tracked_values(record), step=record["step"])
 
     def _validate(self, epoch: int) -> bool:
         """Evaluate on the selection split, keep the best checkpoint; True when this epoch improved."""
@@ -613,6 +711,7 @@ class Trainer:
         improved = False
         if self.main:
             metrics = self.parts.evaluate(self.parts.model, split="val", precision=self.accelerator.mixed_precision)
+            self.last_metrics = metrics
             self._log({"type": "eval", "epoch": epoch, "step": p.step, "split": self.recipe.eval.select_on, **metrics})
             objective = metrics["val/objective"]
             improved = objective > p.best_objective
@@ -643,19 +742,41 @@ class Trainer:
         broadcast_object_list(payload, from_process=0)
         self.progress.best_objective, self.progress.best_epoch, self.progress.best_metrics = payload[0]
 
+    def _checkpoint_fields(self, metrics: dict[str, float], epoch: int) -> dict[str, Any]:
+        """What `clipctl eval` reads of a checkpoint (`checkpoint_fields`' arguments)."""
+        return {
+            "model_state": self.parts.model.state_dict(),
+            "recipe_toml": self.recipe.to_toml(),
+            "tokenizer_json": self.parts.tokenizer.to_json(),
+            "tokenizer_max_len": self.parts.tokenizer.max_len,
+            "metrics": metrics,
+            "epoch": epoch,
+            "temperature": inference_temperature(self.parts.loss),
+            "preprocess": self.recipe.preprocess().to_record(),
+        }
+
     def _save_best(self, metrics: dict[str, float], epoch: int) -> None:
-        model = self.parts.model
-        save_checkpoint(
-            self.run.checkpoint,
-            model_state=model.state_dict(),
-            recipe_toml=self.recipe.to_toml(),
-            tokenizer_json=self.parts.tokenizer.to_json(),
-            tokenizer_max_len=self.parts.tokenizer.max_len,
-            metrics=metrics,
-            epoch=epoch,
-            temperature=inference_temperature(self.parts.loss),
-            preprocess=self.recipe.preprocess().to_record(),
-        )
+        save_checkpoint(self.run.checkpoint, **self._checkpoint_fields(metrics, epoch))
+
+    def _epoch_checkpoint_due(self) -> bool:
+        """`train.save_every_epochs`: after every N-th epoch, and after the last."""
+        every, done = self.recipe.train.save_every_epochs, self.progress.epoch
+        return bool(every) and (done % every == 0 or done == self.recipe.train.epochs)
+
+    def _save_epoch_checkpoint(self) -> None:
+        """checkpoints/epoch_N.pt after N epochs (resumable, and `clipctl eval` reads it), epoch_latest.pt as its
+        second name, and only the newest `train.keep_checkpoints` numbered ones kept."""
+        payload = self._state_payload()  # every rank (collectives inside), the main process writes
+        if self.main:
+            done = self.progress.epoch
+            path = self.run.epoch_checkpoint(done)
+            save_epoch_checkpoint(path, payload, **self._checkpoint_fields(self.last_metrics, done - 1))
+            atomic_link(path, self.run.latest_epoch_checkpoint)
+            keep = self.recipe.train.keep_checkpoints
+            numbered = self.run.epoch_checkpoints()
+            for number in list(numbered)[: -keep if keep else 0]:
+                numbered[number].unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
 
     def _final_test(self) -> dict[str, Any] | None:
         """Report the best checkpoint on the test splits (never used for selection)."""

@@ -287,7 +287,8 @@ def test_auto_precision_takes_bf16_only_with_native_support(monkeypatch, capabil
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # V100/T4 answer True: emulation
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
-    assert resolve_precision(TrainConfig(precision="auto"), on_cuda=True) == expected
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # no launcher's choice
+    assert resolve_precision(TrainConfig(precision="auto"), on_cuda=True).value == expected
 
 
 @pytest.mark.parametrize("preset", [None, ":16:8"])

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.output import assert_ends_in_one_error_line, assert_one_error_line, file_snapshot
 from helpers.trainkit import ONE, stable_metrics, tiny_recipe, train_args
 
@@ -79,6 +80,67 @@ def test_a_failed_run_without_state_names_the_restart(shapes, tmp_path, run_cli)
     assert code == 5 and "state/last.pt" in err and "--resume restart" in err
     assert_one_error_line(err)
     assert file_snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------------------------------ resume on another machine
+def cut_at_update_3(shapes: Path, out: Path) -> RunDir:
+    """A one-epoch run over `shapes` stopped (state saved) after its third update."""
+    with pytest.raises(InterruptedRun):
+        train(tiny_recipe(shapes, **ONE), TrainOptions(out_dir=out, name="cut", stop_after_steps=3))
+    return RunDir(out / "cut")
+
+
+@pytest.mark.slow
+def test_a_run_moved_with_its_data_resumes_bit_identically(shapes, straight, tmp_path):
+    """Another machine: the run folder and the data live elsewhere, the loader has other workers."""
+    here = shutil.copytree(shapes, tmp_path / "here" / "shapes")
+    cut = cut_at_update_3(here, tmp_path / "runs")
+    there = tmp_path / "there"
+    shutil.move(cut.root, there / "cut")
+    data = shutil.move(here, tmp_path / "elsewhere" / "shapes")  # nothing is left where the run started
+    neutral = {"data.num_workers": 1, "data.persistent_workers": False, "data.root": str(tmp_path / "elsewhere")}
+    resumed = train(
+        tiny_recipe(data, **ONE, **neutral, **{"data.image_root": str(data)}),
+        TrainOptions(out_dir=there, name="cut", resume="auto"),
+    )
+    assert resumed["status"] == "completed" and resumed["steps"] == 8
+    a, b = load_state(straight / "state" / "last.pt"), load_state(there / "cut" / "state" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    located = ("retrieval_source", "zeroshot_source")  # the evaluation sets' paths, moved with the data
+    assert [{k: v for k, v in r.items() if k not in located} for r in stable_metrics(straight)] == [
+        {k: v for k, v in r.items() if k not in located} for r in stable_metrics(there / "cut")
+    ]
+
+
+def test_moved_data_with_other_pairs_is_another_recipe(shapes, tmp_path, run_cli, capsys):
+    """Same count, two captions swapped: the per-sample state would attach to other samples, so resume refuses."""
+    cut = cut_at_update_3(shapes, tmp_path)
+    other = shutil.copytree(shapes, tmp_path / "other" / "shapes")
+    pairs = json.loads((other / "train.json").read_text())
+    pairs[0]["caption"], pairs[1]["caption"] = pairs[1]["caption"], pairs[0]["caption"]
+    (other / "train.json").write_text(json.dumps(pairs))
+    capsys.readouterr()
+    before = file_snapshot(cut.root)
+    code, _, err = run_cli(*train_args(other, tmp_path, "cut", **ONE), "--resume", "auto")
+    assert code == 5 and "state belongs to another recipe (data.train: state " in err, err
+    assert "training pairs there are not the ones it was saved with" in err
+    assert_one_error_line(err)
+    assert file_snapshot(cut.root) == before
+
+
+def test_a_changed_result_key_is_still_refused_beside_neutral_ones(shapes, tmp_path, run_cli, capsys):
+    cut = cut_at_update_3(shapes, tmp_path)
+    capsys.readouterr()
+    before = file_snapshot(cut.root)
+    changed = {**ONE, "data.num_workers": 2, "tracking.log_every_steps": 3, "optim.lr": 0.5}
+    code, _, err = run_cli(*train_args(shapes, tmp_path, "cut", **changed), "--resume", "auto")
+    assert code == 5 and "state belongs to another recipe (" in err, err
+    assert "optim.lr: state 0.001 vs recipe 0.5" in err
+    assert "num_workers" not in err and "log_every_steps" not in err
+    assert_one_error_line(err)
+    assert file_snapshot(cut.root) == before
 
 
 # ------------------------------------------------------------------------------ --resume restart

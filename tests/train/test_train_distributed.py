@@ -35,6 +35,8 @@ EXTRA = {
     },
     "loss.rho_I": 8.0,  # >= log(B-1): the recipe warns, and only one rank may print it
     "loss.rho_T": 8.0,
+    "train.save_every_epochs": 1,  # an epoch checkpoint: every rank builds the state, rank 0 writes
+    "tracking.report_to": ["tensorboard"],  # rank 0's tracker
 }
 
 
@@ -70,6 +72,11 @@ def test_two_process_run_matches_one_process(tmp_path):
     assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["steps"] == 4
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["two"]  # nothing written by rank 1 elsewhere
     assert len([r for r in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]) == 1  # one writer
+    assert (run / "train.log").read_text().count("epoch 1: tr@1=") == 1 and list((run / "tb").iterdir())
+    epoch = load_state(run / "checkpoints" / "epoch_1.pt")
+    last = load_state(run / "state" / "last.pt")
+    assert epoch["progress"]["step"] == 4 and len(epoch["rng"]) == 2
+    assert all(torch.equal(tensor, last["model"][key]) for key, tensor in epoch["model"].items())
     one, two = load_state(tmp_path / "one" / "state" / "last.pt"), load_state(run / "state" / "last.pt")
     single, double = state_tensors(one["loss"]), state_tensors(two["loss"])
     assert single and single.keys() == double.keys()
