@@ -73,6 +73,13 @@ class DataConfig(Section):
     shapes_train_size: int = Field(20_000, ge=100)
     shapes_image_size: int = Field(64, ge=32, le=512)
     shapes_seed: int | None = Field(None, ge=0)  # unset: 0 (and left out of the resolved recipe, so older runs resume)
+    # WebDataset shard sources (README "Training on sharded data"); each unset: the default named, and left out of
+    # the resolved recipe, so older runs resume
+    reader: Literal["auto", "map", "stream"] | None = None  # unset: auto (streams every shard source but a flat folder)
+    on_bad_shard: Literal["skip", "fail"] | None = None  # a shard unreadable after its retries; unset: skip
+    shard_retries: int | None = Field(None, ge=0, le=100)  # unset: 3
+    shard_timeout_s: float | None = Field(None, gt=0, le=3600)  # a read that waits longer fails; unset: 60
+    shuffle_buffer: int | None = Field(None, ge=1, le=1_000_000)  # samples; unset: 1000
 
 
 class OptimConfig(Section):

@@ -48,3 +48,23 @@ def write_shards(
             (folder / f"{stem}_stats.json").write_text(json.dumps({"count": count, "successes": count}))
         paths.append(path)
     return paths
+
+
+def shapes_shards(shapes: Path, folder: Path, per_shard: int) -> list[Path]:
+    """The tiny shapes training pairs (`helpers.trainkit`) as shards of `per_shard` samples, in pair order, with
+    `_stats.json` beside each (as img2dataset writes them)."""
+    import webdataset as wds
+
+    pairs = json.loads((shapes / "train.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for start in range(0, len(pairs), per_shard):
+        path = folder / f"{start // per_shard:05d}.tar"
+        chunk = pairs[start : start + per_shard]
+        with wds.TarWriter(str(path), encoder=False) as sink:
+            for key, pair in enumerate(chunk, start):
+                sample = {"png": (shapes / pair["image"]).read_bytes(), "txt": pair["caption"].encode()}
+                sink.write({"__key__": f"{key:09d}", **sample, "json": json.dumps({"key": key}).encode()})
+        (folder / f"{path.stem}_stats.json").write_text(json.dumps({"successes": len(chunk)}))
+        paths.append(path)
+    return paths
