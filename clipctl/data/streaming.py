@@ -371,6 +371,9 @@ def stream_loader(dataset: StreamingPairs, *, pin_memory: bool = False) -> DataL
         num_workers=workers,
         worker_init_fn=loader_worker_init() if workers else None,
         pin_memory=pin_memory and torch.cuda.is_available(),
+        # a private generator: starting workers must not draw from the global RNG (a resumed run's dropout
+        # stream would differ from an uninterrupted one's)
+        generator=torch.Generator().manual_seed(dataset.seed),
     )
 
 

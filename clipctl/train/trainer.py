@@ -323,8 +323,8 @@ class Trainer:
         changed = saved is not None and saved != current  # a state from before identities were kept: not known
         if changed and not reset:
             raise ResumeError(
-                f"{self.resume_from}: the training pairs changed since the state was saved (same count, other "
-                f"samples or order: identity {saved[:12]} -> {current[:12]}), so the per-sample loss state would "
+                f"{self.resume_from}: the training pairs changed since the state was saved (other samples, "
+                f"shards or order: identity {saved[:12]} -> {current[:12]}), so the per-sample loss state would "
                 "attach to other samples; restore the data, or set train.reset_loss_state = true to restart it"
             )
         self.parts.loss.load_state_dict(state["loss"], reset=reset)

@@ -1,0 +1,150 @@
+"""Training on WebDataset shards where they live: the same shards from a folder, a brace pattern, `pipe:cat`, an HTTP
+server on 127.0.0.1 and an fsspec URL train to the same state; a streamed run cut mid-epoch resumes bit-identical;
+two img2dataset runs in one folder train; a changed shard list is refused on resume (exit 5); no count table or a
+bad source is one line (exit 3)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import fsspec
+import pytest
+import torch
+from helpers import data_server
+from helpers.output import assert_one_error_line
+from helpers.shards import shapes_shards
+from helpers.trainkit import ONE, make_tiny_shapes, stable_metrics, state_tensors, tiny_overrides, tiny_recipe
+
+from clipctl.data.shardindex import build_index
+from clipctl.data.shards import expand_source
+from clipctl.errors import InterruptedRun
+from clipctl.run.checkpoint import load_state
+from clipctl.train.trainer import TrainOptions, train
+
+NAMES = [f"{i:05d}.tar" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return make_tiny_shapes(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def shards(shapes, tmp_path_factory) -> Path:
+    """The 256 tiny shapes pairs as 8 shards of 32, with img2dataset's `_stats.json` beside each."""
+    folder = tmp_path_factory.mktemp("shards")
+    shapes_shards(shapes, folder, 32)
+    return folder
+
+
+def run(shapes: Path, out: Path, name: str, source: str, resume: str | None = None, stop_after=None, **extra) -> dict:
+    recipe = tiny_recipe(shapes, **{"data.train": source, **extra})
+    return train(recipe, TrainOptions(out_dir=out, name=name, resume=resume, stop_after_steps=stop_after))
+
+
+def assert_same_state(a: Path, b: Path) -> None:
+    one, two = load_state(a / "state" / "last.pt"), load_state(b / "state" / "last.pt")
+    for key, tensor in one["model"].items():
+        assert torch.equal(tensor, two["model"][key]), key
+    loss_a, loss_b = state_tensors(one["loss"]), state_tensors(two["loss"])
+    assert loss_a and loss_a.keys() == loss_b.keys()
+    for key, value in loss_a.items():
+        assert torch.equal(value, loss_b[key]), key
+
+
+@pytest.mark.slow
+def test_every_source_form_trains_to_the_same_state(shapes, shards, tmp_path, data_root):
+    files = {f"/{p.name}": p.read_bytes() for p in shards.iterdir() if p.is_file()}
+    server = data_server.FileServer(files=files)
+    httpd, _ = data_server.start(server)
+    for path, content in files.items():
+        with fsspec.open(f"memory://train{path}", "wb") as sink:
+            sink.write(content)
+    sources = {
+        "folder": str(shards),
+        "brace": f"{shards}/{{00000..00007}}.tar",
+        "pipe": "::".join(f"pipe:cat {shards}/{n}" for n in NAMES),
+        "http": f"{server.url}/{{00000..00007}}.tar",
+        "fsspec": "memory://train/{00000..00007}.tar",
+    }
+    build_index(expand_source(sources["pipe"]), data_root)  # a command has no stats beside it: index it once
+    try:
+        summaries = {
+            name: run(shapes, tmp_path, name, source, **ONE, **{"data.reader": "stream"})
+            for name, source in sources.items()
+        }
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert {s["sample_identity"] for s in summaries.values()} == {summaries["folder"]["sample_identity"]}
+    assert all(s["status"] == "completed" and s["steps"] == 8 for s in summaries.values())
+    for name in list(sources)[1:]:
+        assert_same_state(tmp_path / "folder", tmp_path / name)
+    assert any(path == "/00000_stats.json" for path, _ in server.log)  # the counts came from img2dataset's stats
+
+
+@pytest.mark.slow
+def test_a_streamed_run_cut_mid_epoch_resumes_bit_identical(shapes, shards, tmp_path):
+    source, extra = f"{shards}/{{00000..00007}}.tar", {"data.num_workers": 2}
+    run(shapes, tmp_path, "straight", source, **extra)
+    with pytest.raises(InterruptedRun):
+        run(shapes, tmp_path, "cut", source, stop_after=5, **extra)  # mid-epoch 0, between the workers' batches
+    resumed = run(shapes, tmp_path, "cut", source, resume="auto", **extra)
+    assert resumed["status"] == "completed" and resumed["steps"] == 16
+    assert_same_state(tmp_path / "straight", tmp_path / "cut")
+    assert stable_metrics(tmp_path / "straight") == stable_metrics(tmp_path / "cut")
+
+
+@pytest.mark.slow
+def test_two_img2dataset_runs_in_one_folder_train(shapes, shards, tmp_path):
+    """Two runs side by side repeat the same keys (img2dataset numbers each run from 0): keys number nothing."""
+    folder = tmp_path / "laion"
+    for run_name, part in (("run1", NAMES[:4]), ("run2", NAMES[4:])):
+        (folder / run_name).mkdir(parents=True)
+        for k, name in enumerate(part):
+            shutil.copy(shards / name, folder / run_name / f"{k:05d}.tar")
+            shutil.copy(shards / name.replace(".tar", "_stats.json"), folder / run_name / f"{k:05d}_stats.json")
+    summary = run(shapes, tmp_path, "two", str(folder), **ONE)
+    assert summary["status"] == "completed" and summary["steps"] == 8
+
+
+@pytest.mark.slow
+def test_a_changed_shard_list_is_refused_on_resume(shapes, shards, tmp_path, run_cli, capsys):
+    data = tmp_path / "shards"
+    shutil.copytree(shards, data)
+    extra = {"data.train": str(data), "data.reader": "stream"}
+    with pytest.raises(InterruptedRun):
+        run(shapes, tmp_path, "r", str(data), stop_after=2, **{"data.reader": "stream"})
+    (data / "00007.tar").unlink()
+    (data / "00007_stats.json").unlink()
+    capsys.readouterr()  # what the first run printed
+    listing = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")}
+    args = ["train", "quickstart", *tiny_overrides(shapes, **extra), "--out", tmp_path, "--name", "r"]
+    code, _, err = run_cli(*args, "--resume", "auto")
+    assert code == 5
+    assert_one_error_line(err)
+    assert "the training pairs changed since the state was saved" in err
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")} == listing
+
+
+def test_shards_without_counts_or_a_bad_source_are_one_line(shapes, shards, tmp_path, run_cli):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in NAMES[:2]:
+        shutil.copy(shards / name, bare / name)
+    base = ["train", "quickstart", "--out", tmp_path / "runs"]
+    code, _, err = run_cli(*base, *tiny_overrides(shapes, **{"data.train": f"{bare}/{{00000..00001}}.tar"}))
+    assert code == 3
+    assert_one_error_line(err)
+    assert "no sample counts for 2 of 2 shards" in err and "clipctl data index" in err
+    code, _, err = run_cli(*base, *tiny_overrides(shapes, **{"data.train": f"{bare}/{{00000..00009}}.tar"}))
+    assert code == 3
+    assert_one_error_line(err)
+    assert "00002.tar" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    pattern = {"data.train": f"{bare}/{{00000..00001}}.tar", "data.reader": "map"}
+    code, _, err = run_cli(*base, *tiny_overrides(shapes, **pattern))
+    assert code == 2
+    assert_one_error_line(err)
+    assert 'data.reader = "map" reads a flat local folder' in err
