@@ -5,7 +5,11 @@ bad source is one line (exit 3)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import fsspec
@@ -19,6 +23,7 @@ from helpers.trainkit import ONE, make_tiny_shapes, stable_metrics, state_tensor
 from clipctl.data.shardindex import build_index
 from clipctl.data.shards import expand_source
 from clipctl.errors import InterruptedRun
+from clipctl.losses import build_loss
 from clipctl.run.checkpoint import load_state
 from clipctl.train.trainer import TrainOptions, train
 
@@ -148,3 +153,26 @@ def test_shards_without_counts_or_a_bad_source_are_one_line(shapes, shards, tmp_
     assert code == 2
     assert_one_error_line(err)
     assert 'data.reader = "map" reads a flat local folder' in err
+
+
+@pytest.mark.slow
+def test_two_processes_with_two_loader_workers_stream_every_sample(shapes, shards, tmp_path):
+    """torchrun, gloo, CPU: 2 ranks x 2 loader workers read disjoint shards (every sample once per epoch: see
+    tests/data/test_data_streaming.py), take the same number of steps, and every sample's loss state is updated."""
+    extra = {"data.train": f"{shards}/{{00000..00007}}.tar", "data.num_workers": 2, **ONE}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "clipctl"]
+    command += ["train", "quickstart", *tiny_overrides(shapes, **extra), "--out", str(tmp_path), "--name", "two"]
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["steps"] == 8
+    recipe = tiny_recipe(shapes, **extra)
+    fresh = build_loss(recipe.loss, num_samples=256, total_epochs=1, embed_dim=recipe.model.embed_dim)
+    before = state_tensors(fresh.state_dict())
+    after = state_tensors(load_state(tmp_path / "two" / "state" / "last.pt")["loss"])
+    per_sample = [key for key, value in after.items() if value.ndim and value.shape[0] == 256]
+    assert per_sample
+    for key in per_sample:
+        changed = (after[key] != before[key]).reshape(256, -1).any(dim=1)
+        assert bool(changed.all()), f"{key}: samples {torch.nonzero(~changed).flatten().tolist()[:8]} never trained"
