@@ -14,8 +14,10 @@ WebDataset's `gopen` with a watchdog that ends a command that stops producing by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -206,8 +208,13 @@ class _WatchedPipe:
         while not self._closed.wait(min(1.0, self._timeout_s / 4)):
             if time.monotonic() - self._last > self._timeout_s:
                 self.stalled = True
-                self._pipe.proc.kill()
+                self._kill()
                 return
+
+    def _kill(self) -> None:
+        """The whole command (a shell's children hold the pipe open too)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._pipe.proc.pid, signal.SIGKILL)
 
     def read(self, *args: Any) -> bytes:
         data = self._pipe.read(*args)
@@ -225,15 +232,18 @@ class _WatchedPipe:
     def close(self) -> None:
         self._closed.set()
         if self._pipe.proc.poll() is None:
-            self._pipe.proc.kill()
+            self._kill()
         self._pipe.stream.close()
         self._pipe.proc.wait()
 
 
 def _open_pipe(url: str, policy: OpenPolicy) -> IO[bytes]:
-    from webdataset.gopen import gopen_pipe
+    """WebDataset's `Pipe` (what its `gopen` opens `pipe:` with: exit status checked), in its own session so that the
+    watchdog can end the command with everything it started."""
+    from webdataset.gopen import Pipe
 
-    return _WatchedPipe(gopen_pipe(url), policy.read_timeout_s)  # type: ignore[return-value]
+    pipe = Pipe(url[len("pipe:") :], mode="rb", shell=True, bufsize=8192, ignore_status=[141], start_new_session=True)
+    return _WatchedPipe(pipe, policy.read_timeout_s)  # type: ignore[return-value]
 
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

@@ -26,6 +26,7 @@ the count table (`clipctl.data.shardindex`), so no shard is read to plan:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import multiprocessing
 import random
@@ -223,7 +224,7 @@ class StreamingPairs(IterableDataset):
         wanted = min(TOKENIZER_SAMPLES, self.table.total)
         for shard in range(len(self.table.counts)):
             try:
-                for _, _, _, caption in self._read_shard(shard, 0):
+                for _, _, _, caption in self._read_shard(shard, 0, counted=False):
                     yield clean_caption(caption)
                     wanted -= 1
                     if wanted <= 0:
@@ -302,10 +303,11 @@ class StreamingPairs(IterableDataset):
                     if order.due(starts[k] + position):
                         yield starts[k] + position, None
 
-    def _read_shard(self, shard: int, begin: int) -> Iterator[tuple[int, str, bytes, str]]:
+    def _read_shard(self, shard: int, begin: int, counted: bool = True) -> Iterator[tuple[int, str, bytes, str]]:
         """(position, key, image bytes, caption) of a shard's samples from `begin`, retried with backoff from where
-        the failure came; `_ShardFailed(message, position reached)` after the last try in skip mode."""
-        url, count, name = self.table.shards.urls[shard], self.table.counts[shard], self.table.shards.names[shard]
+        the failure came; `_ShardFailed(url, position reached)` after the last try in skip mode (`counted`: in the
+        skipped shards the summary reports; the tokenizer's caption pass is not training)."""
+        url, count = self.table.shards.urls[shard], self.table.counts[shard]
         position, attempt = begin, 0
         while True:
             try:
@@ -320,7 +322,7 @@ class StreamingPairs(IterableDataset):
                 if attempt <= self.settings.retries:
                     time.sleep(self.settings.backoff_s(attempt))
                     continue
-                self._give_up(name, url, err, attempt, count - position)
+                self._give_up(url, err, attempt, count - position if counted else None)
                 raise _ShardFailed(url, position) from None
 
     def _shard_samples(self, url: str, count: int, begin: int) -> Iterator[tuple[int, str, bytes, str]]:
@@ -334,7 +336,8 @@ class StreamingPairs(IterableDataset):
                         yield position, key, image, caption
                     position += 1
         except Exception as err:
-            err.reached = max(position, begin)  # type: ignore[attr-defined]
+            with contextlib.suppress(AttributeError):  # where to resume the shard on the next try
+                err.reached = max(position, begin)  # type: ignore[attr-defined]
             raise
         if position < count:
             raise DataError(
@@ -342,13 +345,18 @@ class StreamingPairs(IterableDataset):
                 "was indexed: run `clipctl data index` again (and restart the run)"
             )
 
-    def _give_up(self, name: str, url: str, err: Exception, attempts: int, lost: int) -> None:
+    def _give_up(self, url: str, err: Exception, attempts: int, lost: int | None) -> None:
+        """Fail the run (one line, exit 3), or warn and count the skipped shard (`lost`: its samples not trained on
+        this epoch; None: not counted)."""
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         if self.settings.on_bad_shard == "fail":
             raise DataError(
                 f"{url}: unreadable after {attempts} tries ({reason}); fix the source, or set "
                 'data.on_bad_shard = "skip" to train on without it'
             ) from None
+        if lost is None:
+            warn(f"{url}: unreadable after {attempts} tries ({reason}); its captions are left out of the tokenizer's")
+            return
         with self._failed.get_lock():
             self._failed.value += 1
         warn(f"{url}: unreadable after {attempts} tries ({reason}); skipped its {lost} remaining samples this epoch")

@@ -97,6 +97,14 @@ class Components:
         return self.train_set.identity
 
     @property
+    def data_faults(self) -> dict[str, int]:
+        """What the summary counts of the data's faults: the shards a streamed run skipped since it (re)started, as
+        this process's loader met them (each rank warns for its own)."""
+        if isinstance(self.train_set, StreamingPairs):
+            return {"skipped_shards": self.train_set.skipped_shards}
+        return {}
+
+    @property
     def micro_batch(self) -> int:
         """Samples per process per loss call."""
         train = self.recipe.train

@@ -379,6 +379,7 @@ class Trainer:
             error=error,
             test=test,
         )
+        summary.update(self.parts.data_faults)
         if self.main:
             write_summary(self.run, summary)
         return summary

@@ -191,3 +191,16 @@ def test_a_failing_shard_is_fatal_when_asked(shards, tmp_path):
     with pytest.raises(DataError, match=r"00002.tar: unreadable after 2 tries .*data.on_bad_shard = \"skip\"") as err:
         list(stream_loader(data))
     assert "\n" not in str(err.value) and err.value.exit_code == 3
+
+
+def test_a_stalled_pipe_is_ended_by_its_read_timeout(tmp_path):
+    """A `pipe:` command that produces nothing: its watchdog ends it after shard_timeout_s, every try."""
+    stalled = CountTable(expand_source("pipe:sleep 60"), (4,))
+    settings = StreamSettings(on_bad_shard="fail", retries=1, timeout_s=0.5)
+    plan = StreamPlan((4,), 1, 1, 4)
+    data = StreamingPairs(stalled, train_transform(16, augment=False), plan=plan, settings=settings)
+    data.tokenizer = TOKENIZER
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"pipe:sleep 60: unreadable after 2 tries"):
+        list(stream_loader(data))
+    assert time.monotonic() - started < 20

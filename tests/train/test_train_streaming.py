@@ -16,7 +16,7 @@ import fsspec
 import pytest
 import torch
 from helpers import data_server
-from helpers.output import assert_one_error_line
+from helpers.output import assert_ends_in_one_error_line, assert_one_error_line
 from helpers.shards import shapes_shards
 from helpers.trainkit import ONE, make_tiny_shapes, stable_metrics, state_tensors, tiny_overrides, tiny_recipe
 
@@ -43,8 +43,8 @@ def shards(shapes, tmp_path_factory) -> Path:
     return folder
 
 
-def run(shapes: Path, out: Path, name: str, source: str, resume: str | None = None, stop_after=None, **extra) -> dict:
-    recipe = tiny_recipe(shapes, **{"data.train": source, **extra})
+def run(shapes: Path, out: Path, name: str, source: str = "", resume=None, stop_after=None, **extra) -> dict:
+    recipe = tiny_recipe(shapes, **({"data.train": source} if source else {}), **extra)
     return train(recipe, TrainOptions(out_dir=out, name=name, resume=resume, stop_after_steps=stop_after))
 
 
@@ -176,3 +176,27 @@ def test_two_processes_with_two_loader_workers_stream_every_sample(shapes, shard
     for key in per_sample:
         changed = (after[key] != before[key]).reshape(256, -1).any(dim=1)
         assert bool(changed.all()), f"{key}: samples {torch.nonzero(~changed).flatten().tolist()[:8]} never trained"
+
+
+@pytest.mark.slow
+def test_a_shard_failing_over_http_is_skipped_and_counted_or_fails_the_run(shapes, shards, tmp_path, run_cli):
+    files = {f"/{p.name}": p.read_bytes() for p in shards.iterdir() if p.is_file()}
+    server = data_server.FileServer(files=files)
+    httpd, _ = data_server.start(server)
+    extra = {"data.train": f"{server.url}/{{00000..00007}}.tar", "data.shard_retries": 1, "data.shard_timeout_s": 0.5}
+    mid_epoch = [{}] + [{"status": 500}] * 100  # the tokenizer's caption pass reads it; the epoch's reads fail
+    try:
+        server.script["/00003.tar"] = list(mid_epoch)
+        skipped = run(shapes, tmp_path, "skip", **ONE, **extra)
+        server.script["/00003.tar"] = list(mid_epoch)
+        args = ["train", "quickstart", "--out", tmp_path, "--name", "fail"]
+        failing = {**extra, **ONE, "data.on_bad_shard": "fail", "data.num_workers": 2}
+        code, _, err = run_cli(*args, *tiny_overrides(shapes, **failing))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert skipped["status"] == "completed" and skipped["skipped_shards"] == 1 and skipped["steps"] == 8
+    assert code == 3
+    assert_ends_in_one_error_line(err)
+    assert "00003.tar: unreadable after 2 tries (OSError: HTTP 500)" in err and 'on_bad_shard = "skip"' in err
+    assert json.loads((tmp_path / "fail" / "summary.json").read_text())["status"] == "failed"
