@@ -204,3 +204,20 @@ def test_a_stalled_pipe_is_ended_by_its_read_timeout(tmp_path):
     with pytest.raises(DataError, match=r"pipe:sleep 60: unreadable after 2 tries"):
         list(stream_loader(data))
     assert time.monotonic() - started < 20
+
+
+def test_two_img2dataset_runs_side_by_side_number_alike_in_both_readers(tmp_path, capsys):
+    """Both runs number their keys from 0: the map-style reader numbers them in shard order (instead of refusing the
+    repeated keys), as the streaming reader does."""
+    folder = tmp_path / "two-runs"
+    write_shards(folder, [5, 3], name="a{:05d}")
+    write_shards(folder, [4, 4], name="b{:05d}")
+    mapped = PairsDataset(folder, transform=train_transform(16, augment=False))
+    assert len(mapped) == 16 and "numbered in shard order" in capsys.readouterr().err
+    assert mapped.captions == [caption(k) for k in [*range(8), *range(8)]]
+    mapped.tokenizer = TOKENIZER
+    streamed = epoch(table_of(str(folder), tmp_path / "root"), batch=4, settings=StreamSettings(shuffle_buffer=3))
+    pairs = {i: t for rank in streamed for indices, _, tokens in rank for i, t in zip(indices, tokens)}
+    assert len(pairs) == 16
+    for index, tokens in pairs.items():
+        assert tokens == mapped.tokens[index].tolist()
