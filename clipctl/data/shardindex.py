@@ -2,10 +2,11 @@
 without reading the data: sample i = (offset of its shard) + (its position among the shard's complete samples).
 
 Counts come, per shard, from (1) a clipctl index file (`clipctl data index SOURCE`), beside the shards when they are
-local and writable (`.clipctl-shards.json` in their common folder), else under the data root (`shard-index/`); a
-local shard's entry holds only while its size and mtime match; (2) img2dataset's `{shard}_stats.json` beside the
-shard (its `successes`). A shard with neither is missing: training refuses with the command that makes the index.
-Keys play no part in the numbering (img2dataset repeats them across runs by design).
+local and writable (`.clipctl-shards.json` in their common folder), else under the data root (`shard-index/`), or
+one uploaded beside remote shards (same name, their common prefix); a local shard's entry holds only while its size
+and mtime match; (2) img2dataset's `{shard}_stats.json` beside the shard (its `successes`). A shard with neither
+is missing: training refuses with the command that makes the index. Keys play no part in the numbering
+(img2dataset repeats them across runs by design).
 
 The table's digest (shard names and counts, in order) is the data identity a run records and checks on resume.
 """
@@ -102,11 +103,33 @@ def _valid(entry: dict[str, Any] | None, stamp: dict[str, Any] | None) -> bool:
     return stamp is None or (entry.get("size") == stamp["size"] and entry.get("mtime") == stamp["mtime"])
 
 
-def indexed_counts(shards: ShardList, root: Path) -> dict[int, int]:
-    """Counts the index files give for the shards whose entry is still valid."""
+def remote_index_url(shards: ShardList) -> str | None:
+    """Where an index uploaded beside remote shards would be (their common prefix), None for local or `pipe:` ones:
+    one index written once (`clipctl data index`, then copied there) serves every node."""
+    if shards.all_local or any(scheme_of(u) == "pipe" for u in shards.urls):
+        return None
+    return shards.urls[0][: len(shards.urls[0]) - len(shards.names[0])] + INDEX_NAME
+
+
+def _remote_entries(url: str, policy: OpenPolicy) -> dict[str, dict[str, Any]]:
+    try:
+        with open_shard(url, policy) as stream:
+            data = json.loads(stream.read())
+    except Exception:  # noqa: BLE001 (absent or unreachable: no counts from there)
+        return {}
+    ok = isinstance(data, dict) and data.get("format") == INDEX_FORMAT and isinstance(data.get("shards"), dict)
+    return data["shards"] if ok else {}
+
+
+def indexed_counts(shards: ShardList, root: Path, policy: OpenPolicy = OpenPolicy()) -> dict[int, int]:
+    """Counts the index files give for the shards whose entry is still valid: under the data root or beside local
+    shards, then beside remote ones."""
     counts: dict[int, int] = {}
-    for path in index_paths(shards, root):
-        entries = _read_entries(path)
+    tables = [_read_entries(path) for path in index_paths(shards, root)]
+    remote = remote_index_url(shards)
+    if remote is not None and len(tables[0]) < len(shards.urls):
+        tables.append(_remote_entries(remote, policy))
+    for entries in tables:
         for i, name in enumerate(shards.names):
             if i not in counts and _valid(entries.get(name), _stamp(shards, i)):
                 counts[i] = entries[name]["count"]
@@ -136,7 +159,7 @@ def _stats_count(url: str, policy: OpenPolicy) -> int | None:
 def count_table(shards: ShardList, root: Path, policy: OpenPolicy = OpenPolicy(), workers: int = 16) -> CountTable:
     """The counts of every shard from an index or img2dataset stats (no shard is read); a DataError (exit 3) naming
     `clipctl data index` when some shard has neither."""
-    counts = indexed_counts(shards, root)
+    counts = indexed_counts(shards, root, policy)
     missing = [i for i in range(len(shards.urls)) if i not in counts]
     if missing:
         counts.update(_parallel(lambda i: _stats_count(shards.urls[i], policy), missing, workers))

@@ -161,3 +161,14 @@ def test_cli_data_index(run_cli, shards, tmp_path):
     assert code == 3
     assert_one_error_line(err)
     assert "00003.tar" in err
+
+
+def test_an_index_uploaded_beside_remote_shards_serves_every_node(shards, tmp_path, monkeypatch):
+    """Indexed once, copied beside the shards in the bucket: a node with an empty data root reads no shard."""
+    build_index(expand_source(str(shards)), tmp_path / "root")
+    for path in shards.iterdir():
+        with fsspec.open(f"memory://bucket/{path.name}", "wb") as sink:
+            sink.write(path.read_bytes())
+    monkeypatch.setattr(shardindex, "count_shard", lambda *a, **k: pytest.fail("a shard was read"))
+    table = count_table(expand_source("memory://bucket/{00000..00002}.tar"), tmp_path / "other-node")
+    assert table.counts == (3, 4, 2)
