@@ -62,7 +62,11 @@ UNTRACKED_KEYS = {
     ("train", "dist_timeout_s"),
     ("loss", "state_sharding"),
     ("train", "reset_loss_state"),
-}  # change no result: how long ranks wait, where the state lives; or an instruction to the resume itself
+    ("data", "on_bad_shard"),
+    ("data", "shard_retries"),
+    ("data", "shard_timeout_s"),
+}  # change no result: how long ranks wait, where the state lives, how long a shard read may take (a run stopped by
+# an unreachable shard resumes with more patience); or an instruction to the resume itself
 
 
 @dataclass

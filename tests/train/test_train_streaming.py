@@ -95,7 +95,8 @@ def test_a_streamed_run_cut_mid_epoch_resumes_bit_identical(shapes, shards, tmp_
     run(shapes, tmp_path, "straight", source, **extra)
     with pytest.raises(InterruptedRun):
         run(shapes, tmp_path, "cut", source, stop_after=5, **extra)  # mid-epoch 0, between the workers' batches
-    resumed = run(shapes, tmp_path, "cut", source, resume="auto", **extra)
+    patient = {"data.shard_timeout_s": 120, "data.shard_retries": 5}  # how shards are waited for changes no result
+    resumed = run(shapes, tmp_path, "cut", source, resume="auto", **extra, **patient)
     assert resumed["status"] == "completed" and resumed["steps"] == 16
     assert_same_state(tmp_path / "straight", tmp_path / "cut")
     assert stable_metrics(tmp_path / "straight") == stable_metrics(tmp_path / "cut")
