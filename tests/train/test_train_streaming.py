@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fsspec
@@ -201,3 +203,24 @@ def test_a_shard_failing_over_http_is_skipped_and_counted_or_fails_the_run(shape
     assert_ends_in_one_error_line(err)
     assert "00003.tar: unreadable after 2 tries (OSError: HTTP 500)" in err and 'on_bad_shard = "skip"' in err
     assert json.loads((tmp_path / "fail" / "summary.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(shapes, shards, tmp_path, run_cli):
+    """SIGKILL to the whole process group (loader workers included) after a mid-epoch save; `--resume auto` ends
+    where an uninterrupted run ends, bit for bit."""
+    extra = {"data.train": f"{shards}/{{00000..00007}}.tar", "data.num_workers": 2, "train.save_every_steps": 1}
+    run(shapes, tmp_path, "straight", **extra)
+    args = ["train", "quickstart", *tiny_overrides(shapes, **extra), "--out", str(tmp_path), "--name", "killed"]
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "clipctl", *args], env=env, start_new_session=True)
+    state, deadline = tmp_path / "killed" / "state" / "last.pt", time.monotonic() + 120
+    while time.monotonic() < deadline and not (state.exists() and load_state(state)["progress"]["step"] >= 3):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    saved = load_state(state)["progress"]
+    assert 0 < saved["batch"] < 8 and saved["step"] < 16  # killed mid-epoch, with the run far from done
+    code, _, err = run_cli(*args, "--resume", "auto")
+    assert code == 0, err
+    assert_same_state(tmp_path / "straight", tmp_path / "killed")
