@@ -27,6 +27,7 @@ the count table (`clipctl.data.shardindex`), so no shard is read to plan:
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import multiprocessing
 import random
@@ -112,7 +113,7 @@ class StreamPlan:
     workers: int  # loader workers per rank (0 counts as 1: the main process reads)
     batch: int  # samples per batch and process (one loss call)
 
-    @property
+    @functools.cached_property
     def slots(self) -> list[list[int]]:
         return assign_slots(self.counts, self.world * self.workers)
 
@@ -166,7 +167,7 @@ class BufferedOrder:
 
 
 class _ShardFailed(Exception):
-    pass
+    """A shard given up on in skip mode: args (url, position reached)."""
 
 
 class StreamingPairs(IterableDataset):
@@ -194,7 +195,6 @@ class StreamingPairs(IterableDataset):
         self.settings, self.plan, self.rank, self.num_workers = settings, plan, rank, num_workers
         self.identity = table.digest
         self.subset_indices: list[int] | None = None
-        self.skipped = 0
         self.tokenizer: TextTokenizer | None = None
         self._reader = ImageReader(on_bad_image)
         self._failed = multiprocessing.Value("i", 0)  # shards skipped, by any worker of this process
@@ -233,6 +233,7 @@ class StreamingPairs(IterableDataset):
                 continue
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        """This loader worker's samples of the epoch from the resume point (the main process: worker 0)."""
         if self.tokenizer is None:
             raise RuntimeError("StreamingPairs: assign .tokenizer before reading items")
         info = get_worker_info()
