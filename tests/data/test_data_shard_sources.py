@@ -172,3 +172,11 @@ def test_an_index_uploaded_beside_remote_shards_serves_every_node(shards, tmp_pa
     monkeypatch.setattr(shardindex, "count_shard", lambda *a, **k: pytest.fail("a shard was read"))
     table = count_table(expand_source("memory://bucket/{00000..00002}.tar"), tmp_path / "other-node")
     assert table.counts == (3, 4, 2)
+
+
+def test_a_recipe_list_of_sources_is_one_dataset(shards):
+    from clipctl.recipe import load_recipe
+
+    recipe = load_recipe("quickstart", [f'data.train=["{shards}/00000.tar", "{shards}/{{00001..00002}}.tar"]'])
+    assert recipe.data.train == f"{shards}/00000.tar::{shards}/{{00001..00002}}.tar"
+    assert expand_source(recipe.data.train).names == ("00000.tar", "00001.tar", "00002.tar")
