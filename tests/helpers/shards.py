@@ -68,3 +68,12 @@ def shapes_shards(shapes: Path, folder: Path, per_shard: int) -> list[Path]:
         (folder / f"{path.stem}_stats.json").write_text(json.dumps({"successes": len(chunk)}))
         paths.append(path)
     return paths
+
+
+def clear_memory_fs() -> None:
+    """Empty fsspec's process-wide memory filesystem (a test's bucket must not leak into the next test)."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.store.clear()
+    memory.pseudo_dirs[:] = [""]
