@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import tomli_w
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from clipctl.data.batch_plan import BatchPlan
 from clipctl.data.records import split_ref
@@ -61,7 +61,7 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    train: str = "shapes:train"  # registry id[:split] or a path to a pairs JSON / shard folder
+    train: str = "shapes:train"  # registry id[:split], a path to a pairs JSON / shard folder, or WebDataset shards
     image_root: str = ""  # the folder a pairs JSON's image paths start from; empty: the JSON's own folder
     prepare_size: int = Field(256, ge=16, le=4096)  # shorter image side cc3m-100k's shards must be prepared at
     root: str = ""  # empty: $CLIPCTL_DATA, else ./data
@@ -76,6 +76,21 @@ class DataConfig(Section):
     shapes_train_size: int = Field(20_000, ge=100)
     shapes_image_size: int = Field(64, ge=32, le=512)
     shapes_seed: int | None = Field(None, ge=0)  # unset: 0 (and left out of the resolved recipe, so older runs resume)
+    # WebDataset shard sources (README "Training on sharded data"); each unset: the default named, and left out of
+    # the resolved recipe, so older runs resume
+    reader: Literal["auto", "map", "stream"] | None = None  # unset: auto (streams every shard source but a flat folder)
+    on_bad_shard: Literal["skip", "fail"] | None = None  # a shard unreadable after its retries; unset: skip
+    shard_retries: int | None = Field(None, ge=0, le=100)  # unset: 3
+    shard_timeout_s: float | None = Field(None, gt=0, le=3600)  # a read that waits longer fails; unset: 60
+    shuffle_buffer: int | None = Field(None, ge=1, le=1_000_000)  # samples; unset: 1000
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_dataset_of_sources(cls, value: Any) -> Any:
+        """A list of shard sources is one dataset: WebDataset's `a::b`, which the resolved recipe records."""
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            return "::".join(v.strip() for v in value)
+        return value
 
 
 class OptimConfig(Section):

@@ -140,3 +140,22 @@ def _note_unverified(dataset_id: str, manifest: dict) -> None:
     note = unverified_note(dataset_id, manifest)
     if note:
         warn(note)
+
+
+@app.command("index")
+def index(
+    source: str = typer.Argument(..., metavar="SOURCE", help="WebDataset shards: folder, pattern, URL, or a::b list."),
+    workers: int = typer.Option(8, "--workers", min=1, max=256, help="Shards read at once."),
+    data_root: Path | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+) -> None:
+    """Count the samples of every shard once and write the index training numbers them by (resumable: shards already
+    counted are kept). Written beside local shards, else under the data root.
+
+    Example: clipctl data index 'shards/{00000..00999}.tar'
+    """
+    from clipctl.data.shardindex import build_index
+    from clipctl.data.shards import expand_source
+
+    shards = expand_source(source)
+    path, table = build_index(shards, _root(data_root), workers=workers)
+    info(f"{source}: {table.total} samples in {len(shards.urls)} shards; index {path} (digest {table.digest[:12]})")

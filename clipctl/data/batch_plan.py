@@ -76,6 +76,11 @@ class BatchPlan:
             )
         return num_samples // self.global_batch
 
+    def steps_of_loader_batches(self, loader_batches: int) -> int:
+        """Optimizer steps that `loader_batches` micro-steps make: a streamed epoch, whose loader batches per
+        epoch the shard plan fixes (the smallest rank's), gives its steps this way."""
+        return loader_batches // self.grad_accum
+
     def loader_batches(self, steps: int) -> int:
         """Loader batches that `steps` optimizer steps consume: where a resumed epoch's sampler starts."""
         return steps * self.grad_accum

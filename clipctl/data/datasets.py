@@ -202,16 +202,19 @@ class PairsDataset(Dataset):
         if epoch is None:
             tensor = self.transform(image)
         else:
-            with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left untouched
-                torch.default_generator.manual_seed(
-                    augment_seed(self.seed, epoch, index)
-                )  # CPU only: torch.manual_seed
-                tensor = self.transform(image)  # also queues a CUDA seed, with a costly stack capture per call
+            tensor = seeded_transform(self.transform, image, augment_seed(self.seed, epoch, index))
         return tensor, self.tokens[index], index
 
     @property
     def decode_failures(self) -> int:
         return self._reader.decode_failures
+
+
+def seeded_transform(transform: Callable, image: Image.Image, seed: int) -> torch.Tensor:
+    """`transform(image)` with its random draws seeded by `seed`; the caller's RNG stream is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed
+        return transform(image)  # also queues a CUDA seed, with a costly stack capture per call
 
 
 def augment_seed(seed: int, epoch: int, index: int) -> int:

@@ -1,6 +1,9 @@
-"""Training pairs as a folder of WebDataset `.tar` shards: `.jpg`/`.png` + `.txt` caption + `.json` with an
-integer `key` per sample (specs/data.md, format 1). Samples are ordered by their key; only headers and the small
-`.txt`/`.json` members are read up front, each image is read by its offset when it is used.
+"""Training pairs as a flat folder of WebDataset `.tar` shards: `.jpg`/`.png` + `.txt` caption + `.json` with an
+integer `key` per sample (specs/data.md, format 1). Samples are ordered by their key when every sample has a unique
+one (for shards written in key order, as img2dataset and clipctl write them, that is shard order), else in shard
+order and position in the shard, as the streaming reader numbers them (`clipctl.data.streaming`); keys are never
+required unique. Only headers and the small `.txt`/`.json` members are read up front, each image is read by its
+offset when it is used (random access: cheaper than streaming for a local folder).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from clipctl.console import warn
+from clipctl.console import info, warn
 from clipctl.data.layouts import PairsSource, Reader, is_folder, register_reader
 from clipctl.errors import DataError
 
@@ -89,7 +92,8 @@ def _sort_key(shard: Path, key: str, text: str | None) -> int | None:
 
 
 def scan_shards(folder: Path) -> tuple[list[Path], list[tuple[ShardMember, str]]]:
-    """(shards, [(image member, caption)]) for the complete samples of the `.tar` shards in `folder`, in key order."""
+    """(shards, [(image member, caption)]) for the complete samples of the `.tar` shards in `folder`, numbered as the
+    module docstring says (by unique keys, else in shard order)."""
     shards = sorted(p for p in folder.iterdir() if p.suffix == ".tar" and p.is_file())
     if not shards:
         raise DataError(f"{folder}: no .tar shards found; expected WebDataset shards (.jpg/.png + .txt + .json)")
@@ -105,17 +109,14 @@ def scan_shards(folder: Path) -> tuple[list[Path], list[tuple[ShardMember, str]]
             samples.append((_sort_key(shard, key, group.get("json")), group["image"], group["txt"]))
     if incomplete:
         warn(f"{folder}: skipped {incomplete} samples without both an image and a .txt caption")
-    with_keys = sum(1 for s in samples if s[0] is not None)
-    if with_keys not in (0, len(samples)):
-        raise DataError(
-            f'{folder}: {len(samples) - with_keys} samples lack an integer "key" in their .json; give every '
-            "sample one or none"
-        )
-    if with_keys:
-        keys = [s[0] for s in samples]
-        if len(set(keys)) != len(keys):
-            raise DataError(f'{folder}: duplicate sample "key" values in the .json files; keys must be unique')
+    keys = [s[0] for s in samples]
+    if None not in keys and len(set(keys)) == len(keys):
         samples.sort(key=lambda s: s[0])
+    elif any(key is not None for key in keys):
+        info(
+            f"{folder}: sample keys are missing or repeat (as in two img2dataset runs side by side); samples are "
+            "numbered in shard order"
+        )
     return shards, [(member, caption) for _, member, caption in samples]
 
 

@@ -17,6 +17,8 @@ from clipctl.data.lock import DatasetLease
 from clipctl.data.operations import check_for_run, ensure_for_run, training_subset
 from clipctl.data.references import open_reference
 from clipctl.data.registry import resolve
+from clipctl.data.shards import is_shard_source
+from clipctl.data.streaming import StreamingPairs, StreamSettings, open_stream, stream_loader
 from clipctl.data.text import TextTokenizer, build_tokenizer, trim_padding
 from clipctl.errors import DataError, UsageError
 from clipctl.evaluate.encode import Precision
@@ -59,7 +61,7 @@ def _image_root(value: str) -> Path | None:
 class Components:
     recipe: Recipe
     root: Path
-    train_set: PairsDataset
+    train_set: PairsDataset | StreamingPairs
     tokenizer: TextTokenizer
     model: torch.nn.Module
     loss: Any
@@ -94,9 +96,26 @@ class Components:
         """Which sample each training index is (the per-sample loss state is stored by index)."""
         return self.train_set.identity
 
+    @property
+    def data_faults(self) -> dict[str, int]:
+        """What the summary counts of the data's faults: the shards a streamed run skipped since it (re)started, as
+        this process's loader met them (each rank warns for its own)."""
+        if isinstance(self.train_set, StreamingPairs):
+            return {"skipped_shards": self.train_set.skipped_shards}
+        return {}
+
+    def steps_per_epoch(self, plan: BatchPlan) -> int:
+        """Optimizer updates per epoch (incomplete global batches are dropped; streamed: the shard plan's)."""
+        if isinstance(self.train_set, StreamingPairs):
+            return plan.steps_of_loader_batches(self.train_set.plan.batches_per_epoch)
+        return plan.steps_per_epoch(self.num_samples)
+
     def train_loader(self, plan: BatchPlan, epoch: int, steps_done: int) -> torch.utils.data.DataLoader:
         """This process's micro-batches of `epoch`, after the `steps_done` optimizer steps already trained."""
         data = self.recipe.data
+        if isinstance(self.train_set, StreamingPairs):
+            self.train_set.set_epoch(epoch, plan.loader_batches(steps_done))
+            return stream_loader(self.train_set, pin_memory=data.pin_memory and self.device.type == "cuda")
         if self.cached and self.features is None:
             self.features = CachedFeatures.compute(self.model, self.train_set, self.recipe, self.device)
         return build_train_loader(
@@ -170,17 +189,7 @@ def build_components(
     data = recipe.data
     check_for_run(_data_refs(recipe), root, data.model_dump())  # every process: the data is what the recipe asks
     subset = state.get("subset_indices") if state else None
-    preprocess = recipe.preprocess()
-    train_set = PairsDataset(
-        resolve(data.train, root),
-        transform=image_transform(preprocess, augment=data.augment),
-        clean_text=text_cleaner(preprocess),
-        train_fraction=data.train_fraction,
-        seed=recipe.run.seed,
-        on_bad_image=data.on_bad_image,
-        image_root=_image_root(data.image_root),
-        subset_indices=subset,
-    )
+    train_set = _train_set(recipe, root, accelerator, subset)
     source = initial_checkpoint(recipe) if state is None else None
     if state is not None or source is not None:
         tokenizer = TextTokenizer.from_json((state or source)["tokenizer_json"], data.max_text_len)
@@ -211,6 +220,67 @@ def build_components(
         device=accelerator.device,
         data_lease=lease,
         train_subset=training_subset(data.train, root),
+    )
+
+
+def _stream_source(recipe: Recipe, root: Path) -> str | None:
+    """What to stream `data.train` from, or None for the map-style readers: `data.reader` "auto" streams every shard
+    source (URLs, patterns, lists, nested folders, single shards) and reads a flat local folder of `.tar` shards or
+    a pairs JSON map-style (random access is cheaper there, and it keeps the numbering earlier runs recorded)."""
+    data = recipe.data
+    reader = data.reader or "auto"
+    if is_shard_source(data.train):
+        if reader == "map":
+            raise UsageError(
+                f'data.reader = "map" reads a flat local folder of .tar shards or a pairs JSON, not {data.train!r}; '
+                'set data.reader = "auto" to stream it'
+            )
+        return data.train
+    return str(resolve(data.train, root)) if reader == "stream" else None
+
+
+def _train_set(
+    recipe: Recipe, root: Path, accelerator: Accelerator, subset: list[int] | None
+) -> PairsDataset | StreamingPairs:
+    data = recipe.data
+    preprocess = recipe.preprocess()
+    transform, clean_text = image_transform(preprocess, augment=data.augment), text_cleaner(preprocess)
+    source = _stream_source(recipe, root)
+    if source is None:
+        return PairsDataset(
+            resolve(data.train, root),
+            transform=transform,
+            clean_text=clean_text,
+            train_fraction=data.train_fraction,
+            seed=recipe.run.seed,
+            on_bad_image=data.on_bad_image,
+            image_root=_image_root(data.image_root),
+            subset_indices=subset,
+        )
+    if data.train_fraction < 1:
+        raise UsageError(f"data.train_fraction = {data.train_fraction}: streamed shards train on all samples; set 1")
+    if recipe.model.lock_image and recipe.model.lock_text and recipe.model.cache_locked_features:
+        raise UsageError(
+            "model.cache_locked_features needs random access to the training pairs; set it to false for streamed shards"
+        )
+    settings = StreamSettings(
+        on_bad_shard=data.on_bad_shard or "skip",
+        retries=3 if data.shard_retries is None else data.shard_retries,
+        timeout_s=data.shard_timeout_s or 60.0,
+        shuffle_buffer=data.shuffle_buffer or 1000,
+    )
+    return open_stream(
+        source,
+        root,
+        transform,
+        seed=recipe.run.seed,
+        on_bad_image=data.on_bad_image,
+        settings=settings,
+        world=accelerator.num_processes,
+        rank=accelerator.process_index,
+        num_workers=data.num_workers,
+        batch=recipe.batch_plan(accelerator.num_processes).micro_batch,
+        clean_text=clean_text,
     )
 
 

@@ -88,8 +88,12 @@ UNTRACKED_KEYS = {
     ("train", "save_every_steps"),
     ("train", "save_every_epochs"),
     ("train", "keep_checkpoints"),
-}  # change no result: how long ranks wait, where the state lives, how the loader feeds, how often it saves; or an
-# instruction to the resume itself (the [tracking] and [eval] tables are not compared at all)
+    ("data", "on_bad_shard"),
+    ("data", "shard_retries"),
+    ("data", "shard_timeout_s"),
+}  # change no result: how long ranks wait, where the state lives, how the loader feeds, how often it saves, how long
+# a shard read may take (a run stopped by an unreachable shard resumes with more patience); or an instruction to the
+# resume itself (the [tracking] and [eval] tables are not compared at all)
 # Where the training pairs are read from: a run resumes across a moved data root or file when the pairs it finds
 # there are the same samples in the same order (the state's `sample_identity`), checked once the data is read.
 DATA_LOCATION_KEYS = {("data", "root"), ("data", "image_root"), ("data", "train")}
@@ -299,7 +303,7 @@ class Trainer:
         self.parts: Components = build_components(recipe, self.accelerator, self.state, prepare_data=self.main)
         self._check_moved_data()
         _refuse_single_sample_batchnorm(self.parts.model, self.plan)
-        self.steps_per_epoch = self.plan.steps_per_epoch(self.parts.num_samples)
+        self.steps_per_epoch = self.parts.steps_per_epoch(self.plan)
         # on the training device before the optimizer exists: fused optimizers (fusedadam) refuse CPU parameters
         self.parts.model.to(self.accelerator.device)
         self.optimizer = build_optimizer(self.parts.model, self.parts.loss.param_groups(recipe.optim.lr), recipe.optim)
@@ -378,8 +382,8 @@ class Trainer:
         changed = saved is not None and saved != current  # a state from before identities were kept: not known
         if changed and not reset:
             raise ResumeError(
-                f"{self.resume_from}: the training pairs changed since the state was saved (same count, other "
-                f"samples or order: identity {saved[:12]} -> {current[:12]}), so the per-sample loss state would "
+                f"{self.resume_from}: the training pairs changed since the state was saved (other samples, "
+                f"shards or order: identity {saved[:12]} -> {current[:12]}), so the per-sample loss state would "
                 "attach to other samples; restore the data, or set train.reset_loss_state = true to restart it"
             )
         self.parts.loss.load_state_dict(state["loss"], reset=reset)
@@ -439,6 +443,7 @@ class Trainer:
             error=error,
             test=test,
         )
+        summary.update(self.parts.data_faults)
         if self.main:
             write_summary(self.run, summary)
         return summary

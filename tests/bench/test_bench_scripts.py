@@ -38,6 +38,7 @@ TINY_ARGS = {
     ],
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
     "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
+    "stream_bench": ["--samples", "2000", "--shard-size", "200", "--loader-samples", "256", "--batch", "32"],
     "train_throughput": [
         "--models",
         "quickstart",

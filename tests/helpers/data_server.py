@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 @dataclass
 class FileServer:
     """`files[path] = bytes`; `script[path]` is a list of one-shot behaviours consumed per request:
-    {"status": 503} | {"redirect": "/other"} | {"truncate": n} | {"body": b"..."} | {"ignore_range": True};
+    {"status": 503} | {"redirect": "/other"} | {"truncate": n} | {"body": b"..."} | {"ignore_range": True} |
+    {"stall_s": s} (half the body, then silence);
     `{"no_length": True}` sends no Content-Length (the body ends when the connection closes) and
     `{"content_type": "text/html"}` sets that header; both combine with the others."""
 
@@ -81,6 +83,11 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if "truncate" in step:
                 chunk = chunk[: step["truncate"]]
+            if "stall_s" in step:  # half the body, then nothing for that long (a hung server)
+                self.wfile.write(chunk[: len(chunk) // 2])
+                self.wfile.flush()
+                time.sleep(step["stall_s"])
+                return
             self.wfile.write(chunk)
             self.wfile.flush()
 
