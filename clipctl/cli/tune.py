@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from clipctl.console import emit_json, format_duration, info, print_table, warn
-from clipctl.errors import UsageError
+from clipctl.errors import EXIT_USAGE, UsageError
 
 DEFAULT_STUDY = Path("runs/tune")
 
@@ -37,7 +37,7 @@ def _check_study(study: Path) -> Path:
 def tune(
     ctx: typer.Context,
     phase: int | None = typer.Option(
-        None, "--phase", help="1, 2 or 3; default recipe recipes/tune/phaseN.toml (default 1)."
+        None, "--phase", help="1, 2 or 3: runs the built-in recipes/tune/phaseN.toml (a phase or --recipe is required)."
     ),
     recipe: str | None = typer.Option(None, "--recipe", help="A tune recipe instead of the phase's built-in one."),
     study: Path = typer.Option(
@@ -83,6 +83,8 @@ def tune(
     ctx.obj = {"study": study}
     if ctx.invoked_subcommand is not None:
         return
+    if phase is None and recipe is None and not dry_run:
+        _no_phase(ctx)
     if submit is not None:
         _submit(ctx, submit, workers, partition, gpus_per_worker, time_limit)
         return
@@ -99,6 +101,15 @@ def tune(
         _dry_run(phase, recipe, study, parallel, train_command(launcher))
         return
     _run(phase, recipe, study, parallel, train_command(launcher), retry_failed, storage)
+
+
+def _no_phase(ctx: typer.Context) -> None:
+    """Bare `clipctl tune` prints help like `clipctl data` (a phase runs for hours: never start one by default);
+    options without a phase say which option is missing."""
+    if all(ctx.params.get(p.name) == p.default for p in ctx.command.params):
+        typer.echo(ctx.get_help())
+        raise typer.Exit(EXIT_USAGE)
+    raise UsageError("tune: which phase? add --phase 1|2|3 (the built-in recipes/tune/phaseN.toml) or --recipe FILE")
 
 
 def _submit(ctx: typer.Context, kind: str, workers: int, partition: str | None, gpus: int, time_limit: int) -> None:

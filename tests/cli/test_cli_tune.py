@@ -57,6 +57,19 @@ def test_usage_errors_exit_2(tmp_path, run_cli):
     assert not (tmp_path / "s").exists()
 
 
+def test_bare_tune_prints_help_like_data_and_starts_nothing(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data_code, data_help, _ = run_cli("data")
+    code, out, err = run_cli("tune")
+    assert (code, data_code) == (2, 2)  # the same as `clipctl data` and `clipctl recipes` without a subcommand
+    assert "Usage: clipctl tune" in out and "--phase" in out and "Usage: clipctl data" in data_help
+    assert err == "" and list(tmp_path.iterdir()) == []  # no runs/tune, no trial
+    code, out, err = run_cli("tune", "--parallel", "2")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "tune: which phase? add --phase 1|2|3" in err and "--recipe FILE" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sigterm_stops_the_running_trial_and_the_same_command_resumes_it(tmp_path):
     tune = write_recipes(tmp_path, GRID)
     study = tmp_path / "study"
