@@ -116,6 +116,18 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     console().print(table(title, columns, rows))
 
 
+def print_listing(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A listing a user may pipe (`clipctl recipes ls | grep sogclr`): on stdout, a Rich table on a terminal,
+    else a header and one tab-separated line per row, without box drawing or a title."""
+    rows = [list(row) for row in rows]
+    if sys.stdout.isatty():
+        Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False).print(table(title, columns, rows))
+        return
+    for row in [list(columns), *rows]:
+        sys.stdout.write("\t".join(printable(str(cell)) for cell in row) + "\n")
+    sys.stdout.flush()
+
+
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"

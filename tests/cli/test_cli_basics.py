@@ -25,6 +25,35 @@ def test_recipes_ls_lists_builtins_with_descriptions(run_cli):
     assert all(rows.values())
 
 
+def test_recipes_ls_in_a_pipe_is_grep_able_plain_rows_on_stdout():
+    env = {**os.environ, "NO_COLOR": "1"}
+    ls = subprocess.Popen(
+        [sys.executable, "-m", "clipctl", "recipes", "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    grep = subprocess.run(["grep", "sogclr"], stdin=ls.stdout, capture_output=True, text=True)
+    ls.stdout.close()
+    err = ls.stderr.read().decode()
+    assert ls.wait() == 0 and grep.returncode == 0, err
+    names = [line.split("\t")[0] for line in grep.stdout.splitlines()]
+    assert "sogclr_adamw" in names and "clip_adamw" in names  # its description names sogclr
+    assert not any(n.startswith("study") for n in names)  # study cells are hidden by default
+    assert not set("│┃━─┏") & set(grep.stdout)  # no box drawing in a pipe
+    assert "study recipes (recipes/study*/) not listed" in err and "--all" in err  # the note goes to stderr
+
+
+def test_recipes_ls_all_lists_study_recipes_and_a_terminal_gets_a_table(run_cli, monkeypatch):
+    code, out, err = run_cli("recipes", "ls", "--all")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert code == 0 and rows[0] == ["name", "description"] and err == ""
+    names = [r[0] for r in rows[1:]]
+    assert "study/sogclr_b32" in names and "study3/base" in names and "tune/phase1" in names
+    code, out, _ = run_cli("recipes", "ls", "--json")
+    assert code == 0 and not any(r["name"].startswith("study") for r in json.loads(out))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = run_cli("recipes", "ls")
+    assert code == 0 and "built-in recipes" in out and "│ sogclr_adamw" in out
+
+
 def test_recipes_validate_all_builtins(run_cli):
     import glob
 
