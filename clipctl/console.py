@@ -128,6 +128,12 @@ def print_listing(title: str, columns: Sequence[str], rows: Iterable[Sequence[An
     sys.stdout.flush()
 
 
+def percent(fraction: float) -> str:
+    """A metric for humans: every screen shows recalls, accuracies and objectives in percent (JSON keeps the
+    fractions the files hold)."""
+    return f"{100 * fraction:.2f}%"
+
+
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"

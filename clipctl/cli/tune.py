@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from clipctl.console import emit_json, format_duration, info, print_table, warn
+from clipctl.console import emit_json, format_duration, info, percent, print_table, warn
 from clipctl.errors import EXIT_USAGE, UsageError
 
 DEFAULT_STUDY = Path("runs/tune")
@@ -234,7 +234,7 @@ def _run(
     info(
         f"phase {plan.phase}: "
         + ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
-        + (f"; best {plan.objective} = {best.value:.4f} ({best.name})" if best else "; no trial completed")
+        + (f"; best {plan.objective} = {percent(best.value)} ({best.name})" if best else "; no trial completed")
     )
     if state.running():
         info("trials still running belong to other workers (or are orphaned: run the same command to resume them)")
@@ -286,7 +286,7 @@ def status(
             p["running"],
             p["failed"],
             p["pruned"],
-            f"{p['best_value']:.4f}" if p["best_trial"] is not None else "-",
+            percent(p["best_value"]) if p["best_trial"] is not None else "-",
             trial_name(p["best_trial"]) if p["best_trial"] is not None else "-",
             "closed" if p["closed"] else "open",
         )
@@ -308,7 +308,7 @@ def status(
             (
                 t.name,
                 t.status + (" (penalty)" if t.flagged else ""),
-                _fmt(t.value) if t.value is not None else "-",
+                percent(t.value) if t.value is not None else "-",
                 len(t.epochs),
                 " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
                 t.reason,
@@ -383,7 +383,7 @@ def best(
     rows = [
         ("phase", number),
         ("trial", record.name),
-        (plan.objective, f"{record.value:.4f}"),
+        (plan.objective, percent(record.value)),
         ("loss", record.loss),
         ("optimizer", record.optimizer),
         *((k, _fmt(v)) for k, v in record.params.items()),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from clipctl.atomic import atomic_write_text
-from clipctl.console import info
+from clipctl.console import info, percent
 from clipctl.errors import (
     EXIT_DATA,
     EXIT_USAGE,
@@ -400,11 +400,12 @@ class PhaseWorker:
         if record is None:
             return
         best = self.session.state.best()
-        best_text = f" (best {best.value:.4f} {best.name})" if best else ""
+        best_text = f" (best {percent(best.value)} {best.name})" if best else ""
+        value, head = percent(record.value), f"phase {self.plan.phase} {name}"
         if record.status == "completed":
-            self.log(f"phase {self.plan.phase} {name} completed: {self.plan.objective} = {record.value:.4f}{best_text}")
+            self.log(f"{head} completed: {self.plan.objective} = {value}{best_text}")
         else:
-            self.log(f"phase {self.plan.phase} {name} failed ({reason}); told penalty {record.value:.4f}{best_text}")
+            self.log(f"{head} failed ({reason}); told penalty {value}{best_text}")
 
     def _stop_all(self) -> int:
         for active in self.active.values():

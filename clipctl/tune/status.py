@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clipctl.atomic import atomic_write_text
+from clipctl.console import percent
 from clipctl.errors import UsageError
 from clipctl.tune.phases import PhasePlan, load_plan, phase_correlation
 from clipctl.tune.store import Study, StudyState, TrialRecord
@@ -18,7 +19,7 @@ def lineage(handover: dict[str, Any]) -> str:
         combos = ", ".join(f"{loss}+{opt}" for loss, opt, _ in handover["combos"])
         return f"top-{len(handover['combos'])} of phase {handover['from_phase']}: {combos}"
     if handover.get("kind") == "best":
-        return f"from phase {handover['from_phase']} t{handover['trial']:03d} ({handover['value']:.4f})"
+        return f"from phase {handover['from_phase']} t{handover['trial']:03d} ({percent(handover['value'])})"
     return "-"
 
 
@@ -93,7 +94,7 @@ def export_best(
         raise UsageError(f"{path}: already exists; choose another path or add --force")
     recipe = plan.trial_recipe(record.params, "", "runs")
     header = (
-        f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {record.value:.4f}) "
+        f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {percent(record.value)}) "
         f"from study {study.root}.\n# Train it with: clipctl train {path}\n"
     )
     atomic_write_text(path, header + recipe.to_toml())

@@ -124,6 +124,24 @@ def test_status_lists_phases_and_lineage(studied):
     assert data["correlation_1_2"]["n"] == 3
 
 
+def test_screens_show_percent_and_json_keeps_fractions(studied):
+    code, out, err = cli("tune", "status", "--study", studied["study"], "--phase", "1", "--json")
+    assert code == 0, err
+    trials = {f"t{t['trial']:03d}": t["value"] for t in json.loads(out)["phases"][0]["trials"]}
+    assert all(0 < v < 1 for v in trials.values())  # the fake objective is a fraction, as recalls are
+    for name, value in trials.items():  # each trial's line on the run's screen, in percent
+        assert f"phase 1 {name} completed: val/objective = {100 * value:.2f}%" in studied["output"][1]
+    code, out, err = cli("tune", "status", "--study", studied["study"], "--phase", "1")
+    assert code == 0 and out == ""
+    for value in trials.values():
+        assert f"{100 * value:.2f}%" in err and f"{value:.4g}" not in err
+    code, out, err = cli("tune", "best", "--study", studied["study"], "--json")
+    best = json.loads(out)["value"]
+    assert code == 0 and 0 < best < 1
+    code, _, err = cli("tune", "best", "--study", studied["study"])
+    assert code == 0 and f"{100 * best:.2f}%" in err and f"{best:.4f}" not in err
+
+
 def test_phase3_starts_from_phase2_best(studied):
     state = Study(studied["study"]).state()
     best = state.phase(2).best()
