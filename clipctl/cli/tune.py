@@ -353,7 +353,15 @@ def best(
     phase: int | None = typer.Option(
         None, "--phase", help="Phase to take the best trial from (default: the latest with results)."
     ),
-    export: Path | None = typer.Option(None, "--export", help="Write the best trial as a runnable recipe here."),
+    export: Path | None = typer.Option(
+        None,
+        "--export",
+        help="Write the best trial as a full-training recipe here: its tuned values, with the phase's budget "
+        "settings (epochs, data fraction, warm-up, max steps) reset to the base recipe's.",
+    ),
+    as_trial: bool = typer.Option(
+        False, "--as-trial", help="With --export: write the trial exactly as it ran (the phase's budget settings)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --export file."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
 ) -> None:
@@ -365,7 +373,9 @@ def best(
     number, plan, record = best_trial(store, phase)
     run_dir = store.phase_dir(number) / record.name
     if export is not None:
-        export_best(store, number, plan, record, export, force)
+        export_best(store, number, plan, record, export, force, as_trial)
+    elif as_trial:
+        raise UsageError("--as-trial goes with --export FILE")
     if as_json:
         emit_json(
             {

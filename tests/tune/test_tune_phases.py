@@ -27,6 +27,7 @@ n_initial = 12
 seed = 1
 [tune.fixed]
 "train.epochs" = 2
+"data.train_fraction" = 0.5
 [tune.space]
 "loss.name" = ["sogclr", "isogclr_new"]
 "optim.name" = ["adam", "adamw", "radam"]
@@ -169,6 +170,29 @@ def test_best_export_writes_a_valid_recipe(studied, tmp_path):
     assert recipe.optim.lr == best["params"]["optim.lr"] and recipe.train.epochs == 3
     code, _, err = cli("tune", "best", "--study", studied["study"], "--export", target)
     assert code == 2 and "already exists" in err
+
+
+def test_best_export_is_full_training_unless_as_trial(studied, tmp_path):
+    full, trial = tmp_path / "full.toml", tmp_path / "trial.toml"
+    code, out, err = cli("tune", "best", "--study", studied["study"], "--phase", "1", "--export", full, "--json")
+    assert code == 0, err
+    best = json.loads(out)
+    code, _, err = cli("tune", "best", "--study", studied["study"], "--phase", "1", "--export", trial, "--as-trial")
+    assert code == 0, err
+    full_recipe, trial_recipe = load_recipe(full), load_recipe(trial)
+    # phase 1 trains 2 epochs on half the data; the base recipe trains 3 epochs on all of it
+    assert (trial_recipe.train.epochs, trial_recipe.data.train_fraction) == (2, 0.5)
+    assert (full_recipe.train.epochs, full_recipe.data.train_fraction) == (3, 1.0)
+    for recipe in (full_recipe, trial_recipe):  # the tuned values are the same in both
+        assert (recipe.optim.name, recipe.loss.name) == (best["optimizer"], best["loss"])
+        assert recipe.optim.lr == best["params"]["optim.lr"]
+        assert recipe.optim.weight_decay == best["params"]["optim.weight_decay"]
+    text = full.read_text()
+    assert "reset to the base recipe's values" in text
+    assert "#   train.epochs = 3 (the trial: 2)" in text and "#   data.train_fraction = 1.0 (the trial: 0.5)" in text
+    assert "--as-trial" in trial.read_text() and "reset to the base" not in trial.read_text()
+    code, _, err = cli("tune", "best", "--study", studied["study"], "--as-trial")
+    assert code == 2 and "--as-trial goes with --export FILE" in err
 
 
 def test_importance_ranks_the_parameter_that_matters_first(studied):
