@@ -219,5 +219,7 @@ class ProgressReporter:
     def __enter__(self) -> ProgressReporter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and not self.completed and self._rich is None:
+            return  # failed before any progress: the error line says it all, "0/N" would be noise
         self.close()
