@@ -78,6 +78,13 @@ def tune(
         0, "--gpus-per-worker", min=0, help="With --submit: GPUs per job (local: each worker its own)."
     ),
     time_limit: int = typer.Option(24 * 60, "--time", min=1, help="With --submit: a job's time limit, minutes."),
+    progress_every: float = typer.Option(
+        60.0,
+        "--progress-every",
+        min=0,
+        help="Seconds between the lines that say where each running trial is (epoch, update, loss, objective); "
+        "0: only the per-epoch lines.",
+    ),
 ) -> None:
     """Run a tuning phase, or resume it (same command).  Example: clipctl tune --phase 1 --parallel 2"""
     ctx.obj = {"study": study}
@@ -100,7 +107,7 @@ def tune(
     if dry_run:
         _dry_run(phase, recipe, study, parallel, train_command(launcher))
         return
-    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed, storage)
+    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed, storage, progress_every)
 
 
 def _no_phase(ctx: typer.Context) -> None:
@@ -191,6 +198,7 @@ def _run(
     command: list[str],
     retry_failed: bool = False,
     storage: str | None = None,
+    progress_every: float = 60.0,
 ) -> None:
     from clipctl.train.interrupt import StopRequest
     from clipctl.tune.estimate import preflight
@@ -229,6 +237,7 @@ def _run(
             SubprocessRunner(command, parallel=parallel),
             parallel=parallel,
             should_stop=lambda: stop.requested,
+            progress_every=progress_every,
         ).run()
     best = state.best()
     info(
