@@ -456,7 +456,8 @@ def plot(
     out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs (default STUDY/plots)."),
     phase: int | None = typer.Option(None, "--phase", help="Only this phase (default: every phase with trials)."),
 ) -> None:
-    """PNG figures: objective by optimizer/loss, progression, importance, skopt plots.  Example: clipctl tune plot"""
+    """PNG figures, objective in percent, higher is better: by optimizer/loss, per trial with the best so far,
+    parameter importance, by parameter.  Example: clipctl tune plot"""
     from clipctl.tune.phases import load_plan
     from clipctl.tune.plots import phase_plots
     from clipctl.tune.store import Study

@@ -209,11 +209,35 @@ def test_plot_writes_non_empty_pngs(studied, tmp_path):
     assert code == 0, err
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     for phase in (1, 2):
-        for kind in ("objective_by_optimizer", "objective_by_loss", "progression", "convergence", "objective"):
+        for kind in ("objective_by_optimizer", "objective_by_loss", "progression", "parameters"):
             assert f"phase{phase}_{kind}.png" in names
     assert "phase1_importance.png" in names
     for path in (tmp_path / "plots").iterdir():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+def test_plots_show_the_objective_as_measured_in_percent_higher_is_better(studied, tmp_path, monkeypatch):
+    from clipctl.tune import plots
+    from clipctl.tune.phases import load_plan
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.name, figure) and path)
+    store = Study(studied["study"])
+    state = store.state().phase(1)
+    plots.phase_plots(load_plan(store, 1), state, tmp_path)
+    values = sorted(100 * t.value for t in state.finished())
+    best = state.best()
+    (step,) = figures["phase1_progression.png"].axes[0].get_lines()
+    assert max(step.get_ydata()) == pytest.approx(100 * best.value) and min(values) > 0  # not -objective
+    panels = [ax for ax in figures["phase1_parameters.png"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["loss.name", "optim.name", "optim.lr", "optim.weight_decay"]
+    for ax in panels:
+        ys = sorted(y for c in ax.collections for y in c.get_offsets()[:, 1])
+        assert ys == pytest.approx(sorted(values + [100 * best.value]))  # every trial, and the best again as a star
+    assert panels[2].get_xscale() == "log"  # optim.lr is log-uniform
+    for name in ("phase1_progression.png", "phase1_objective_by_loss.png", "phase1_parameters.png"):
+        assert figures[name].axes[0].get_ylabel() == "val/objective (%, higher is better)"
+    assert not [name for name in figures if "convergence" in name]  # skopt's figures are gone
 
 
 def test_editing_a_live_study_space_exits_2(studied, tmp_path):
