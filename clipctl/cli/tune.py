@@ -326,7 +326,7 @@ def status(
         ]
         print_table(
             f"phase {phase} trials ({plan.objective})",
-            ["trial", "status", "value", "epochs", "params", "note"],
+            ["trial", "status", "value", "epochs done", "params", "note"],
             trial_rows,
         )
     if {1, 2} <= set(state.phases) and state.phase(2).measured():
