@@ -143,6 +143,24 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     console().print(table(title, columns, rows))
 
 
+def print_listing(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A listing a user may pipe (`clipctl recipes ls | grep sogclr`): on stdout, a Rich table on a terminal,
+    else a header and one tab-separated line per row, without box drawing or a title."""
+    rows = [list(row) for row in rows]
+    if sys.stdout.isatty():
+        Console(no_color=bool(os.environ.get("NO_COLOR")), highlight=False).print(table(title, columns, rows))
+        return
+    for row in [list(columns), *rows]:
+        sys.stdout.write("\t".join(printable(str(cell)) for cell in row) + "\n")
+    sys.stdout.flush()
+
+
+def percent(fraction: float) -> str:
+    """A metric for humans: every screen shows recalls, accuracies and objectives in percent (JSON keeps the
+    fractions the files hold)."""
+    return f"{100 * fraction:.2f}%"
+
+
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "?"
@@ -232,5 +250,7 @@ class ProgressReporter:
     def __enter__(self) -> ProgressReporter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and not self.completed and self._rich is None:
+            return  # failed before any progress: the error line says it all, "0/N" would be noise
         self.close()

@@ -1,4 +1,5 @@
-"""Environment report for `clipctl doctor`: versions, devices, precision support, data and cache paths."""
+"""Environment report for `clipctl doctor`: versions, devices, precision support, data and cache paths, whether
+the Hugging Face hub answers, and which pretrained weights and tokenizers the built-in recipes use are cached."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import platform
 from typing import Any
 
 from clipctl import __version__
+from clipctl import recipe as recipes
+from clipctl.data.hub import hub_endpoint, hub_unreachable
+from clipctl.model.pretrained import hub_needs, in_cache
 from clipctl.paths import data_root, hf_cache_dir, torch_hub_dir
 
 PACKAGES = (
@@ -60,5 +64,35 @@ def paths_report() -> dict[str, str]:
     return {"data_root": str(data_root().resolve()), "hf_cache": str(hf_cache_dir()), "torch_hub": str(torch_hub_dir())}
 
 
+def hub_report() -> dict[str, Any]:
+    """The endpoint ($HF_ENDPOINT or the default) and whether it answers within the probe's short timeout."""
+    problem = hub_unreachable()
+    return {"endpoint": hub_endpoint(), "reachable": problem is None, "problem": problem}
+
+
+def pretrained_report() -> list[dict[str, Any]]:
+    """Each hub repo the built-in train recipes read (weights, tokenizers), who reads it, and whether it is cached."""
+    users: dict[tuple[str, str], list[str]] = {}
+    needs = {}
+    for name in recipes.builtin_recipe_names():
+        path = recipes.find_recipe(name)
+        if "tune" in recipes.read_toml(path):
+            continue
+        for need in hub_needs(recipes.load_recipe(path).model):
+            users.setdefault((need.repo, need.what), []).append(name)
+            needs[(need.repo, need.what)] = need
+    cache = hf_cache_dir()
+    return [
+        {"repo": repo, "what": what, "cached": in_cache(needs[(repo, what)], cache), "recipes": names}
+        for (repo, what), names in sorted(users.items())
+    ]
+
+
 def doctor_report() -> dict[str, Any]:
-    return {"versions": package_versions(), "devices": device_report(), "paths": paths_report()}
+    return {
+        "versions": package_versions(),
+        "devices": device_report(),
+        "paths": paths_report(),
+        "hub": hub_report(),
+        "pretrained": pretrained_report(),
+    }

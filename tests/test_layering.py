@@ -23,12 +23,12 @@ FLOORS: dict[str, int] = {
     "atomic": 0,
     "console": 0,
     "schema": 0,
-    "doctor": 1,
     "data": 2,
     "model": 2,
     "losses": 2,
     "recipe": 3,
     "run": 4,
+    "doctor": 4,  # what this machine has: it reads the built-in recipes, the data hub and the model's hub repos
     "evaluate": 5,
     "train": 6,
     # exports, clipctl.load, embed and zeroshot: they read checkpoints through run/ and encode through evaluate/

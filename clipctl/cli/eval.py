@@ -3,6 +3,7 @@ read from the words Typer leaves unparsed (`clipctl.cli.records`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -88,15 +89,18 @@ def eval_command(
 
     Example: clipctl eval runs/quickstart/ckpt.pt --shapes --dataset my/retrieval.json
     """
-    from clipctl.evaluate.benchmarks import notes, shorthand_flags
-    from clipctl.evaluate.checkpoint_eval import evaluate_checkpoint
+    from clipctl.evaluate.benchmarks import check_request, notes, shorthand_flags
 
     words, options = split_words([checkpoint, *ctx.args], valued=False)
     if len(words) != 1:
         raise UsageError(f"clipctl eval: give one checkpoint, got {len(words)}: {' '.join(words)}")
     chosen = [name for name, _ in options]
     _check_flags(chosen, list(shorthand_flags()))
+    check_request(chosen, dataset)
     path = Path(words[0])
+    _check_before_torch(path, chosen, dataset, data_root)
+    from clipctl.evaluate.checkpoint_eval import evaluate_checkpoint  # torch: seconds of imports
+
     results = evaluate_checkpoint(
         path, chosen, datasets=dataset, root=data_root, progress=not as_json, max_missing=max_missing
     )
@@ -104,6 +108,35 @@ def eval_command(
         emit_json(results)
     else:
         _render(path, results, notes())
+
+
+def _check_before_torch(path: Path, flags: list[str], refs: list[str], data_root: Path | None) -> None:
+    """A missing checkpoint or dataset is reported before torch loads (seconds), every missing dataset at once.
+    Without --data-root or $CLIPCTL_DATA the root is the checkpoint's data.root, read here from its run folder's
+    recipe.toml; a checkpoint outside a run folder is checked once loaded."""
+    from clipctl.evaluate.benchmarks import plan
+    from clipctl.paths import chosen_data_root
+    from clipctl.run.layout import RunDir
+
+    if not path.is_file():
+        what = "a folder, not a checkpoint file" if path.is_dir() else "no such clipctl checkpoint"
+        raise UsageError(f"{path}: {what}; pass runs/<run>/ckpt.pt")
+    recorded = _recorded_root(RunDir(path.parent).recipe)
+    if data_root is None and not os.environ.get("CLIPCTL_DATA") and recorded is None:
+        return
+    plan(flags, refs, chosen_data_root(data_root, recorded or "")[0])
+
+
+def _recorded_root(recipe: Path) -> str | None:
+    """data.root of the recipe a run folder holds ("" when it leaves the default); None when unreadable."""
+    from clipctl.recipe import tomllib
+
+    try:
+        raw = tomllib.loads(recipe.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    root = raw.get("data", {}).get("root", "") if isinstance(raw.get("data"), dict) else ""
+    return root if isinstance(root, str) else None
 
 
 def _render(path: Path, results: dict, said: dict[str, str]) -> None:

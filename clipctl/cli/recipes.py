@@ -9,7 +9,7 @@ import typer
 
 from clipctl import recipe as recipes_lib
 from clipctl.atomic import atomic_write_text
-from clipctl.console import console, emit_json, info, print_table, warn
+from clipctl.console import console, emit_json, info, print_listing, warn
 from clipctl.errors import UsageError
 
 app = typer.Typer(
@@ -18,15 +18,31 @@ app = typer.Typer(
 )
 
 
+def is_study_recipe(name: str) -> bool:
+    """Recipes under recipes/study*/ are the repository's studies' cells (run through `clipctl study`, read
+    by bench/), not starting points: `recipes ls` hides them unless --all."""
+    return name.split("/", 1)[0].startswith("study")
+
+
 @app.command("ls")
-def ls(as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout.")) -> None:
-    """List the built-in recipes with their one-line descriptions.  Example: clipctl recipes ls"""
+def ls(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout."),
+    show_all: bool = typer.Option(False, "--all", help="Also list the studies' recipes (recipes/study*/)."),
+) -> None:
+    """List the built-in train and tune recipes with their one-line descriptions, on stdout (a table on a
+    terminal, tab-separated lines in a pipe).  Example: clipctl recipes ls | grep sogclr"""
     root = recipes_lib.builtin_recipes_dir()
-    rows = [(name, recipes_lib.describe(root / f"{name}.toml")) for name in recipes_lib.builtin_recipe_names()]
+    names = recipes_lib.builtin_recipe_names()
+    shown = [n for n in names if show_all or not is_study_recipe(n)]
+    rows = [(name, recipes_lib.describe(root / f"{name}.toml")) for name in shown]
     if as_json:
         emit_json([{"name": n, "description": d} for n, d in rows])
-    else:
-        print_table("built-in recipes", ["name", "description"], rows)
+        return
+    print_listing("built-in recipes", ["name", "description"], rows)
+    if len(shown) < len(names):
+        info(
+            f"{len(names) - len(shown)} study recipes (recipes/study*/) not listed; `clipctl recipes ls --all` lists them"
+        )
 
 
 @app.command("show")

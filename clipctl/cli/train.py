@@ -48,7 +48,7 @@ def train(
     rows = [(key.upper(), f"{100 * test[key]:.2f}") for key in ("tr@1", "ir@1", "acc@1", "objective") if key in test]
     best = result["best_epoch"]
     print_table(
-        f"{result['name']}: test metrics of the best epoch ({best + 1 if best is not None else '-'})",
+        f"{result['name']}: test metrics of the best epoch ({best if best is not None else '-'})",
         ["metric", "%"],
         rows,
     )

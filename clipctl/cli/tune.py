@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 
-from clipctl.console import emit_json, format_duration, info, print_table, warn
-from clipctl.errors import UsageError
+from clipctl.console import emit_json, format_duration, info, percent, print_table, warn
+from clipctl.errors import EXIT_USAGE, UsageError
 
 DEFAULT_STUDY = Path("runs/tune")
 
@@ -37,7 +37,7 @@ def _check_study(study: Path) -> Path:
 def tune(
     ctx: typer.Context,
     phase: int | None = typer.Option(
-        None, "--phase", help="1, 2 or 3; default recipe recipes/tune/phaseN.toml (default 1)."
+        None, "--phase", help="1, 2 or 3: runs the built-in recipes/tune/phaseN.toml (a phase or --recipe is required)."
     ),
     recipe: str | None = typer.Option(None, "--recipe", help="A tune recipe instead of the phase's built-in one."),
     study: Path = typer.Option(
@@ -78,11 +78,20 @@ def tune(
         0, "--gpus-per-worker", min=0, help="With --submit: GPUs per job (local: each worker its own)."
     ),
     time_limit: int = typer.Option(24 * 60, "--time", min=1, help="With --submit: a job's time limit, minutes."),
+    progress_every: float = typer.Option(
+        60.0,
+        "--progress-every",
+        min=0,
+        help="Seconds between the lines that say where each running trial is (epoch, update, loss, objective); "
+        "0: only the per-epoch lines.",
+    ),
 ) -> None:
     """Run a tuning phase, or resume it (same command).  Example: clipctl tune --phase 1 --parallel 2"""
     ctx.obj = {"study": study}
     if ctx.invoked_subcommand is not None:
         return
+    if phase is None and recipe is None and not dry_run:
+        _no_phase(ctx)
     if submit is not None:
         _submit(ctx, submit, workers, partition, gpus_per_worker, time_limit)
         return
@@ -98,7 +107,16 @@ def tune(
     if dry_run:
         _dry_run(phase, recipe, study, parallel, train_command(launcher))
         return
-    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed, storage)
+    _run(phase, recipe, study, parallel, train_command(launcher), retry_failed, storage, progress_every)
+
+
+def _no_phase(ctx: typer.Context) -> None:
+    """Bare `clipctl tune` prints help like `clipctl data` (a phase runs for hours: never start one by default);
+    options without a phase say which option is missing."""
+    if all(ctx.params.get(p.name) == p.default for p in ctx.command.params):
+        typer.echo(ctx.get_help())
+        raise typer.Exit(EXIT_USAGE)
+    raise UsageError("tune: which phase? add --phase 1|2|3 (the built-in recipes/tune/phaseN.toml) or --recipe FILE")
 
 
 def _submit(ctx: typer.Context, kind: str, workers: int, partition: str | None, gpus: int, time_limit: int) -> None:
@@ -180,6 +198,7 @@ def _run(
     command: list[str],
     retry_failed: bool = False,
     storage: str | None = None,
+    progress_every: float = 60.0,
 ) -> None:
     from clipctl.train.interrupt import StopRequest
     from clipctl.tune.estimate import preflight
@@ -218,12 +237,13 @@ def _run(
             SubprocessRunner(command, parallel=parallel),
             parallel=parallel,
             should_stop=lambda: stop.requested,
+            progress_every=progress_every,
         ).run()
     best = state.best()
     info(
         f"phase {plan.phase}: "
         + ", ".join(f"{n} {s}" for s, n in state.counts().items() if n)
-        + (f"; best {plan.objective} = {best.value:.4f} ({best.name})" if best else "; no trial completed")
+        + (f"; best {plan.objective} = {percent(best.value)} ({best.name})" if best else "; no trial completed")
     )
     if state.running():
         info("trials still running belong to other workers (or are orphaned: run the same command to resume them)")
@@ -275,7 +295,7 @@ def status(
             p["running"],
             p["failed"],
             p["pruned"],
-            f"{p['best_value']:.4f}" if p["best_trial"] is not None else "-",
+            percent(p["best_value"]) if p["best_trial"] is not None else "-",
             trial_name(p["best_trial"]) if p["best_trial"] is not None else "-",
             "closed" if p["closed"] else "open",
         )
@@ -297,7 +317,7 @@ def status(
             (
                 t.name,
                 t.status + (" (penalty)" if t.flagged else ""),
-                _fmt(t.value) if t.value is not None else "-",
+                percent(t.value) if t.value is not None else "-",
                 len(t.epochs),
                 " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
                 t.reason,
@@ -306,7 +326,7 @@ def status(
         ]
         print_table(
             f"phase {phase} trials ({plan.objective})",
-            ["trial", "status", "value", "epochs", "params", "note"],
+            ["trial", "status", "value", "epochs done", "params", "note"],
             trial_rows,
         )
     if {1, 2} <= set(state.phases) and state.phase(2).measured():
@@ -342,7 +362,15 @@ def best(
     phase: int | None = typer.Option(
         None, "--phase", help="Phase to take the best trial from (default: the latest with results)."
     ),
-    export: Path | None = typer.Option(None, "--export", help="Write the best trial as a runnable recipe here."),
+    export: Path | None = typer.Option(
+        None,
+        "--export",
+        help="Write the best trial as a full-training recipe here: its tuned values, with the phase's budget "
+        "settings (epochs, data fraction, warm-up, max steps) reset to the base recipe's.",
+    ),
+    as_trial: bool = typer.Option(
+        False, "--as-trial", help="With --export: write the trial exactly as it ran (the phase's budget settings)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --export file."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
 ) -> None:
@@ -354,7 +382,9 @@ def best(
     number, plan, record = best_trial(store, phase)
     run_dir = store.phase_dir(number) / record.name
     if export is not None:
-        export_best(store, number, plan, record, export, force)
+        export_best(store, number, plan, record, export, force, as_trial)
+    elif as_trial:
+        raise UsageError("--as-trial goes with --export FILE")
     if as_json:
         emit_json(
             {
@@ -372,7 +402,7 @@ def best(
     rows = [
         ("phase", number),
         ("trial", record.name),
-        (plan.objective, f"{record.value:.4f}"),
+        (plan.objective, percent(record.value)),
         ("loss", record.loss),
         ("optimizer", record.optimizer),
         *((k, _fmt(v)) for k, v in record.params.items()),
@@ -426,7 +456,8 @@ def plot(
     out: Path | None = typer.Option(None, "--out", help="Folder for the PNGs (default STUDY/plots)."),
     phase: int | None = typer.Option(None, "--phase", help="Only this phase (default: every phase with trials)."),
 ) -> None:
-    """PNG figures: objective by optimizer/loss, progression, importance, skopt plots.  Example: clipctl tune plot"""
+    """PNG figures, objective in percent, higher is better: by optimizer/loss, per trial with the best so far,
+    parameter importance, by parameter.  Example: clipctl tune plot"""
     from clipctl.tune.phases import load_plan
     from clipctl.tune.plots import phase_plots
     from clipctl.tune.store import Study

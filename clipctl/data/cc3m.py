@@ -485,5 +485,10 @@ register_dataset(
             f"or set {CC3M_ARCHIVE_ENV} to the course's cc3m_train_subset.json (with {CC3M_IMAGES_ENV} naming its "
             f"image folder) or archive/folder, or {CC3M_TSV_ENV} to a CC3M TSV of caption<TAB>url"
         ),
+        local_copy=(
+            f"{CC3M_ARCHIVE_ENV}=<the course's cc3m_train_subset.json> with {CC3M_IMAGES_ENV}=<its image folder>, "
+            f"or {CC3M_ARCHIVE_ENV}=<a folder holding a pairs JSON and its images, or a tar/zip of one>, or "
+            f"{CC3M_TSV_ENV}=<a CC3M TSV of caption<TAB>url>"
+        ),
     )
 )

@@ -12,8 +12,11 @@ bypasses the hub; see `clipctl.data.fetch`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from clipctl.data.manifest import hash_file
 from clipctl.data.records import DatasetSpec, RemoteFile
 from clipctl.errors import DataError
 
+PROBE_TIMEOUT_S = 3.0
 _HEX = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
@@ -31,7 +35,7 @@ def repo_path(spec: DatasetSpec, remote: RemoteFile) -> str:
     return remote.url.split(marker, 1)[1] if marker in remote.url else remote.name
 
 
-def _hub_error(spec: DatasetSpec, what: str, err: Exception) -> DataError:
+def _hub_error(spec: DatasetSpec, what: str, err: Exception, unreachable: str | None = None) -> DataError:
     """One line for what the hub client raised (its own messages span several lines)."""
     from huggingface_hub.utils import (
         EntryNotFoundError,
@@ -50,11 +54,8 @@ def _hub_error(spec: DatasetSpec, what: str, err: Exception) -> DataError:
             f"denied; {spec.access_hint or 'accept its terms on the hub and set HF_TOKEN'}"
         )
     if isinstance(err, LocalEntryNotFoundError):  # before EntryNotFoundError: some versions derive it from that
-        offline = "HF_HUB_OFFLINE is set" if _offline() else "the hub is unreachable (no network?)"
-        return DataError(
-            f"{spec.id}: {what} is not in the hub cache and {offline}; connect (or unset HF_HUB_OFFLINE) "
-            f"and run the command again, or set HF_ENDPOINT to a reachable hub mirror"
-        )
+        why = unreachable or ("HF_HUB_OFFLINE is set" if _offline() else f"the hub at {hub_endpoint()} is unreachable")
+        return _unreachable_error(spec, what, why)
     if isinstance(err, (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError)):
         return SourceUnavailable(f"{spec.id}: {what} not found in {where} ({type(err).__name__})")
     if isinstance(err, HfHubHTTPError):
@@ -73,11 +74,67 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _call_hub(spec: DatasetSpec, what: str, call: Any, **kwargs: Any) -> Path:
+def hub_endpoint() -> str:
+    """The hub the client talks to: $HF_ENDPOINT (read by huggingface_hub at import), else its default."""
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT)
+
+
+def hub_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be used now (HF_HUB_OFFLINE, or no answer from its endpoint within `timeout`), else
+    None. Any HTTP answer counts as reachable: this asks whether the network gets there, not whether a file is
+    there. One short request, so an offline machine is told in seconds rather than after the client's retries."""
+    if _offline():
+        return "HF_HUB_OFFLINE is set"
+    import requests
+    from huggingface_hub.utils import build_hf_headers
+
+    endpoint = hub_endpoint()
+    try:  # with the client's own headers (token, user agent), as its next request would be sent
+        requests.head(endpoint, headers=build_hf_headers(), timeout=timeout, allow_redirects=False).close()
+    except requests.RequestException as err:
+        reason = "no answer within {timeout:g} s" if isinstance(err, requests.Timeout) else type(err).__name__
+        return f"the hub at {endpoint} is unreachable ({reason.format(timeout=timeout)})"
+    return None
+
+
+def _unreachable_error(spec: DatasetSpec, what: str, why: str) -> DataError:
+    """The one line for a hub that cannot be used: what to provide instead, then how to reach the hub."""
+    instead = f"provide your own copy instead: {spec.local_copy}; or " if spec.local_copy else ""
+    return DataError(
+        f"{spec.id}: {what} is not in the hub cache and {why}; {instead}connect (unset HF_HUB_OFFLINE, or set "
+        f"HF_ENDPOINT to a reachable hub mirror) and run the command again"
+    )
+
+
+@contextmanager
+def _quiet_client() -> Iterator[None]:
+    """The hub client's retry warnings and progress bars are kept off the screen: a failure is one line."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    logger = logging.getLogger("huggingface_hub")
+    level, bars_off = logger.level, are_progress_bars_disabled()
+    logger.setLevel(logging.ERROR)
+    disable_progress_bars()
     try:
-        return Path(call(spec.hub_repo, repo_type="dataset", revision=spec.hub_revision, **kwargs))
+        yield
+    finally:
+        logger.setLevel(level)
+        if not bars_off:
+            enable_progress_bars()
+
+
+def _call_hub(spec: DatasetSpec, what: str, call: Any, **kwargs: Any) -> Path:
+    """The client's call, from its cache alone when the hub cannot be reached (no retries against a dead host)."""
+    unreachable = None if _offline() else hub_unreachable()
+    if unreachable is not None:
+        kwargs["local_files_only"] = True
+    try:
+        with _quiet_client():
+            return Path(call(spec.hub_repo, repo_type="dataset", revision=spec.hub_revision, **kwargs))
     except Exception as err:  # the hub client raises many types (HTTP, offline, auth, validation): all made one line
-        raise _hub_error(spec, what, err) from None
+        raise _hub_error(spec, what, err, unreachable) from None
 
 
 def hub_file(spec: DatasetSpec, remote: RemoteFile, root: Path) -> tuple[Path, dict[str, Any]]:

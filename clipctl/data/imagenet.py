@@ -389,5 +389,9 @@ register_dataset(
             f"put {VAL_TAR} and {DEVKIT} (from image-net.org) in ${IMAGENET_ENV} or <data root>/downloads/, or accept "
             f"the terms of huggingface.co/datasets/ILSVRC/imagenet-1k and set {HF_TOKEN_ENV}"
         ),
+        local_copy=(
+            f"{IMAGENET_ENV}=<folder> holding val/<wnid>/*.JPEG, or the flat ILSVRC2012_val_*.JPEG files with "
+            f"{DEVKIT}, or {VAL_TAR} with {DEVKIT} (the two tars may also sit in <data root>/downloads/)"
+        ),
     )
 )

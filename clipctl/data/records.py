@@ -118,6 +118,7 @@ class DatasetSpec:
     hub_repo: str = ""  # Hugging Face dataset repo of the hub source
     hub_revision: str = ""
     access_hint: str = ""  # what to provide when the source is gated or unreachable (one clause)
+    local_copy: str = ""  # the environment variables and layouts that stand in for the hub (offline message)
 
     def file(self, name: str) -> RemoteFile:
         return next(f for f in self.files if f.name == name)

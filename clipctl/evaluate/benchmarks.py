@@ -9,14 +9,14 @@ a missing dataset fails first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipctl.data.datasets import reader_for
 from clipctl.data.records import EVAL_ROLES, Benchmark, DatasetSpec
 from clipctl.data.registry import DataRef, Located, benchmarks, locate, parse_ref
-from clipctl.errors import UsageError
+from clipctl.errors import DataError, UsageError
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ def _from_ref(text: str, root: Path) -> EvalSet:
     ref = parse_ref(text)
     if ref.spec is None:
         located = locate(ref, root)
+        from clipctl.data.datasets import reader_for  # torch: only for a path that exists
+
         role = reader_for(located.path, EVAL_ROLES, what="--dataset").role
         retrieval, zeroshot = (located, None) if role == "retrieval" else (None, located)
         return EvalSet(ref.text, retrieval, zeroshot, stem=ref.path.stem)
@@ -84,13 +86,34 @@ def plan(flags: Sequence[str], refs: Sequence[str], root: Path) -> list[EvalSet]
     if unknown:
         raise UsageError(f"--{unknown[0]}: not a benchmark; choose from {', '.join('--' + f for f in table)}")
     rows: dict[str, EvalSet] = {}
+    missing: list[str] = []
     for flag, (spec, benchmark) in table.items():
         if flag in flags:
-            rows[flag] = _from_splits(flag, DataRef(spec.id, spec), benchmark.splits, root, benchmark)
+            with _collected(missing):
+                rows[flag] = _from_splits(flag, DataRef(spec.id, spec), benchmark.splits, root, benchmark)
     for text in refs:
-        row = _from_ref(text, root)
-        rows.setdefault(row.name, row)
+        with _collected(missing):
+            row = _from_ref(text, root)
+            rows.setdefault(row.name, row)
+    if missing:
+        raise DataError(missing[0] if len(missing) == 1 else f"{len(missing)} datasets missing: " + " | ".join(missing))
     return list(rows.values())
+
+
+@contextmanager
+def _collected(missing: list[str]) -> Iterator[None]:
+    """Every missing dataset goes into one message: a user fetches them all in one round trip."""
+    try:
+        yield
+    except DataError as err:
+        missing.append(str(err))
+
+
+def check_request(flags: Sequence[str], refs: Sequence[str]) -> None:
+    """An eval needs at least one benchmark or dataset."""
+    if not flags and not refs:
+        choices = ", ".join(f"--{flag}" for flag in shorthand_flags())
+        raise UsageError(f"clipctl eval: choose at least one of {choices} or --dataset ID_OR_PATH[:split]")
 
 
 def combined_pair(rows: Sequence[EvalSet]) -> tuple[str, str] | None:

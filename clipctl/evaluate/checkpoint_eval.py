@@ -20,7 +20,7 @@ from clipctl.console import info
 from clipctl.data.datasets import open_eval_set
 from clipctl.data.text import TextTokenizer
 from clipctl.errors import UsageError
-from clipctl.evaluate.benchmarks import EvalSet, combined_pair, file_names, plan, shorthand_flags
+from clipctl.evaluate.benchmarks import EvalSet, check_request, combined_pair, file_names, plan
 from clipctl.evaluate.objective import objective
 from clipctl.evaluate.splits import evaluate_split
 from clipctl.model.clip import CLIPModel, build_model
@@ -122,9 +122,7 @@ def evaluate_checkpoint(
     of how many. With a retrieval-only and a zero-shot-only row (`--coco --imagenet`), a `combined` entry holds
     the report's objective over the two.
     """
-    if not benchmarks and not datasets:
-        flags = ", ".join(f"--{flag}" for flag in shorthand_flags())
-        raise UsageError(f"clipctl eval: choose at least one of {flags} or --dataset ID_OR_PATH[:split]")
+    check_request(benchmarks, datasets)
     device = device or default_device()
     loaded = load_for_eval(path, device)
     recipe = loaded.recipe

@@ -128,7 +128,7 @@ def _curves(c: Comparison, ax: Axes) -> None:
         ax.set_axis_off()
         return
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (numbered from 0, as in metrics.jsonl)")
     ax.set_ylabel("validation objective (%)")
     ax.set_title("validation objective per epoch (dashed: not counted)", fontsize=9)
     ax.legend(fontsize=7, ncol=2 if drawn > 8 else 1)

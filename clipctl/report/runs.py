@@ -187,7 +187,7 @@ def _progress(summary: dict[str, Any]) -> str:
     done, planned = (_count(summary.get(key)) for key in ("epochs_completed", "epochs_planned"))
     if done is None:
         return ""
-    return f" after epoch {done}/{planned}" if planned is not None else f" after epoch {done}"
+    return f" after {done} of {planned} epochs" if planned is not None else f" after {done} epochs"
 
 
 def _count(value: Any) -> int | None:

@@ -578,7 +578,7 @@ class Trainer:
         if cfg.max_steps:
             total = min(total, max(cfg.max_steps - (p.step - p.batch), 0))
         reporter = (
-            ProgressReporter(f"epoch {epoch + 1}/{cfg.epochs}", total, "step", every_seconds=10.0)
+            ProgressReporter(f"epoch {epoch}/{cfg.epochs - 1}", total, "step", every_seconds=10.0)
             if self.main
             else None
         )
@@ -724,7 +724,7 @@ class Trainer:
                 p.best_objective, p.best_epoch, p.best_metrics = objective, epoch, metrics
                 self._save_best(metrics, epoch)
             info(
-                f"epoch {epoch + 1}: "
+                f"epoch {epoch}: "
                 + " ".join(
                     f"{k.removeprefix('val/')}={100 * v:.2f}"
                     for k, v in metrics.items()

@@ -38,6 +38,27 @@ _PLAN_KEYS = (
 _IDENTITY_KEYS = _PLAN_KEYS + ("from_phase", "top_k")
 
 
+# The settings that make a trial cheap (its length, data share, schedule length, evaluation cadence): fixed by
+# a phase, they are reset to the base recipe's when the best trial is exported for full training.
+BUDGET_KEYS = (
+    "train.epochs",
+    "train.max_steps",
+    "train.early_stop_patience",
+    "data.train_fraction",
+    "sched.warmup_epochs",
+    "sched.cooldown_epochs",
+    "eval.every_epochs",
+)
+
+
+def dotted(recipe: Recipe, key: str) -> Any:
+    """A recipe's value at a dotted key (`train.epochs`)."""
+    value: Any = recipe
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 @dataclass
 class PhasePlan:
     phase: int
@@ -77,6 +98,22 @@ class PhasePlan:
         raw = merge_values(merge_values(self.base, self.fixed), params)
         raw["run"] = {**raw.get("run", {}), "name": name, "out_dir": str(out_dir)}
         return validate_recipe(raw, f"{self.source} (phase {self.phase} trial {name})", explicit_loss_keys=set())
+
+    def full_recipe(self, params: dict[str, Any]) -> tuple[Recipe, dict[str, tuple[Any, Any]]]:
+        """A trial's tuned values at full length: the phase's fixed budget settings (BUDGET_KEYS, which make
+        trials cheap) are left to the base recipe. Returns the recipe and {key: (trial value, full value)}
+        for each budget setting that changed."""
+        kept = {k: v for k, v in self.fixed.items() if k not in BUDGET_KEYS or k in params}
+        raw = merge_values(merge_values(self.base, kept), params)
+        raw["run"] = {**raw.get("run", {}), "name": "", "out_dir": "runs"}
+        recipe = validate_recipe(raw, f"{self.source} (phase {self.phase} at full length)", explicit_loss_keys=set())
+        trial = self.trial_recipe(params, "", "runs")
+        changed = {
+            key: (dotted(trial, key), dotted(recipe, key))
+            for key in BUDGET_KEYS
+            if dotted(trial, key) != dotted(recipe, key)
+        }
+        return recipe, changed
 
     def make_search(self) -> Any:
         from clipctl.tune.strategies import make_search

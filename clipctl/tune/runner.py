@@ -20,12 +20,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from clipctl.atomic import atomic_write_text
-from clipctl.console import info
+from clipctl.console import format_duration, info, percent
 from clipctl.errors import (
     EXIT_DATA,
     EXIT_USAGE,
@@ -42,6 +42,7 @@ from clipctl.tune.session import PhaseSession
 from clipctl.tune.storage import STORAGE_ERRORS, storage_failure
 from clipctl.tune.store import PhaseState, Study, TrialRecord, finite
 
+PROGRESS_EVERY_S = 60.0  # a line per running trial this often, between its per-epoch lines
 STOP_GRACE_S = 120.0  # a stopped trainer finishes its step and writes resumable state first
 POLL_MIN_S, POLL_MAX_S = 0.05, 1.0  # poll fast right after activity, back off to 1 Hz while trials train
 # A trial failing with one of these (the trainer's one-line error or a raw OSError says so) failed for the
@@ -197,9 +198,33 @@ class _Active:
     slot: int
     started: float
     metrics: MetricsFollower
+    epochs: int = 0  # the trial recipe's train.epochs
     verdict: str = "continue"
     verdict_epoch: int | None = None
     stop_sent: float | None = None
+    seen: dict[str, float] = field(default_factory=dict)  # latest epoch, update and loss read from metrics.jsonl
+
+    def progress(self, objective: str, now: float) -> str:
+        """Where the trial is, from what its metrics.jsonl said last: "epoch 3/9, update 120, loss 2.31, ..."."""
+        parts = [f"epoch {int(self.seen['epoch'])}/{self.epochs - 1}" if "epoch" in self.seen else "starting"]
+        if "step" in self.seen:
+            parts.append(f"update {int(self.seen['step'])}")
+        if "loss" in self.seen:
+            parts.append(f"loss {self.seen['loss']:.4g}")
+        if "objective" in self.seen:
+            parts.append(f"{objective} {percent(self.seen['objective'])} at epoch {int(self.seen['eval_epoch'])}")
+        return ", ".join(parts) + f"; running {format_duration(now - self.started)}"
+
+
+def _note(active: _Active, record: dict, objective: str) -> None:
+    """Keep the latest epoch, update, loss and objective a trial logged (for its progress line)."""
+    for key in ("epoch", "step", "loss"):
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            active.seen[key] = value
+    value = finite(record.get(objective)) if record.get("type") == "eval" else None
+    if value is not None:
+        active.seen["objective"], active.seen["eval_epoch"] = value, record.get("epoch", 0)
 
 
 def describe_params(params: dict[str, object]) -> str:
@@ -275,10 +300,12 @@ class PhaseWorker:
         parallel: int = 1,
         log: Callable[[str], None] = info,
         should_stop: Callable[[], bool] = lambda: False,
+        progress_every: float = PROGRESS_EVERY_S,
     ) -> None:
         self.study, self.plan, self.runner = study, plan, runner
         self.parallel, self.log, self.should_stop = parallel, log, should_stop
         self.active: dict[int, _Active] = {}
+        self.progress_every, self.progress_said = progress_every, time.monotonic()
 
     @staticmethod
     def retry_failed(study: Study, plan: PhasePlan) -> list[TrialRecord]:
@@ -336,6 +363,7 @@ class PhaseWorker:
                     continue  # every new trial failed before starting (invalid recipe): ask again
             if not self.active and not self.session.others_running():
                 return  # while other workers' trials run, stay: if one dies, its trial is re-run here
+            self._say_progress()
             pause = POLL_MIN_S if busy else min(POLL_MAX_S, pause * 1.5)
             time.sleep(pause)
 
@@ -353,7 +381,13 @@ class PhaseWorker:
         _set_aside_unresumable(launch.run_dir, record.starts)
         process = self.runner.start(launch, slot)
         self.active[record.trial] = _Active(
-            record, launch, process, slot, time.monotonic(), MetricsFollower(RunDir(launch.run_dir).metrics)
+            record,
+            launch,
+            process,
+            slot,
+            time.monotonic(),
+            MetricsFollower(RunDir(launch.run_dir).metrics),
+            epochs=recipe.train.epochs,
         )
         devices = self.runner.devices(slot)
         where = f" [GPU {','.join(devices)}]" if devices else ""
@@ -366,12 +400,17 @@ class PhaseWorker:
         records, advanced = active.metrics.read_new()
         objective = self.plan.objective
         for record in records:
+            _note(active, record, objective)
             if record.get("type") != "eval" or objective not in record:
                 continue
             if active.verdict != "continue":
                 continue
             epoch = int(record.get("epoch", 0))
             value = finite(record[objective])
+            self.log(
+                f"phase {self.plan.phase} {active.record.name} epoch {epoch}/{active.epochs - 1}: {objective} = "
+                + (percent(value) if value is not None else "NaN")
+            )
             verdict = self.session.report_epoch(active.record.trial, epoch, value)
             if verdict != "continue":
                 active.verdict, active.verdict_epoch = verdict, epoch
@@ -380,6 +419,15 @@ class PhaseWorker:
                 what = "pruned (below the median)" if verdict == "pruned" else f"diverged ({objective} is NaN)"
                 self.log(f"phase {self.plan.phase} {active.record.name} {what} at epoch {epoch}; stopping it")
         return advanced
+
+    def _say_progress(self) -> None:
+        """Every `progress_every` seconds, one line per running trial: a trial's epochs can take hours."""
+        now = time.monotonic()
+        if not self.progress_every or now - self.progress_said < self.progress_every or not self.active:
+            return
+        self.progress_said = now
+        for active in self.active.values():
+            self.log(f"phase {self.plan.phase} {active.record.name}: {active.progress(self.plan.objective, now)}")
 
     def _finalise(self, active: _Active, code: int) -> None:
         self._watch(active)
@@ -400,11 +448,12 @@ class PhaseWorker:
         if record is None:
             return
         best = self.session.state.best()
-        best_text = f" (best {best.value:.4f} {best.name})" if best else ""
+        best_text = f" (best {percent(best.value)} {best.name})" if best else ""
+        value, head = percent(record.value), f"phase {self.plan.phase} {name}"
         if record.status == "completed":
-            self.log(f"phase {self.plan.phase} {name} completed: {self.plan.objective} = {record.value:.4f}{best_text}")
+            self.log(f"{head} completed: {self.plan.objective} = {value}{best_text}")
         else:
-            self.log(f"phase {self.plan.phase} {name} failed ({reason}); told penalty {record.value:.4f}{best_text}")
+            self.log(f"{head} failed ({reason}); told penalty {value}{best_text}")
 
     def _stop_all(self) -> int:
         for active in self.active.values():

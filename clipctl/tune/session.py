@@ -15,6 +15,7 @@ import statistics
 import sys
 from typing import Any
 
+from clipctl.console import percent
 from clipctl.tune.phases import PhasePlan, phase_correlation
 from clipctl.tune.space import same_point
 from clipctl.tune.storage import SYS, Attempt, latest, optimizer_calls, running_at, uninterrupted
@@ -208,7 +209,8 @@ class PhaseSession:
                     "raw": value,
                     "flagged": True,
                     "epoch": epoch,
-                    "reason": f"epoch {epoch}: {value:.4g} < median {median:.4g} of {len(references)} completed trials",
+                    "reason": f"epoch {epoch}: {percent(value)} < median {percent(median)} "
+                    f"of {len(references)} completed trials",
                 },
             )
             return "pruned"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clipctl.atomic import atomic_write_text
+from clipctl.console import percent
 from clipctl.errors import UsageError
 from clipctl.tune.phases import PhasePlan, load_plan, phase_correlation
 from clipctl.tune.store import Study, StudyState, TrialRecord
@@ -18,7 +19,7 @@ def lineage(handover: dict[str, Any]) -> str:
         combos = ", ".join(f"{loss}+{opt}" for loss, opt, _ in handover["combos"])
         return f"top-{len(handover['combos'])} of phase {handover['from_phase']}: {combos}"
     if handover.get("kind") == "best":
-        return f"from phase {handover['from_phase']} t{handover['trial']:03d} ({handover['value']:.4f})"
+        return f"from phase {handover['from_phase']} t{handover['trial']:03d} ({percent(handover['value'])})"
     return "-"
 
 
@@ -86,14 +87,37 @@ def best_trial(study: Study, phase: int | None) -> tuple[int, PhasePlan, TrialRe
 
 
 def export_best(
-    study: Study, number: int, plan: PhasePlan, record: TrialRecord, path: Path, force: bool = False
+    study: Study,
+    number: int,
+    plan: PhasePlan,
+    record: TrialRecord,
+    path: Path,
+    force: bool = False,
+    as_trial: bool = False,
 ) -> None:
-    """Write a trial as a recipe `clipctl train` runs as is (run name and folder left to the user)."""
+    """Write a trial as a recipe `clipctl train` runs as is (run name and folder left to the user): by default
+    at full length (the phase's budget settings reset to the base recipe's), with `as_trial` as the trial ran."""
     if path.exists() and not force:
         raise UsageError(f"{path}: already exists; choose another path or add --force")
-    recipe = plan.trial_recipe(record.params, "", "runs")
     header = (
-        f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {record.value:.4f}) "
-        f"from study {study.root}.\n# Train it with: clipctl train {path}\n"
+        f"# Best trial of tuning phase {number} ({record.name}, {plan.objective} = {percent(record.value)}) "
+        f"from study {study.root}.\n"
     )
-    atomic_write_text(path, header + recipe.to_toml())
+    if as_trial:
+        recipe = plan.trial_recipe(record.params, "", "runs")
+        header += "# As the trial ran (--as-trial): the phase's budget settings are kept.\n"
+    else:
+        recipe, changed = plan.full_recipe(record.params)
+        header += _reset_note(changed)
+    atomic_write_text(path, header + f"# Train it with: clipctl train {path}\n" + recipe.to_toml())
+
+
+def _reset_note(changed: dict[str, tuple[Any, Any]]) -> str:
+    """The comment that says which of the trial's cheap settings the full-training recipe does not keep."""
+    if not changed:
+        return "# Full training: the trial already ran with the base recipe's length and data.\n"
+    items = "\n".join(f"#   {key} = {full!r} (the trial: {trial!r})" for key, (trial, full) in changed.items())
+    return (
+        "# Full training: the phase's budget settings are reset to the base recipe's values\n"
+        f"{items}\n# (`clipctl tune best --export FILE --as-trial` writes the trial as it ran).\n"
+    )

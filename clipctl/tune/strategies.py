@@ -14,7 +14,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -184,41 +183,3 @@ def make_search(
     return STRATEGIES[strategy](
         space, grid, n_initial=n_initial, acq=acq, initial_point_generator=initial_point_generator, seed=seed
     )
-
-
-def save_skopt_plots(
-    space: SearchSpace, points: list[dict[str, Any]], values: list[float], out_dir: Path, prefix: str, seed: int = 0
-) -> list[Path]:
-    """skopt's convergence plot and its partial-dependence objective plot (a GP fitted on the observed
-    points, so grid and random phases get one too), as PNGs; returns the files written."""
-    import matplotlib.pyplot as plt
-    from skopt import Optimizer
-    from skopt.plots import plot_convergence, plot_objective
-    from skopt.space import Space
-    from skopt.utils import create_result
-
-    written: list[Path] = []
-    result = create_result(
-        [space.as_list(p) for p in points], [-v for v in values], space=Space(skopt_dimensions(space))
-    )
-    ax = plot_convergence(result)
-    ax.set_ylabel("-objective (lower is better)")
-    written.append(_save(ax.figure, out_dir / f"{prefix}_convergence.png"))
-    plt.close(ax.figure)
-
-    varying = [d.name for d in space.dims if len({repr(p[d.name]) for p in points}) > 1]
-    if len(points) >= 3 and varying:
-        opt = Optimizer(skopt_dimensions(space), base_estimator="GP", n_initial_points=1, random_state=seed)
-        with _quiet_single_thread():
-            opt.tell([space.as_list(p) for p in points], [-v for v in values])
-            axes = plot_objective(opt.get_result(), plot_dims=varying, n_samples=100, n_points=20)
-        figure = np.atleast_1d(axes).flat[0].figure
-        written.append(_save(figure, out_dir / f"{prefix}_objective.png"))
-        plt.close(figure)
-    return written
-
-
-def _save(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    return path

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+from pathlib import Path
+
+import pytest
 
 from clipctl import __version__
 
@@ -23,6 +29,35 @@ def test_recipes_ls_lists_builtins_with_descriptions(run_cli):
     rows = {r["name"]: r["description"] for r in json.loads(out)}
     assert "isogclr_radam" in rows and "Table 3" in rows["isogclr_radam"]
     assert all(rows.values())
+
+
+def test_recipes_ls_in_a_pipe_is_grep_able_plain_rows_on_stdout():
+    env = {**os.environ, "NO_COLOR": "1"}
+    ls = subprocess.Popen(
+        [sys.executable, "-m", "clipctl", "recipes", "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    grep = subprocess.run(["grep", "sogclr"], stdin=ls.stdout, capture_output=True, text=True)
+    ls.stdout.close()
+    err = ls.stderr.read().decode()
+    assert ls.wait() == 0 and grep.returncode == 0, err
+    names = [line.split("\t")[0] for line in grep.stdout.splitlines()]
+    assert "sogclr_adamw" in names and "clip_adamw" in names  # its description names sogclr
+    assert not any(n.startswith("study") for n in names)  # study cells are hidden by default
+    assert not set("│┃━─┏") & set(grep.stdout)  # no box drawing in a pipe
+    assert "study recipes (recipes/study*/) not listed" in err and "--all" in err  # the note goes to stderr
+
+
+def test_recipes_ls_all_lists_study_recipes_and_a_terminal_gets_a_table(run_cli, monkeypatch):
+    code, out, err = run_cli("recipes", "ls", "--all")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert code == 0 and rows[0] == ["name", "description"] and err == ""
+    names = [r[0] for r in rows[1:]]
+    assert "study/sogclr_b32" in names and "study3/base" in names and "tune/phase1" in names
+    code, out, _ = run_cli("recipes", "ls", "--json")
+    assert code == 0 and not any(r["name"].startswith("study") for r in json.loads(out))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = run_cli("recipes", "ls")
+    assert code == 0 and "built-in recipes" in out and "│ sogclr_adamw" in out
 
 
 def test_recipes_validate_all_builtins(run_cli):
@@ -97,3 +132,64 @@ def test_an_echoed_value_with_control_characters_stays_one_escaped_line(run_cli,
     warn("bidi \u202eevil")
     printed = capsys.readouterr().err
     assert "\\x1b[2Jscreen\\nsplit" in printed and "\\u202eevil" in printed and "\x1b" not in printed
+
+
+def fake_hub_cache(cache: Path, repo: str, files: list[str]) -> None:
+    """A hub cache entry as huggingface_hub writes it: refs/main names a snapshot holding the files."""
+    commit = "a" * 40
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(commit)
+    for name in files:
+        (entry / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (entry / "snapshots" / commit / name).write_text("{}")
+
+
+@pytest.fixture
+def local_endpoint():
+    """An HTTP server on 127.0.0.1 that answers every request 404, as a hub answers an unknown path."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow  # a fresh interpreter: huggingface_hub reads HF_HUB_CACHE and HF_ENDPOINT at import
+def test_doctor_reports_the_hub_and_which_pretrained_files_are_cached(tmp_path, local_endpoint):
+    cache = tmp_path / "hub-cache"
+    fake_hub_cache(cache, "distilbert-base-uncased", ["tokenizer.json", "config.json"])  # tokenizer, no weights
+    fake_hub_cache(cache, "timm/resnet50.a1_in1k", ["model.safetensors"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=local_endpoint, HF_HUB_OFFLINE="0", NO_COLOR="1")
+    command = [sys.executable, "-m", "clipctl", "doctor", "--json"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["hub"] == {"endpoint": local_endpoint, "reachable": True, "problem": None}
+    cached = {(p["repo"], p["what"]): p["cached"] for p in report["pretrained"]}
+    assert cached == {
+        ("distilbert-base-uncased", "text weights"): False,
+        ("distilbert-base-uncased", "tokenizer"): True,
+        ("timm/resnet50.a1_in1k", "image weights"): True,
+    }
+    users = {p["repo"]: p["recipes"] for p in report["pretrained"]}
+    assert "sogclr_adamw" in users["distilbert-base-uncased"] and "quickstart" not in users["distilbert-base-uncased"]
+
+
+def test_doctor_says_why_the_hub_cannot_be_used(run_cli, monkeypatch):
+    from huggingface_hub import constants
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    code, out, _ = run_cli("doctor", "--json")
+    hub = json.loads(out)["hub"]
+    assert code == 0 and hub["reachable"] is False and hub["problem"].startswith(f"the hub at {closed} is unreachable")
+    code, _, err = run_cli("doctor")
+    assert code == 0 and f"hub {closed}: the hub at {closed} is unreachable" in err and "cached" in err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code, out, _ = run_cli("doctor", "--json")
+    assert json.loads(out)["hub"] == {"endpoint": closed, "reachable": False, "problem": "HF_HUB_OFFLINE is set"}

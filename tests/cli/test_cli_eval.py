@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,48 @@ def test_off_a_terminal_the_table_keeps_its_width_and_each_message_its_line(trai
     header = next(line for line in lines if "benchmark" in line)
     assert "OBJECTIVE" in header and "…" not in done.stderr and len(header) > 80  # not cut to 80 columns
     assert any(line.startswith("shapes: encoding ") for line in lines) and done.stderr.endswith("\n")
+
+
+FAST_EVAL = """\
+import json, sys, time
+from clipctl.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "cpu_s": time.process_time()}))
+"""
+
+
+def eval_before_torch(*args: object, cwd: Path) -> tuple[dict, str, float]:
+    """`clipctl eval ARGS` in a fresh interpreter: (its exit code, whether torch got imported, its CPU seconds),
+    stderr, and the wall seconds. CPU time, not wall time, bounds the work: the machine may be busy."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", FAST_EVAL, "eval", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    return json.loads(proc.stdout), proc.stderr, time.monotonic() - start
+
+
+def test_every_missing_dataset_in_one_line_before_torch_loads(tmp_path):
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "ckpt.pt").write_bytes(b"never loaded")  # the datasets are checked before the checkpoint is read
+    (run / "recipe.toml").write_text(f'[data]\nroot = "{tmp_path / "empty"}"\n')  # the run's recorded root
+    (tmp_path / "empty").mkdir()
+    result, err, wall = eval_before_torch(run / "ckpt.pt", "--coco", "--imagenet", "--dataset", "x.json", cwd=tmp_path)
+    assert result["code"] == 3 and not result["torch"] and result["cpu_s"] < 2.0, (result, err)
+    assert wall < 30  # generous: a busy machine; the CPU time above is the real bound
+    assert err.startswith("clipctl: error: 3 datasets missing: ") and err.count("\n") == 1
+    for text in ("fetch coco-karpathy-test", "fetch imagenet-val", "x.json: neither a dataset id", str(tmp_path)):
+        assert text in err
+    assert "Traceback" not in err and not (run / "eval").exists()
+
+
+def test_a_missing_checkpoint_is_reported_before_torch_loads(tmp_path):
+    result, err, _ = eval_before_torch(tmp_path / "nothere.pt", "--shapes", cwd=tmp_path)
+    assert result == {**result, "code": 2, "torch": False} and result["cpu_s"] < 2.0
+    assert err == f"clipctl: error: {tmp_path / 'nothere.pt'}: no such clipctl checkpoint; pass runs/<run>/ckpt.pt\n"
+    result, err, _ = eval_before_torch(tmp_path, "--shapes", cwd=tmp_path)
+    assert result["code"] == 2 and not result["torch"] and "a folder, not a checkpoint file" in err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +57,38 @@ def test_usage_errors_exit_2(tmp_path, run_cli):
     code, _, err = run_cli("tune", "status", "--study", tmp_path / "nothing")
     assert code == 2 and "no study here" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_bare_tune_prints_help_like_data_and_starts_nothing(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data_code, data_help, _ = run_cli("data")
+    code, out, err = run_cli("tune")
+    assert (code, data_code) == (2, 2)  # the same as `clipctl data` and `clipctl recipes` without a subcommand
+    assert "Usage: clipctl tune" in out and "--phase" in out and "Usage: clipctl data" in data_help
+    assert err == "" and list(tmp_path.iterdir()) == []  # no runs/tune, no trial
+    code, out, err = run_cli("tune", "--parallel", "2")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "tune: which phase? add --phase 1|2|3" in err and "--recipe FILE" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_running_trial_says_its_epoch_and_progress_on_screen(tmp_path, run_cli, monkeypatch):
+    tune = write_recipes(tmp_path, grid_recipe(["adamw"], epochs=3))
+    monkeypatch.setenv("FAKE_EPOCH_SLEEP", "0.6")
+    args = ("tune", "--recipe", tune, "--study", tmp_path / "s", "--launcher", launcher(), "--progress-every", "0.2")
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    metrics = (tmp_path / "s" / "phase1" / "t001" / "metrics.jsonl").read_text().splitlines()
+    for line in map(json.loads, metrics):  # each epoch's objective as it arrives, numbered as in metrics.jsonl
+        assert f"phase 1 t001 epoch {line['epoch']}/2: val/objective = {100 * line['val/objective']:.2f}%" in err
+    periodic = [line for line in err.splitlines() if line.startswith("phase 1 t001: ")]
+    assert periodic and all("; running 0:0" in line for line in periodic)  # between epochs, where it is
+    assert any(
+        re.match(r"phase 1 t001: epoch [01]/2, update \d+, val/objective \d+\.\d\d% at epoch [01]; ", p)
+        for p in periodic
+    )
+    code, _, err = run_cli(*args[:-2], "--progress-every", "0", "--study", tmp_path / "quiet")
+    assert code == 0 and not [line for line in err.splitlines() if line.startswith("phase 1 t001: ")]
 
 
 def test_sigterm_stops_the_running_trial_and_the_same_command_resumes_it(tmp_path):

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -177,3 +178,53 @@ def test_hf_endpoint_from_the_environment_alone(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["fetched", "4"] and len(hub.downloads()) == 2
     assert (tmp_path / "hf" / "hub" / "datasets--pixparse--cc3m-wds").is_dir()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+OFFLINE_COPIES = {
+    "cc3m-100k": ("CLIPCTL_CC3M_ARCHIVE=", "cc3m_train_subset.json", "CLIPCTL_CC3M_IMAGES=", "CLIPCTL_CC3M_TSV="),
+    "imagenet-val": ("CLIPCTL_IMAGENET_DIR=", "val/<wnid>/*.JPEG", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit"),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(OFFLINE_COPIES))
+@pytest.mark.parametrize("network", ["HF_HUB_OFFLINE", "unreachable"])
+def test_offline_fetch_is_one_line_naming_the_local_copies(dataset, network, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPCTL_", "HF_"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), CLIPCTL_DATA=str(tmp_path / "data"), NO_COLOR="1")
+    if network == "HF_HUB_OFFLINE":
+        env.update(HF_HUB_OFFLINE="1")
+    else:  # online, but the endpoint refuses connections: no retries, no client warnings
+        env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipctl", "data", "fetch", dataset], env=env, capture_output=True, text=True
+    )
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 3 and len(lines) == 2 and lines[0].startswith(f"{dataset}: licence: "), proc.stderr
+    error = lines[1]
+    assert error.startswith(f"clipctl: error: {dataset}: ") and "provide your own copy instead: " in error
+    assert all(text in error for text in OFFLINE_COPIES[dataset])
+    why = (
+        "HF_HUB_OFFLINE is set"
+        if network == "HF_HUB_OFFLINE"
+        else f"the hub at {env.get('HF_ENDPOINT')} is unreachable"
+    )
+    assert why in error and "HF_ENDPOINT" in error
+    assert proc.stdout == "" and not (tmp_path / "data" / "manifests").exists()
+
+
+def test_an_unreachable_hub_still_serves_its_cache(cc3m_hub, run_cli, monkeypatch):
+    from huggingface_hub import constants
+
+    assert run_cli("data", "fetch", "cc3m-100k")[0] == 0
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    cc3m_hub.log.clear()
+    code, _, err = run_cli("data", "fetch", "cc3m-100k", "--force")
+    assert code == 0 and "Retry" not in err, err
+    assert cc3m_hub.log == []  # from the cache, without a request

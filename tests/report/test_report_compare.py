@@ -76,7 +76,7 @@ def test_scan_classifies_every_kind_of_run_dir(tmp_path):
     assert "test.tr@1 = 3.5" in reason["badmetric"] and "recipe.toml missing" in reason["norecipe"]
     assert "invalid TOML" in reason["badrecipe"] and "no summary.json" in reason["nosummary"]
     assert reason["failed"] == "RuntimeError: loss is NaN at step 212 (lower optim.lr)"  # one line
-    assert "epoch 2/4" in reason["stopped"] and "--resume" in reason["stopped"]
+    assert "after 2 of 4 epochs" in reason["stopped"] and "--resume" in reason["stopped"]  # a count, not a number
     assert runs["t001"].seed == 1 and runs["done"].test_metric("average") == pytest.approx((0.3 + 0.2 + 0.5) / 3)
 
 

@@ -279,3 +279,31 @@ def test_resume_on_reordered_pairs_of_the_same_count_is_refused_unless_the_loss_
     assert code == 0 and "per-sample loss state restarted" in " ".join(err.split())
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["sample_identity"] != saved
+
+
+def test_epochs_are_numbered_from_0_on_screen_in_json_and_in_plots(shapes, tmp_path, run_cli):
+    """One numbering (from 0, as metrics.jsonl, summary.json and checkpoints have always stored it)."""
+    import re
+
+    from matplotlib.figure import Figure
+
+    from clipctl.report.compare import build_comparison
+    from clipctl.report.plots import _curves
+    from clipctl.report.runs import scan_runs
+
+    args = ["train", "quickstart", *tiny_overrides(shapes, **{"train.max_steps": 0}), "--out", str(tmp_path)]
+    code, _, err = run_cli(*args, "--name", "e")
+    assert code == 0, err
+    root = tmp_path / "e"
+    evals = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    summary = json.loads((root / "summary.json").read_text())
+    assert [r["epoch"] for r in evals] == [0, 1] and summary["epochs_completed"] == 2
+    screen = {int(n): float(v) for n, v in re.findall(r"^epoch (\d+): .*?\bobjective=([\d.]+)", err, re.M)}
+    assert screen == {r["epoch"]: pytest.approx(100 * r["val/objective"], abs=0.006) for r in evals}
+    assert re.findall(r"^epoch (\d+)/1: ", err, re.M) == ["0", "1"]  # the progress lines: epoch N of 0..1
+    best = max(evals, key=lambda r: r["val/objective"])["epoch"]  # the first of equals, as the trainer keeps it
+    assert summary["best_epoch"] == best and f"test metrics of the best epoch ({best})" in err
+    figure = Figure()
+    _curves(build_comparison(scan_runs([tmp_path])), figure.add_subplot())
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [0, 1] and "from 0" in figure.axes[0].get_xlabel()

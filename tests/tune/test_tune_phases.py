@@ -27,6 +27,7 @@ n_initial = 12
 seed = 1
 [tune.fixed]
 "train.epochs" = 2
+"data.train_fraction" = 0.5
 [tune.space]
 "loss.name" = ["sogclr", "isogclr_new"]
 "optim.name" = ["adam", "adamw", "radam"]
@@ -124,6 +125,24 @@ def test_status_lists_phases_and_lineage(studied):
     assert data["correlation_1_2"]["n"] == 3
 
 
+def test_screens_show_percent_and_json_keeps_fractions(studied):
+    code, out, err = cli("tune", "status", "--study", studied["study"], "--phase", "1", "--json")
+    assert code == 0, err
+    trials = {f"t{t['trial']:03d}": t["value"] for t in json.loads(out)["phases"][0]["trials"]}
+    assert all(0 < v < 1 for v in trials.values())  # the fake objective is a fraction, as recalls are
+    for name, value in trials.items():  # each trial's line on the run's screen, in percent
+        assert f"phase 1 {name} completed: val/objective = {100 * value:.2f}%" in studied["output"][1]
+    code, out, err = cli("tune", "status", "--study", studied["study"], "--phase", "1")
+    assert code == 0 and out == ""
+    for value in trials.values():
+        assert f"{100 * value:.2f}%" in err and f"{value:.4g}" not in err
+    code, out, err = cli("tune", "best", "--study", studied["study"], "--json")
+    best = json.loads(out)["value"]
+    assert code == 0 and 0 < best < 1
+    code, _, err = cli("tune", "best", "--study", studied["study"])
+    assert code == 0 and f"{100 * best:.2f}%" in err and f"{best:.4f}" not in err
+
+
 def test_phase3_starts_from_phase2_best(studied):
     state = Study(studied["study"]).state()
     best = state.phase(2).best()
@@ -153,6 +172,29 @@ def test_best_export_writes_a_valid_recipe(studied, tmp_path):
     assert code == 2 and "already exists" in err
 
 
+def test_best_export_is_full_training_unless_as_trial(studied, tmp_path):
+    full, trial = tmp_path / "full.toml", tmp_path / "trial.toml"
+    code, out, err = cli("tune", "best", "--study", studied["study"], "--phase", "1", "--export", full, "--json")
+    assert code == 0, err
+    best = json.loads(out)
+    code, _, err = cli("tune", "best", "--study", studied["study"], "--phase", "1", "--export", trial, "--as-trial")
+    assert code == 0, err
+    full_recipe, trial_recipe = load_recipe(full), load_recipe(trial)
+    # phase 1 trains 2 epochs on half the data; the base recipe trains 3 epochs on all of it
+    assert (trial_recipe.train.epochs, trial_recipe.data.train_fraction) == (2, 0.5)
+    assert (full_recipe.train.epochs, full_recipe.data.train_fraction) == (3, 1.0)
+    for recipe in (full_recipe, trial_recipe):  # the tuned values are the same in both
+        assert (recipe.optim.name, recipe.loss.name) == (best["optimizer"], best["loss"])
+        assert recipe.optim.lr == best["params"]["optim.lr"]
+        assert recipe.optim.weight_decay == best["params"]["optim.weight_decay"]
+    text = full.read_text()
+    assert "reset to the base recipe's values" in text
+    assert "#   train.epochs = 3 (the trial: 2)" in text and "#   data.train_fraction = 1.0 (the trial: 0.5)" in text
+    assert "--as-trial" in trial.read_text() and "reset to the base" not in trial.read_text()
+    code, _, err = cli("tune", "best", "--study", studied["study"], "--as-trial")
+    assert code == 2 and "--as-trial goes with --export FILE" in err
+
+
 def test_importance_ranks_the_parameter_that_matters_first(studied):
     code, out, err = cli("tune", "importance", "--study", studied["study"], "--phase", "1", "--json")
     assert code == 0, err
@@ -167,11 +209,35 @@ def test_plot_writes_non_empty_pngs(studied, tmp_path):
     assert code == 0, err
     names = {p.name for p in (tmp_path / "plots").iterdir()}
     for phase in (1, 2):
-        for kind in ("objective_by_optimizer", "objective_by_loss", "progression", "convergence", "objective"):
+        for kind in ("objective_by_optimizer", "objective_by_loss", "progression", "parameters"):
             assert f"phase{phase}_{kind}.png" in names
     assert "phase1_importance.png" in names
     for path in (tmp_path / "plots").iterdir():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+def test_plots_show_the_objective_as_measured_in_percent_higher_is_better(studied, tmp_path, monkeypatch):
+    from clipctl.tune import plots
+    from clipctl.tune.phases import load_plan
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.setdefault(path.name, figure) and path)
+    store = Study(studied["study"])
+    state = store.state().phase(1)
+    plots.phase_plots(load_plan(store, 1), state, tmp_path)
+    values = sorted(100 * t.value for t in state.finished())
+    best = state.best()
+    (step,) = figures["phase1_progression.png"].axes[0].get_lines()
+    assert max(step.get_ydata()) == pytest.approx(100 * best.value) and min(values) > 0  # not -objective
+    panels = [ax for ax in figures["phase1_parameters.png"].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["loss.name", "optim.name", "optim.lr", "optim.weight_decay"]
+    for ax in panels:
+        ys = sorted(y for c in ax.collections for y in c.get_offsets()[:, 1])
+        assert ys == pytest.approx(sorted(values + [100 * best.value]))  # every trial, and the best again as a star
+    assert panels[2].get_xscale() == "log"  # optim.lr is log-uniform
+    for name in ("phase1_progression.png", "phase1_objective_by_loss.png", "phase1_parameters.png"):
+        assert figures[name].axes[0].get_ylabel() == "val/objective (%, higher is better)"
+    assert not [name for name in figures if "convergence" in name]  # skopt's figures are gone
 
 
 def test_editing_a_live_study_space_exits_2(studied, tmp_path):
