@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -117,3 +118,27 @@ def test_a_link_to_a_missing_repository_file_is_a_warning_that_fails_a_strict_bu
     assert out == markdown
     assert [r.name for r in caplog.records] == ["mkdocs.hooks.repo_files"]  # under `mkdocs`: strict counts it
     assert "index.md: links to ../bench/results/gone.json, which is not in the repository" in caplog.text
+
+
+def headings_slugs(markdown: str) -> set[str]:
+    """The anchors of a page's headings as GitHub (and the site, through mkdocs.yml's slugify) make them."""
+    from pymdownx.slugs import slugify
+
+    slug = slugify(case="lower")
+    text = re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
+    return {slug(m.group(1).strip(), "-") for m in re.finditer(r"^#{1,6} (.+)$", text, re.M)}
+
+
+def test_every_link_of_the_readme_resolves_on_github():
+    """MkDocs checks the links inside docs/; the README is outside it, so its links are checked here."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert any(link.startswith("docs/") for link in links)
+    for link in links:
+        if re.match(r"^[a-z]+:", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = REPO_ROOT / path if path else REPO_ROOT / "README.md"
+        assert target.is_file(), f"README links to {link}, which does not exist"
+        if anchor:
+            assert anchor in headings_slugs(target.read_text(encoding="utf-8")), f"README: no heading for {link}"
