@@ -17,11 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]" $(TORCH_PINS)
 	touch $(STAMP)
 
-# Lint and format check (ruff, configured in pyproject.toml), then the whole suite: one pytest-xdist worker per
-# core, at most 4 (most of the suite waits on trainer subprocesses importing torch, one core each).
+# Lint and format check (ruff, configured in pyproject.toml), the docs site (mkdocs.yml: broken links, anchors
+# and the generated CLI reference fail it; built into the ignored site/), then the whole suite: one pytest-xdist
+# worker per core, at most 4 (most of the suite waits on trainer subprocesses importing torch, one core each).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal --durations=15
 
 # Generates shapes (once), trains the quickstart, prints its test metrics; rerunning prints the finished run's (or
@@ -64,8 +66,8 @@ study: $(STAMP)
 	$(BIN)/clipctl study by-batch $(STUDY_RESULTS)/compare.json
 	$(BIN)/clipctl study diagnostics $(STUDY_OUT) $(STUDY_RESULTS)
 
-# Study 2 (recipes/study2/, README): A, long horizon, and B, locked towers of the first study's clip_b32 and
-# sogclr_b32 seed-0 runs (so `make study` first, for B only). Each cell's lr is chosen on the validation split
+# Study 2 (recipes/study2/, docs/guides/studies.md): A, long horizon, and B, locked towers of the first study's
+# clip_b32 and sogclr_b32 seed-0 runs (so `make study` first, for B only). Each cell's lr is chosen on the validation split
 # (seed 0, 0.5x/1x/2x; `clipctl study run`), then the other seeds train with it; grid, tables and plots go to
 # $(STUDY2_RESULTS)/{a,b}.
 # STUDY2_PARTS picks the experiments: `make study2 STUDY2_PARTS=a` needs no first study.
@@ -82,7 +84,7 @@ study2: $(STAMP)
 	  --seeds "$(STUDY2_SEEDS)" --jobs $(STUDY_JOBS) --grid-out $(STUDY2_OUT)/$$part-grid --out $(STUDY2_OUT)/$$part \
 	  --results $(STUDY2_RESULTS)/$$part || exit 1; done
 
-# Study 3 (recipes/study3/, README): clip, siglip, dcl, sogclr γ = 0.8, isogclr_new and fastclip_v3 in study 2 A's
+# Study 3 (recipes/study3/): clip, siglip, dcl, sogclr γ = 0.8, isogclr_new and fastclip_v3 in study 2 A's
 # setting, one part per global batch (b16, b128). Each cell's lr is chosen on the validation split (seed 0,
 # 0.5x/1x/2x, widened at an edge), then seeds 1-5 train with it (paired by seed: seed 0 chose the lr and is not
 # compared). Per part: grid, tables, paired differences and diagnostics in $(STUDY3_RESULTS)/<part>; then the
@@ -121,4 +123,4 @@ tune-demo: $(STAMP)
 	$(BIN)/clipctl tune plot --study $(TUNE_DEMO_STUDY)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -1,4 +1,4 @@
-"""A function longer than 60 lines says why, in a comment right above it (README, Layout)."""
+"""A function longer than 60 lines says why, in a comment right above it (docs/reference/layout.md)."""
 
 from __future__ import annotations
 

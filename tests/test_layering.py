@@ -1,4 +1,4 @@
-"""The package's floors (README, Layout): an import only goes down, never up, and never in a circle.
+"""The package's floors (docs/reference/layout.md): an import only goes down, never up, and never in a circle.
 
 The graph is read from the source with `ast` (module-level and function-level imports, `TYPE_CHECKING` ones
 too: a type-only import is still a dependency a reader has to follow), so the test needs no import side effects.
