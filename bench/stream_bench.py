@@ -40,6 +40,7 @@ from _common import check, write_result
 from PIL import Image
 
 from clipctl.console import info, print_table
+from clipctl.data.batch_plan import BatchPlan
 from clipctl.data.datasets import PairsDataset
 from clipctl.data.loader import build_train_loader
 from clipctl.data.shardindex import count_table
@@ -111,7 +112,7 @@ def map_rates(folder: Path, batch: int) -> tuple[float, float]:
     dataset = PairsDataset(folder, transform=train_transform(64, augment=True))
     dataset.tokenizer = TOKENIZER()
     started, seen = time.perf_counter(), 0
-    for images, _, _ in build_train_loader(dataset, batch, seed=0):
+    for images, _, _ in build_train_loader(dataset, BatchPlan(batch), seed=0):
         seen += images.shape[0]
     ended = time.perf_counter()
     return seen / (ended - started), seen / (ended - opened)
@@ -178,7 +179,7 @@ def rss_child(reader: str, folder: Path, root: Path, batch: int) -> None:
     if reader == "map":
         dataset = PairsDataset(folder, transform=train_transform(64, augment=True))
         dataset.tokenizer = TOKENIZER()
-        loader = build_train_loader(dataset, batch, seed=0)
+        loader = build_train_loader(dataset, BatchPlan(batch), seed=0)
     else:
         loader = stream_loader(stream_set(pattern(str(folder), folder), root, batch))
     for _ in zip(range(4), loader):  # as many batches at every N

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import tomli_w
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -24,8 +24,10 @@ from clipctl.errors import UsageError
 from clipctl.losses.config import write_rank
 from clipctl.losses.registry import LossSection, check_loss_keys, default_loss_config
 from clipctl.model.config import ModelConfig
-from clipctl.model.preprocess import Preprocess
 from clipctl.schema import Section, closest, format_validation_error, known_keys
+
+if TYPE_CHECKING:
+    from clipctl.model.preprocess import Preprocess
 
 try:
     import tomllib
@@ -227,7 +229,10 @@ class Recipe(Section):
         return hashlib.sha256(self.to_toml().encode()).hexdigest()
 
     def preprocess(self) -> Preprocess:
-        """The model's preprocessing: what training, validation and the checkpoint's users all build from."""
+        """The model's preprocessing: what training, validation and the checkpoint's users all build from. Imported
+        here: its builders need torch, and reading a recipe (every command, `clipctl eval`'s checks) must not."""
+        from clipctl.model.preprocess import Preprocess
+
         return Preprocess.from_settings(self.model, self.data.image_size)
 
     def earlier_sha256s(self) -> set[str]:

@@ -97,6 +97,11 @@ class Components:
         return self.train_set.identity
 
     @property
+    def streamed(self) -> bool:
+        """The training pairs are read as a stream of shards (dealt to processes x loader workers)."""
+        return isinstance(self.train_set, StreamingPairs)
+
+    @property
     def data_faults(self) -> dict[str, int]:
         """What the summary counts of the data's faults: the shards a streamed run skipped since it (re)started, as
         this process's loader met them (each rank warns for its own)."""

@@ -302,6 +302,7 @@ class Trainer:
         set_seed(recipe.run.seed, deterministic=recipe.train.deterministic)
         self.parts: Components = build_components(recipe, self.accelerator, self.state, prepare_data=self.main)
         self._check_moved_data()
+        self._check_stream_workers()
         _refuse_single_sample_batchnorm(self.parts.model, self.plan)
         self.steps_per_epoch = self.parts.steps_per_epoch(self.plan)
         # on the training device before the optimizer exists: fused optimizers (fusedadam) refuse CPU parameters
@@ -372,6 +373,19 @@ class Trainer:
                 f"{self.resume_from}: state belongs to another recipe "
                 f"({'; '.join(f'{key}: {values}' for key, values in self.moved_data.items())}; the training pairs "
                 "there are not the ones it was saved with); restore the data or start a new run with --name"
+            )
+
+    def _check_stream_workers(self) -> None:
+        """`data.num_workers` changes no result of a map-style run, but a streamed one deals its shards to
+        processes x loader workers: another count gives other batches, so its resume is refused."""
+        if self.state is None or not self.parts.streamed:
+            return
+        saved, current = self.state["recipe"].get("data", {}).get("num_workers"), self.recipe.data.num_workers
+        if saved != current:
+            raise ResumeError(
+                f"{self.resume_from}: data.num_workers: state {saved!r} vs recipe {current!r}; a streamed run deals "
+                f"its shards to processes x loader workers, so another count trains other batches; set "
+                f"data.num_workers = {saved!r} or start a new run with --name"
             )
 
     def _restore_loss(self, state: dict[str, Any]) -> None:

