@@ -36,3 +36,14 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_fs():
+    """fsspec's memory:// is one store per process: every test starts and leaves it empty (the shard tests use it
+    as an object store, and a stale index there would renumber another test's samples)."""
+    from helpers.shards import clear_memory_fs
+
+    clear_memory_fs()
+    yield
+    clear_memory_fs()

@@ -9,20 +9,12 @@ import os
 import fsspec
 import pytest
 from helpers.output import assert_one_error_line
-from helpers.shards import clear_memory_fs, write_shards
+from helpers.shards import write_shards
 
 from clipctl.data import shardindex
 from clipctl.data.shardindex import INDEX_NAME, build_index, count_table
 from clipctl.data.shards import expand_source, is_shard_source
 from clipctl.errors import DataError
-
-
-@pytest.fixture(autouse=True)
-def _fresh_memory_fs():
-    """fsspec's memory:// is one store per process: every test starts and leaves it empty."""
-    clear_memory_fs()
-    yield
-    clear_memory_fs()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import fsspec
 import pytest
 from helpers import data_server
-from helpers.shards import caption, clear_memory_fs, write_shards
+from helpers.shards import caption, write_shards
 
 from clipctl.data.datasets import PairsDataset
 from clipctl.data.shardindex import CountTable, build_index
@@ -57,14 +57,6 @@ def epoch(
 
 def table_of(source: str, root: Path) -> CountTable:
     return build_index(expand_source(source), root)[1]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_memory_fs():
-    """fsspec's memory:// is one store per process: every test starts and leaves it empty."""
-    clear_memory_fs()
-    yield
-    clear_memory_fs()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 import torch
 from helpers import data_server
 from helpers.output import assert_ends_in_one_error_line, assert_one_error_line
-from helpers.shards import clear_memory_fs, shapes_shards
+from helpers.shards import shapes_shards
 from helpers.trainkit import ONE, make_tiny_shapes, stable_metrics, state_tensors, tiny_overrides, tiny_recipe
 
 from clipctl.data.shardindex import build_index
@@ -30,14 +30,6 @@ from clipctl.run.checkpoint import load_state
 from clipctl.train.trainer import TrainOptions, train
 
 NAMES = [f"{i:05d}.tar" for i in range(8)]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_memory_fs():
-    """fsspec's memory:// is one store per process: every test starts and leaves it empty."""
-    clear_memory_fs()
-    yield
-    clear_memory_fs()
 
 
 @pytest.fixture(scope="module")
