@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import REPO_ROOT
 from helpers.trainkit import make_tiny_shapes, tiny_overrides
 
 from clipctl.model import cpu_precision
@@ -96,6 +97,17 @@ def test_the_probe_counts_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx):
 def test_off_the_cpu_without_cuda_auto_stays_float32(bf16_cpu):
     choice = resolve_precision(TrainConfig(precision="auto"), on_cuda=False, cpu_tower=None)
     assert choice.value == "no" and "off the CPU and CUDA" in choice.source
+
+
+def test_the_package_table_holds_the_recorded_benchmark():
+    """The figures auto follows are the ones bench/precision.py recorded (rounded), for every tower set it ran."""
+    recorded = json.loads((REPO_ROOT / "bench" / "results" / "precision.json").read_text())
+    towers = {m["image_model"]: (kind, m["speedup_vs_fp32"]["bf16"]) for kind, m in recorded["models"].items()}
+    assert set(towers) == set(cpu_precision.CPU_BF16)
+    for tower, (kind, speedup) in towers.items():
+        # only the quickstart is trained for the short-run metrics; other tower sets are not compared
+        equal = recorded["metrics"]["test_equal"] if kind == "quickstart" else None
+        assert cpu_precision.CPU_BF16[tower] == Measured(pytest.approx(speedup, abs=0.005), equal)
 
 
 @pytest.mark.parametrize("matrix", [True, False])
