@@ -73,10 +73,12 @@ def build(
     num_samples: int,
     device: torch.device = torch.device("cpu"),
     image_size: int | None = None,
+    extra: tuple[str, ...] = (),
 ):
+    """One tower set with one loss and its optimizer; `extra` are further recipe overrides (e.g. channels-last)."""
     name, overrides, batch = MODELS[kind]
     resized = [f"data.image_size={image_size}"] if image_size else []
-    recipe = load_recipe(name, [*overrides, *resized, f"loss.name={loss_name}"])
+    recipe = load_recipe(name, [*overrides, *resized, f"loss.name={loss_name}", *extra])
     torch.manual_seed(0)
     model = build_model(recipe.model, vocab_size=1000 if kind == "quickstart" else 30522, pad_id=0, load_weights=False)
     loss = build_loss(

@@ -10,6 +10,7 @@ from typing import Any
 from clipctl import __version__
 from clipctl import recipe as recipes
 from clipctl.data.hub import hub_endpoint, hub_unreachable
+from clipctl.model.cpu_precision import cpu_auto_summary, cpu_bf16_matmul
 from clipctl.model.pretrained import hub_needs, in_cache
 from clipctl.paths import data_root, hf_cache_dir, torch_hub_dir
 
@@ -46,6 +47,8 @@ def device_report() -> dict[str, Any]:
         "mps_available": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
         "cpu_threads": torch.get_num_threads(),
         "cpu_bf16": True,
+        "cpu_bf16_matmul": cpu_bf16_matmul(),
+        "cpu_auto_precision": cpu_auto_summary(),
         "fp16_mixed_precision": torch.cuda.is_available(),
         "bf16_mixed_precision": (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         or not torch.cuda.is_available(),

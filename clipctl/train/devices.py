@@ -19,6 +19,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, st
 
 from clipctl.console import warn
 from clipctl.errors import UsageError
+from clipctl.model.cpu_precision import cpu_auto_precision
 from clipctl.recipe import TrainConfig
 
 LAUNCH_PRECISION = "ACCELERATE_MIXED_PRECISION"  # `accelerate launch --mixed_precision`, or its `accelerate config`
@@ -35,14 +36,14 @@ class Choice:
     source: str
 
 
-def resolve_precision(cfg: TrainConfig, on_cuda: bool) -> Choice:
-    """The recipe's precision; on `auto`, the launcher's (`accelerate launch --mixed_precision`), else bf16 where
-    CUDA has native bf16 and float32 elsewhere. An explicit recipe value wins over the launcher's, with a warning."""
+def resolve_precision(cfg: TrainConfig, on_cuda: bool, cpu_tower: str | None = None) -> Choice:
+    """The recipe's precision; on `auto`, the launcher's (`accelerate launch --mixed_precision`), else `auto_precision`.
+    An explicit recipe value wins over the launcher's, with a warning."""
     launched = os.environ.get(LAUNCH_PRECISION)
     if cfg.precision == "auto" and launched is not None:
         choice = Choice(_launched_precision(launched), f"{LAUNCH_PRECISION} ({LAUNCHER})")
     elif cfg.precision == "auto":
-        choice = Choice("bf16" if on_cuda and native_bf16() else "no", "auto (bf16 on CUDA with native bf16, else no)")
+        choice = auto_precision(on_cuda, cpu_tower)
     else:
         choice = Choice(cfg.precision, "recipe (train.precision)")
         if launched is not None and launched.lower() != cfg.precision:
@@ -54,6 +55,20 @@ def resolve_precision(cfg: TrainConfig, on_cuda: bool) -> Choice:
         where = "train.precision = 'fp16'" if choice.source.startswith("recipe") else f"{LAUNCH_PRECISION}=fp16"
         raise UsageError(f"{where}: fp16 mixed precision needs a CUDA device; on this machine use 'bf16' or 'no'")
     return choice
+
+
+def auto_precision(on_cuda: bool, cpu_tower: str | None) -> Choice:
+    """`auto` without a launcher: bf16 on CUDA with native bf16; on the CPU (`cpu_tower`: the image tower trained
+    there), bf16 where the CPU has bf16 matrix instructions and bench/precision.py measured that tower faster in it
+    (model/cpu_precision.py); float32 elsewhere. The source says which rule decided."""
+    if on_cuda:
+        native = native_bf16()
+        why = "CUDA device with native bf16" if native else "CUDA device without native bf16 (before compute 8.0)"
+        return Choice("bf16" if native else "no", f"auto ({why})")
+    if cpu_tower is None:
+        return Choice("no", "auto (float32 off the CPU and CUDA)")
+    cpu = cpu_auto_precision(cpu_tower)
+    return Choice(cpu.value, f"auto ({cpu.reason})")
 
 
 def _launched_precision(value: str) -> str:
@@ -98,15 +113,17 @@ class Setup:
         return {"device_from": self.device.source, "precision_from": self.precision.source}
 
 
-def resolve_setup(cfg: TrainConfig) -> Setup:
-    """The device and precision of a run, refusing a device this machine does not have."""
+def resolve_setup(cfg: TrainConfig, image_model: str = "") -> Setup:
+    """The device and precision of a run, refusing a device this machine does not have; `image_model` (the recipe's
+    image tower) decides `auto` precision on the CPU."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("train.device = 'cuda': no CUDA device visible; use train.device = 'auto' or 'cpu'")
     if cfg.device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("train.device = 'mps': no Apple GPU visible; use train.device = 'auto' or 'cpu'")
     device = resolve_device(cfg)
     on_cuda = device.value != "cpu" and torch.cuda.is_available()
-    return Setup(device, resolve_precision(cfg, on_cuda=on_cuda))
+    cpu_tower = image_model if device.value == "cpu" else None
+    return Setup(device, resolve_precision(cfg, on_cuda=on_cuda, cpu_tower=cpu_tower))
 
 
 def native_bf16() -> bool:

@@ -253,7 +253,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, options: TrainOptions) -> None:
         self.recipe, self.options = recipe, options
         self.run = resolve_run_dir(recipe, options)
-        self.setup = resolve_setup(recipe.train)
+        self.setup = resolve_setup(recipe.train, recipe.model.image_model)
         self.trackers = chosen_trackers(recipe.tracking)
         check_installed(self.trackers)
         self.run_id = stored_run_id(self.run) or uuid.uuid4().hex[:16]

@@ -37,6 +37,7 @@ TINY_ARGS = {
         "random",
     ],
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
+    "precision": ["--models", "quickstart", "--batch", "8", "--steps", "1", "--rounds", "1"],
     "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
     "stream_bench": ["--samples", "2000", "--shard-size", "200", "--loader-samples", "256", "--batch", "32"],
     "train_throughput": [

@@ -62,6 +62,8 @@ def test_auto_precision_trains_in_the_launchers_bf16(shapes, tmp_path, monkeypat
 
 
 def test_dry_run_says_what_was_chosen_and_from_where(shapes, tmp_path, monkeypatch, run_cli):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # a CPU without bf16 matrix units
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     plan, _ = dry_run(run_cli, shapes, tmp_path)
     assert plan["precision"] == "no" and plan["precision_from"].startswith("auto")
     assert plan["device"] == "cpu" and plan["device_from"].startswith("auto")
