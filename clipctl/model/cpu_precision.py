@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 
 @dataclass(frozen=True)
 class Measured:
@@ -44,6 +42,8 @@ class CpuPrecision:
 def cpu_bf16_matmul() -> bool:
     """bf16 matrix instructions in this CPU (AVX512-BF16 or AMX), as torch's own CPU probe reports them. oneDNN's
     `_is_mkldnn_bf16_supported` also says yes on plain AVX-512, where bf16 is converted and no faster than float32."""
+    import torch  # here: doctor (and the run writer through it) is read before torch loads, e.g. by eval's checks
+
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
