@@ -47,3 +47,10 @@ def _fresh_memory_fs():
     clear_memory_fs()
     yield
     clear_memory_fs()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end (`slow`) tests first, the longest-running kind: xdist's workers start on them at once and
+    the quick tests fill in around them, instead of one long test (the tour: minutes) starting last and running
+    alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
