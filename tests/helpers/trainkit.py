@@ -72,3 +72,11 @@ def state_tensors(tree: Any, prefix: str = "") -> dict[str, Any]:
             found.update(state_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
         return found
     return {}
+
+
+def pretend_cpu(monkeypatch: Any, avx512_bf16: bool, amx: bool = False) -> None:
+    """What torch's CPU probe answers: the bf16 matrix instructions of the machine being pretended."""
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)

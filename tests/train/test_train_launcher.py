@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.output import assert_one_error_line
-from helpers.trainkit import QUICK, make_tiny_shapes, tiny_overrides, tiny_recipe
+from helpers.trainkit import QUICK, make_tiny_shapes, pretend_cpu, tiny_overrides, tiny_recipe
 
 from clipctl.model.clip import CLIPModel
 from clipctl.recipe import TrainConfig
@@ -27,13 +27,6 @@ AUTO = {"train.precision": "auto", "train.device": "auto"}  # the quickstart nam
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     return make_tiny_shapes(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(autouse=True)
-def no_launcher(monkeypatch):
-    """Each test sets the launcher's variables it means; none leaks in from the shell that runs the tests."""
-    monkeypatch.delenv(LAUNCH_PRECISION, raising=False)
-    monkeypatch.delenv(LAUNCH_CPU, raising=False)
 
 
 def dry_run(run_cli, shapes: Path, tmp_path: Path, *overrides: str) -> tuple[dict, str]:
@@ -62,8 +55,7 @@ def test_auto_precision_trains_in_the_launchers_bf16(shapes, tmp_path, monkeypat
 
 
 def test_dry_run_says_what_was_chosen_and_from_where(shapes, tmp_path, monkeypatch, run_cli):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # a CPU without bf16 matrix units
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    pretend_cpu(monkeypatch, avx512_bf16=False)  # a CPU without bf16 matrix units
     plan, _ = dry_run(run_cli, shapes, tmp_path)
     assert plan["precision"] == "no" and plan["precision_from"].startswith("auto")
     assert plan["device"] == "cpu" and plan["device_from"].startswith("auto")

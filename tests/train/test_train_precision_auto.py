@@ -8,14 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from helpers.paths import REPO_ROOT
-from helpers.trainkit import make_tiny_shapes, tiny_overrides
+from helpers.trainkit import make_tiny_shapes, pretend_cpu, tiny_overrides
 
 from clipctl.model import cpu_precision
 from clipctl.model.cpu_precision import Measured
 from clipctl.recipe import TrainConfig
-from clipctl.train.devices import LAUNCH_CPU, LAUNCH_PRECISION, resolve_precision
+from clipctl.train.devices import LAUNCH_PRECISION, resolve_precision
 
 AUTO = {"train.precision": "auto", "train.device": "auto"}  # the quickstart names cpu and float32 itself
 NO_MATRIX = "this CPU has no bf16 matrix instructions"
@@ -32,22 +31,10 @@ def shapes(tmp_path_factory) -> Path:
     return make_tiny_shapes(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture(autouse=True)
-def no_launcher(monkeypatch):
-    monkeypatch.delenv(LAUNCH_PRECISION, raising=False)
-    monkeypatch.delenv(LAUNCH_CPU, raising=False)
-
-
-def set_cpu(monkeypatch, avx512_bf16: bool, amx: bool = False) -> None:
-    """What torch's CPU probe answers: the bf16 instructions of the machine being pretended."""
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-
-
 @pytest.fixture
 def bf16_cpu(monkeypatch):
     """A CPU with bf16 matrix instructions and a benchmark that measured one fast and one slow tower set."""
-    set_cpu(monkeypatch, avx512_bf16=True)
+    pretend_cpu(monkeypatch, avx512_bf16=True)
     monkeypatch.setattr(cpu_precision, "CPU_BF16", MEASURED)
 
 
@@ -57,7 +44,7 @@ def auto_on_cpu(tower: str):
 
 @pytest.mark.parametrize("tower", [*MEASURED, "resnet18"])
 def test_a_cpu_without_bf16_matrix_instructions_trains_every_tower_in_float32(monkeypatch, tower):
-    set_cpu(monkeypatch, avx512_bf16=False)
+    pretend_cpu(monkeypatch, avx512_bf16=False)
     monkeypatch.setattr(cpu_precision, "CPU_BF16", MEASURED)
     choice = auto_on_cpu(tower)
     assert choice.value == "no" and NO_MATRIX in choice.source and choice.source.startswith("auto (")
@@ -90,7 +77,7 @@ def test_the_launcher_and_the_recipe_still_win_over_the_cpu_decision(monkeypatch
 
 @pytest.mark.parametrize(("avx512_bf16", "amx"), [(True, False), (False, True), (False, False)])
 def test_the_probe_counts_avx512_bf16_or_amx(monkeypatch, avx512_bf16, amx):
-    set_cpu(monkeypatch, avx512_bf16, amx)
+    pretend_cpu(monkeypatch, avx512_bf16, amx)
     assert cpu_precision.cpu_bf16_matmul() is (avx512_bf16 or amx)
 
 
@@ -112,7 +99,7 @@ def test_the_package_table_holds_the_recorded_benchmark():
 
 @pytest.mark.parametrize("matrix", [True, False])
 def test_dry_run_says_what_auto_chose_on_the_cpu_and_why(shapes, run_cli, bf16_cpu, monkeypatch, matrix):
-    set_cpu(monkeypatch, avx512_bf16=matrix)
+    pretend_cpu(monkeypatch, avx512_bf16=matrix)
     code, out, err = run_cli("train", "quickstart", *tiny_overrides(shapes, **AUTO), "--dry-run", "--json")
     assert code == 0, err
     plan = json.loads(out)
@@ -123,7 +110,7 @@ def test_dry_run_says_what_auto_chose_on_the_cpu_and_why(shapes, run_cli, bf16_c
 
 @pytest.mark.parametrize("matrix", [True, False])
 def test_doctor_says_what_auto_trains_in_on_this_cpu(run_cli, bf16_cpu, monkeypatch, matrix):
-    set_cpu(monkeypatch, avx512_bf16=matrix)
+    pretend_cpu(monkeypatch, avx512_bf16=matrix)
     code, out, _ = run_cli("doctor", "--json")
     devices = json.loads(out)["devices"]
     assert code == 0 and devices["cpu_bf16_matmul"] is matrix
