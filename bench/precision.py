@@ -21,6 +21,7 @@ compiler, minutes per tower set on a small machine, so the default run records t
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -123,26 +124,41 @@ def measure(
     }
 
 
-def short_run_metrics(steps: int, seeds: list[int]) -> dict[str, Any]:
-    """The quickstart trained `steps` updates at float32 and at bf16 from each seed, objectives side by side."""
-    runs: dict[str, dict[str, list[float]]] = {name: {"val": [], "test": [], "samples_per_s": []} for name in DTYPE_OF}
+def quickstart_runs(precisions: dict[str, str], seeds: list[int], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The quickstart trained from each seed at each `train.precision` (name -> value), seed by seed; samples/s and
+    objectives side by side. "Equal" objectives: the means differ by at most one standard deviation across seeds
+    (the larger of the two)."""
+    runs = {name: {"val": [], "test": [], "samples_per_s": [], "precision": []} for name in precisions}
     with tempfile.TemporaryDirectory() as out:
         for seed in seeds:
-            for name, precision in DTYPE_OF.items():
-                overrides = [f"train.max_steps={steps}", f"train.precision={precision}", f"run.seed={seed}"]
-                summary = train(
-                    load_recipe("quickstart", overrides), TrainOptions(out_dir=Path(out), name=f"{name}{seed}")
-                )
+            for name, precision in precisions.items():
+                overrides = [*extra, f"train.precision={precision}", f"run.seed={seed}"]
+                options = TrainOptions(out_dir=Path(out), name=f"{name}{seed}")
+                summary = train(load_recipe("quickstart", overrides), options)
                 runs[name]["val"].append(summary["best"]["val/objective"])
                 runs[name]["test"].append(summary["test"]["objective"])
                 runs[name]["samples_per_s"].append(summary["samples_per_s"])
-    result: dict[str, Any] = {"recipe": "quickstart", "max_steps": steps, "seeds": seeds, "runs": runs}
-    for split in ("val", "test"):
+                meta = json.loads((Path(out) / f"{name}{seed}" / "meta.json").read_text())
+                runs[name]["precision"].append(meta["precision"])
+    result: dict[str, Any] = {"recipe": "quickstart", "overrides": list(extra), "seeds": seeds, "runs": runs}
+    first, second = precisions
+    for split in ("val", "test", "samples_per_s"):
         mean = {name: statistics.mean(r[split]) for name, r in runs.items()}
         spread = max(statistics.stdev(r[split]) if len(seeds) > 1 else 0.0 for r in runs.values())
-        result[f"{split}_objective_mean"] = mean
-        result[f"{split}_equal"] = abs(mean["bf16"] - mean["fp32"]) <= spread
+        key = split if split == "samples_per_s" else f"{split}_objective"
+        result[f"{key}_mean"] = mean
+        result[f"{key}_std_max"] = spread
+        if split != "samples_per_s":
+            result[f"{split}_difference_in_std"] = abs(mean[first] - mean[second]) / spread if spread else None
+            result[f"{split}_equal"] = abs(mean[first] - mean[second]) <= spread
+    result["samples_per_s_ratio"] = result["samples_per_s_mean"][second] / result["samples_per_s_mean"][first]
     return result
+
+
+def short_run_metrics(steps: int, seeds: list[int]) -> dict[str, Any]:
+    """The quickstart trained `steps` updates at float32 and at bf16 from each seed, objectives side by side."""
+    result = quickstart_runs(DTYPE_OF, seeds, (f"train.max_steps={steps}",))
+    return {"max_steps": steps, **result}
 
 
 def speedup_checks(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
