@@ -38,6 +38,8 @@ TINY_ARGS = {
     ],
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
     "precision": ["--models", "quickstart", "--batch", "8", "--steps", "1", "--rounds", "1"],
+    # the model step only; the trainer race needs a shapes folder (test_race_open_clip_trainer_end_to_end)
+    "race_open_clip": ["--skip-trainer", "--batch", "8", "--steps", "1", "--rounds", "1"],
     "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
     "stream_bench": ["--samples", "2000", "--shard-size", "200", "--loader-samples", "256", "--batch", "32"],
     "train_throughput": [
