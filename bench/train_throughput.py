@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from _common import check, write_result
+from torch.profiler import record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 from clipctl.data.text import TextTokenizer
@@ -131,12 +132,15 @@ def step(
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, precision):
         image_features, text_features = model(images, tokens)
-    out = loss(image_features.float(), text_features.float(), index, epoch=epoch, stats=stats)
-    out.loss.backward()
-    loss.reduce_gradients()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    loss.after_optimizer_step()
+    with record_function("loss"):  # the phases, named for bench/profile_step.py (no cost without a profiler)
+        out = loss(image_features.float(), text_features.float(), index, epoch=epoch, stats=stats)
+    with record_function("backward"):
+        out.loss.backward()
+    with record_function("optimizer"):
+        loss.reduce_gradients()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.after_optimizer_step()
     return out.loss.detach()
 
 

@@ -38,6 +38,7 @@ TINY_ARGS = {
     ],
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
     "precision": ["--models", "quickstart", "--batch", "8", "--steps", "1", "--rounds", "1"],
+    "profile_step": ["--losses", "clip", "--precisions", "fp32", "--batch", "8", "--steps", "1", "--top", "5"],
     # the model step only; the trainer race needs a shapes folder (test_race_open_clip_trainer_end_to_end)
     "race_open_clip": ["--skip-trainer", "--batch", "8", "--steps", "1", "--rounds", "1"],
     "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
@@ -162,3 +163,26 @@ def test_gpu_check_refuses_a_bad_option_and_a_missing_gpu(tmp_path):
     no_gpu = run_script(BENCH / "gpu_check.sh", [], tmp_path, OUT=str(tmp_path / "out"), CUDA_VISIBLE_DEVICES="")
     assert no_gpu.returncode == 3 and "no CUDA device visible" in no_gpu.stderr and "Traceback" not in no_gpu.stderr
     assert not list((tmp_path / "out").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_profile_step_keeps_each_label_and_shows_the_fused_optimizer(tmp_path):
+    """`--label before` (the per-tensor optimizer) and then `--label after` (the trainer's): both kept in one file,
+    shares summing to one, and the fused kernel dispatching fewer ops than the per-tensor loop."""
+    tiny = ["--losses", "isogclr_new", "--precisions", "fp32", "auto", "--batch", "8", "--steps", "1", "--top", "4"]
+    for extra in (["--optimizer", "per-tensor", "--label", "before"], ["--label", "after", "--finding", "fewer ops"]):
+        done = run_script(BENCH / "profile_step.py", [*tiny, *extra], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "profile_step.json").read_text())
+    before, after = payload["profiles"]["before"], payload["profiles"]["after"]
+    assert before["optimizer"] == "per-tensor" and after["finding"] == "fewer ops"
+    assert set(before["profiles"]) == set(after["profiles"]) == {"isogclr_new fp32", "isogclr_new auto"}
+    for key, profile in after["profiles"].items():
+        old = before["profiles"][key]
+        assert sum(profile["group_share"].values()) == pytest.approx(1.0)
+        assert set(profile["group_share"]) == {"image tower", "text tower", "loss", "optimizer", "other"}
+        assert profile["group_share"]["image tower"] > 0.1 and profile["group_share"]["text tower"] > 0.1
+        assert profile["group_share"]["loss"] > 0 and len(profile["top_self_cpu"]) == 4
+        assert old["optimizer_path"]["fused"] is None and profile["optimizer_path"]["fused"] is True
+        assert profile["aten_calls_per_step"]["optimizer"] < old["aten_calls_per_step"]["optimizer"] / 2
+    assert [c["measure"].endswith("(after)") for c in payload["checks"]] == [True, True]
