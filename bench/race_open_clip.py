@@ -26,6 +26,9 @@ channels-last option); elsewhere both in fp32. Ratios are clipctl speed / open_c
     python bench/race_open_clip.py [--precisions fp32 best] [--loss clip] [--batch 128] [--steps 3] [--rounds 5]
                                    [--skip-trainer] [--trainer-steps 40] [--trainer-rounds 2] [--warmup-steps 3]
                                    [--workers 1] [--shapes DIR]
+
+The trainers read `--shapes DIR`, else the data root's shapes folder when it holds enough pairs, else a shapes folder
+generated for the race in a temporary folder (64 px, as the quickstart's).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from _common import check, write_result
 from precision import cpu_flags, loadavg
 from train_throughput import MODELS, autocast, build, make_batches, step
 
-from clipctl.data.shapes import CLASSNAMES, TEMPLATES
+from clipctl.data.shapes import CLASSNAMES, TEMPLATES, ShapesConfig, generate_shapes
 from clipctl.data.text import TextTokenizer, build_tokenizer
 from clipctl.doctor import package_versions
 from clipctl.interop.export import export_model
@@ -317,9 +320,8 @@ def steady(speeds: list[float], batch: int, wall: float, warmup: int) -> dict[st
     }
 
 
-def race_trainer(args, precision: str, workdir: Path) -> dict[str, Any]:
+def race_trainer(args, precision: str, shapes: Path, workdir: Path) -> dict[str, Any]:
     settings = precision_settings(precision)
-    shapes = args.shapes.resolve()
     pairs = race_pairs(shapes, args.trainer_steps * args.batch)
     pairs_json, pairs_csv = write_race_data(shapes, pairs, workdir / f"data_{precision}")
     recipe, model, loss, _, _ = build("quickstart", args.loss, len(pairs))
@@ -378,18 +380,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trainer-rounds", type=int, default=2, help="trainer runs per side per precision")
     parser.add_argument("--warmup-steps", type=int, default=3, help="first logged steps left out of the median")
     parser.add_argument("--workers", type=int, default=1, help="data loader workers on both sides")
-    parser.add_argument("--shapes", type=Path, help="a generated shapes folder (default: <data root>/shapes)")
+    parser.add_argument(
+        "--shapes",
+        type=Path,
+        help="a generated shapes folder (default: <data root>/shapes when it holds enough pairs, else one generated "
+        "for the race in a temporary folder)",
+    )
     args = parser.parse_args(argv)
-    args.shapes = args.shapes or data_root() / "shapes"
-    if not args.skip_trainer:
-        if importlib.util.find_spec("pandas") is None:
-            parser.error("open_clip_train's data module needs pandas: pip install pandas, or pass --skip-trainer")
-        train = args.shapes / "train.json"
-        if not train.is_file():
-            parser.error(f"{train}: not there; run `clipctl data fetch shapes` or pass --shapes DIR")
-        if len(race_pairs(args.shapes, args.trainer_steps * args.batch)) < args.trainer_steps * args.batch:
-            parser.error(f"{train}: fewer pairs than --trainer-steps x --batch; lower them or use a larger shapes")
+    if args.skip_trainer:
+        return args
+    if importlib.util.find_spec("pandas") is None:
+        parser.error("open_clip_train's data module needs pandas: pip install pandas, or pass --skip-trainer")
+    needed = args.trainer_steps * args.batch
+    if args.shapes is None:
+        local = data_root() / "shapes"
+        args.shapes = local if (local / "train.json").is_file() and len(race_pairs(local, needed)) == needed else None
+        return args
+    train = args.shapes / "train.json"
+    if not train.is_file():
+        parser.error(f"{train}: not there; run `clipctl data fetch shapes` or pass --shapes DIR")
+    if len(race_pairs(args.shapes, needed)) < needed:
+        parser.error(f"{train}: fewer pairs than --trainer-steps x --batch; lower them or use a larger shapes")
     return args
+
+
+def race_shapes(args: argparse.Namespace, workdir: Path) -> Path:
+    """The shapes folder the trainers read: --shapes, the data root's, or one generated here (64 px, as the
+    quickstart's) with just the training pairs the race needs and a few evaluation images the recipe names."""
+    if args.shapes is not None:
+        return args.shapes.resolve()
+    config = ShapesConfig(
+        train_size=max(args.trainer_steps * args.batch, 100),
+        eval_images=8,
+        zeroshot_val_per_class=1,
+        zeroshot_per_class=1,
+    )
+    generate_shapes(workdir / "data", config, workers=1)
+    return workdir / "data" / "shapes"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model step {precision}: " + _speeds(result))
         if not args.skip_trainer:
             results["trainer"] = {}
+            shapes = race_shapes(args, workdir)
+            results["trainer_shapes"] = str(args.shapes or "generated for the race (64 px)")
             for precision in args.precisions:
-                result = race_trainer(args, precision, workdir)
+                result = race_trainer(args, precision, shapes, workdir)
                 results["trainer"][precision] = result
                 print(f"trainer {precision}: " + _speeds(result))
     results["loadavg_after"] = loadavg()

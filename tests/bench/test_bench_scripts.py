@@ -39,7 +39,7 @@ TINY_ARGS = {
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
     "precision": ["--models", "quickstart", "--batch", "8", "--steps", "1", "--rounds", "1"],
     "profile_step": ["--losses", "clip", "--precisions", "fp32", "--batch", "8", "--steps", "1", "--top", "5"],
-    # the model step only; the trainer race needs a shapes folder (test_race_open_clip_trainer_end_to_end)
+    # the model step only; the trainer race has its own test (test_race_open_clip_trainer_end_to_end)
     "race_open_clip": ["--skip-trainer", "--batch", "8", "--steps", "1", "--rounds", "1"],
     "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
     "stream_bench": ["--samples", "2000", "--shard-size", "200", "--loader-samples", "256", "--batch", "32"],
@@ -223,6 +223,16 @@ def test_race_refuses_a_trainer_race_it_cannot_run(tmp_path, monkeypatch, capsys
         race_open_clip.parse_args(["--shapes", str(tmp_path / "shapes")])
     assert stop.value.code == 2 and "needs pandas: pip install pandas" in capsys.readouterr().err
     assert race_open_clip.parse_args(["--skip-trainer", "--shapes", str(tmp_path / "none")]).skip_trainer
+
+
+def test_race_generates_its_shapes_when_the_data_root_has_too_few(tmp_path, monkeypatch):
+    import race_open_clip
+
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "train.json").write_text(json.dumps([{"image": "a.png", "caption": "a"}] * 10))
+    monkeypatch.setenv("CLIPCTL_DATA", str(tmp_path))
+    assert race_open_clip.parse_args(["--batch", "5", "--trainer-steps", "2"]).shapes == tmp_path / "shapes"
+    assert race_open_clip.parse_args(["--batch", "5", "--trainer-steps", "3"]).shapes is None  # generated in the run
 
 
 def test_race_reads_open_clips_step_log_and_leaves_out_the_warm_up(tmp_path):
