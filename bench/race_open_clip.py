@@ -38,7 +38,6 @@ import csv
 import importlib.util
 import json
 import math
-import os
 import platform
 import re
 import statistics
@@ -153,7 +152,7 @@ def model_step_sides(loss_name: str, batch: int, steps: int, name: str, workdir:
     """Both sides' step functions on the same weights at precision `name`, and the batches they step on."""
     settings = precision_settings(name)
     extra = ("model.channels_last=true",) if settings["clipctl"]["channels_last"] else ()
-    captions = [template.format(name) for template in TEMPLATES for name in CLASSNAMES]  # shapes' own words
+    captions = [template.format(label) for template in TEMPLATES for label in CLASSNAMES]  # shapes' own words
     tokenizer = caption_tokenizer(load_recipe("quickstart"), captions)
     recipe, model, loss, _, _ = build("quickstart", loss_name, steps * batch, extra=extra, tokenizer=tokenizer)
     optimizer = build_optimizer(model, loss.param_groups(recipe.optim.lr), recipe.optim)
@@ -179,18 +178,11 @@ def feature_difference(model, open_clip_model, batch) -> dict[str, float]:
     images, tokens, _ = batch
     model.eval(), open_clip_model.eval()
     try:
-        return {
-            "image": float(
-                (model.encode_image(images, normalize=True) - open_clip_model.encode_image(images, normalize=True))
-                .abs()
-                .max()
-            ),
-            "text": float(
-                (model.encode_text(tokens, normalize=True) - open_clip_model.encode_text(tokens, normalize=True))
-                .abs()
-                .max()
-            ),
+        pairs = {
+            "image": (model.encode_image(images), open_clip_model.encode_image(images, normalize=True)),
+            "text": (model.encode_text(tokens), open_clip_model.encode_text(tokens, normalize=True)),
         }
+        return {name: float((ours - theirs).abs().max()) for name, (ours, theirs) in pairs.items()}
     finally:
         model.train(), open_clip_model.train()
 
@@ -268,10 +260,11 @@ def clipctl_command(args, shapes: Path, pairs_json: Path, out: Path, name: str, 
 
 
 def open_clip_command(
-    args, pairs_csv: Path, export: Path, logs: Path, name: str, settings: dict[str, Any]
+    args, recipe: Recipe, pairs_csv: Path, export: Path, logs: Path, name: str, settings: dict[str, Any]
 ) -> list[str]:
     """open_clip_train.main on the same pairs (exactly `--trainer-steps` batches in its one epoch), no evaluation,
-    no checkpoints, every step logged; learning rate and weight decay as the quickstart's."""
+    no checkpoints, every step logged; learning rate and weight decay the recipe's."""
+    optim = recipe.optim
     return [
         sys.executable,
         "-c",
@@ -280,7 +273,7 @@ def open_clip_command(
         *("--csv-img-key", "filepath", "--csv-caption-key", "title"),
         *("--model", f"local-dir:{export}", "--device", "cpu", "--precision", settings["precision"]),
         *("--batch-size", str(args.batch), "--epochs", "1", "--workers", str(args.workers)),
-        *("--lr", "1e-3", "--wd", "0.02", "--warmup", "10", "--seed", "0"),
+        *("--lr", str(optim.lr), "--wd", str(optim.weight_decay), "--warmup", "10", "--seed", "0"),
         *("--save-frequency", "0", "--zeroshot-frequency", "0", "--log-every-n-steps", "1"),
         *("--logs", str(logs), "--name", name),
     ]
@@ -289,7 +282,7 @@ def open_clip_command(
 def timed_run(command: list[str]) -> float:
     """Wall seconds of one trainer process; a failure stops the race with its last lines."""
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ})
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).splitlines()[-15:])
         raise RuntimeError(f"{command[1:4]} exited {done.returncode}:\n{tail}")
@@ -321,24 +314,29 @@ def steady(speeds: list[float], batch: int, wall: float, warmup: int) -> dict[st
 
 
 def race_trainer(args, precision: str, shapes: Path, workdir: Path) -> dict[str, Any]:
+    """Both trainers `--trainer-rounds` times at `precision` on the same pairs, alternating which starts a round."""
     settings = precision_settings(precision)
     pairs = race_pairs(shapes, args.trainer_steps * args.batch)
     pairs_json, pairs_csv = write_race_data(shapes, pairs, workdir / f"data_{precision}")
-    recipe, model, loss, _, _ = build("quickstart", args.loss, len(pairs))
-    tokenizer = caption_tokenizer(recipe, [p["caption"] for p in pairs])
+    tokenizer = caption_tokenizer(load_recipe("quickstart"), [p["caption"] for p in pairs])  # as `clipctl train`'s
     recipe, model, loss, _, _ = build("quickstart", args.loss, len(pairs), tokenizer=tokenizer)
     export = export_open_clip(recipe, model, loss, tokenizer, workdir / f"trainer_open_clip_{precision}")
+    commands = {
+        "clipctl": lambda name: clipctl_command(args, shapes, pairs_json, workdir / "runs", name, settings["clipctl"]),
+        "open_clip": lambda name: open_clip_command(
+            args, recipe, pairs_csv, export, workdir / "logs", name, settings["open_clip"]
+        ),
+    }
+    readers = {
+        "clipctl": lambda name: clipctl_step_speeds(workdir / "runs" / name),
+        "open_clip": lambda name: open_clip_step_speeds(workdir / "logs" / name / "out.log"),
+    }
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     for round_index in range(args.trainer_rounds):
         for side in SIDES[round_index % 2 :] + SIDES[: round_index % 2]:
             name = f"{side}_{precision}_{round_index}"
-            if side == "clipctl":
-                wall = timed_run(clipctl_command(args, shapes, pairs_json, workdir / "runs", name, settings[side]))
-                speeds = clipctl_step_speeds(workdir / "runs" / name)
-            else:
-                wall = timed_run(open_clip_command(args, pairs_csv, export, workdir / "logs", name, settings[side]))
-                speeds = open_clip_step_speeds(workdir / "logs" / name / "out.log")
-            runs[side].append(steady(speeds, args.batch, wall, args.warmup_steps))
+            wall = timed_run(commands[side](name))
+            runs[side].append(steady(readers[side](name), args.batch, wall, args.warmup_steps))
     speed = {side: statistics.median(r["samples_per_s"] for r in runs[side]) for side in SIDES}
     return {
         "settings": settings,
