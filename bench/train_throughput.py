@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 from _common import check, write_result
+from torch.profiler import record_function
 from torch.utils.flop_counter import FlopCounterMode
 
+from clipctl.data.text import TextTokenizer
 from clipctl.doctor import package_versions
 from clipctl.losses import build_loss
 from clipctl.model.clip import build_model
@@ -74,13 +76,18 @@ def build(
     device: torch.device = torch.device("cpu"),
     image_size: int | None = None,
     extra: tuple[str, ...] = (),
+    tokenizer: TextTokenizer | None = None,
 ):
-    """One tower set with one loss and its optimizer; `extra` are further recipe overrides (e.g. channels-last)."""
+    """One tower set with one loss and its optimizer; `extra` are further recipe overrides (e.g. channels-last);
+    `tokenizer` sizes the text tower as the trainer does (default: the recipe's vocabulary size, pad id 0)."""
     name, overrides, batch = MODELS[kind]
     resized = [f"data.image_size={image_size}"] if image_size else []
     recipe = load_recipe(name, [*overrides, *resized, f"loss.name={loss_name}", *extra])
     torch.manual_seed(0)
-    model = build_model(recipe.model, vocab_size=1000 if kind == "quickstart" else 30522, pad_id=0, load_weights=False)
+    vocab = {"vocab_size": 1000 if kind == "quickstart" else 30522, "pad_id": 0}
+    if tokenizer is not None:
+        vocab = {"vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id, "max_len": tokenizer.max_len}
+    model = build_model(recipe.model, **vocab, load_weights=False)
     loss = build_loss(
         recipe.loss, num_samples=num_samples, total_epochs=recipe.train.epochs, embed_dim=recipe.model.embed_dim
     )
@@ -90,8 +97,9 @@ def build(
 
 
 def make_batches(
-    recipe, batch: int, count: int, device: torch.device = torch.device("cpu")
+    recipe, batch: int, count: int, device: torch.device = torch.device("cpu"), vocab_size: int = 1000
 ) -> list[tuple[torch.Tensor, ...]]:
+    """Seeded random images and token ids (none of them the pad id 0 or the last id of `vocab_size`)."""
     size, length = recipe.data.image_size, recipe.data.max_text_len
     generator = torch.Generator().manual_seed(0)
     return [
@@ -99,7 +107,7 @@ def make_batches(
             t.to(device)
             for t in (
                 torch.randn(batch, 3, size, size, generator=generator),
-                torch.randint(1, 999, (batch, length), generator=generator),
+                torch.randint(1, vocab_size - 1, (batch, length), generator=generator),
                 torch.arange(i * batch, (i + 1) * batch),
             )
         )
@@ -114,14 +122,26 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=DTYPES[precision])
 
 
-def step(model, loss, optimizer, batch, epoch: int, precision: str = "fp32") -> None:
+def step(
+    model, loss, optimizer, batch, epoch: int, precision: str = "fp32", stats: bool = True, channels_last: bool = False
+) -> torch.Tensor:
+    """One update as the trainer's `_update` makes it (`stats=False`: a step between logging steps; `channels_last`:
+    the images converted inside the step, as the trainer does for `model.channels_last`); returns the loss."""
     images, tokens, index = batch
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, precision):
         image_features, text_features = model(images, tokens)
-    out = loss(image_features.float(), text_features.float(), index, epoch=epoch)
-    out.loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    with record_function("loss"):  # the phases, named for bench/profile_step.py (no cost without a profiler)
+        out = loss(image_features.float(), text_features.float(), index, epoch=epoch, stats=stats)
+    with record_function("backward"):
+        out.loss.backward()
+    with record_function("optimizer"):
+        loss.reduce_gradients()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.after_optimizer_step()
+    return out.loss.detach()
 
 
 def flops_per_sample(model, batch) -> float:

@@ -39,6 +39,9 @@ TINY_ARGS = {
     ],
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
     "precision": ["--models", "quickstart", "--batch", "8", "--steps", "1", "--rounds", "1"],
+    "profile_step": ["--losses", "clip", "--precisions", "fp32", "--batch", "8", "--steps", "1", "--top", "5"],
+    # the model step only; the trainer race has its own test (test_race_open_clip_trainer_end_to_end)
+    "race_open_clip": ["--skip-trainer", "--batch", "8", "--steps", "1", "--rounds", "1"],
     "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
     "stream_bench": ["--samples", "2000", "--shard-size", "200", "--loader-samples", "256", "--batch", "32"],
     "train_throughput": [
@@ -170,3 +173,116 @@ def test_gpu_check_refuses_a_bad_option_and_a_missing_gpu(tmp_path):
     no_gpu = run_script(BENCH / "gpu_check.sh", [], tmp_path, OUT=str(tmp_path / "out"), CUDA_VISIBLE_DEVICES="")
     assert no_gpu.returncode == 3 and "no CUDA device visible" in no_gpu.stderr and "Traceback" not in no_gpu.stderr
     assert not list((tmp_path / "out").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_profile_step_keeps_each_label_and_shows_the_fused_optimizer(tmp_path):
+    """`--label before` (the per-tensor optimizer) and then `--label after` (the trainer's): both kept in one file,
+    shares summing to one, and the fused kernel dispatching fewer ops than the per-tensor loop."""
+    tiny = ["--losses", "isogclr_new", "--precisions", "fp32", "auto", "--batch", "8", "--steps", "1", "--top", "4"]
+    for extra in (["--optimizer", "per-tensor", "--label", "before"], ["--label", "after", "--finding", "fewer ops"]):
+        done = run_script(BENCH / "profile_step.py", [*tiny, *extra], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "profile_step.json").read_text())
+    before, after = payload["profiles"]["before"], payload["profiles"]["after"]
+    assert before["optimizer"] == "per-tensor" and after["finding"] == "fewer ops"
+    assert set(before["profiles"]) == set(after["profiles"]) == {"isogclr_new fp32", "isogclr_new auto"}
+    for key, profile in after["profiles"].items():
+        old = before["profiles"][key]
+        assert sum(profile["group_share"].values()) == pytest.approx(1.0)
+        assert set(profile["group_share"]) == {"image tower", "text tower", "loss", "optimizer", "other"}
+        assert profile["group_share"]["image tower"] > 0.1 and profile["group_share"]["text tower"] > 0.1
+        assert profile["group_share"]["loss"] > 0 and len(profile["top_self_cpu"]) == 4
+        assert old["optimizer_path"]["fused"] is None and profile["optimizer_path"]["fused"] is True
+        assert profile["aten_calls_per_step"]["optimizer"] < old["aten_calls_per_step"]["optimizer"] / 2
+    assert [c["measure"].endswith("(after)") for c in payload["checks"]] == [True, True]
+
+
+@pytest.mark.parametrize(
+    ("bf16", "clipctl", "open_clip"), [(True, ("bf16", True), "amp_bf16"), (False, ("fp32", False), "fp32")]
+)
+def test_race_best_precision_follows_the_cpus_bf16_support(monkeypatch, bf16, clipctl, open_clip):
+    import race_open_clip
+
+    monkeypatch.setattr(race_open_clip, "cpu_bf16_matmul", lambda: bf16)
+    best = race_open_clip.precision_settings("best")
+    assert (best["clipctl"]["autocast"], best["clipctl"]["channels_last"]) == clipctl
+    assert best["open_clip"]["precision"] == open_clip
+    fp32 = race_open_clip.precision_settings("fp32")
+    assert fp32["clipctl"] == {"autocast": "fp32", "channels_last": False} and fp32["open_clip"]["precision"] == "fp32"
+
+
+def test_race_refuses_a_trainer_race_it_cannot_run(tmp_path, monkeypatch, capsys):
+    """No shapes folder, too few pairs, no pandas: exit 2 with one line naming the fix, before anything runs."""
+    import importlib.util
+
+    import race_open_clip
+
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "train.json").write_text(json.dumps([{"image": "a.png", "caption": "a"}] * 10))
+    cases = [
+        (["--shapes", str(tmp_path / "none")], "none/train.json: not there; run `clipctl data fetch shapes`"),
+        (["--shapes", str(tmp_path / "shapes"), "--batch", "4", "--trainer-steps", "3"], "fewer pairs than"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            race_open_clip.parse_args(args)
+        assert stop.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as stop:
+        race_open_clip.parse_args(["--shapes", str(tmp_path / "shapes")])
+    assert stop.value.code == 2 and "needs pandas: pip install pandas" in capsys.readouterr().err
+    assert race_open_clip.parse_args(["--skip-trainer", "--shapes", str(tmp_path / "none")]).skip_trainer
+
+
+def test_race_generates_its_shapes_when_the_data_root_has_too_few(tmp_path, monkeypatch):
+    import race_open_clip
+
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "train.json").write_text(json.dumps([{"image": "a.png", "caption": "a"}] * 10))
+    monkeypatch.setenv("CLIPCTL_DATA", str(tmp_path))
+    assert race_open_clip.parse_args(["--batch", "5", "--trainer-steps", "2"]).shapes == tmp_path / "shapes"
+    assert race_open_clip.parse_args(["--batch", "5", "--trainer-steps", "3"]).shapes is None  # generated in the run
+
+
+def test_race_reads_open_clips_step_log_and_leaves_out_the_warm_up(tmp_path):
+    import race_open_clip
+
+    log = tmp_path / "out.log"
+    lines = [
+        f"2026-12-05,07:00:0{i} | INFO | Train Epoch: 0 [ {8 * i}/24 (33%)] Data (t): 0.010 Batch (t): 0.100, "
+        f"{speed}/s, {speed}/s/gpu LR: 0.000100 Logit Scale: 4.605 Loss: 2.0794 (2.0794)"
+        for i, speed in enumerate(["8.00000", "80.0000", "1.60000e+02"])
+    ]
+    log.write_text("\n".join(lines))
+    speeds = race_open_clip.open_clip_step_speeds(log)
+    assert speeds == [8.0, 80.0, 160.0]
+    steady = race_open_clip.steady(speeds, batch=8, wall=3.0, warmup=1)
+    assert steady["samples_per_s"] == 120.0 and steady["first_step_seconds"] == 1.0
+    assert steady["startup_and_teardown_seconds"] == pytest.approx(3.0 - 1.0 - 0.1 - 0.05)
+
+
+@pytest.mark.slow
+def test_race_open_clip_trainer_end_to_end(tmp_path):
+    """Both trainers on a tiny shapes folder: every step logged on each side, no evaluation, ratios recorded."""
+    from helpers.trainkit import make_tiny_shapes
+
+    shapes = make_tiny_shapes(tmp_path / "data")
+    args = ["--precisions", "fp32", "--batch", "8", "--steps", "1", "--rounds", "1", "--trainer-steps", "3"]
+    args += ["--trainer-rounds", "1", "--warmup-steps", "1", "--workers", "0", "--shapes", str(shapes)]
+    done = run_script(BENCH / "race_open_clip.py", args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((tmp_path / "race_open_clip.json").read_text())
+    step = payload["model_step"]["fp32"]
+    assert max(step["feature_difference_fp32"].values()) <= 1e-5  # the same towers on both sides
+    assert step["ratio"] == pytest.approx(step["samples_per_s"]["clipctl"] / step["samples_per_s"]["open_clip"])
+    trainer = payload["trainer"]["fp32"]
+    for side in ("clipctl", "open_clip"):
+        (run,) = trainer["runs"][side]
+        assert run["steps_logged"] == 3 and run["samples_per_s"] > 0 and run["startup_and_teardown_seconds"] > 0
+    assert trainer["settings"]["open_clip"]["precision"] == "fp32" and payload["loadavg_before"]
+    assert [c["measure"].split(",")[0] for c in payload["checks"]] == [
+        "clipctl / open_clip model step",
+        "clipctl / open_clip trainer end to end",
+    ]
+    assert all(c["status"] in ("met", "missed") for c in payload["checks"])
