@@ -31,6 +31,7 @@ import functools
 import heapq
 import multiprocessing
 import random
+import tarfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -47,7 +48,8 @@ from clipctl.data.datasets import augment_seed, seeded_transform
 from clipctl.data.images import ImageReader, OnBadImage, check_mode
 from clipctl.data.loader import loader_worker_init
 from clipctl.data.shardindex import CountTable, count_table
-from clipctl.data.shards import OpenPolicy, expand_source, open_shard, shard_samples
+from clipctl.data.shardmembers import read_by_offset, shard_members
+from clipctl.data.shards import OpenPolicy, expand_source, local_path, open_shard, shard_samples
 from clipctl.data.text import TextTokenizer, clean_caption
 from clipctl.errors import DataError, UsageError
 
@@ -188,10 +190,12 @@ class StreamingPairs(IterableDataset):
         rank: int = 0,
         num_workers: int = 0,
         clean_text: Callable[[str], str] = clean_caption,
+        members_cache: Path | None = None,
     ) -> None:
         check_mode(on_bad_image)
         self.table, self.transform, self.seed = table, transform, int(seed)
         self.clean_text = clean_text  # the model's caption cleaning (`clipctl.model.preprocess`)
+        self.members_cache = members_cache  # where local shards' member offsets are kept (`shardmembers`)
         if plan.workers != max(1, num_workers):
             raise ValueError(f"the plan is for {plan.workers} loader workers, the loader has {num_workers}")
         self.settings, self.plan, self.rank, self.num_workers = settings, plan, rank, num_workers
@@ -329,24 +333,41 @@ class StreamingPairs(IterableDataset):
                 raise _ShardFailed(url, position) from None
 
     def _shard_samples(self, url: str, count: int, begin: int) -> Iterator[tuple[int, str, bytes, str]]:
-        position = 0
+        reached = begin
         try:
-            with open_shard(url, self.settings.open_policy) as stream:
-                for key, image, caption in shard_samples(stream, url):
-                    if position >= count:
-                        break
-                    if position >= begin:
-                        yield position, key, image, caption
-                    position += 1
+            for position, key, image, caption in self._records(url, begin):
+                if position >= count:
+                    break
+                yield position, key, image, caption
+                reached = position + 1
         except Exception as err:
             with contextlib.suppress(AttributeError):  # where to resume the shard on the next try
-                err.reached = max(position, begin)  # type: ignore[attr-defined]
+                err.reached = reached  # type: ignore[attr-defined]
             raise
-        if position < count:
+        if reached < count:
             raise DataError(
-                f"{url}: holds {position} complete samples, its count table says {count}; the shard changed since it "
+                f"{url}: holds {reached} complete samples, its count table says {count}; the shard changed since it "
                 "was indexed: run `clipctl data index` again (and restart the run)"
             )
+
+    def _records(self, url: str, begin: int) -> Iterator[tuple[int, str, bytes, str]]:
+        """(position, key, image, caption) of a shard's complete samples from `begin` on: a local `.tar` by offset
+        (its members found once, `clipctl.data.shardmembers`), anything else through its tar headers in order. A
+        local `.tar` whose headers do not walk (compressed, truncated) is read the second way, which yields what
+        precedes the damage before failing."""
+        path = local_path(url)
+        if path is not None and path.name.lower().endswith(".tar"):
+            try:
+                members = shard_members(path, self.members_cache)
+            except tarfile.TarError:
+                pass
+            else:
+                yield from read_by_offset(path, members, begin)
+                return
+        with open_shard(url, self.settings.open_policy) as stream:
+            for position, (key, image, caption) in enumerate(shard_samples(stream, url)):
+                if position >= begin:
+                    yield position, key, image, caption
 
     def _give_up(self, url: str, err: Exception, attempts: int, lost: int | None) -> None:
         """Fail the run (one line, exit 3), or warn and count the skipped shard (`lost`: its samples not trained on
@@ -422,4 +443,5 @@ def open_stream(
         rank=rank,
         num_workers=num_workers,
         clean_text=clean_text,
+        members_cache=Path(root) / "shard-index" / "members",
     )
