@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipctl.console import warn
+from clipctl.console import warn_any_rank
 from clipctl.data.datasets import augment_seed, seeded_transform
 from clipctl.data.images import ImageReader, OnBadImage, check_mode
 from clipctl.data.loader import loader_worker_init
@@ -385,11 +385,15 @@ class StreamingPairs(IterableDataset):
                 'data.on_bad_shard = "skip" to train on without it'
             ) from None
         if lost is None:
-            warn(f"{url}: unreadable after {attempts} tries ({reason}); its captions are left out of the tokenizer's")
+            warn_any_rank(
+                f"{url}: unreadable after {attempts} tries ({reason}); its captions are left out of the tokenizer's"
+            )
             return
         with self._failed.get_lock():
             self._failed.value += 1
-        warn(f"{url}: unreadable after {attempts} tries ({reason}); skipped its {lost} remaining samples this epoch")
+        warn_any_rank(
+            f"{url}: unreadable after {attempts} tries ({reason}); skipped its {lost} remaining samples this epoch"
+        )
 
     def _item(self, index: int, key: str, image: bytes, caption: str) -> Item:
         picture = self._reader.load(image, f"{key} (sample {index})")
