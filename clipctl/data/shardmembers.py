@@ -47,7 +47,7 @@ def walk_members(path: Path) -> list[SampleMembers]:
     with tarfile.open(path, mode="r:") as tar:
         files = (
             {"fname": info.name, "data": (info.offset_data, info.size), "__url__": str(path)}
-            for info in tar
+            for info in _headers(tar)
             if info.isreg() and not META.match(info.name)
         )
         samples = []
@@ -56,6 +56,14 @@ def walk_members(path: Path) -> list[SampleMembers]:
             if image is not None and "txt" in sample:
                 samples.append(SampleMembers(sample["__key__"], image, sample["txt"]))
     return samples
+
+
+def _headers(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """Each member's header, in order, without `tarfile` keeping them all (as WebDataset's iterator does): a walk
+    holds one shard's samples, not its members' headers as well."""
+    while (info := tar.next()) is not None:
+        tar.members = []
+        yield info
 
 
 def members_file(cache: Path, path: Path) -> Path:
