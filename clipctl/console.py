@@ -109,6 +109,17 @@ def warn(message: str) -> None:
     transcribe(f"warning: {message}")
 
 
+def warn_any_rank(message: str) -> None:
+    """A warning about what only this process meets (a shard only its loader reads): under a multi-process launch
+    the other ranks' consoles are quiet, so it goes to stderr with the rank's number instead (as errors do)."""
+    rank = launched_rank()
+    if rank == 0:
+        warn(message)
+        return
+    sys.stderr.write(f"warning: rank {rank}: {printable(message)}\n")
+    sys.stderr.flush()
+
+
 _warned: set[str] = set()
 
 

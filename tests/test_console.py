@@ -34,6 +34,20 @@ def test_only_rank_zero_talks(monkeypatch, capsys, rank, talks):
         assert (out, err) == ("", "")
 
 
+@pytest.mark.parametrize(
+    ("rank", "line"), [(None, "warning: shard 3 skipped"), ("2", "warning: rank 2: shard 3 skipped")]
+)
+def test_a_warning_only_one_rank_meets_is_said_by_that_rank(monkeypatch, capsys, rank, line):
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(console, "_stderr", None)
+    console.warn_any_rank("shard 3 skipped")
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [line]
+
+
 def test_process_group_is_destroyed_at_exit(tmp_path):
     """A handler registered before the trainer's runs after it (atexit is last in, first out): it must see the
     group already gone."""

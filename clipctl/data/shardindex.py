@@ -4,9 +4,11 @@ without reading the data: sample i = (offset of its shard) + (its position among
 Counts come, per shard, from (1) a clipctl index file (`clipctl data index SOURCE`), beside the shards when they are
 local and writable (`.clipctl-shards.json` in their common folder), else under the data root (`shard-index/`), or
 one uploaded beside remote shards (same name, their common prefix); a local shard's entry holds only while its size
-and mtime match; (2) img2dataset's `{shard}_stats.json` beside the shard (its `successes`). A shard with neither
-is missing: training refuses with the command that makes the index. Keys play no part in the numbering
-(img2dataset repeats them across runs by design).
+and mtime match; a remote shard's size, recorded by `clipctl data index`, is checked at start (HTTP HEAD or fsspec
+info, one request per shard) and a changed one is refused (the shard was replaced since it was indexed); (2)
+img2dataset's `{shard}_stats.json` beside the shard (its `successes`). A shard with neither is missing: training
+refuses with the command that makes the index. Keys play no part in the numbering (img2dataset repeats them across
+runs by design).
 
 The table's digest (shard names and counts, in order) is the data identity a run records and checks on resume.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clipctl.atomic import atomic_write_json
-from clipctl.data.shards import OpenPolicy, ShardList, open_shard, scheme_of, shard_samples
+from clipctl.data.shards import OpenPolicy, ShardList, open_shard, scheme_of, shard_samples, shard_size
 from clipctl.errors import DataError, StorageError
 
 INDEX_NAME = ".clipctl-shards.json"
@@ -121,19 +123,36 @@ def _remote_entries(url: str, policy: OpenPolicy) -> dict[str, dict[str, Any]]:
     return data["shards"] if ok else {}
 
 
-def indexed_counts(shards: ShardList, root: Path, policy: OpenPolicy = OpenPolicy()) -> dict[int, int]:
-    """Counts the index files give for the shards whose entry is still valid: under the data root or beside local
-    shards, then beside remote ones."""
-    counts: dict[int, int] = {}
+def indexed_entries(shards: ShardList, root: Path, policy: OpenPolicy = OpenPolicy()) -> dict[int, dict[str, Any]]:
+    """The index entry of each shard whose entry is still valid: under the data root or beside local shards, then
+    beside remote ones."""
+    found: dict[int, dict[str, Any]] = {}
     tables = [_read_entries(path) for path in index_paths(shards, root)]
     remote = remote_index_url(shards)
     if remote is not None and len(tables[0]) < len(shards.urls):
         tables.append(_remote_entries(remote, policy))
     for entries in tables:
         for i, name in enumerate(shards.names):
-            if i not in counts and _valid(entries.get(name), _stamp(shards, i)):
-                counts[i] = entries[name]["count"]
-    return counts
+            if i not in found and _valid(entries.get(name), _stamp(shards, i)):
+                found[i] = entries[name]
+    return found
+
+
+def resized_shards(
+    shards: ShardList, entries: dict[int, dict[str, Any]], policy: OpenPolicy, workers: int = 16
+) -> dict[int, tuple[int, int]]:
+    """{shard: (size now, size indexed)} of the remote shards whose index entry records a size they no longer have
+    (replaced since they were indexed; an index is trusted only that far). One HEAD or fsspec info per such shard,
+    in parallel; a shard whose size cannot be told is not refused here (reading it is retried)."""
+    recorded = {
+        i: entry["size"]
+        for i, entry in entries.items()
+        if shards.local[i] is None and scheme_of(shards.urls[i]) != "pipe" and isinstance(entry.get("size"), int)
+    }
+    if not recorded:
+        return {}
+    sizes = _parallel(lambda i: shard_size(shards.urls[i], policy), sorted(recorded), workers)
+    return {i: (sizes[i], recorded[i]) for i in sorted(recorded) if sizes[i] is not None and sizes[i] != recorded[i]}
 
 
 def stats_url(url: str) -> str:
@@ -159,7 +178,16 @@ def _stats_count(url: str, policy: OpenPolicy) -> int | None:
 def count_table(shards: ShardList, root: Path, policy: OpenPolicy = OpenPolicy(), workers: int = 16) -> CountTable:
     """The counts of every shard from an index or img2dataset stats (no shard is read); a DataError (exit 3) naming
     `clipctl data index` when some shard has neither."""
-    counts = indexed_counts(shards, root, policy)
+    entries = indexed_entries(shards, root, policy)
+    resized = resized_shards(shards, entries, policy, workers)
+    if resized:
+        i, (now, indexed) = next(iter(resized.items()))
+        raise DataError(
+            f"{shards.urls[i]}: {now} bytes, its shard index says {indexed} ({len(resized)} shards changed since "
+            f"they were indexed); run `clipctl data index {shards.source!r}` again (and upload the new index beside "
+            "the shards when it lives there)"
+        )
+    counts = {i: entry["count"] for i, entry in entries.items()}
     missing = [i for i in range(len(shards.urls)) if i not in counts]
     if missing:
         counts.update(_parallel(lambda i: _stats_count(shards.urls[i], policy), missing, workers))
@@ -183,6 +211,12 @@ def count_shard(url: str, policy: OpenPolicy = OpenPolicy()) -> int:
         return sum(1 for _ in shard_samples(stream, url))
 
 
+def _count_and_size(url: str, policy: OpenPolicy) -> tuple[int, int | None]:
+    """A shard's count and, for a remote one, its size (what a later start checks the index entry against)."""
+    size = shard_size(url, policy)
+    return count_shard(url, policy), size
+
+
 class _IndexWriter:
     """The index file being built: entries merged into what it held, saved every few seconds and at the end, so an
     interrupted `data index` continues where it stopped."""
@@ -196,9 +230,11 @@ class _IndexWriter:
         self.lock = threading.Lock()
         self.saved_at = time.monotonic()
 
-    def add(self, i: int, count: int) -> None:
+    def add(self, i: int, count: int, size: int | None = None) -> None:
+        """Shard i's count, with what it is checked against: a local shard's size and mtime, a remote one's size."""
+        stamp = _stamp(self.shards, i) or ({"size": size} if size is not None else {})
         with self.lock:
-            self.entries[self.shards.names[i]] = {"count": count, **(_stamp(self.shards, i) or {})}
+            self.entries[self.shards.names[i]] = {"count": count, **stamp}
             if time.monotonic() - self.saved_at > SAVE_EVERY_S:
                 self.save()
 
@@ -228,19 +264,21 @@ def build_index(
     returns its path and the table. A shard that cannot be read is a DataError naming it (the entries counted so far
     are kept)."""
     writer = _IndexWriter(shards, root)
-    known = indexed_counts(shards, root)
+    entries = indexed_entries(shards, root, policy)
+    resized = resized_shards(shards, entries, policy, workers)
+    known = {i: entry["count"] for i, entry in entries.items() if i not in resized}
     todo = [i for i in range(len(shards.urls)) if i not in known]
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
-        futures = {pool.submit(count_shard, shards.urls[i], policy): i for i in todo}
+        futures = {pool.submit(_count_and_size, shards.urls[i], policy): i for i in todo}
         try:
             for future in as_completed(futures):
                 i = futures[future]
                 try:
-                    count = future.result()
+                    count, size = future.result()
                 except Exception as err:  # noqa: BLE001 (any read failure of that shard: named, one line)
                     raise DataError(f"{shards.urls[i]}: cannot read this shard to count it ({err})") from None
                 known[i] = count
-                writer.add(i, count)
+                writer.add(i, count, size)
                 if on_shard is not None:
                     on_shard(shards.names[i], count)
         finally:

@@ -183,6 +183,29 @@ def open_shard(url: str, policy: OpenPolicy = OpenPolicy()) -> IO[bytes]:
     return fsspec.open(url, "rb").open()
 
 
+def shard_size(url: str, policy: OpenPolicy = OpenPolicy()) -> int | None:
+    """The byte size of a remote shard without reading it (an HTTP HEAD's Content-Length, fsspec's info), None when
+    it cannot be told: a local file (its index entry holds size and mtime), a `pipe:` command, no answer."""
+    scheme = scheme_of(url)
+    if scheme == "pipe" or local_path(url) is not None:
+        return None
+    try:
+        if scheme in ("http", "https"):
+            import requests
+
+            timeout = (policy.connect_timeout_s, policy.read_timeout_s)
+            response = requests.head(url, allow_redirects=True, timeout=timeout)
+            length = response.headers.get("Content-Length")
+            return int(length) if response.status_code == 200 and length is not None else None
+        import fsspec
+
+        filesystem, path = fsspec.core.url_to_fs(url)
+        size = filesystem.size(path)
+    except Exception:  # noqa: BLE001 (unreachable or unsupported: not told here; reading the shard retries)
+        return None
+    return int(size) if size is not None else None
+
+
 def _open_http(url: str, policy: OpenPolicy) -> IO[bytes]:
     import requests
 

@@ -1,7 +1,8 @@
 """Training pairs streamed from WebDataset shards wherever they live, each sample carrying its dense index.
 
 Layer: clipctl's own thin `IterableDataset` over WebDataset's tar layer (`tar_file_iterator` + `group_by_keys`, in
-`clipctl.data.shards.shard_samples`) and its `gopen` for `pipe:`. Why not `wds.WebDataset` or `wids`: WebDataset's
+`clipctl.data.shards.shard_samples`; a local `.tar` is read by offset once its members are known,
+`clipctl.data.shardmembers`) and its `gopen` for `pipe:`. Why not `wds.WebDataset` or `wids`: WebDataset's
 node/worker splitters and shuffle are not positional — nothing says which sample is the k-th of an epoch — so they
 can neither resume mid-epoch exactly nor guarantee every rank the same number of steps (a rank that runs out first
 leaves the others waiting in a collective); `wids` needs random access into local or cached shards, which is what
@@ -31,6 +32,7 @@ import functools
 import heapq
 import multiprocessing
 import random
+import tarfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -42,12 +44,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipctl.console import warn
+from clipctl.console import warn_any_rank
 from clipctl.data.datasets import augment_seed, seeded_transform
 from clipctl.data.images import ImageReader, OnBadImage, check_mode
 from clipctl.data.loader import loader_worker_init
 from clipctl.data.shardindex import CountTable, count_table
-from clipctl.data.shards import OpenPolicy, expand_source, open_shard, shard_samples
+from clipctl.data.shardmembers import read_by_offset, shard_members
+from clipctl.data.shards import OpenPolicy, expand_source, local_path, open_shard, shard_samples
 from clipctl.data.text import TextTokenizer, clean_caption
 from clipctl.errors import DataError, UsageError
 
@@ -170,11 +173,17 @@ class _ShardFailed(Exception):
     """A shard given up on in skip mode: args (url, position reached)."""
 
 
+Item = tuple[torch.Tensor, str, int]  # (image tensor, raw caption, dense index)
+
+
 class StreamingPairs(IterableDataset):
-    """Training pairs streamed from shards; yields (image tensor, token ids, dense index) like `PairsDataset`.
+    """Training pairs streamed from shards; yields (image tensor, raw caption, dense index), and `collate` makes
+    batches of them what `PairsDataset`'s are: (images, token ids, indices).
 
     `len()` is the number of samples (the size of the per-sample loss state); `identity` the count table's digest.
-    Set `tokenizer` before iterating and `set_epoch` before each epoch; `stream_loader` builds its DataLoader."""
+    Set `tokenizer` before iterating and `set_epoch` before each epoch; `stream_loader` builds its DataLoader.
+    Captions are cleaned and tokenized a batch at a time (the map-style reader does all of them once, up front; one
+    at a time, they took about 15% of a 64-px sample's time in `bench/stream_bench.py`)."""
 
     def __init__(
         self,
@@ -188,10 +197,12 @@ class StreamingPairs(IterableDataset):
         rank: int = 0,
         num_workers: int = 0,
         clean_text: Callable[[str], str] = clean_caption,
+        members_cache: Path | None = None,
     ) -> None:
         check_mode(on_bad_image)
         self.table, self.transform, self.seed = table, transform, int(seed)
         self.clean_text = clean_text  # the model's caption cleaning (`clipctl.model.preprocess`)
+        self.members_cache = members_cache  # where local shards' member offsets are kept (`shardmembers`)
         if plan.workers != max(1, num_workers):
             raise ValueError(f"the plan is for {plan.workers} loader workers, the loader has {num_workers}")
         self.settings, self.plan, self.rank, self.num_workers = settings, plan, rank, num_workers
@@ -234,7 +245,7 @@ class StreamingPairs(IterableDataset):
             except _ShardFailed:
                 continue
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def __iter__(self) -> Iterator[Item]:
         """This loader worker's samples of the epoch from the resume point (the main process: worker 0)."""
         if self.tokenizer is None:
             raise RuntimeError("StreamingPairs: assign .tokenizer before reading items")
@@ -252,7 +263,7 @@ class StreamingPairs(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, slot, 0x5A4D])
         return [shards[i] for i in rng.permutation(len(shards))]
 
-    def _slot_stream(self, slot: int, planned: int, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def _slot_stream(self, slot: int, planned: int, skip: int) -> Iterator[Item]:
         """The `planned` samples of a slot this epoch, from the `skip`-th on; failed shards' places are filled."""
         shards = self._slot_order(slot)
         starts = [0, *np.cumsum([self.table.counts[s] for s in shards]).tolist()]
@@ -262,7 +273,7 @@ class StreamingPairs(IterableDataset):
         order.freeze()
         records = self._read_from(shards, starts, order)
         held: dict[int, Any] = {}
-        recent: deque[tuple[torch.Tensor, torch.Tensor, int]] = deque(maxlen=max(1, self.plan.batch))
+        recent: deque[Item] = deque(maxlen=max(1, self.plan.batch))
         owed = 0
         for _ in range(skip, planned):
             position = next(order)
@@ -278,7 +289,7 @@ class StreamingPairs(IterableDataset):
             yield item
         yield from self._fill(recent, owed, slot)
 
-    def _fill(self, recent: deque, owed: int, slot: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    def _fill(self, recent: deque, owed: int, slot: int) -> Iterator[Item]:
         """Repeats of the latest samples in the places of a skipped shard's (keeps every rank's step count)."""
         if owed and not recent:
             raise DataError(
@@ -329,24 +340,41 @@ class StreamingPairs(IterableDataset):
                 raise _ShardFailed(url, position) from None
 
     def _shard_samples(self, url: str, count: int, begin: int) -> Iterator[tuple[int, str, bytes, str]]:
-        position = 0
+        reached = begin
         try:
-            with open_shard(url, self.settings.open_policy) as stream:
-                for key, image, caption in shard_samples(stream, url):
-                    if position >= count:
-                        break
-                    if position >= begin:
-                        yield position, key, image, caption
-                    position += 1
+            for position, key, image, caption in self._records(url, begin):
+                if position >= count:
+                    break
+                yield position, key, image, caption
+                reached = position + 1
         except Exception as err:
             with contextlib.suppress(AttributeError):  # where to resume the shard on the next try
-                err.reached = max(position, begin)  # type: ignore[attr-defined]
+                err.reached = reached  # type: ignore[attr-defined]
             raise
-        if position < count:
+        if reached < count:
             raise DataError(
-                f"{url}: holds {position} complete samples, its count table says {count}; the shard changed since it "
+                f"{url}: holds {reached} complete samples, its count table says {count}; the shard changed since it "
                 "was indexed: run `clipctl data index` again (and restart the run)"
             )
+
+    def _records(self, url: str, begin: int) -> Iterator[tuple[int, str, bytes, str]]:
+        """(position, key, image, caption) of a shard's complete samples from `begin` on: a local `.tar` by offset
+        (its members found once, `clipctl.data.shardmembers`), anything else through its tar headers in order. A
+        local `.tar` whose headers do not walk (compressed, truncated) is read the second way, which yields what
+        precedes the damage before failing."""
+        path = local_path(url)
+        if path is not None and path.name.lower().endswith(".tar"):
+            try:
+                members = shard_members(path, self.members_cache)
+            except tarfile.TarError:
+                pass
+            else:
+                yield from read_by_offset(path, members, begin)
+                return
+        with open_shard(url, self.settings.open_policy) as stream:
+            for position, (key, image, caption) in enumerate(shard_samples(stream, url)):
+                if position >= begin:
+                    yield position, key, image, caption
 
     def _give_up(self, url: str, err: Exception, attempts: int, lost: int | None) -> None:
         """Fail the run (one line, exit 3), or warn and count the skipped shard (`lost`: its samples not trained on
@@ -358,17 +386,26 @@ class StreamingPairs(IterableDataset):
                 'data.on_bad_shard = "skip" to train on without it'
             ) from None
         if lost is None:
-            warn(f"{url}: unreadable after {attempts} tries ({reason}); its captions are left out of the tokenizer's")
+            warn_any_rank(
+                f"{url}: unreadable after {attempts} tries ({reason}); its captions are left out of the tokenizer's"
+            )
             return
         with self._failed.get_lock():
             self._failed.value += 1
-        warn(f"{url}: unreadable after {attempts} tries ({reason}); skipped its {lost} remaining samples this epoch")
+        warn_any_rank(
+            f"{url}: unreadable after {attempts} tries ({reason}); skipped its {lost} remaining samples this epoch"
+        )
 
-    def _item(self, index: int, key: str, image: bytes, caption: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-        assert self.tokenizer is not None
+    def _item(self, index: int, key: str, image: bytes, caption: str) -> Item:
         picture = self._reader.load(image, f"{key} (sample {index})")
-        tensor = seeded_transform(self.transform, picture, augment_seed(self.seed, self.epoch, index))
-        return tensor, self.tokenizer.encode([self.clean_text(caption)])[0], index
+        return seeded_transform(self.transform, picture, augment_seed(self.seed, self.epoch, index)), caption, index
+
+    def collate(self, items: list[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, token ids, dense indices) of a batch: its captions cleaned and tokenized in one call."""
+        assert self.tokenizer is not None
+        images, captions, indices = zip(*items, strict=True)
+        tokens = self.tokenizer.encode([self.clean_text(caption) for caption in captions])
+        return torch.stack(images), tokens, torch.tensor(indices, dtype=torch.long)
 
 
 def stream_loader(dataset: StreamingPairs, *, pin_memory: bool = False) -> DataLoader:
@@ -380,6 +417,7 @@ def stream_loader(dataset: StreamingPairs, *, pin_memory: bool = False) -> DataL
         batch_size=dataset.plan.batch,
         drop_last=True,
         num_workers=workers,
+        collate_fn=dataset.collate,
         worker_init_fn=loader_worker_init() if workers else None,
         pin_memory=pin_memory and torch.cuda.is_available(),
         # a private generator: starting workers must not draw from the global RNG (a resumed run's dropout
@@ -422,4 +460,5 @@ def open_stream(
         rank=rank,
         num_workers=num_workers,
         clean_text=clean_text,
+        members_cache=Path(root) / "shard-index" / "members",
     )

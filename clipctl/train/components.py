@@ -103,8 +103,8 @@ class Components:
 
     @property
     def data_faults(self) -> dict[str, int]:
-        """What the summary counts of the data's faults: the shards a streamed run skipped since it (re)started, as
-        this process's loader met them (each rank warns for its own)."""
+        """This process's counts of the data's faults since it (re)started: the shards its streamed loader skipped
+        (each rank warns for its own; `clipctl.train.faults` totals them over the ranks and the run's starts)."""
         if isinstance(self.train_set, StreamingPairs):
             return {"skipped_shards": self.train_set.skipped_shards}
         return {}

@@ -60,6 +60,7 @@ from clipctl.run.writer import (
 from clipctl.train.components import Components, build_components
 from clipctl.train.devices import build_accelerator, resolve_setup
 from clipctl.train.dryrun import MEASURED_STEPS, dry_run_plan, time_updates
+from clipctl.train.faults import FaultTally
 from clipctl.train.host_flags import HostFlags
 from clipctl.train.interrupt import ForcedStop, StopRequest
 from clipctl.train.optim import build_optimizer
@@ -312,6 +313,7 @@ class Trainer:
         # self.model is what a step calls (the prepared training module); self.parts.model the CLIP model itself
         self.model, self.optimizer = self.accelerator.prepare(self.parts.train_module, self.optimizer)
         self.progress = Progress()
+        self.faults = FaultTally(self.state.get("data_faults") if self.state is not None else None)
         self.last_metrics: dict[str, float] = {}  # the latest validation's, for an epoch checkpoint
 
     # ------------------------------------------------------------------------------------ state
@@ -343,6 +345,7 @@ class Trainer:
             "tokenizer_json": self.parts.tokenizer.to_json(),
             "subset_indices": self.parts.subset_indices,
             "sample_identity": self.parts.sample_identity,
+            "data_faults": self.faults.sync(self.parts.data_faults, self.world),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -444,9 +447,10 @@ class Trainer:
             start_trackers(self.accelerator, self.recipe)
 
     def _write_summary(
-        self, status: RunStatus, error: str | None = None, test: dict[str, Any] | None = None
+        self, status: RunStatus, error: str | None = None, test: dict[str, Any] | None = None, together: bool = False
     ) -> dict[str, Any]:
-        """Every rank builds the summary (`train` returns it); the main process writes it."""
+        """Every rank builds the summary (`train` returns it); the main process writes it. `together`: every rank
+        writes it at this point (the end of the run), so the data fault counts are summed over them first."""
         summary = build_summary(
             status,
             self.recipe,
@@ -457,7 +461,8 @@ class Trainer:
             error=error,
             test=test,
         )
-        summary.update(self.parts.data_faults)
+        mine = self.parts.data_faults
+        summary.update(self.faults.sync(mine, self.world) if together else self.faults.latest(mine))
         if self.main:
             write_summary(self.run, summary)
         return summary
@@ -534,7 +539,7 @@ class Trainer:
         except Exception as err:
             self._write_summary_safely(RunStatus.FAILED, f"{type(err).__name__}: {err}")
             raise
-        return self._write_summary(RunStatus.COMPLETED, test=test)
+        return self._write_summary(RunStatus.COMPLETED, test=test, together=True)
 
     def _storage_error(self, err: OSError) -> StorageError:
         """A failed write, named with the way back once its cause is cleared: continue from the saved state,

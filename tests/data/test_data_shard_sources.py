@@ -8,6 +8,7 @@ import os
 
 import fsspec
 import pytest
+from helpers import data_server
 from helpers.output import assert_one_error_line
 from helpers.shards import write_shards
 
@@ -180,3 +181,67 @@ def test_a_recipe_list_of_sources_is_one_dataset(shards):
     recipe = load_recipe("quickstart", [f'data.train=["{shards}/00000.tar", "{shards}/{{00001..00002}}.tar"]'])
     assert recipe.data.train == f"{shards}/00000.tar::{shards}/{{00001..00002}}.tar"
     assert expand_source(recipe.data.train).names == ("00000.tar", "00001.tar", "00002.tar")
+
+
+def served(shards) -> tuple[data_server.FileServer, object]:
+    server = data_server.FileServer(files={f"/{p.name}": p.read_bytes() for p in shards.iterdir() if p.is_file()})
+    httpd, _ = data_server.start(server)
+    return server, httpd
+
+
+def test_data_index_records_remote_shard_sizes(shards, tmp_path):
+    server, httpd = served(shards)
+    try:
+        index, _ = build_index(expand_source(f"{server.url}/{{00000..00002}}.tar"), tmp_path / "root")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    entries = json.loads(index.read_text())["shards"]
+    assert {name: e["size"] for name, e in entries.items()} == {p.name: p.stat().st_size for p in shards.iterdir()}
+    for path in shards.iterdir():
+        with fsspec.open(f"memory://sized/{path.name}", "wb") as sink:
+            sink.write(path.read_bytes())
+    index, _ = build_index(expand_source("memory://sized/{00000..00002}.tar"), tmp_path / "root")
+    assert json.loads(index.read_text())["shards"]["00001.tar"]["size"] == (shards / "00001.tar").stat().st_size
+
+
+def upload(shards, server: data_server.FileServer, tmp_path) -> None:
+    """Index the local copies, then put the index beside the served shards (as the README says for N nodes)."""
+    build_index(expand_source(str(shards)), tmp_path / "root")
+    server.files[f"/{INDEX_NAME}"] = (shards / INDEX_NAME).read_bytes()
+
+
+def test_an_uploaded_index_whose_shard_changed_size_is_refused(shards, tmp_path, monkeypatch):
+    server, httpd = served(shards)
+    source = f"{server.url}/{{00000..00002}}.tar"
+    try:
+        upload(shards, server, tmp_path)
+        monkeypatch.setattr(shardindex, "count_shard", lambda *a, **k: pytest.fail("a shard was read"))
+        assert count_table(expand_source(source), tmp_path / "node").counts == (3, 4, 2)
+        assert sorted(server.heads) == ["/00000.tar", "/00001.tar", "/00002.tar"]  # checked, not read
+        server.files["/00001.tar"] = (shards / "00000.tar").read_bytes() + b"\0" * 1024  # replaced since
+        monkeypatch.undo()
+        with pytest.raises(DataError) as err:
+            count_table(expand_source(source), tmp_path / "node")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    message = str(err.value)
+    size = len(server.files["/00001.tar"])
+    assert err.value.exit_code == 3 and "\n" not in message
+    assert message.startswith(f"{server.url}/00001.tar: {size} bytes, its shard index says")
+    assert f"run `clipctl data index '{source}'` again" in message
+
+
+def test_data_index_recounts_a_remote_shard_that_changed_size(shards, tmp_path):
+    for path in shards.iterdir():
+        with fsspec.open(f"memory://moved/{path.name}", "wb") as sink:
+            sink.write(path.read_bytes())
+    source = expand_source("memory://moved/{00000..00002}.tar")
+    build_index(source, tmp_path / "root")
+    with fsspec.open("memory://moved/00002.tar", "wb") as sink:  # the shard of 2 replaced by one of 4
+        sink.write((shards / "00001.tar").read_bytes())
+    with pytest.raises(DataError, match=r"memory://moved/00002.tar: \d+ bytes, its shard index says \d+"):
+        count_table(source, tmp_path / "root")
+    _, table = build_index(source, tmp_path / "root")
+    assert table.counts == (3, 4, 4) and count_table(source, tmp_path / "root").counts == (3, 4, 4)

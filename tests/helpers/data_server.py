@@ -24,7 +24,8 @@ class FileServer:
 
     files: dict[str, bytes] = field(default_factory=dict)
     script: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    log: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    log: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header) of each GET
+    heads: list[str] = field(default_factory=list)  # the path of each HEAD (answered from `files`, never scripted)
     port: int = 0
 
     @property
@@ -36,6 +37,14 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:  # keep test output clean
             pass
+
+        def do_HEAD(self) -> None:  # noqa: N802 (http.server API)
+            path = self.path.split("?")[0]
+            server.heads.append(path)
+            body = server.files.get(path)
+            self.send_response(404 if body is None else 200)
+            self.send_header("Content-Length", str(0 if body is None else len(body)))
+            self.end_headers()
 
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             path = self.path.split("?")[0]

@@ -24,6 +24,7 @@ from helpers.trainkit import ONE, make_tiny_shapes, stable_metrics, state_tensor
 
 from clipctl.data.shardindex import build_index
 from clipctl.data.shards import expand_source
+from clipctl.data.streaming import StreamPlan
 from clipctl.errors import InterruptedRun
 from clipctl.losses import build_loss
 from clipctl.run.checkpoint import load_state
@@ -247,3 +248,63 @@ def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(shapes, shards, t
     code, _, err = run_cli(*args, "--resume", "auto")
     assert code == 0, err
     assert_same_state(tmp_path / "straight", tmp_path / "killed")
+
+
+def failing_shard_server(shards: Path, shard: str, good_reads: int) -> tuple[data_server.FileServer, object]:
+    """The shards over HTTP; `shard` answers its first `good_reads` requests (the tokenizer's caption passes), then
+    500 to every read."""
+    server = data_server.FileServer(files={f"/{p.name}": p.read_bytes() for p in shards.iterdir() if p.is_file()})
+    server.script[f"/{shard}"] = [{}] * good_reads + [{"status": 500}] * 1000
+    httpd, _ = data_server.start(server)
+    return server, httpd
+
+
+@pytest.mark.slow
+def test_a_shard_skipped_by_another_process_is_counted_in_the_summary(shapes, shards, tmp_path):
+    """torchrun, gloo: shard 3 is dealt to rank 1 (one reader per rank); the main process's summary counts it."""
+    assert 3 in StreamPlan((32,) * 8, 2, 1, 16).slots[1]
+    server, httpd = failing_shard_server(shards, "00003.tar", good_reads=2)  # both ranks train the tokenizer
+    extra = {"data.train": f"{server.url}/{{00000..00007}}.tar", "data.shard_retries": 1, **ONE}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "clipctl"]
+    command += ["train", "quickstart", *tiny_overrides(shapes, **extra, **{"data.shard_timeout_s": 0.5})]
+    command += ["--out", str(tmp_path), "--name", "two"]
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["steps"] == 8
+    assert summary["skipped_shards"] == 1
+    assert proc.stderr.count("warning: rank 1: ") == 1  # rank 1's console is quiet: its skip is still said
+    assert "rank 1: " + f"{server.url}/00003.tar: unreadable after 2 tries" in proc.stderr
+
+
+@pytest.mark.slow
+def test_shards_skipped_before_a_kill_are_counted_after_the_resume(shapes, shards, tmp_path, run_cli):
+    """Shard 3 fails in each of 3 epochs; SIGKILL after a save, `--resume auto`: the summary counts all 3 (what the
+    state carried, and what the resumed run met)."""
+    server, httpd = failing_shard_server(shards, "00003.tar", good_reads=1)
+    extra = {"data.train": f"{server.url}/{{00000..00007}}.tar", "data.shard_retries": 1, "train.epochs": 3}
+    args = ["train", "quickstart", *tiny_overrides(shapes, **extra, **{"data.shard_timeout_s": 0.5})]
+    args += ["--out", str(tmp_path), "--name", "killed"]
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "clipctl", *args], env=env, start_new_session=True)
+        state, deadline = tmp_path / "killed" / "state" / "last.pt", time.monotonic() + 300
+        while time.monotonic() < deadline and not (state.exists() and load_state(state)["progress"]["epoch"] >= 1):
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        saved = load_state(state)
+        assert 1 <= saved["progress"]["epoch"] < 3  # killed with the run unfinished
+        assert saved["data_faults"] == {"skipped_shards": saved["progress"]["epoch"]}
+        code, _, err = run_cli(*args, "--resume", "auto")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert code == 0, err
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 24 and summary["skipped_shards"] == 3
