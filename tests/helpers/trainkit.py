@@ -38,6 +38,7 @@ def tiny_overrides(shapes: Path, **extra: Any) -> list[str]:
         "train.batch_size": 32,
         "train.epochs": 2,
         "train.deterministic": True,
+        "train.precision": "no",  # float32 on every CPU: no expectation depends on the machine's bf16 support
         "tracking.log_every_steps": 2,
         "eval.batch_size": 64,
     }
