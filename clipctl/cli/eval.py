@@ -84,6 +84,8 @@ def eval_command(
 ) -> None:
     """Evaluate a checkpoint on the test splits; writes eval/<benchmark>.json beside it.
 
+    Beside a file other than a run's ckpt.pt (e.g. checkpoints/epoch_2.pt) the results go to eval/<file stem>/.
+
     TR@k is image→text retrieval (an image hits if any of its captions is in the top k), IR@k is
     text→image; ACC@k is zero-shot top-k accuracy; objective = (TR@1 + IR@1 + ACC@1) / 3.
 

@@ -29,7 +29,7 @@ from clipctl.model.preprocess import Preprocess, image_transform, text_cleaner
 from clipctl.paths import chosen_data_root
 from clipctl.recipe import Recipe, validate_recipe
 from clipctl.run.checkpoint import load_checkpoint, recorded_temperature
-from clipctl.run.layout import EVAL_DIR
+from clipctl.run.layout import CHECKPOINT_FILE, EVAL_DIR
 
 try:
     import tomllib
@@ -102,6 +102,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def results_folder(checkpoint: Path) -> Path:
+    """`eval/` beside a run's `ckpt.pt`; `eval/<file stem>/` beside any other checkpoint, so that the epoch
+    checkpoints of one folder (`checkpoints/epoch_2.pt`, `epoch_3.pt`) do not overwrite each other's results."""
+    folder = checkpoint.parent / EVAL_DIR
+    return folder if checkpoint.name == CHECKPOINT_FILE else folder / checkpoint.stem
+
+
 # Over 60 lines: signature and docstring are a third of it; one pass per result row.
 def evaluate_checkpoint(
     path: Path,
@@ -113,7 +120,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     max_missing: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per row (fractions), each written to `eval/<row>.json` beside the checkpoint.
+    """Metrics per row (fractions), each written to `<results_folder>/<row>.json` beside the checkpoint.
 
     `benchmarks`: shorthand names (`coco`, `shapes`, ...); `datasets`: references ("ID[:split]" or a retrieval JSON
     / class folder path). `root`: the data root (default: $CLIPCTL_DATA, else the checkpoint's data.root, else
@@ -152,7 +159,7 @@ def evaluate_checkpoint(
             clean_text=clean_text,
         )
         metrics.update(checkpoint=str(path), epoch=loaded.epoch, **_sources(row))
-        atomic_write_json(path.parent / EVAL_DIR / f"{stems[row.name]}.json", metrics, indent=2)
+        atomic_write_json(results_folder(path) / f"{stems[row.name]}.json", metrics, indent=2)
         results[row.name] = metrics
     pair = combined_pair(rows)
     if pair is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,6 +50,22 @@ def test_eval_shapes_writes_json_beside_checkpoint(trained, run_cli, monkeypatch
     assert written["tr@1"] == result["tr@1"]
     code, _, err = run_cli("eval", ckpt, "--shapes")
     assert code == 0 and "TR@1" in err and "images/s" in err
+
+
+def test_epoch_checkpoints_of_one_folder_keep_their_own_results(trained, run_cli, monkeypatch, tmp_path):
+    """`checkpoints/epoch_N.pt` share a folder: each one's results go to eval/epoch_N/, not over each other."""
+    ckpt, root = trained
+    monkeypatch.setenv("CLIPCTL_DATA", str(root))
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for number in (1, 2):
+        shutil.copyfile(ckpt, folder / f"epoch_{number}.pt")
+        code, _, err = run_cli("eval", folder / f"epoch_{number}.pt", "--shapes")
+        assert code == 0, err
+    for number in (1, 2):
+        written = json.loads((folder / "eval" / f"epoch_{number}" / "shapes.json").read_text())
+        assert written["checkpoint"] == str(folder / f"epoch_{number}.pt")
+    assert not (folder / "eval" / "shapes.json").exists()
 
 
 def test_missing_dataset_names_the_fetch_command(trained, run_cli, monkeypatch):
