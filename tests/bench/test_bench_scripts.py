@@ -39,9 +39,6 @@ TINY_ARGS = {
     ],
     "loss_overhead": ["--sizes", "64", "512", "--repeats", "1"],
     "precision": ["--models", "quickstart", "--batch", "8", "--steps", "1", "--rounds", "1"],
-    "profile_step": ["--losses", "clip", "--precisions", "fp32", "--batch", "8", "--steps", "1", "--top", "5"],
-    # the model step only; the trainer race has its own test (test_race_open_clip_trainer_end_to_end)
-    "race_open_clip": ["--skip-trainer", "--batch", "8", "--steps", "1", "--rounds", "1"],
     "state_sharding": ["--samples", "64", "--batch", "16", "--steps", "1"],
     "stream_bench": ["--samples", "2000", "--shard-size", "200", "--loader-samples", "256", "--batch", "32"],
     "train_throughput": [
@@ -60,6 +57,11 @@ TINY_ARGS = {
 }
 # Scripts that train the quickstart: tiny arguments over the tiny shapes (made once for the module).
 TRAINING_ARGS = {"precision_auto": lambda shapes: ["--seeds", "0", "1", "--set", *tiny_overrides(shapes, **QUICK)]}
+# Scripts whose tiny run is a test of its own below (it checks more than the generic one would).
+OWN_TEST = {
+    "profile_step": "test_profile_step_keeps_each_label_and_shows_the_fused_optimizer",
+    "race_open_clip": "test_race_open_clip_trainer_end_to_end",
+}
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,8 @@ def test_summary_script_prints_the_table(tmp_path):
 
 
 def test_every_benchmark_has_tiny_arguments():
-    assert set(TINY_ARGS) | set(TRAINING_ARGS) == set(benchmark_names())
+    assert set(TINY_ARGS) | set(TRAINING_ARGS) | set(OWN_TEST) == set(benchmark_names())
+    assert all(callable(globals().get(test)) for test in OWN_TEST.values())
 
 
 @pytest.mark.slow
