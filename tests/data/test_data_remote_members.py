@@ -240,3 +240,18 @@ def test_a_shard_failing_in_a_read_by_offset_is_fatal_when_asked(server, tmp_pat
     with pytest.raises(DataError, match=r"00003.tar: unreadable after 2 tries \(OSError: HTTP 500\)") as err:
         batches(loader_set(server.url, cache, settings))
     assert "\n" not in str(err.value) and err.value.exit_code == 3
+
+
+def test_a_remote_shard_shrunk_past_the_range_asked_for_is_walked_again(server, tmp_path, monkeypatch):
+    """The Range request starts past the new end (416): the whole shard is asked for, and its size tells."""
+    url = f"{server.url}/00002.tar"
+    cache = tmp_path / "members"
+    list(remote_records(url, cache, 0, 4, OpenPolicy()))
+    start = recorded(cache, url).samples[3].start
+    server.files["/00002.tar"] = write_shards(tmp_path / "other", [1], first_key=50)[0].read_bytes()
+    assert len(server.files["/00002.tar"]) < start
+    walks = spy_walks(monkeypatch)
+    server.log.clear()
+    assert list(remote_records(url, cache, 3, 4, OpenPolicy())) == [] and walks == [3]  # 1 sample: none from 3
+    assert server.log == [("/00002.tar", f"bytes={start}-"), ("/00002.tar", None), ("/00002.tar", None)]
+    assert recorded(cache, url).size != len(server.files["/00002.tar"])  # fewer than counted: not recorded
