@@ -8,12 +8,14 @@ Content-Length, fsspec's size); later reads take the same stream in one pass, re
 skipping everything between them unparsed.
 
 Why it is sound: a read by offset first checks that the shard still has the recorded size, and at every sample that
-the header block at the recorded place is a valid tar header with the recorded checksum (it covers the member's
-name, size and mtime). When either differs, the shard changed: it is walked again from the sample reached (the new
-walk records it anew), so the samples are the ones its headers give, as before. A resumed or retried read starts at
-the first sample still due: an HTTP Range request or a seek (a server that ignores ranges sends it all, and the
-bytes before are skipped). Failures to read are not handled here: they reach the streaming reader, which retries
-from the sample reached, then skips or fails.
+the header block at the recorded place holds the recorded checksum and size fields (the checksum sums the whole
+header: name, size, mtime, ...) and a name beginning with the key (`_header_holds`). When any differs, the shard
+changed: it is walked again from the sample reached (the new walk records it anew), so the samples are the ones its
+headers give, as before. The first read's records are made only when the shard's size is told (Content-Length),
+its bytes are not encoded or compressed, and it holds the samples its count table says. A resumed or retried read
+starts at the first sample still due: an HTTP Range request or a seek (a server that ignores ranges sends it all,
+and the bytes before are skipped). Failures to read are not handled here: they reach the streaming reader, which
+retries from the sample reached, then skips or fails.
 """
 
 from __future__ import annotations
