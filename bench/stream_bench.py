@@ -12,8 +12,9 @@ Prints the ratios and writes bench/results/stream_bench.json with /proc/loadavg 
    batching, main-process loading (data.num_workers = 0): the streaming reader against the map-style reader on the
    same local shards (target >= 0.9x), and the streaming reader over HTTP and over fsspec's memory backend against
    local streaming (target >= 0.9x: within 10%). Both readers' rates are of a later epoch: the map-style reader
-   walks the tar headers once when it opens, the streaming reader on a local shard's first read (its members are
-   then kept under the data root). The first epochs (the map-style one with its scan) are reported beside.
+   walks the tar headers once when it opens, the streaming reader on a shard's first read, local or remote (its
+   members are then kept under the data root). The first epochs (the map-style one with its scan) are reported
+   beside.
 3. memory: a fresh process opens the training set of N samples and reads 4 batches, for the map-style reader and the
    streaming reader, at N = `--samples` / 10 and `--samples`: its peak RSS (mostly torch's import) and how much its
    resident set grew over the imports'. Target: streaming's growth at the larger N <= 1.1x the smaller's
@@ -131,7 +132,7 @@ def stream_set(source: str, root: Path, batch: int) -> StreamingPairs:
 
 
 def stream_rates(source: str, root: Path, batch: int) -> tuple[float, float]:
-    """(samples/s of a later epoch, samples/s of the first): a local shard's members are found on its first read."""
+    """(samples/s of a later epoch, samples/s of the first): a shard's members are found on its first read."""
     dataset = stream_set(source, root, batch)
     rates = []
     for epoch in (0, 1):

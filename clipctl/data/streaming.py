@@ -1,13 +1,13 @@
 """Training pairs streamed from WebDataset shards wherever they live, each sample carrying its dense index.
 
 Layer: clipctl's own thin `IterableDataset` over WebDataset's tar layer (`tar_file_iterator` + `group_by_keys`, in
-`clipctl.data.shards.shard_samples`; a local `.tar` is read by offset once its members are known,
-`clipctl.data.shardmembers`) and its `gopen` for `pipe:`. Why not `wds.WebDataset` or `wids`: WebDataset's
-node/worker splitters and shuffle are not positional — nothing says which sample is the k-th of an epoch — so they
-can neither resume mid-epoch exactly nor guarantee every rank the same number of steps (a rank that runs out first
-leaves the others waiting in a collective); `wids` needs random access into local or cached shards, which is what
-the map-style reader (`clipctl.data.webdataset`) already does for a local folder. Here everything is planned from
-the count table (`clipctl.data.shardindex`), so no shard is read to plan:
+`clipctl.data.shards.shard_samples`; an uncompressed `.tar`, local or remote, is read by offset once its members are
+known, `clipctl.data.shardmembers` and `clipctl.data.remotemembers`) and its `gopen` for `pipe:`. Why not
+`wds.WebDataset` or `wids`: WebDataset's node/worker splitters and shuffle are not positional — nothing says which
+sample is the k-th of an epoch — so they can neither resume mid-epoch exactly nor guarantee every rank the same
+number of steps (a rank that runs out first leaves the others waiting in a collective); `wids` needs random access
+into local or cached shards, which is what the map-style reader (`clipctl.data.webdataset`) already does for a local
+folder. Here everything is planned from the count table (`clipctl.data.shardindex`), so no shard is read to plan:
 
 - Shards are dealt to (rank, loader worker) slots once, balanced by sample count (largest first to the emptiest
   slot), so every slot's batch count is known and the same each epoch; each epoch reads a slot's shards in a seeded
@@ -48,6 +48,7 @@ from clipctl.console import warn_any_rank
 from clipctl.data.datasets import augment_seed, seeded_transform
 from clipctl.data.images import ImageReader, OnBadImage, check_mode
 from clipctl.data.loader import loader_worker_init
+from clipctl.data.remotemembers import readable_by_offset, remote_records
 from clipctl.data.shardindex import CountTable, count_table
 from clipctl.data.shardmembers import read_by_offset, shard_members
 from clipctl.data.shards import OpenPolicy, expand_source, local_path, open_shard, shard_samples
@@ -202,7 +203,7 @@ class StreamingPairs(IterableDataset):
         check_mode(on_bad_image)
         self.table, self.transform, self.seed = table, transform, int(seed)
         self.clean_text = clean_text  # the model's caption cleaning (`clipctl.model.preprocess`)
-        self.members_cache = members_cache  # where local shards' member offsets are kept (`shardmembers`)
+        self.members_cache = members_cache  # where shards' member offsets are kept (`shardmembers`); None: nowhere
         if plan.workers != max(1, num_workers):
             raise ValueError(f"the plan is for {plan.workers} loader workers, the loader has {num_workers}")
         self.settings, self.plan, self.rank, self.num_workers = settings, plan, rank, num_workers
@@ -342,7 +343,7 @@ class StreamingPairs(IterableDataset):
     def _shard_samples(self, url: str, count: int, begin: int) -> Iterator[tuple[int, str, bytes, str]]:
         reached = begin
         try:
-            for position, key, image, caption in self._records(url, begin):
+            for position, key, image, caption in self._records(url, begin, count):
                 if position >= count:
                     break
                 yield position, key, image, caption
@@ -357,11 +358,16 @@ class StreamingPairs(IterableDataset):
                 "was indexed: run `clipctl data index` again (and restart the run)"
             )
 
-    def _records(self, url: str, begin: int) -> Iterator[tuple[int, str, bytes, str]]:
+    def _records(self, url: str, begin: int, count: int) -> Iterator[tuple[int, str, bytes, str]]:
         """(position, key, image, caption) of a shard's complete samples from `begin` on: a local `.tar` by offset
-        (its members found once, `clipctl.data.shardmembers`), anything else through its tar headers in order. A
-        local `.tar` whose headers do not walk (compressed, truncated) is read the second way, which yields what
-        precedes the damage before failing."""
+        (its members found once, `clipctl.data.shardmembers`), a remote `.tar` by offset after its first read of
+        `count` samples (`clipctl.data.remotemembers`, which checks the shard is the one recorded), anything else
+        (`pipe:`, `.tar.gz`, no place to keep members) through its tar headers in order. A local `.tar` whose headers
+        do not walk (compressed, truncated) is read the last way, which yields what precedes the damage before
+        failing."""
+        if self.members_cache is not None and readable_by_offset(url):
+            yield from remote_records(url, self.members_cache, begin, count, self.settings.open_policy)
+            return
         path = local_path(url)
         if path is not None and path.name.lower().endswith(".tar"):
             try:
