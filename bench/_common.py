@@ -30,6 +30,13 @@ def check(measure: str, value: float | None, op: str, target: float, unit: str =
     return {"measure": measure, "value": value, "op": op, "target": target, "unit": unit, "status": status}
 
 
+def print_checks(checks: list[dict[str, Any]]) -> None:
+    """One line per target: the measure, its value, the target and whether it was met."""
+    for item in checks:
+        value = "-" if item["value"] is None else f"{item['value']:.3f}"
+        print(f"{item['measure']}: {value} (target {item['op']} {item['target']}): {item['status']}")
+
+
 def write_result(name: str, payload: dict[str, Any], checks: list[dict[str, Any]]) -> Path:
     """bench/results/<name>.json, written atomically (and announced), with the checks under one known key."""
     out = RESULTS / f"{name}.json"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import check, write_result
+from _common import check, print_checks, write_result
 from train_throughput import MODELS, build, make_batches, step
 
 from clipctl.doctor import package_versions
@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     results["loadavg_after"] = loadavg()
     checks = speedup_checks(results["models"])
     write_result("precision", results, checks)
-    for item in checks:
-        print(f"{item['measure']}: {item['value']:.3f} (target {item['op']} {item['target']}): {item['status']}")
+    print_checks(checks)
     return 0
 
 

@@ -19,7 +19,7 @@ import argparse
 import sys
 
 import torch
-from _common import check, write_result
+from _common import check, print_checks, write_result
 from precision import TARGET_SPEEDUP, cpu_flags, loadavg, quickstart_runs
 
 from clipctl.doctor import package_versions
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         + "; test objective "
         + " ".join(f"{n}={m:.4f}" for n, m in whole["test_objective_mean"].items())
     )
-    for item in checks:
-        print(f"{item['measure']}: {item['value']:.3f} (target {item['op']} {item['target']}): {item['status']}")
+    print_checks(checks)
     return 0
 
 

@@ -34,7 +34,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from _common import RESULTS, check, write_result
+from _common import RESULTS, check, print_checks, write_result
 from precision import cpu_flags, loadavg
 from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -238,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     checks = share_checks(profiles, args.label)
     write_result("profile_step", payload, checks)
-    for item in checks:
-        print(f"{item['measure']}: {item['value']:.3f} (target {item['op']} {item['target']}): {item['status']}")
+    print_checks(checks)
     return 0
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import check, write_result
+from _common import check, print_checks, write_result
 from precision import cpu_flags, loadavg
 from train_throughput import MODELS, autocast, build, make_batches, step
 
@@ -446,8 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     results["loadavg_after"] = loadavg()
     checks = race_checks(results)
     write_result("race_open_clip", results, checks)
-    for item in checks:
-        print(f"{item['measure']}: {item['value']:.3f} (target {item['op']} {item['target']}): {item['status']}")
+    print_checks(checks)
     return 0
 
 

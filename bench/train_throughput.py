@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 import torch
-from _common import check, write_result
+from _common import check, print_checks, write_result
 from torch.profiler import record_function
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     checks = throughput_checks(results["models"], args.precision)
     write_result(args.name, results, checks)
-    for item in checks:
-        print(f"{item['measure']}: {item['value']:.3f} (target {item['op']} {item['target']}): {item['status']}")
+    print_checks(checks)
     return 0
 
 
