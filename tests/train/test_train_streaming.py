@@ -210,7 +210,7 @@ def test_a_shard_failing_over_http_is_skipped_and_counted_or_fails_the_run(shape
     files = {f"/{p.name}": p.read_bytes() for p in shards.iterdir() if p.is_file()}
     server = data_server.FileServer(files=files)
     httpd, _ = data_server.start(server)
-    extra = {"data.train": f"{server.url}/{{00000..00007}}.tar", "data.shard_retries": 1, "data.shard_timeout_s": 0.5}
+    extra = {"data.train": f"{server.url}/{{00000..00007}}.tar", "data.shard_retries": 1, "data.shard_timeout_s": 30}
     mid_epoch = [{}] + [{"status": 500}] * 100  # the tokenizer's caption pass reads it; the epoch's reads fail
     try:
         server.script["/00003.tar"] = list(mid_epoch)
@@ -252,7 +252,8 @@ def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(shapes, shards, t
 
 def failing_shard_server(shards: Path, shard: str, good_reads: int) -> tuple[data_server.FileServer, object]:
     """The shards over HTTP; `shard` answers its first `good_reads` requests (the tokenizer's caption passes), then
-    500 to every read."""
+    500 to every read. (A 500 comes at once: the tests that use it keep a long `data.shard_timeout_s`, so that a
+    loaded machine's slow stats reads at start-up are not mistaken for missing counts.)"""
     server = data_server.FileServer(files={f"/{p.name}": p.read_bytes() for p in shards.iterdir() if p.is_file()})
     server.script[f"/{shard}"] = [{}] * good_reads + [{"status": 500}] * 1000
     httpd, _ = data_server.start(server)
@@ -266,7 +267,7 @@ def test_a_shard_skipped_by_another_process_is_counted_in_the_summary(shapes, sh
     server, httpd = failing_shard_server(shards, "00003.tar", good_reads=2)  # both ranks train the tokenizer
     extra = {"data.train": f"{server.url}/{{00000..00007}}.tar", "data.shard_retries": 1, **ONE}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "clipctl"]
-    command += ["train", "quickstart", *tiny_overrides(shapes, **extra, **{"data.shard_timeout_s": 0.5})]
+    command += ["train", "quickstart", *tiny_overrides(shapes, **extra, **{"data.shard_timeout_s": 30})]
     command += ["--out", str(tmp_path), "--name", "two"]
     env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     try:
@@ -288,7 +289,7 @@ def test_shards_skipped_before_a_kill_are_counted_after_the_resume(shapes, shard
     state carried, and what the resumed run met)."""
     server, httpd = failing_shard_server(shards, "00003.tar", good_reads=1)
     extra = {"data.train": f"{server.url}/{{00000..00007}}.tar", "data.shard_retries": 1, "train.epochs": 3}
-    args = ["train", "quickstart", *tiny_overrides(shapes, **extra, **{"data.shard_timeout_s": 0.5})]
+    args = ["train", "quickstart", *tiny_overrides(shapes, **extra, **{"data.shard_timeout_s": 30})]
     args += ["--out", str(tmp_path), "--name", "killed"]
     env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     try:
