@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -229,6 +230,19 @@ def test_a_shard_failing_over_http_is_skipped_and_counted_or_fails_the_run(shape
     assert json.loads((tmp_path / "fail" / "summary.json").read_text())["status"] == "failed"
 
 
+def kill_once_saved(args: list[str], run_dir: Path, reached: Callable[[dict], bool], timeout_s: float) -> dict:
+    """`clipctl ARGS` in its own process group, SIGKILLed whole (loader workers included) once its saved state's
+    progress is `reached` (or after `timeout_s`); returns that saved state."""
+    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "clipctl", *args], env=env, start_new_session=True)
+    state, deadline = run_dir / "state" / "last.pt", time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (state.exists() and reached(load_state(state)["progress"])):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    return load_state(state)
+
+
 @pytest.mark.slow
 def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(shapes, shards, tmp_path, run_cli):
     """SIGKILL to the whole process group (loader workers included) after a mid-epoch save; `--resume auto` ends
@@ -236,14 +250,7 @@ def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(shapes, shards, t
     extra = {"data.train": f"{shards}/{{00000..00007}}.tar", "data.num_workers": 2, "train.save_every_steps": 1}
     run(shapes, tmp_path, "straight", **extra)
     args = ["train", "quickstart", *tiny_overrides(shapes, **extra), "--out", str(tmp_path), "--name", "killed"]
-    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "clipctl", *args], env=env, start_new_session=True)
-    state, deadline = tmp_path / "killed" / "state" / "last.pt", time.monotonic() + 120
-    while time.monotonic() < deadline and not (state.exists() and load_state(state)["progress"]["step"] >= 3):
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    saved = load_state(state)["progress"]
+    saved = kill_once_saved(args, tmp_path / "killed", lambda progress: progress["step"] >= 3, 120)["progress"]
     assert 0 < saved["batch"] < 8 and saved["step"] < 16  # killed mid-epoch, with the run far from done
     code, _, err = run_cli(*args, "--resume", "auto")
     assert code == 0, err
@@ -291,15 +298,8 @@ def test_shards_skipped_before_a_kill_are_counted_after_the_resume(shapes, shard
     extra = {"data.train": f"{server.url}/{{00000..00007}}.tar", "data.shard_retries": 1, "train.epochs": 3}
     args = ["train", "quickstart", *tiny_overrides(shapes, **extra, **{"data.shard_timeout_s": 30})]
     args += ["--out", str(tmp_path), "--name", "killed"]
-    env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "clipctl", *args], env=env, start_new_session=True)
-        state, deadline = tmp_path / "killed" / "state" / "last.pt", time.monotonic() + 300
-        while time.monotonic() < deadline and not (state.exists() and load_state(state)["progress"]["epoch"] >= 1):
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-        saved = load_state(state)
+        saved = kill_once_saved(args, tmp_path / "killed", lambda progress: progress["epoch"] >= 1, 300)
         assert 1 <= saved["progress"]["epoch"] < 3  # killed with the run unfinished
         assert saved["data_faults"] == {"skipped_shards": saved["progress"]["epoch"]}
         code, _, err = run_cli(*args, "--resume", "auto")
