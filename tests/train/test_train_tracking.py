@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,4 +99,5 @@ def test_a_resumed_run_continues_its_wandb_run(shapes, tmp_path, offline_tracker
     train(recipe, TrainOptions(out_dir=tmp_path, name="w", resume="auto"))
     assert json.loads((tmp_path / "w" / "meta.json").read_text())["run_id"] == run_id
     starts = sorted((tmp_path / "wandb-dir" / "wandb").glob("offline-run-*"))
-    assert len(starts) == 2 and all(start.name.endswith(f"-{run_id}") for start in starts)
+    # wandb names each start's folder offline-run-<second>-<run id>, adding "-1" when two starts share a second
+    assert len(starts) == 2 and all(re.search(rf"-{run_id}(-\d+)?$", start.name) for start in starts)
